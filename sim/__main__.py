@@ -1,0 +1,184 @@
+"""vmc-sim: the simulated VMC, the demo, and trace replay.
+
+vmc-sim demo [--sessions N] [--level 1|2|3]   vmcd on a pty pair, driven by the sim VMC
+vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
+vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from drivers.ports import open_port
+from drivers.pty import PtyPair
+from drivers.transport import MdbPort
+from protocols.errors import VmcError
+from sim.daemon_proc import DaemonProcess
+from sim.replay import replay_over_port
+from sim.scenarios import Customers, Report, SessionResult, run_customers
+from sim.trace import TraceRecorder, read_trace
+from sim.vmc_master import TimingStats, VmcMaster
+
+
+def _print_result(result: SessionResult) -> None:
+    mark = "ok " if result.ok else "ERR"
+    detail = f"  {result.detail}" if result.detail else ""
+    print(f"session {result.number:4d} {mark} {result.customer:<13} -> {result.outcome}{detail}")
+
+
+def summarise(report: Report, stats: TimingStats) -> str:
+    times = sorted(stats.response_s)
+    lines = [
+        f"sessions: {len(report.results)}  ok: {report.sessions_ok}  errors: {len(report.errors)}",
+        "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(report.outcomes().items())),
+    ]
+    if times:
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        lines.append(
+            f"answers: {len(times)}  p50 {statistics.median(times) * 1000:.3f} ms"
+            f"  p99 {p99 * 1000:.3f} ms  max {times[-1] * 1000:.3f} ms"
+        )
+    lines.append(f"timing violations (5 ms window, 1 ms gap): {len(stats.violations)}")
+    lines.extend(f"  {v}" for v in stats.violations[:10])
+    return "\n".join(lines)
+
+
+async def drive(
+    port: MdbPort,
+    *,
+    sessions: int,
+    level: int,
+    seed: int,
+    poll_ms: float,
+    record: Path | None,
+    on_result: Callable[[SessionResult], None] | None = _print_result,
+) -> tuple[Report, TimingStats]:
+    recorder = TraceRecorder() if record is not None else None
+    vmc = VmcMaster(port, recorder=recorder)
+    try:
+
+        async def init() -> object:
+            return await vmc.initialise(level=level)
+
+        info = await init()
+        print(f"reader initialised: {info}")
+        customers = Customers(vmc, random.Random(seed), poll_period=poll_ms / 1000, init=init)
+        report = await run_customers(customers, sessions, on_result=on_result)
+    finally:
+        vmc.close()
+        if recorder is not None and record is not None:
+            record.write_text(recorder.text(), encoding="utf-8")
+    return report, vmc.stats
+
+
+async def demo(args: argparse.Namespace) -> int:
+    pair = PtyPair()
+    with tempfile.TemporaryDirectory(prefix="vmc-demo-") as tmp:
+        state = Path(args.state_dir) if args.state_dir else Path(tmp)
+        daemon = DaemonProcess(pair, state, level=args.level, local_approval="accept")
+        print(f"vmcd on {pair.device_url}, state and log in {state}")
+        await daemon.start()
+        try:
+            report, stats = await drive(
+                pair.master,
+                sessions=args.sessions,
+                level=args.level,
+                seed=args.seed,
+                poll_ms=args.poll_ms,
+                record=args.record,
+            )
+        except VmcError as exc:
+            print(f"vmc-sim: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            code = await daemon.stop()
+            pair.close()
+        print(summarise(report, stats))
+        print(f"vmcd exited with {code}; its log: {daemon.log_path}")
+        if args.state_dir is None:
+            print("(the state directory is temporary: pass --state-dir to keep it)")
+        return 0 if not report.errors and code == 0 else 1
+
+
+def _open_sim_port(url: str | None) -> tuple[MdbPort, PtyPair | None]:
+    if url is not None:
+        return open_port(url), None
+    pair = PtyPair()
+    print(f"give the reader this port: {pair.device_url}", flush=True)
+    return pair.master, pair
+
+
+async def vmc_command(args: argparse.Namespace) -> int:
+    port, pair = _open_sim_port(args.port)
+    try:
+        report, stats = await drive(
+            port,
+            sessions=args.sessions,
+            level=args.level,
+            seed=args.seed,
+            poll_ms=args.poll_ms,
+            record=args.record,
+        )
+    finally:
+        if pair is not None:
+            pair.close()
+    print(summarise(report, stats))
+    return 0 if not report.errors else 1
+
+
+async def replay_command(args: argparse.Namespace) -> int:
+    lines = read_trace(Path(args.trace))
+    port, pair = _open_sim_port(args.port)
+    try:
+        mismatches = await replay_over_port(port, lines, wait_s=args.wait)
+    finally:
+        if pair is not None:
+            pair.close()
+    for m in mismatches:
+        print(m.report())
+    print(f"# {len(mismatches)} answer(s) differ in kind from {args.trace}")
+    return 0 if not mismatches else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vmc-sim", description="vmc's simulated VMC")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, helptext in (
+        ("demo", "run vmcd on a pty pair and sell through it"),
+        ("vmc", "run the simulated VMC against a reader"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--sessions", type=int, default=20)
+        p.add_argument("--level", type=int, choices=(1, 2, 3), default=3)
+        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--poll-ms", type=float, default=25.0, help="poll period")
+        p.add_argument("--record", type=Path, help="write the bus traffic as a trace")
+        if name == "demo":
+            p.add_argument("--state-dir", help="keep the daemon's journal and log here")
+        else:
+            p.add_argument("--port", help="port URL; default: a new pty pair")
+    p = sub.add_parser("replay", help="replay a trace's VMC lines against a reader")
+    p.add_argument("trace")
+    p.add_argument("--port", help="port URL; default: a new pty pair")
+    p.add_argument("--wait", type=float, default=0.05, help="seconds to wait for each answer")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runner = {"demo": demo, "vmc": vmc_command, "replay": replay_command}[args.command]
+    try:
+        return asyncio.run(runner(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

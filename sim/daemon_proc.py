@@ -1,0 +1,80 @@
+"""Start the real vmcd as a subprocess on the device end of a pty pair."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from drivers.pty import PtyPair
+
+
+class DaemonProcess:
+    """``vmcd`` on ``pair.device_url``; logs go to ``log_path``."""
+
+    def __init__(
+        self,
+        pair: PtyPair,
+        state_dir: Path,
+        *,
+        level: int = 3,
+        address: int = 0x10,
+        local_approval: str = "accept",
+        extra: tuple[str, ...] = (),
+        log_level: str = "info",
+    ) -> None:
+        self.pair = pair
+        self.state_dir = state_dir
+        self.log_path = state_dir / "vmcd.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "vmc",
+            "--mdb",
+            pair.device_url,
+            "--mdb-address",
+            hex(address),
+            "--level",
+            str(level),
+            "--state-dir",
+            str(state_dir),
+            "--local-approval",
+            local_approval,
+            "--log-level",
+            log_level,
+            *extra,
+        ]
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log: IO[bytes] | None = None
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (its bus process exits when its socket closes)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self, timeout: float = 10.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return proc.returncode

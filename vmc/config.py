@@ -1,0 +1,161 @@
+"""vmcd's configuration: a TOML file, then command-line flags over it.
+
+Every value is checked at start; a bad one raises :class:`ConfigError` naming the key (as
+``section.key``) and what is allowed, so the daemon never runs half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.ports import validate_port_url
+from protocols.errors import ConfigError, PortError
+from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
+
+APPROVAL_POLICIES = ("accept", "deny")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class MdbConfig:
+    port: str | None = None
+    address: int = 0x10
+    level: int = 3
+    local_approval: str = "deny"
+    realtime_priority: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    state_dir: Path = Path("/var/lib/vmc")
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    mdb: MdbConfig = field(default_factory=MdbConfig)
+    reader: ReaderConfig = field(default_factory=ReaderConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+
+
+# Keys of [reader] that the file may set; address and level come from [mdb].
+_READER_KEYS = {
+    f.name: f.type for f in dataclasses.fields(ReaderConfig) if f.name not in ("address", "level")
+}
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (if given), apply ``overrides`` ("section.key" -> value), validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    return _build(raw)
+
+
+def _build(raw: dict[str, Any]) -> Config:
+    unknown = set(raw) - {"mdb", "reader", "daemon"}
+    if unknown:
+        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon")
+    mdb = _section(raw, "mdb", MdbConfig)
+    if mdb.port is not None:
+        try:
+            validate_port_url(mdb.port)
+        except PortError as exc:
+            raise ConfigError(f"mdb.port: {exc}") from exc
+    if mdb.address not in CASHLESS_ADDRESSES:
+        raise ConfigError(f"mdb.address: {mdb.address!r} is not allowed; use 0x10 or 0x60")
+    _choice("mdb.level", mdb.level, (1, 2, 3))
+    _choice("mdb.local_approval", mdb.local_approval, APPROVAL_POLICIES)
+    _range("mdb.realtime_priority", mdb.realtime_priority, 0, 99)
+    daemon = _section(raw, "daemon", DaemonConfig)
+    _choice("daemon.log_level", daemon.log_level, LOG_LEVELS)
+    reader = _reader(raw.get("reader", {}), mdb)
+    return Config(mdb=mdb, reader=reader, daemon=daemon)
+
+
+def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:
+    if not isinstance(values, dict):
+        raise ConfigError("[reader] must be a table")
+    for key, value in values.items():
+        if key not in _READER_KEYS:
+            raise ConfigError(f"reader.{key}: unknown key; allowed: {', '.join(_READER_KEYS)}")
+        _typed(f"reader.{key}", value, _READER_KEYS[key])
+    checks = {
+        "currency": (1, 999),
+        "minor_decimals": (0, 4),
+        "scale_factor": (1, 255),
+        "decimal_places": (0, 4),
+        "max_response_time": (1, 255),
+        "software_version": (0, 0xFFFF),
+        "revalue_limit": (0, 2**31),
+    }
+    for key, (low, high) in checks.items():
+        if key in values:
+            _range(f"reader.{key}", values[key], low, high)
+    for key in ("session_timeout", "approval_timeout", "vend_result_timeout"):
+        if key in values and values[key] <= 0:
+            raise ConfigError(f"reader.{key}: {values[key]!r} must be a positive number of seconds")
+    for key, width in (("manufacturer", 3), ("serial", 12), ("model", 12)):
+        text = values.get(key)
+        if text is not None and (len(text) > width or not text.isascii()):
+            raise ConfigError(f"reader.{key}: {text!r} must be ASCII, at most {width} characters")
+    try:
+        return ReaderConfig(address=mdb.address, level=mdb.level, **values)
+    except ValueError as exc:
+        raise ConfigError(f"reader: {exc}") from exc
+
+
+def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
+        if fields[key] == "Path":
+            if not isinstance(value, str | Path):
+                raise ConfigError(f"{name}.{key}: {value!r} must be a path string")
+            values = {**values, key: Path(value)}
+        else:
+            _typed(f"{name}.{key}", value, fields[key])
+    return cls(**values)
+
+
+_TYPE_NAMES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _typed(key: str, value: Any, annotation: Any) -> None:
+    names = [part.strip() for part in str(annotation).split("|")]
+    if value is None and "None" in names:
+        return
+    allowed = tuple(t for n in names for t in _TYPE_NAMES.get(n, ()))
+    bad_bool = isinstance(value, bool) and bool not in allowed
+    if not isinstance(value, allowed) or bad_bool:
+        wanted = " or ".join(n for n in names if n != "None")
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {wanted}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        choices = ", ".join(str(a) for a in allowed)
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {choices}")
+
+
+def _range(key: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected an integer {low}..{high}")

@@ -1,0 +1,45 @@
+"""structlog set-up: JSON lines for journald and files, readable lines on a terminal.
+
+Secrets never reach a log: any key that looks like one is masked by :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+SECRET_KEYS = ("password", "secret", "token", "key_file", "passphrase")
+
+
+def redact(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Any:
+    for key in event:
+        if any(part in key.lower() for part in SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    out = stream or sys.stdout
+    renderer: Any
+    if out.isatty():
+        renderer = structlog.dev.ConsoleRenderer(colors=True)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=True,
+    )

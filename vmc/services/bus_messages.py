@@ -1,0 +1,158 @@
+"""Typed messages between the daemon and its MDB bus process.
+
+They travel one per datagram over a ``SOCK_SEQPACKET`` socketpair as small JSON objects:
+``{"type": <class name>, ...fields}``. Cashless events from :mod:`protocols.mdb.events` are
+carried the same way, so the daemon sees exactly the dataclasses the core emitted. This module
+imports nothing heavy: the bus process must start fast and stay small.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from protocols.errors import RemoteProtocolError
+from protocols.mdb import events as ev
+
+# --- daemon -> bus -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BeginSession:
+    funds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveVend:
+    vend_id: int
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class DenyVend:
+    vend_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSession:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class DecideRevalue:
+    approved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ShowText:
+    text: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+# --- bus -> daemon -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    port: str
+    realtime: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    state: str
+    polls: int
+    last_poll_age: float | None
+    bytes_in: int
+    blocks_out: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRefused:
+    """A daemon command the core refused (a late approval, a session while disabled)."""
+
+    command: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortFailed:
+    error: str
+
+
+BusCommand = BeginSession | ApproveVend | DenyVend | CancelSession | DecideRevalue | ShowText | Stop
+BusReport = Ready | Heartbeat | CommandRefused | PortFailed | ev.CashlessEvent
+
+_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        BeginSession,
+        ApproveVend,
+        DenyVend,
+        CancelSession,
+        DecideRevalue,
+        ShowText,
+        Stop,
+        Ready,
+        Heartbeat,
+        CommandRefused,
+        PortFailed,
+        ev.StateChanged,
+        ev.ReaderReset,
+        ev.Configured,
+        ev.PricesSet,
+        ev.VmcIdentified,
+        ev.FeaturesEnabled,
+        ev.SessionStarted,
+        ev.SessionRefused,
+        ev.SessionTimedOut,
+        ev.SessionEnded,
+        ev.VendRequested,
+        ev.VendApprovedSent,
+        ev.VendDeniedSent,
+        ev.VendSucceeded,
+        ev.VendFailed,
+        ev.VendOutcomeUnknown,
+        ev.CashSaleReported,
+        ev.RevalueRequested,
+        ev.RevalueResult,
+        ev.ProtocolViolation,
+    )
+}
+# Fields that hold enums, by message class; everything else is JSON-plain already.
+_ENUMS: dict[type[Any], dict[str, type[Enum]]] = {
+    ev.StateChanged: {"old": ev.State, "new": ev.State},
+    ev.VendDeniedSent: {"reason": ev.DenyReason},
+}
+
+
+def encode(message: object) -> bytes:
+    assert dataclasses.is_dataclass(message)
+    assert not isinstance(message, type)
+    fields = {f.name: _plain(getattr(message, f.name)) for f in dataclasses.fields(message)}
+    fields["type"] = type(message).__name__
+    return json.dumps(fields, separators=(",", ":")).encode()
+
+
+def _plain(value: object) -> object:
+    return value.name if isinstance(value, Enum) else value
+
+
+def decode(data: bytes) -> Any:
+    """Rebuild the dataclass a peer sent; anything else is a RemoteProtocolError."""
+    try:
+        obj = json.loads(data)
+        cls = _TYPES[obj.pop("type")]
+        for name, enum in _ENUMS.get(cls, {}).items():
+            obj[name] = enum[obj[name]]
+        return cls(**obj)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RemoteProtocolError(f"bad bus message {data[:80]!r}: {exc}") from exc

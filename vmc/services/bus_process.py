@@ -1,0 +1,209 @@
+"""The MDB bus process: port driver, link layer and cashless core, and nothing else.
+
+Why a process of its own: any CPU work in the daemon's event loop, or a busy thread holding
+the GIL, delays the answer to the VMC past the bus's 5 ms window. Here the loop does only bus
+work: read the port, let the core answer, write the answer, and only then forward events to
+the daemon over the socketpair. It asks for SCHED_FIFO when allowed and runs normally when
+not. Started by :mod:`vmc.services.bus` as ``python -m vmc.services.bus_process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+
+from drivers.ports import open_port
+from drivers.transport import MdbPort
+from protocols.errors import VmcError
+from protocols.mdb.cashless import CashlessDevice, ReaderConfig
+from protocols.mdb.words import WordDecoder, peripheral_words
+from vmc.services import bus_messages as msg
+
+TICK_S = 0.02
+HEARTBEAT_S = 1.0
+
+
+def request_realtime(priority: int) -> bool:
+    """SCHED_FIFO at ``priority`` if the process may have it (CAP_SYS_NICE or root)."""
+    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (PermissionError, OSError):
+        return False
+    return True
+
+
+class BusLoop:
+    """Glue between one port, one cashless core and the daemon's socket."""
+
+    def __init__(self, port: MdbPort, device: CashlessDevice, sock: socket.socket) -> None:
+        self.port = port
+        self.device = device
+        self.sock = sock
+        self.decoder = WordDecoder()
+        self.outgoing: deque[bytes] = deque()
+        self.done: asyncio.Future[int] | None = None
+        self.bytes_in = 0
+        self.blocks_out = 0
+
+    def on_port_readable(self) -> None:
+        try:
+            data = self.port.read_available()
+        except VmcError as exc:
+            self._send(msg.PortFailed(str(exc)))
+            self._finish(3)
+            return
+        if not data:
+            return
+        now = time.monotonic()
+        self.bytes_in += len(data)
+        blocks = self.device.receive(self.decoder.feed(data), now)
+        for block in blocks:
+            self.port.write_words(peripheral_words(block))
+        self.blocks_out += len(blocks)
+        self._forward_events()
+
+    def on_socket_readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._finish(0)  # the daemon is gone: a bus without its daemon must not serve
+                return
+            self._apply(msg.decode(data))
+        self._forward_events()
+
+    def _apply(self, command: object) -> None:
+        device = self.device
+        try:
+            match command:
+                case msg.BeginSession(funds=funds):
+                    device.begin_session(funds)
+                case msg.ApproveVend(vend_id=vend_id, amount=amount):
+                    device.approve_vend(vend_id, amount)
+                case msg.DenyVend(vend_id=vend_id):
+                    device.deny_vend(vend_id)
+                case msg.CancelSession():
+                    device.cancel_session()
+                case msg.DecideRevalue(approved=approved):
+                    device.decide_revalue(approved)
+                case msg.ShowText(text=text, seconds=seconds):
+                    device.display(text, seconds)
+                case msg.Stop():
+                    self._finish(0)
+                case _:
+                    raise VmcError(f"unknown command {command!r}")
+        except VmcError as exc:
+            self._send(msg.CommandRefused(type(command).__name__, str(exc)))
+
+    async def ticker(self) -> None:
+        last_beat = 0.0
+        while True:
+            await asyncio.sleep(TICK_S)
+            now = time.monotonic()
+            self.device.tick(now)
+            self._forward_events()
+            if now - last_beat >= HEARTBEAT_S:
+                last_beat = now
+                last = self.device.last_poll_at
+                self._send(
+                    msg.Heartbeat(
+                        state=self.device.state.name,
+                        polls=self.device.polls,
+                        last_poll_age=None if last is None else round(now - last, 3),
+                        bytes_in=self.bytes_in,
+                        blocks_out=self.blocks_out,
+                    )
+                )
+
+    def _forward_events(self) -> None:
+        for event in self.device.take_events():
+            self._send(event)
+
+    def _send(self, message: object) -> None:
+        self.outgoing.append(msg.encode(message))
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.outgoing:
+            try:
+                self.sock.send(self.outgoing[0])
+            except BlockingIOError:
+                loop = asyncio.get_running_loop()
+                loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError:
+                self._finish(0)
+                return
+            self.outgoing.popleft()
+
+    def _writable(self) -> None:
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        self._drain()
+
+    def _finish(self, code: int) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(code)
+
+
+async def serve(port: MdbPort, device: CashlessDevice, sock: socket.socket, realtime: bool) -> int:
+    loop = asyncio.get_running_loop()
+    bus = BusLoop(port, device, sock)
+    bus.done = loop.create_future()
+    sock.setblocking(False)
+    loop.add_reader(port.fileno(), bus.on_port_readable)
+    loop.add_reader(sock.fileno(), bus.on_socket_readable)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, bus._finish, 0)
+    bus._send(msg.Ready(port.url, realtime))
+    ticker = asyncio.create_task(bus.ticker())
+    gc.collect()
+    gc.freeze()  # keep collections of start-up objects off the answer path
+    try:
+        return await bus.done
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+        loop.remove_reader(port.fileno())
+        loop.remove_reader(sock.fileno())
+        port.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vmc-bus", description="vmc's MDB bus process")
+    parser.add_argument("--port", required=True, help="uart://, pty:// or loop:// URL")
+    parser.add_argument("--fd", type=int, required=True, help="socketpair end to the daemon")
+    parser.add_argument("--reader", required=True, help="ReaderConfig fields as JSON")
+    parser.add_argument("--realtime-priority", type=int, default=0)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        config = ReaderConfig(**json.loads(args.reader))
+        port = open_port(args.port)
+    except (VmcError, ValueError, TypeError) as exc:
+        with contextlib.suppress(OSError):
+            sock.send(msg.encode(msg.PortFailed(str(exc))))
+        print(f"vmc-bus: {exc}", file=sys.stderr)
+        return 2
+    realtime = request_realtime(args.realtime_priority)
+    device = CashlessDevice(config, time.monotonic())
+    return asyncio.run(serve(port, device, sock, realtime))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Local vend decisions, used until the cloud flow decides (``--local-approval``).
+
+``accept`` approves every vend request at its price and books it as a **free** vend: no
+money was collected by anyone, so it must never be counted as paid. On a VMC without
+always-idle it also offers a session with funds unknown whenever the reader is enabled, as a
+free-vend key would. ``deny`` refuses every vend. Negative vends (refund to card) are always
+refused locally. Cash sales the VMC reports are booked as cash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from protocols.mdb import events as ev
+from protocols.mdb.commands import Feature
+from vmc.journal import Journal, JournalRecord, VendType
+from vmc.services import bus_messages as msg
+
+log = structlog.get_logger("vmc.vending")
+
+
+class LocalVending:
+    def __init__(
+        self, accept: bool, journal: Journal, send: Callable[[msg.BusCommand], bool]
+    ) -> None:
+        self.accept = accept
+        self.journal = journal
+        self.send = send
+        self.always_idle = False
+        self.sessions_completed = 0
+        self.vends_succeeded = 0
+
+    def handle(self, report: object) -> None:
+        match report:
+            case ev.VendRequested(vend_id=vend_id, item=item, price=price, negative=negative):
+                log.info("vend_requested", vend_id=vend_id, item=item, price=price)
+                if self.accept and not negative:
+                    self.send(msg.ApproveVend(vend_id, price))
+                else:
+                    self.send(msg.DenyVend(vend_id))
+            case ev.VendApprovedSent(vend_id=vend_id, amount=amount):
+                log.info("vend_approved", vend_id=vend_id, amount=amount, vend_type="free")
+            case ev.VendDeniedSent(vend_id=vend_id, reason=reason):
+                log.info("vend_denied", vend_id=vend_id, reason=reason.value)
+            case ev.VendSucceeded(vend_id=vend_id, item=item, amount=amount):
+                self.vends_succeeded += 1
+                self._book(
+                    "vend_success",
+                    vend_id=vend_id,
+                    item=item,
+                    amount=amount,
+                    vend_type=VendType.FREE,
+                )
+            case ev.VendFailed(vend_id=vend_id, item=item, amount=amount):
+                self._book(
+                    "vend_failure",
+                    vend_id=vend_id,
+                    item=item,
+                    amount=amount,
+                    vend_type=VendType.FREE,
+                )
+            case ev.VendOutcomeUnknown(vend_id=vend_id, item=item, amount=amount, reason=why):
+                self._book(
+                    "vend_unknown",
+                    vend_id=vend_id,
+                    item=item,
+                    amount=amount,
+                    vend_type=VendType.FREE,
+                    detail=why,
+                )
+            case ev.CashSaleReported(item=item, price=price):
+                self._book(
+                    "cash_sale", vend_id=None, item=item, amount=price, vend_type=VendType.CASH
+                )
+            case ev.RevalueRequested(amount=amount):
+                log.info("revalue_denied", amount=amount)
+                self.send(msg.DecideRevalue(approved=False))
+            case ev.FeaturesEnabled(features=features):
+                self.always_idle = bool(features & Feature.ALWAYS_IDLE)
+                log.info("features_enabled", features=features, always_idle=self.always_idle)
+            case ev.SessionEnded():
+                self.sessions_completed += 1
+                log.info("session_ended", sessions=self.sessions_completed)
+            case ev.StateChanged(new=new):
+                log.info("reader_state", state=new.name)
+                if new is ev.State.ENABLED and self.accept and not self.always_idle:
+                    self.send(msg.BeginSession(None))
+            case ev.ReaderReset(bus_reset=bus_reset):
+                self.always_idle = False
+                log.info("reader_reset", bus_reset=bus_reset)
+            case ev.ProtocolViolation(detail=detail):
+                log.warning("mdb_protocol_violation", detail=detail)
+            case msg.CommandRefused(command=command, error=error):
+                log.warning("bus_command_refused", command=command, error=error)
+            case msg.PortFailed(error=error):
+                log.error("mdb_port_failed", error=error)
+            case msg.Ready(port=port, realtime=realtime):
+                log.info("bus_ready", port=port, realtime=realtime)
+            case msg.Heartbeat():
+                pass
+            case _:
+                log.debug("bus_event", kind=type(report).__name__)
+
+    def _book(
+        self,
+        kind: str,
+        *,
+        vend_id: int | None,
+        item: int,
+        amount: int,
+        vend_type: VendType,
+        detail: str | None = None,
+    ) -> None:
+        record = JournalRecord(kind, vend_id, item, amount, vend_type, detail)
+        self.journal.append(record, durable=True)
+        log.info(kind, vend_id=vend_id, item=item, amount=amount, vend_type=vend_type.value)
