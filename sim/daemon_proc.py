@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from drivers.pty import PtyPair
 
 
+def _pin_to(cpu: int) -> Callable[[], None]:
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 class DaemonProcess:
-    """``vmcd`` on ``pair.device_url``; logs go to ``log_path``."""
+    """``vmcd`` on ``pair.device_url``; logs go to ``log_path``.
+
+    ``cpu`` pins the daemon to that CPU; the bus process it spawns inherits the affinity.
+    """
 
     def __init__(
         self,
@@ -25,8 +34,10 @@ class DaemonProcess:
         local_approval: str = "accept",
         extra: tuple[str, ...] = (),
         log_level: str = "info",
+        cpu: int | None = None,
     ) -> None:
         self.pair = pair
+        self.cpu = cpu
         self.state_dir = state_dir
         self.log_path = state_dir / "vmcd.log"
         self.args = [
@@ -54,7 +65,10 @@ class DaemonProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+            *self.args,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=None if self.cpu is None else _pin_to(self.cpu),
         )
 
     def kill(self) -> None:

@@ -91,8 +91,10 @@ class PeripheralLink:
             if word.value == 0x00:
                 self._partial = None
                 return LineEvent()
-            mine = (word.value & 0xF8) == self.base
-            self._partial = bytearray((word.value,)) if mine else None
+            if (word.value & 0xF8) != self.base:
+                self._partial = None
+                return None
+            self._partial = bytearray((word.value,))
         elif self._partial is not None:
             self._partial.append(word.value)
         else:

@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""MDB answer latency of vmcd: the time from the VMC's last byte to the reader's first byte.
+
+A VMC gives a peripheral 5 ms to start answering; a late answer counts as no answer. vmcd
+keeps the MDB link in a bus process of its own (``vmc.services.bus_process``) so that the
+daemon's other work (journal writes with fsync, logging, decisions) never sits between a
+command and its answer, and that process asks for SCHED_FIFO so other load on the CPU does
+not either. This benchmark checks both claims from the outside: the real daemon runs as a
+subprocess on a pty pair and the simulated VMC (``sim.vmc_master``) polls it back to back,
+with a full vend session (request, approval, success, session complete) every K polls.
+
+Two phases, each with a fresh pty pair and daemon:
+
+- ``idle``: nothing else running.
+- ``busy``: the daemon logs at debug level and runs a vend session every 20 polls (journal
+  fsyncs and log lines all the time), and a CPU hog shares the daemon's CPU. The daemon (and
+  so its bus process) and the hog are pinned to one CPU and this process to another, so the
+  measuring side is not the one delayed.
+
+Every exchange's response time counts (polls and session commands) from the reader's
+initialisation on; the RESET probes sent while vmcd is still starting do not (``startup_s``
+says how long that took). ``realtime`` says whether the bus process got SCHED_FIFO (from the
+daemon's ``bus_ready`` log line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from drivers.pty import PtyPair  # noqa: E402
+from protocols.errors import VmcError  # noqa: E402
+from sim.daemon_proc import DaemonProcess  # noqa: E402
+from sim.scenarios import Customers  # noqa: E402
+from sim.vmc_master import (  # noqa: E402
+    RESPONSE_WINDOW_S,
+    Answer,
+    TimingStats,
+    VmcMaster,
+    VmcSimError,
+)
+
+PHASES = ("idle", "busy")
+BUSY_SESSIONS_EVERY = 20
+HOG_CODE = "while True:\n    pass\n"
+# (numerator, denominator) of each reported percentile, for exact nearest-rank indexes.
+PERCENTILES = {"p50_ms": (50, 100), "p99_ms": (99, 100), "p999_ms": (999, 1000)}
+
+
+class CountingVmc(VmcMaster):
+    """The simulated VMC, counting every POLL it sends (loop, sessions and init alike)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.polls_sent = 0
+
+    async def poll(self) -> Answer:
+        self.polls_sent += 1
+        return await super().poll()
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    response_s: list[float] = field(default_factory=list)
+    polls: int = 0
+    sessions: int = 0
+    sessions_ok: int = 0
+    timeouts: int = 0
+    other_errors: int = 0
+    violations: int = 0
+    first_problems: list[str] = field(default_factory=list)
+    realtime: bool | None = None
+    daemon_exit: int | None = None
+    daemon_warnings: int = 0
+    duration_s: float = 0.0
+    startup_s: float | None = None
+    truncated: bool = False
+    pinning: dict[str, int] | None = None
+
+    @property
+    def errors(self) -> int:
+        return (self.sessions - self.sessions_ok) + self.timeouts + self.other_errors
+
+    def note(self, problem: str) -> None:
+        if len(self.first_problems) < 5:
+            self.first_problems.append(problem)
+
+
+def nearest_rank(ordered: list[float], num: int, den: int) -> float:
+    """The nearest-rank percentile num/den of an ascending, non-empty list."""
+    rank = max(1, -(-len(ordered) * num // den))  # ceil(n * num / den) in integers
+    return ordered[rank - 1]
+
+
+def latency_stats(times_s: list[float]) -> dict[str, Any]:
+    ordered = sorted(times_s)
+    out: dict[str, Any] = {"answers": len(ordered)}
+    for key, (num, den) in PERCENTILES.items():
+        out[key] = round(nearest_rank(ordered, num, den) * 1000, 3) if ordered else None
+    out["max_ms"] = round(ordered[-1] * 1000, 3) if ordered else None
+    out["over_5ms"] = sum(t > RESPONSE_WINDOW_S for t in ordered)
+    return out
+
+
+def phase_summary(result: PhaseResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"polls": result.polls, **latency_stats(result.response_s)}
+    out.update(
+        sessions=result.sessions,
+        sessions_ok=result.sessions_ok,
+        errors=result.errors,
+        timeouts=result.timeouts,
+        timing_violations=result.violations,
+        realtime=result.realtime,
+        daemon_exit=result.daemon_exit,
+        daemon_warnings=result.daemon_warnings,
+        duration_s=round(result.duration_s, 2),
+        startup_s=None if result.startup_s is None else round(result.startup_s, 3),
+        truncated=result.truncated,
+    )
+    if result.pinning is not None:
+        out["pinning"] = result.pinning
+    if result.first_problems:
+        out["first_problems"] = result.first_problems
+    return out
+
+
+def read_daemon_log(path: Path) -> tuple[bool | None, int]:
+    """From vmcd's JSON-lines log: did every bus process get SCHED_FIFO; warnings logged."""
+    realtime: list[bool] = []
+    warnings = 0
+    with contextlib.suppress(OSError):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(record, dict):
+                continue
+            if record.get("event") == "bus_ready":
+                realtime.append(record.get("realtime") is True)
+            if record.get("level") in ("warning", "error", "critical"):
+                warnings += 1
+    return (all(realtime) if realtime else None), warnings
+
+
+def choose_cpus() -> tuple[int, int] | None:
+    """(daemon and hog CPU, benchmark CPU), or None on a single-CPU machine."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return cpus[0], cpus[1]
+
+
+async def start_hog(cpu: int | None) -> asyncio.subprocess.Process:
+    hog = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOG_CODE,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    if cpu is not None:
+        os.sched_setaffinity(hog.pid, {cpu})
+    return hog
+
+
+async def stop_hog(hog: asyncio.subprocess.Process) -> None:
+    if hog.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            hog.kill()
+    await hog.wait()
+
+
+async def wait_for_reader(vmc: VmcMaster, attempts: int = 100) -> float:
+    """RESET until vmcd answers; seconds from the first probe to the answer.
+
+    The first probes go out while vmcd and its bus process are still starting: an answer to
+    a RESET that waited in the pty for the port to be opened says nothing about the bus.
+    """
+    started = time.perf_counter()
+    for _ in range(attempts):
+        if not (await vmc.reset(timed=False)).timed_out:
+            return time.perf_counter() - started
+        await asyncio.sleep(0.05)
+    raise VmcSimError(f"vmcd never answered RESET in {attempts} probes")
+
+
+async def drive(
+    vmc: CountingVmc,
+    daemon: DaemonProcess,
+    result: PhaseResult,
+    *,
+    polls: int,
+    sessions_every: int,
+    max_seconds: float,
+    seed: int,
+) -> None:
+    """Initialise the reader, then poll back to back with a purchase every K polls."""
+
+    async def init() -> object:
+        return await vmc.initialise(level=3)
+
+    customers = Customers(vmc, random.Random(seed), poll_period=0.0, init=init)
+    result.startup_s = await wait_for_reader(vmc)
+    vmc.stats = TimingStats()  # the probe's answer timed vmcd's start-up, not the bus
+    await init()
+    gc.collect()
+    gc.freeze()  # keep full collections of start-up objects off the measuring side
+    try:
+        deadline = time.perf_counter() + max_seconds
+        for i in range(1, polls + 1):
+            if time.perf_counter() > deadline:
+                result.truncated = True
+                result.note(f"time budget of {max_seconds} s used up after {i - 1} polls")
+                break
+            if daemon.proc is not None and daemon.proc.returncode is not None:
+                result.other_errors += 1
+                result.note(f"vmcd exited with {daemon.proc.returncode} after {i - 1} polls")
+                break
+            try:
+                await vmc.poll()
+            except VmcError as exc:
+                result.other_errors += 1
+                result.note(f"poll {i}: {exc}")
+            if sessions_every > 0 and i % sessions_every == 0:
+                result.sessions += 1
+                try:
+                    session = await customers.run("purchase", result.sessions)
+                except VmcError as exc:
+                    result.note(f"session {result.sessions}: {exc}")
+                    continue
+                if session.ok:
+                    result.sessions_ok += 1
+                else:
+                    result.note(f"session {session.number}: {session.outcome} {session.detail}")
+    finally:
+        gc.unfreeze()
+
+
+async def run_phase(
+    name: str, *, polls: int, sessions_every: int, max_seconds: float, seed: int
+) -> PhaseResult:
+    busy = name == "busy"
+    result = PhaseResult(name)
+    cpus = choose_cpus() if busy else None
+    own_affinity = os.sched_getaffinity(0) if cpus is not None else None
+    hog: asyncio.subprocess.Process | None = None
+    vmc: CountingVmc | None = None
+    pair = PtyPair()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"vmc-bench-{name}-") as tmp:
+        daemon = DaemonProcess(
+            pair,
+            Path(tmp),
+            level=3,
+            local_approval="accept",
+            log_level="debug" if busy else "info",
+            cpu=None if cpus is None else cpus[0],
+        )
+        try:
+            if busy:
+                hog = await start_hog(None if cpus is None else cpus[0])
+            if cpus is not None:
+                result.pinning = {"daemon_cpu": cpus[0], "hog_cpu": cpus[0], "bench_cpu": cpus[1]}
+                os.sched_setaffinity(0, {cpus[1]})
+            await daemon.start()
+            vmc = CountingVmc(pair.master)
+            await drive(
+                vmc,
+                daemon,
+                result,
+                polls=polls,
+                sessions_every=sessions_every,
+                max_seconds=max_seconds,
+                seed=seed,
+            )
+        except VmcError as exc:
+            result.other_errors += 1
+            result.note(f"{type(exc).__name__}: {exc}")
+        finally:
+            if vmc is not None:
+                vmc.close()
+                result.polls = vmc.polls_sent
+                result.response_s = list(vmc.stats.response_s)
+                result.timeouts = vmc.stats.timeouts
+                result.violations = len(vmc.stats.violations)
+                for violation in vmc.stats.violations[:3]:
+                    result.note(violation)
+            result.daemon_exit = await daemon.stop()
+            if hog is not None:
+                await stop_hog(hog)
+            if own_affinity is not None:
+                os.sched_setaffinity(0, own_affinity)
+            result.realtime, result.daemon_warnings = read_daemon_log(daemon.log_path)
+            pair.close()
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def combine(results: list[PhaseResult]) -> dict[str, Any]:
+    times = [t for r in results for t in r.response_s]
+    out: dict[str, Any] = {"polls": sum(r.polls for r in results), **latency_stats(times)}
+    out["sessions"] = sum(r.sessions for r in results)
+    out["sessions_ok"] = sum(r.sessions_ok for r in results)
+    out["errors"] = sum(r.errors for r in results)
+    out["timeouts"] = sum(r.timeouts for r in results)
+    out["timing_violations"] = sum(r.violations for r in results)
+    flags = [r.realtime for r in results]
+    out["realtime"] = None if None in flags else all(flags)
+    out["duration_s"] = round(sum(r.duration_s for r in results), 2)
+    out["phases"] = {r.name: phase_summary(r) for r in results}
+    out["host"] = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+    }
+    return out
+
+
+def human(report: dict[str, Any]) -> str:
+    lines = [
+        "vmcd MDB answer latency over a pty (last VMC byte -> first answer byte)",
+        f"host: {report['host']['nproc']} CPUs, Python {report['host']['python']}, "
+        f"bus process SCHED_FIFO: {report['realtime']}",
+    ]
+    rows = [(name, p) for name, p in report["phases"].items()]
+    rows.append(("all", report))
+    lines.append(
+        f"{'phase':<6}{'polls':>8}{'answers':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
+        f"{'>5ms':>6}{'sessions':>10}{'errors':>8}"
+    )
+    for name, p in rows:
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        lines.append(
+            f"{name:<6}{p['polls']:>8}{p['answers']:>9}{ms(p['p50_ms']):>9}"
+            f"{ms(p['p99_ms']):>9}{ms(p['p999_ms']):>9}{ms(p['max_ms']):>9}"
+            f"{p['over_5ms']:>6}{p['sessions_ok']:>5}/{p['sessions']:<4}{p['errors']:>8}"
+        )
+    lines.append("(times in ms; sessions ok/run)")
+    for name, p in report["phases"].items():
+        lines.extend(f"{name}: {problem}" for problem in p.get("first_problems", []))
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    names = PHASES if args.phase == "both" else (args.phase,)
+    results = []
+    for name in names:
+        every = args.busy_sessions_every if name == "busy" else args.sessions_every
+        results.append(
+            await run_phase(
+                name,
+                polls=args.polls,
+                sessions_every=every,
+                max_seconds=args.max_seconds,
+                seed=args.seed,
+            )
+        )
+    return combine(results)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--polls", type=int, default=20000, help="polls per phase")
+    p.add_argument(
+        "--sessions-every", type=int, default=200, help="a purchase every K polls (idle phase)"
+    )
+    p.add_argument(
+        "--busy-sessions-every",
+        type=int,
+        default=BUSY_SESSIONS_EVERY,
+        help="a purchase every K polls in the busy phase",
+    )
+    p.add_argument("--phase", choices=(*PHASES, "both"), default="both")
+    p.add_argument("--max-seconds", type=float, default=75.0, help="polling time budget per phase")
+    p.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(report, sort_keys=False))
+    else:
+        print(human(report))
+    return 0 if report["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The bus loop, the local policy and the simulated VMC in one process over a loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from drivers.loopback import loopback_pair
+from protocols.mdb.cashless import CashlessDevice, ReaderConfig
+from sim.scenarios import DEFAULT_WEIGHTS, Customers, run_customers
+from sim.trace import parse_trace
+from sim.vmc_master import VmcMaster
+from vmc.journal import Journal, VendType
+from vmc.services import bus_messages as msg
+from vmc.services.bus_process import serve
+from vmc.services.vending import LocalVending
+
+
+async def _daemon_side(sock: socket.socket, vending: LocalVending) -> None:
+    loop = asyncio.get_running_loop()
+    while data := await loop.sock_recv(sock, 65536):
+        vending.handle(msg.decode(data))
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+@pytest.mark.parametrize("accept", [True, False])
+async def test_customers_in_process(tmp_path: Path, level: int, accept: bool) -> None:
+    device_port, vmc_port = loopback_pair()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    vending = LocalVending(accept, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0)
+    config = ReaderConfig(level=level)
+    bus_task = asyncio.create_task(
+        serve(device_port, CashlessDevice(config, time.monotonic()), theirs, realtime=False)
+    )
+    daemon_task = asyncio.create_task(_daemon_side(ours, vending))
+    vmc = VmcMaster(vmc_port, answer_timeout=0.5)
+    try:
+        await vmc.initialise(level=3)
+        customers = Customers(vmc, random.Random(level), poll_period=0.005)
+        weights = dict(DEFAULT_WEIGHTS)
+        if not accept:
+            weights = {"purchase": 3, "cancel": 1, "cash_sale": 1}
+        if not accept and level < 3:
+            weights = {"cash_sale": 1}  # no sessions are offered when every vend is denied
+        report = await run_customers(customers, 25, weights=weights)
+    finally:
+        vmc.close()
+        ours.send(msg.encode(msg.Stop()))
+        await asyncio.wait_for(bus_task, 5)
+        daemon_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await daemon_task
+    assert not report.errors, report.errors
+    outcomes = report.outcomes()
+    vended = outcomes.get("vended", 0) + 2 * outcomes.get("multi_vend", 0)
+    records = journal.records()
+    assert sum(r.kind == "vend_success" for r in records) == vended
+    assert all(r.vend_type is VendType.FREE for r in records if r.kind.startswith("vend_"))
+    assert sum(r.kind == "cash_sale" for r in records) == outcomes.get("cash_sale", 0)
+    if not accept:
+        assert vended == 0
+        assert "denied" in outcomes or level < 3
+    journal.close()
+
+
+async def test_recorded_trace_parses_back(tmp_path: Path) -> None:
+    from sim.trace import TraceRecorder
+
+    device_port, vmc_port = loopback_pair()
+    recorder = TraceRecorder()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    task = asyncio.create_task(serve(device_port, CashlessDevice(ReaderConfig()), theirs, False))
+    vmc = VmcMaster(vmc_port, recorder=recorder, answer_timeout=0.5)
+    try:
+        await vmc.initialise()
+    finally:
+        vmc.close()
+        ours.send(msg.encode(msg.Stop()))
+        await asyncio.wait_for(task, 5)
+    lines = parse_trace(recorder.text())
+    assert lines[0].format().startswith("VMC: 110 010")
+    assert any("READER ENABLE" in line.comment for line in lines)
