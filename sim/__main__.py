@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("vmc", "run the simulated VMC against a reader"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--sessions", type=int, default=20)
-        p.add_argument("--level", type=int, choices=(1, 2, 3), default=3)
-        p.add_argument("--seed", type=int, default=1)
+        p.add_argument("--sessions", type=int, default=20, help="customers to play (20)")
+        p.add_argument(
+            "--level", type=int, choices=(1, 2, 3), default=3, help="the VMC's feature level"
+        )
+        p.add_argument("--seed", type=int, default=1, help="seed of the customer mix")
         p.add_argument("--poll-ms", type=float, default=25.0, help="poll period")
         p.add_argument("--record", type=Path, help="write the bus traffic as a trace")
         if name == "demo":
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("--port", help="port URL; default: a new pty pair")
     p = sub.add_parser("replay", help="replay a trace's VMC lines against a reader")
-    p.add_argument("trace")
+    p.add_argument("trace", help="a trace file in the corpus format")
     p.add_argument("--port", help="port URL; default: a new pty pair")
     p.add_argument("--wait", type=float, default=0.05, help="seconds to wait for each answer")
     return parser

@@ -1,0 +1,21 @@
+"""The bus process must start small: none of the daemon's heavy libraries may load in it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("structlog", "serial", "cbor2", "aiomqtt", "paho", "sqlite3")
+
+
+def test_bus_process_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, json, vmc.services.bus_process as b, drivers.ports;"
+        "print(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    )
+    loaded = set(json.loads(out.stdout))
+    assert not {m for m in loaded for h in HEAVY if m == h or m.startswith(h + ".")}

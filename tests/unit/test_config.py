@@ -1,0 +1,105 @@
+"""Configuration: every bad value is refused with the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocols.errors import ConfigError
+from vmc.config import load_config
+from vmc.daemon import build_parser, config_from_args
+
+EXAMPLE = Path(__file__).parents[2] / "systemd" / "vmc.example.toml"
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE)
+    assert config.mdb.port == "uart:///dev/ttyAMA0"
+    assert config.reader.currency == 978
+    assert config.reader.address == config.mdb.address
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    path.write_text('[mdb]\nport = "uart:///dev/ttyAMA0"\nlevel = 2\n[reader]\ncurrency = 840\n')
+    args = build_parser().parse_args(
+        [
+            "--config",
+            str(path),
+            "--mdb",
+            "pty:///dev/pts/9",
+            "--mdb-address",
+            "0x60",
+            "--level",
+            "1",
+            "--state-dir",
+            str(tmp_path),
+            "--local-approval",
+            "accept",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.mdb.port == "pty:///dev/pts/9"
+    assert config.reader.address == 0x60
+    assert config.reader.level == 1
+    assert config.reader.currency == 840
+    assert config.daemon.state_dir == tmp_path
+    assert config.mdb.local_approval == "accept"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        ({"mdb.level": 4}, "mdb.level", "1, 2, 3"),
+        ({"mdb.level": "3"}, "mdb.level", "expected int"),
+        ({"mdb.address": 0x20}, "mdb.address", "0x10 or 0x60"),
+        ({"mdb.port": "tcp://host:1"}, "mdb.port", "uart://"),
+        ({"mdb.port": "uart://ttyAMA0"}, "mdb.port", "/dev/"),
+        ({"mdb.local_approval": "maybe"}, "mdb.local_approval", "accept, deny"),
+        ({"mdb.realtime_priority": 120}, "mdb.realtime_priority", "0..99"),
+        ({"mdb.colour": 1}, "mdb.colour", "allowed"),
+        ({"reader.currency": "EUR"}, "reader.currency", "int"),
+        ({"reader.currency": 1000}, "reader.currency", "1..999"),
+        ({"reader.scale_factor": 0}, "reader.scale_factor", "1..255"),
+        ({"reader.decimal_places": True}, "reader.decimal_places", "int"),
+        ({"reader.session_timeout": -1.0}, "reader.session_timeout", "positive"),
+        ({"reader.approval_timeout": 9.0}, "approval_timeout", "below max_response_time"),
+        ({"reader.manufacturer": "ACME"}, "reader.manufacturer", "at most 3"),
+        ({"reader.serial": "é"}, "reader.serial", "ASCII"),
+        ({"reader.address": 0x10}, "reader.address", "allowed"),
+        ({"daemon.log_level": "loud"}, "daemon.log_level", "debug"),
+        ({"daemon.state_dir": 5}, "daemon.state_dir", "path"),
+        ({"extra.key": 1}, "[extra]", "mdb, reader, daemon"),
+    ],
+)
+def test_bad_values_name_key_and_allowed(overrides: dict[str, Any], key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert key in str(info.value)
+    assert allowed in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[mdb\nport=1",
+        "mdb = 3\n",
+        "[reader]\ncurrency = [1, 2]\n",
+        "\x00\x01",
+        "[reader]\nmodel = 7\n",
+    ],
+)
+def test_hostile_files_get_config_errors(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+def test_missing_file_and_missing_port(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"mdb\.port"):
+        config_from_args(build_parser().parse_args([]))
