@@ -295,7 +295,10 @@ class CashlessDevice:
         """Feed decoded words; return the blocks to send (mode bit on each one's last byte)."""
         self._now = now
         out: list[bytes] = []
-        for event in self.link.receive(words):
+        for word in words:
+            event = self.link.receive_word(word)
+            if event is None:
+                continue
             reply = self._on_link_event(event)
             if reply is not None:
                 out.append(reply)

@@ -12,7 +12,6 @@ POLL. ``FF 00 00`` outside that slot is a BREAK or framing error, reported as a 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocols.mdb.commands import ACK, MAX_BLOCK, NAK, RET, block_lengths
@@ -71,15 +70,12 @@ class PeripheralLink:
         self._awaiting_reply = False
         self.unacked: bytes | None = None
 
-    def receive(self, words: Iterable[Word]) -> list[LinkEvent]:
-        events: list[LinkEvent] = []
-        for word in words:
-            event = self._receive_word(word)
-            if event is not None:
-                events.append(event)
-        return events
+    def receive_word(self, word: Word) -> LinkEvent | None:
+        """One word in; the event it completes, if any.
 
-    def _receive_word(self, word: Word) -> LinkEvent | None:
+        Word at a time on purpose: the caller must answer a block (and so start waiting for
+        the VMC's ACK) before the next word is read, even when both arrived in one read.
+        """
         if self._awaiting_reply:
             self._awaiting_reply = False
             reply = _REPLY_WORDS.get(word.value)

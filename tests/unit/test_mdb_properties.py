@@ -125,3 +125,37 @@ def test_approvals_on_the_bus_never_exceed_approvals_given(seed: int, rate: floa
                 assert event.vend_id not in sent_for
                 sent_for.add(event.vend_id)
         assert all(len(b) >= 1 for b in blocks)
+
+
+def _replies(chunks: list[list[Word]], level: int, *, word_at_a_time: bool) -> list[bytes]:
+    """Feed ``chunks``; the application acts only between chunks, in both modes."""
+    bus = enabled(level)
+    bus.device.begin_session(1000)
+    out: list[bytes] = []
+    now = 0.0
+    for chunk in chunks:
+        now += 0.001
+        parts = [[w] for w in chunk] if word_at_a_time else [chunk]
+        for part in parts:
+            out += bus.device.receive(part, now)
+        for event in bus.device.take_events():
+            if isinstance(event, ev.VendRequested):
+                bus.device.approve_vend(event.vend_id, event.price)
+            if isinstance(event, ev.SessionEnded):
+                bus.device.begin_session(1000)
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([1, 2, 3]))
+def test_replies_do_not_depend_on_how_the_stream_is_split(seed: int, level: int) -> None:
+    rng = random.Random(seed)
+    words = _session_stream(level, rng)
+    chunks: list[list[Word]] = []
+    pos = 0
+    while pos < len(words):
+        size = rng.randint(1, 12)
+        chunks.append(words[pos : pos + size])
+        pos += size
+    one_by_one = _replies(chunks, level, word_at_a_time=True)
+    assert _replies(chunks, level, word_at_a_time=False) == one_by_one
