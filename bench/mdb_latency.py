@@ -20,7 +20,9 @@ Two phases, each with a fresh pty pair and daemon:
 Every exchange's response time counts (polls and session commands) from the reader's
 initialisation on; the RESET probes sent while vmcd is still starting do not (``startup_s``
 says how long that took). ``realtime`` says whether the bus process got SCHED_FIFO (from the
-daemon's ``bus_ready`` log line).
+daemon's ``bus_ready`` log line). On a virtual machine ``host_steal_ms`` is the CPU time the
+hypervisor took from the guest during a phase: such stalls show up as late answers that no
+scheduling inside the guest can prevent.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class PhaseResult:
     daemon_warnings: int = 0
     duration_s: float = 0.0
     startup_s: float | None = None
+    steal_ms: float | None = None
     truncated: bool = False
     pinning: dict[str, int] | None = None
 
@@ -132,6 +135,7 @@ def phase_summary(result: PhaseResult) -> dict[str, Any]:
         daemon_warnings=result.daemon_warnings,
         duration_s=round(result.duration_s, 2),
         startup_s=None if result.startup_s is None else round(result.startup_s, 3),
+        host_steal_ms=result.steal_ms,
         truncated=result.truncated,
     )
     if result.pinning is not None:
@@ -158,6 +162,16 @@ def read_daemon_log(path: Path) -> tuple[bool | None, int]:
             if record.get("level") in ("warning", "error", "critical"):
                 warnings += 1
     return (all(realtime) if realtime else None), warnings
+
+
+def steal_ms() -> float | None:
+    """CPU time the hypervisor took from this VM so far (all CPUs), None where unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+        return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def choose_cpus() -> tuple[int, int] | None:
@@ -268,6 +282,7 @@ async def run_phase(
     vmc: CountingVmc | None = None
     pair = PtyPair()
     started = time.perf_counter()
+    steal_before = steal_ms()
     with tempfile.TemporaryDirectory(prefix=f"vmc-bench-{name}-") as tmp:
         daemon = DaemonProcess(
             pair,
@@ -314,6 +329,9 @@ async def run_phase(
             result.realtime, result.daemon_warnings = read_daemon_log(daemon.log_path)
             pair.close()
     result.duration_s = time.perf_counter() - started
+    steal_after = steal_ms()
+    if steal_before is not None and steal_after is not None:
+        result.steal_ms = round(steal_after - steal_before, 1)
     return result
 
 
