@@ -55,11 +55,11 @@ from sim.vmc_master import (  # noqa: E402
     Answer,
     TimingStats,
     VmcMaster,
-    VmcSimError,
 )
 
 PHASES = ("idle", "busy")
 BUSY_SESSIONS_EVERY = 20
+STARTUP_TIMEOUT_S = 10.0
 HOG_CODE = "while True:\n    pass\n"
 # (numerator, denominator) of each reported percentile, for exact nearest-rank indexes.
 PERCENTILES = {"p50_ms": (50, 100), "p99_ms": (99, 100), "p999_ms": (999, 1000)}
@@ -205,20 +205,6 @@ async def stop_hog(hog: asyncio.subprocess.Process) -> None:
     await hog.wait()
 
 
-async def wait_for_reader(vmc: VmcMaster, attempts: int = 100) -> float:
-    """RESET until vmcd answers; seconds from the first probe to the answer.
-
-    The first probes go out while vmcd and its bus process are still starting: an answer to
-    a RESET that waited in the pty for the port to be opened says nothing about the bus.
-    """
-    started = time.perf_counter()
-    for _ in range(attempts):
-        if not (await vmc.reset(timed=False)).timed_out:
-            return time.perf_counter() - started
-        await asyncio.sleep(0.05)
-    raise VmcSimError(f"vmcd never answered RESET in {attempts} probes")
-
-
 async def drive(
     vmc: CountingVmc,
     daemon: DaemonProcess,
@@ -235,7 +221,7 @@ async def drive(
         return await vmc.initialise(level=3)
 
     customers = Customers(vmc, random.Random(seed), poll_period=0.0, init=init)
-    result.startup_s = await wait_for_reader(vmc)
+    result.startup_s = await vmc.wait_for_reader(STARTUP_TIMEOUT_S)
     vmc.stats = TimingStats()  # the probe's answer timed vmcd's start-up, not the bus
     await init()
     gc.collect()

@@ -13,6 +13,7 @@ import random
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sim.replay import replay_over_port
 from sim.scenarios import Customers, Report, SessionResult, run_customers
 from sim.trace import TraceRecorder, read_trace
 from sim.vmc_master import TimingStats, VmcMaster
+from vmc.journal import Journal
 
 
 def _print_result(result: SessionResult) -> None:
@@ -58,6 +60,7 @@ async def drive(
     seed: int,
     poll_ms: float,
     record: Path | None,
+    wait_s: float = 10.0,
     on_result: Callable[[SessionResult], None] | None = _print_result,
 ) -> tuple[Report, TimingStats]:
     recorder = TraceRecorder() if record is not None else None
@@ -65,7 +68,7 @@ async def drive(
     try:
 
         async def init() -> object:
-            return await vmc.initialise(level=level)
+            return await vmc.initialise(level=level, wait_s=wait_s)
 
         info = await init()
         print(f"reader initialised: {info}")
@@ -76,6 +79,19 @@ async def drive(
         if recorder is not None and record is not None:
             record.write_text(recorder.text(), encoding="utf-8")
     return report, vmc.stats
+
+
+def books(path: Path) -> str:
+    """What the daemon booked in its journal, by kind and vend type."""
+    journal = Journal(path)
+    try:
+        counts = Counter(
+            (r.kind, r.vend_type.value if r.vend_type else "-") for r in journal.records()
+        )
+    finally:
+        journal.close()
+    rows = ", ".join(f"{kind} ({vend_type})={n}" for (kind, vend_type), n in sorted(counts.items()))
+    return f"daemon's journal: {rows or 'empty'}"
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -101,9 +117,10 @@ async def demo(args: argparse.Namespace) -> int:
             code = await daemon.stop()
             pair.close()
         print(summarise(report, stats))
-        print(f"vmcd exited with {code}; its log: {daemon.log_path}")
-        if args.state_dir is None:
-            print("(the state directory is temporary: pass --state-dir to keep it)")
+        print(books(state / "journal.sqlite3"))
+        print(f"vmcd exited with {code}")
+        if args.state_dir is not None:
+            print(f"journal and log kept in {state}")
         return 0 if not report.errors and code == 0 else 1
 
 
@@ -125,7 +142,11 @@ async def vmc_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             poll_ms=args.poll_ms,
             record=args.record,
+            wait_s=args.wait_reader,
         )
+    except VmcError as exc:
+        print(f"vmc-sim: {exc}", file=sys.stderr)
+        return 1
     finally:
         if pair is not None:
             pair.close()
@@ -166,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--state-dir", help="keep the daemon's journal and log here")
         else:
             p.add_argument("--port", help="port URL; default: a new pty pair")
+            p.add_argument(
+                "--wait-reader",
+                type=float,
+                default=120.0,
+                help="seconds to wait for the reader to answer its first RESET",
+            )
     p = sub.add_parser("replay", help="replay a trace's VMC lines against a reader")
     p.add_argument("trace", help="a trace file in the corpus format")
     p.add_argument("--port", help="port URL; default: a new pty pair")

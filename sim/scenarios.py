@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from protocols.mdb import commands as c
 from sim.vmc_master import Answer, VmcMaster
 
+BUS_SETUP_S = 0.2  # t-setup: a VMC waits this long after a bus reset before talking
 PRICES_MINOR = (50, 100, 120, 150, 200, 250)
 CUSTOMERS = (
     "purchase",
@@ -199,11 +200,17 @@ class Customers:
         return "multi_vend" if (first, second) == ("vended", "vended") else f"{first}+{second}"
 
     async def _vmc_reset(self) -> str:
+        """The VMC resets mid-vend: by a RESET command, or by a BREAK on the bus."""
         await self.open_session()
         price = self.vmc.money(self.rng.choice(PRICES_MINOR))
         await self.vmc.vend_request(price, self.rng.randrange(1, 60))
+        outcome = "reset_recovered"
+        if self.rng.random() < 0.5:
+            self.vmc.bus_reset()
+            await asyncio.sleep(BUS_SETUP_S)
+            outcome = "bus_reset_recovered"
         await self.init()
-        return "reset_recovered"
+        return outcome
 
 
 async def run_customers(

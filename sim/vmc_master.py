@@ -247,6 +247,21 @@ class VmcMaster:
         sub = c.ReaderSub.ENABLE if enable else c.ReaderSub.DISABLE
         return await self.command(bytes((c.Cmd.READER, sub)), "READER ENABLE/DISABLE")
 
+    async def wait_for_reader(self, timeout: float) -> float:
+        """RESET until the reader answers; the seconds that took.
+
+        The probes are untimed: while a reader is starting, silence is expected, and an
+        answer to a RESET that waited in the pty for the port to open says nothing of the bus.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            if not (await self.reset(timed=False)).timed_out:
+                return loop.time() - started
+            if loop.time() - started > timeout:
+                raise VmcSimError(f"the reader did not answer RESET within {timeout} s")
+            await asyncio.sleep(0.05)
+
     async def initialise(
         self,
         *,
@@ -256,15 +271,10 @@ class VmcMaster:
         want_features: int = int(c.Feature.ALWAYS_IDLE | c.Feature.WIDE_MONEY),
         max_price: int = 10000,
         min_price: int = 5,
-        attempts: int = 40,
+        wait_s: float = 10.0,
     ) -> ReaderInfo:
         """The init sequence real VMCs run: reset, setup, prices, ID, features, enable."""
-        for _ in range(attempts):
-            if not (await self.reset(timed=False)).timed_out:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise VmcSimError("the reader never answered RESET")
+        await self.wait_for_reader(wait_s)
         for _ in range(10):
             answer = await self.poll()
             if answer.code == c.Resp.JUST_RESET or answer.is_ack:

@@ -230,6 +230,21 @@ class CashlessDevice:
             return None
         return VendRequested(v.vend_id, v.item, self._money.to_minor(v.price), v.negative)
 
+    @property
+    def settled(self) -> bool:
+        """Nothing decided is still waiting to reach the VMC, or for its ACK."""
+        v = self._vend
+        undelivered = v is not None and v.decision is not None and not v.delivered
+        return not undelivered and not self._pending.outbox and self.link.unacked is None
+
+    def void_pending(self) -> None:
+        """Before a shutdown: deny an undecided vend and withdraw an undelivered session."""
+        if self._pending.begin_wanted:
+            self._drop_begin("shutdown")
+        v = self._vend
+        if v is not None and v.decision is None:
+            self._decide_deny(v, DenyReason.SHUTDOWN)
+
     def take_events(self) -> list[CashlessEvent]:
         events, self._events = self._events, []
         return events

@@ -29,6 +29,7 @@ class DenyReason(Enum):
     READER_RESET = "reader_reset"
     SESSION_ENDED = "session_ended"
     NOT_REPRESENTABLE = "not_representable"
+    SHUTDOWN = "shutdown"
 
 
 @dataclass(frozen=True, slots=True)

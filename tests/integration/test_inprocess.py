@@ -88,3 +88,29 @@ async def test_recorded_trace_parses_back(tmp_path: Path) -> None:
     lines = parse_trace(recorder.text())
     assert lines[0].format().startswith("VMC: 110 010")
     assert any("READER ENABLE" in line.comment for line in lines)
+
+
+async def test_stop_voids_an_undecided_vend_before_exiting() -> None:
+    device_port, vmc_port = loopback_pair()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    task = asyncio.create_task(serve(device_port, CashlessDevice(ReaderConfig()), theirs, False))
+    vmc = VmcMaster(vmc_port, answer_timeout=0.5)
+    try:
+        await vmc.initialise()
+        assert (await vmc.vend_request(150, 4)).is_ack
+        ours.send(msg.encode(msg.Stop()))
+        await asyncio.sleep(0.05)
+        assert not task.done()  # still serving: the denial has not reached the VMC yet
+        answer = await vmc.poll()
+        assert answer.code == 0x06  # VEND DENIED
+        assert await asyncio.wait_for(task, 2) == 0
+    finally:
+        vmc.close()
+    reports = []
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while data := ours.recv(65536):
+            reports.append(msg.decode(data))
+    from protocols.mdb import events as ev
+
+    assert ev.VendDeniedSent(1, ev.DenyReason.SHUTDOWN) in reports

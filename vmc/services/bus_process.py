@@ -30,6 +30,7 @@ from vmc.services import bus_messages as msg
 
 TICK_S = 0.02
 HEARTBEAT_S = 1.0
+STOP_GRACE_S = 1.0
 
 
 def request_realtime(priority: int) -> bool:
@@ -55,6 +56,7 @@ class BusLoop:
         self.done: asyncio.Future[int] | None = None
         self.bytes_in = 0
         self.blocks_out = 0
+        self.stopping_since: float | None = None
 
     def on_port_readable(self) -> None:
         try:
@@ -72,6 +74,7 @@ class BusLoop:
             self.port.write_words(peripheral_words(block))
         self.blocks_out += len(blocks)
         self._forward_events()
+        self._check_stopped(now)
 
     def on_socket_readable(self) -> None:
         while True:
@@ -104,11 +107,23 @@ class BusLoop:
                 case msg.ShowText(text=text, seconds=seconds):
                     device.display(text, seconds)
                 case msg.Stop():
-                    self._finish(0)
+                    self._begin_stop()
                 case _:
                     raise VmcError(f"unknown command {command!r}")
         except VmcError as exc:
             self._send(msg.CommandRefused(type(command).__name__, str(exc)))
+
+    def _begin_stop(self) -> None:
+        """Void what is undecided, then keep answering until the VMC has heard it."""
+        self.device.void_pending()
+        self.stopping_since = time.monotonic()
+        self._check_stopped(self.stopping_since)
+
+    def _check_stopped(self, now: float) -> None:
+        since = self.stopping_since
+        if since is not None and (self.device.settled or now - since >= STOP_GRACE_S):
+            self._forward_events()
+            self._finish(0)
 
     async def ticker(self) -> None:
         last_beat = 0.0
@@ -117,6 +132,7 @@ class BusLoop:
             now = time.monotonic()
             self.device.tick(now)
             self._forward_events()
+            self._check_stopped(now)
             if now - last_beat >= HEARTBEAT_S:
                 last_beat = now
                 last = self.device.last_poll_at
@@ -168,7 +184,7 @@ async def serve(port: MdbPort, device: CashlessDevice, sock: socket.socket, real
     loop.add_reader(port.fileno(), bus.on_port_readable)
     loop.add_reader(sock.fileno(), bus.on_socket_readable)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, bus._finish, 0)
+        loop.add_signal_handler(sig, bus._begin_stop)
     bus._send(msg.Ready(port.url, realtime))
     ticker = asyncio.create_task(bus.ticker())
     gc.collect()
