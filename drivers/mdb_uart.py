@@ -41,17 +41,15 @@ Gotchas
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import termios
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
 import serial
 
-from drivers.transport import READ_CHUNK
+from drivers.transport import read_some, write_all
 from protocols.errors import PortError
 from protocols.mdb.words import Word
 
@@ -188,12 +186,7 @@ class UartPort:
 
     def read_available(self) -> bytes:
         """Raw bytes as the kernel delivers them (``FF 00 b`` / ``FF FF`` escape); b"" if none."""
-        try:
-            data = os.read(self._fd, READ_CHUNK)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            raise PortError(f"{self.url}: read failed: {exc}") from exc
+        data = read_some(self._fd, self.url)
         if data:
             return data
         # VMIN=0/VTIME=0: an empty read is either "nothing yet" or a hang-up.
@@ -233,7 +226,7 @@ class UartPort:
                         fd, termios.TCSADRAIN, self._mark_attrs if mode else self._space_attrs
                     )
                     in_mark = mode
-                self._write_all(payload)
+                write_all(fd, self.url, payload, self._write_timeout)
             if in_mark:
                 termios.tcsetattr(fd, termios.TCSADRAIN, self._space_attrs)
                 in_mark = False
@@ -252,28 +245,6 @@ class UartPort:
                 self._poll.unregister(self._fd)
             self.serial.close()
             self._fd = -1
-
-    # -- internals -------------------------------------------------------------------------
-
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        deadline = 0.0
-        while view:
-            try:
-                written = os.write(self._fd, view)
-            except BlockingIOError:
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + self._write_timeout
-                elif now >= deadline:
-                    raise PortError(
-                        f"{self.url}: write timed out after {self._write_timeout} s"
-                    ) from None
-                select.select([], [self._fd], [], max(0.0, deadline - now))
-                continue
-            except OSError as exc:
-                raise PortError(f"{self.url}: write failed: {exc}") from exc
-            view = view[written:]
 
 
 def _parse_query(path: str, query: str) -> tuple[int, bool]:

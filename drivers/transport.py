@@ -10,6 +10,8 @@ Ports are non-blocking and expose ``fileno()`` so an event loop can watch them.
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -17,6 +19,7 @@ from protocols.errors import PortError
 from protocols.mdb.words import Word, encode_words
 
 READ_CHUNK = 4096
+WRITE_TIMEOUT_S = 1.0
 
 
 class MdbPort(Protocol):
@@ -47,30 +50,13 @@ class FdPort:
         return self._fd
 
     def read_available(self) -> bytes:
-        try:
-            data = os.read(self._fd, READ_CHUNK)
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
-            raise PortError(f"{self.url}: read failed: {exc}") from exc
-        if not data:
+        data = read_some(self._fd, self.url)
+        if data is None:
             raise PortError(f"{self.url}: the other end hung up")
         return data
 
     def write_words(self, words: Sequence[Word]) -> None:
-        self.write_raw(encode_words(words))
-
-    def write_raw(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self._fd, view)
-            except BlockingIOError:
-                _wait_writable(self._fd)
-                continue
-            except OSError as exc:
-                raise PortError(f"{self.url}: write failed: {exc}") from exc
-            view = view[n:]
+        write_all(self._fd, self.url, encode_words(words))
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -78,7 +64,31 @@ class FdPort:
             self._fd = -1
 
 
-def _wait_writable(fd: int) -> None:
-    import select
+def read_some(fd: int, url: str) -> bytes | None:
+    """One non-blocking read: b"" when nothing is waiting, None at end of file."""
+    try:
+        data = os.read(fd, READ_CHUNK)
+    except BlockingIOError:
+        return b""
+    except OSError as exc:
+        raise PortError(f"{url}: read failed: {exc}") from exc
+    return data or None
 
-    select.select([], [fd], [], 0.05)
+
+def write_all(fd: int, url: str, data: bytes, timeout: float = WRITE_TIMEOUT_S) -> None:
+    """Write every byte to a non-blocking descriptor, waiting while it is full."""
+    view = memoryview(data)
+    deadline: float | None = None
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            now = time.monotonic()
+            deadline = deadline or now + timeout
+            if now >= deadline:
+                raise PortError(f"{url}: write timed out after {timeout} s") from None
+            select.select([], [fd], [], deadline - now)
+            continue
+        except OSError as exc:
+            raise PortError(f"{url}: write failed: {exc}") from exc
+        view = view[written:]

@@ -14,7 +14,6 @@ import statistics
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 from drivers.ports import open_port
@@ -53,31 +52,30 @@ def summarise(report: Report, stats: TimingStats) -> str:
 
 
 async def drive(
-    port: MdbPort,
-    *,
-    sessions: int,
-    level: int,
-    seed: int,
-    poll_ms: float,
-    record: Path | None,
-    wait_s: float = 10.0,
-    on_result: Callable[[SessionResult], None] | None = _print_result,
-) -> tuple[Report, TimingStats]:
-    recorder = TraceRecorder() if record is not None else None
+    port: MdbPort, args: argparse.Namespace, *, wait_s: float = 10.0
+) -> tuple[Report, TimingStats] | None:
+    """Initialise the reader on ``port`` and play ``args.sessions`` customers.
+
+    None (after saying why on stderr) when the reader never behaved as a VMC requires.
+    """
+    recorder = TraceRecorder() if args.record is not None else None
     vmc = VmcMaster(port, recorder=recorder)
     try:
 
         async def init() -> object:
-            return await vmc.initialise(level=level, wait_s=wait_s)
+            return await vmc.initialise(level=args.level, wait_s=wait_s)
 
-        info = await init()
-        print(f"reader initialised: {info}")
-        customers = Customers(vmc, random.Random(seed), poll_period=poll_ms / 1000, init=init)
-        report = await run_customers(customers, sessions, on_result=on_result)
+        print(f"reader initialised: {await init()}")
+        rng = random.Random(args.seed)
+        customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
+        report = await run_customers(customers, args.sessions, on_result=_print_result)
+    except VmcError as exc:
+        print(f"vmc-sim: {exc}", file=sys.stderr)
+        return None
     finally:
         vmc.close()
-        if recorder is not None and record is not None:
-            record.write_text(recorder.text(), encoding="utf-8")
+        if recorder is not None:
+            args.record.write_text(recorder.text(), encoding="utf-8")
     return report, vmc.stats
 
 
@@ -102,20 +100,13 @@ async def demo(args: argparse.Namespace) -> int:
         print(f"vmcd on {pair.device_url}, state and log in {state}")
         await daemon.start()
         try:
-            report, stats = await drive(
-                pair.master,
-                sessions=args.sessions,
-                level=args.level,
-                seed=args.seed,
-                poll_ms=args.poll_ms,
-                record=args.record,
-            )
-        except VmcError as exc:
-            print(f"vmc-sim: {exc}", file=sys.stderr)
-            return 1
+            result = await drive(pair.master, args)
         finally:
             code = await daemon.stop()
             pair.close()
+        if result is None:
+            return 1
+        report, stats = result
         print(summarise(report, stats))
         print(books(state / "journal.sqlite3"))
         print(f"vmcd exited with {code}")
@@ -135,21 +126,13 @@ def _open_sim_port(url: str | None) -> tuple[MdbPort, PtyPair | None]:
 async def vmc_command(args: argparse.Namespace) -> int:
     port, pair = _open_sim_port(args.port)
     try:
-        report, stats = await drive(
-            port,
-            sessions=args.sessions,
-            level=args.level,
-            seed=args.seed,
-            poll_ms=args.poll_ms,
-            record=args.record,
-            wait_s=args.wait_reader,
-        )
-    except VmcError as exc:
-        print(f"vmc-sim: {exc}", file=sys.stderr)
-        return 1
+        result = await drive(port, args, wait_s=args.wait_reader)
     finally:
         if pair is not None:
             pair.close()
+    if result is None:
+        return 1
+    report, stats = result
     print(summarise(report, stats))
     return 0 if not report.errors else 1
 

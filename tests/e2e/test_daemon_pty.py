@@ -172,3 +172,19 @@ def test_replay_cli_reports_differences_in_trace_format(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "VMC: 110 010" in result.stdout
     assert "# expected ACK" in result.stdout
+
+
+def test_the_readme_demo_runs(tmp_path: Path) -> None:
+    """The README's main command, as a newcomer runs it (minus the venv bootstrap)."""
+    trace = tmp_path / "demo.mdb"
+    result = subprocess.run(
+        [sys.executable, "-m", "sim", "demo", "--sessions", "8", "--record", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "errors: 0" in result.stdout
+    assert "vend_success (free)=" in result.stdout
+    assert read_trace(trace)
