@@ -7,6 +7,7 @@ Every value is checked at start; a bad one raises :class:`ConfigError` naming th
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from protocols.errors import ConfigError, PortError
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
 
 APPROVAL_POLICIES = ("accept", "deny")
+DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -36,10 +38,25 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CloudConfig:
+    url: str | None = None
+    device_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    topic_prefix: str = "vmc"
+    lock_timeout: float = 60.0
+    keepalive: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mdb: MdbConfig = field(default_factory=MdbConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
 
 
 # Keys of [reader] that the file may set; address and level come from [mdb].
@@ -67,9 +84,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def _build(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"mdb", "reader", "daemon"}
+    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud"}
     if unknown:
-        raise ConfigError(f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon")
+        raise ConfigError(
+            f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon, cloud"
+        )
     mdb = _section(raw, "mdb", MdbConfig)
     if mdb.port is not None:
         try:
@@ -84,7 +103,30 @@ def _build(raw: dict[str, Any]) -> Config:
     daemon = _section(raw, "daemon", DaemonConfig)
     _choice("daemon.log_level", daemon.log_level, LOG_LEVELS)
     reader = _reader(raw.get("reader", {}), mdb)
-    return Config(mdb=mdb, reader=reader, daemon=daemon)
+    cloud = _cloud(_section(raw, "cloud", CloudConfig))
+    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud)
+
+
+def _cloud(cloud: CloudConfig) -> CloudConfig:
+    if cloud.url is None:
+        return cloud
+    from vmc.cloud.sync import validate_mqtt_url
+
+    validate_mqtt_url(cloud.url)
+    if cloud.device_id is None:
+        raise ConfigError("cloud.device_id: required with cloud.url; give --device-id ID")
+    if not DEVICE_ID.fullmatch(cloud.device_id):
+        raise ConfigError(
+            f"cloud.device_id: {cloud.device_id!r} is not allowed; use 1-64 of A-Z a-z 0-9 _ . -"
+        )
+    if not DEVICE_ID.fullmatch(cloud.topic_prefix):
+        raise ConfigError(f"cloud.topic_prefix: {cloud.topic_prefix!r}: use A-Z a-z 0-9 _ . -")
+    if cloud.lock_timeout <= 0:
+        raise ConfigError(f"cloud.lock_timeout: {cloud.lock_timeout!r} must be positive seconds")
+    _range("cloud.keepalive", cloud.keepalive, 5, 3600)
+    if (cloud.cert_file is None) != (cloud.key_file is None):
+        raise ConfigError("cloud.cert_file and cloud.key_file go together")
+    return cloud
 
 
 def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:

@@ -12,23 +12,31 @@ import asyncio
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from protocols.errors import ConfigError
+from vmc.cloud.sync import CloudSync, MqttSettings
+from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, load_config
 from vmc.journal import Journal
 from vmc.logs import configure_logging
 from vmc.services.bus import BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.remote_vend import RemoteVending, new_id
 from vmc.services.vending import LocalVending
 from vmc.systemd import notify
+from vmc.transaction import Engine, EngineConfig, Money
 
 log = structlog.get_logger("vmc.daemon")
 
 WATCHDOG_POLL_AGE_S = 10.0
+TICK_S = 0.1
 
 
 def _address(text: str) -> int:
@@ -44,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="directory for the journal")
     p.add_argument("--local-approval", choices=APPROVAL_POLICIES, help="decide vends locally")
     p.add_argument("--log-level", help="debug, info, warning or error")
+    p.add_argument("--mqtt", help="broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT")
+    p.add_argument("--device-id", help="this machine's id in the topic tree")
     return p
 
 
@@ -55,6 +65,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "mdb.local_approval": args.local_approval,
         "daemon.state_dir": args.state_dir,
         "daemon.log_level": args.log_level,
+        "cloud.url": args.mqtt,
+        "cloud.device_id": args.device_id,
     }
     config = load_config(args.config, overrides)
     if config.mdb.port is None:
@@ -62,22 +74,82 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
+@dataclass
+class CloudServices:
+    remote: RemoteVending
+    sync: CloudSync
+
+
+def _cloud_services(
+    config: Config, journal: Journal, send: Callable[[BusCommand], bool]
+) -> CloudServices:
+    cloud = config.cloud
+    assert cloud.url is not None
+    assert cloud.device_id is not None
+    settings = MqttSettings(
+        url=cloud.url,
+        device_id=cloud.device_id,
+        username=cloud.username,
+        password=cloud.password,
+        ca_file=cloud.ca_file,
+        cert_file=cloud.cert_file,
+        key_file=cloud.key_file,
+        keepalive=cloud.keepalive,
+        topic_prefix=cloud.topic_prefix,
+    )
+    reader = config.reader
+    engine = Engine(
+        EngineConfig(
+            Money(reader.currency, reader.minor_decimals),
+            approval_timeout=reader.approval_timeout,
+            lock_timeout=cloud.lock_timeout,
+        ),
+        new_id,
+    )
+    remote: RemoteVending
+
+    def state() -> dict[str, Any]:
+        txn = engine.txn
+        return {
+            "reader": engine.reader_state.name.lower(),
+            "always_idle": engine.always_idle,
+            "txn": None if txn is None else {"txn_id": txn.txn_id, "state": txn.state.value},
+            "at": time.time(),
+        }
+
+    def on_command(payload: bytes) -> None:
+        remote.handle_command(payload)  # bound late: the sync must exist first
+
+    sync = CloudSync(settings, journal, on_command, state)
+    remote = RemoteVending(
+        engine,
+        journal,
+        Topics(settings.device_id, settings.topic_prefix),
+        send,
+        on_outbox=sync.wake,
+        on_state=sync.state_changed,
+    )
+    return CloudServices(remote, sync)
+
+
 async def run_daemon(config: Config) -> int:
     assert config.mdb.port is not None
     journal = Journal(config.daemon.state_dir / "journal.sqlite3")
     bus: BusSupervisor
-    accept = config.mdb.local_approval == "accept"
 
     def send(command: BusCommand) -> bool:
-        return bus.send(command)  # bound late: the supervisor needs vending.handle first
+        return bus.send(command)  # bound late: the supervisor needs the report handler first
 
-    vending = LocalVending(accept, journal, send)
+    cloud = _cloud_services(config, journal, send) if config.cloud.url else None
+    local = LocalVending(config.mdb.local_approval == "accept", journal, send)
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
-        vending.handle,
+        cloud.remote.handle_bus if cloud is not None else local.handle,
         realtime_priority=config.mdb.realtime_priority,
     )
+    if cloud is not None:
+        cloud.remote.recover()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,24 +158,38 @@ async def run_daemon(config: Config) -> int:
         "vmcd_started",
         port=config.mdb.port,
         address=hex(config.mdb.address),
-        level=config.mdb.level,
-        local_approval=config.mdb.local_approval,
+        mdb_level=config.mdb.level,
+        decisions="cloud" if cloud is not None else f"local_{config.mdb.local_approval}",
+        mqtt=config.cloud.url,
+        device_id=config.cloud.device_id,
         state_dir=str(config.daemon.state_dir),
     )
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(bus.run(), name="bus-supervisor")
-            watchdog = group.create_task(_watchdog(bus), name="watchdog")
+            helpers = [group.create_task(_watchdog(bus), name="watchdog")]
+            if cloud is not None:
+                helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
+                helpers.append(group.create_task(_ticker(cloud.remote), name="txn-ticker"))
             notify("READY=1")
             await stop.wait()
             notify("STOPPING=1")
             log.info("vmcd_stopping")
             await bus.stop()
-            watchdog.cancel()
+            if cloud is not None:
+                await cloud.sync.stop()
+            for task in helpers:
+                task.cancel()
     finally:
         journal.close()
-    log.info("vmcd_stopped", sessions=vending.sessions_completed, vends=vending.vends_succeeded)
+    log.info("vmcd_stopped", sessions=local.sessions_completed, vends=local.vends_succeeded)
     return 0
+
+
+async def _ticker(remote: RemoteVending) -> None:
+    while True:
+        await asyncio.sleep(TICK_S)
+        remote.tick()
 
 
 async def _watchdog(bus: BusSupervisor) -> None:

@@ -1,16 +1,30 @@
-"""The daemon's durable record of what happened on the bus (SQLite in WAL mode).
+"""The daemon's durable state: one SQLite file in WAL mode under the state directory.
 
-Every vend outcome is written and fsynced before the daemon acts on it further; the
-remote-vend transaction journal and the cloud outbox grow from this file.
+- ``txns`` holds each transaction's latest state, ``txn_log`` every transition.
+- ``outbox`` holds every message for the cloud, written in the same SQLite transaction as the
+  state change that caused it; a row is deleted only after the broker's PUBACK.
+- ``commands`` remembers each command id with its reply, so a repeated command is answered
+  with the first answer and changes nothing.
+- ``bus_events`` is the local-policy book (``--local-approval`` without a cloud).
+
+Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
+returns, so a transition that was acted upon survives ``kill -9`` and power loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+
+from vmc.cloud.messages import VendType as CloudVendType
+from vmc.transaction import FINAL, Txn, TxnState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bus_events (
@@ -23,11 +37,37 @@ CREATE TABLE IF NOT EXISTS bus_events (
     vend_type TEXT,
     detail TEXT
 );
+CREATE TABLE IF NOT EXISTS txns (
+    txn_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS txns_open ON txns (final) WHERE final = 0;
+CREATE TABLE IF NOT EXISTS txn_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    txn_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at REAL NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    reply BLOB NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
 class VendType(Enum):
-    """Seed 003 keeps these apart: only paid vends are money the backend collected."""
+    """Kinds of local-policy bookings."""
 
     PAID = "paid"
     FREE = "free"
@@ -45,31 +85,81 @@ class JournalRecord:
     detail: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One stored message for the broker; ``seq`` orders the outbox and is never reused."""
+
+    id: str
+    topic: str
+    payload: bytes
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store; ``encode`` gets its outbox seq, so the payload can carry it."""
+
+    id: str
+    topic: str
+    encode: Callable[[int], bytes]
+
+
+def txn_to_json(txn: Txn) -> str:
+    return json.dumps(dataclasses.asdict(txn), default=str)
+
+
+def txn_from_json(text: str) -> Txn:
+    data = json.loads(text)
+    data["state"] = TxnState(data["state"])
+    data["vend_type"] = CloudVendType(data["vend_type"])
+    return Txn(**data)
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._sync = ""
+        self._set_sync(durable=True)
         self._db.executescript(SCHEMA)
 
+    def _set_sync(self, *, durable: bool) -> None:
+        mode = "FULL" if durable else "NORMAL"
+        if mode != self._sync:
+            self._db.execute(f"PRAGMA synchronous={mode}")
+            self._sync = mode
+
+    @contextmanager
+    def _transaction(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        self._set_sync(durable=durable)
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- local-policy bookings ---------------------------------------------------------------
+
     def append(self, record: JournalRecord, *, durable: bool = False) -> int:
-        """Write one record; ``durable`` ones are fsynced (FULL sync, checkpoint-safe)."""
-        self._db.execute("PRAGMA synchronous=" + ("FULL" if durable else "NORMAL"))
-        cur = self._db.execute(
-            "INSERT INTO bus_events (at, kind, vend_id, item, amount, vend_type, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                time.time(),
-                record.kind,
-                record.vend_id,
-                record.item,
-                record.amount,
-                None if record.vend_type is None else record.vend_type.value,
-                record.detail,
-            ),
-        )
+        """Write one local-policy record; ``durable`` ones are fsynced."""
+        with self._transaction(durable=durable) as db:
+            cur = db.execute(
+                "INSERT INTO bus_events (at, kind, vend_id, item, amount, vend_type, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    time.time(),
+                    record.kind,
+                    record.vend_id,
+                    record.item,
+                    record.amount,
+                    None if record.vend_type is None else record.vend_type.value,
+                    record.detail,
+                ),
+            )
         return int(cur.lastrowid or 0)
 
     def records(self, kind: str | None = None) -> list[JournalRecord]:
@@ -83,6 +173,84 @@ class Journal:
             JournalRecord(k, v, i, a, None if t is None else VendType(t), d)
             for k, v, i, a, t, d in rows
         ]
+
+    # --- transactions, outbox and commands, committed together --------------------------------
+
+    def commit(
+        self,
+        transitions: Iterable[Txn],
+        outbox: Iterable[NewMessage],
+        *,
+        command: tuple[str, bytes] | None = None,
+        durable: bool,
+    ) -> None:
+        """Record transitions, their messages and a command's reply in one SQLite commit."""
+        now = time.time()
+        with self._transaction(durable=durable) as db:
+            for txn in transitions:
+                data = txn_to_json(txn)
+                final = int(txn.state in FINAL)
+                db.execute(
+                    "INSERT INTO txns (txn_id, state, final, data) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (txn_id) DO UPDATE SET state = excluded.state,"
+                    " final = excluded.final, data = excluded.data",
+                    (txn.txn_id, txn.state.value, final, data),
+                )
+                db.execute(
+                    "INSERT INTO txn_log (txn_id, state, at, data) VALUES (?, ?, ?, ?)",
+                    (txn.txn_id, txn.state.value, now, data),
+                )
+            for message in outbox:
+                cur = db.execute(
+                    "INSERT INTO outbox (id, topic, payload, created) VALUES (?, ?, x'', ?)",
+                    (message.id, message.topic, now),
+                )
+                seq = int(cur.lastrowid or 0)
+                db.execute(
+                    "UPDATE outbox SET payload = ? WHERE seq = ?", (message.encode(seq), seq)
+                )
+            if command is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO commands (id, reply, at) VALUES (?, ?, ?)",
+                    (command[0], command[1], now),
+                )
+
+    def open_txn(self) -> Txn | None:
+        row = self._db.execute("SELECT data FROM txns WHERE final = 0 LIMIT 1").fetchone()
+        return None if row is None else txn_from_json(row[0])
+
+    def txn(self, txn_id: str) -> Txn | None:
+        row = self._db.execute("SELECT data FROM txns WHERE txn_id = ?", (txn_id,)).fetchone()
+        return None if row is None else txn_from_json(row[0])
+
+    def txn_history(self, txn_id: str) -> list[TxnState]:
+        rows = self._db.execute(
+            "SELECT state FROM txn_log WHERE txn_id = ? ORDER BY seq", (txn_id,)
+        ).fetchall()
+        return [TxnState(r[0]) for r in rows]
+
+    def known_reply(self, command_id: str) -> bytes | None:
+        row = self._db.execute("SELECT reply FROM commands WHERE id = ?", (command_id,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def pending(self, limit: int, after_seq: int = 0) -> list[OutboxRow]:
+        rows = self._db.execute(
+            "SELECT seq, id, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [OutboxRow(i, t, bytes(p), s) for s, i, t, p in rows]
+
+    def outbox_size(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def delivered(self, seqs: Iterable[int]) -> None:
+        """Forget rows the broker acknowledged. Not fsynced: a lost delete only resends."""
+        with self._transaction(durable=False) as db:
+            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def prune_commands(self, older_than: float) -> None:
+        with self._transaction(durable=False) as db:
+            db.execute("DELETE FROM commands WHERE at < ?", (older_than,))
 
     def close(self) -> None:
         self._db.close()

@@ -9,6 +9,7 @@ refused locally. Cash sales the VMC reports are booked as cash.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import structlog
@@ -19,6 +20,43 @@ from vmc.journal import Journal, JournalRecord, VendType
 from vmc.services import bus_messages as msg
 
 log = structlog.get_logger("vmc.vending")
+
+
+def log_report(report: object) -> None:
+    """One log line for what the bus process reported (heartbeats excepted)."""
+    match report:
+        case ev.VendRequested(vend_id=vend_id, item=item, price=price, negative=negative):
+            log.info("vend_requested", vend_id=vend_id, item=item, price=price, negative=negative)
+        case ev.VendApprovedSent(vend_id=vend_id, amount=amount):
+            log.info("vend_approved", vend_id=vend_id, amount=amount)
+        case ev.VendDeniedSent(vend_id=vend_id, reason=reason):
+            log.info("vend_denied", vend_id=vend_id, reason=reason.value)
+        case ev.VendSucceeded() | ev.VendFailed() | ev.VendOutcomeUnknown():
+            log.info("vend_result", result=type(report).__name__, **_fields(report))
+        case ev.StateChanged(new=new):
+            log.info("reader_state", state=new.name)
+        case ev.FeaturesEnabled(features=features):
+            log.info("features_enabled", features=features)
+        case ev.ReaderReset(bus_reset=bus_reset):
+            log.info("reader_reset", bus_reset=bus_reset)
+        case ev.ProtocolViolation(detail=detail):
+            log.warning("mdb_protocol_violation", detail=detail)
+        case msg.CommandRefused(command=command, error=error):
+            log.warning("bus_command_refused", command=command, error=error)
+        case msg.PortFailed(error=error):
+            log.error("mdb_port_failed", error=error)
+        case msg.Ready(port=port, realtime=realtime):
+            log.info("bus_ready", port=port, realtime=realtime)
+        case msg.Heartbeat():
+            pass
+        case _:
+            log.debug("bus_event", kind=type(report).__name__, **_fields(report))
+
+
+def _fields(report: object) -> dict[str, object]:
+    if not dataclasses.is_dataclass(report):
+        return {}
+    return {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
 
 
 class LocalVending:
@@ -33,17 +71,13 @@ class LocalVending:
         self.vends_succeeded = 0
 
     def handle(self, report: object) -> None:
+        log_report(report)
         match report:
-            case ev.VendRequested(vend_id=vend_id, item=item, price=price, negative=negative):
-                log.info("vend_requested", vend_id=vend_id, item=item, price=price)
+            case ev.VendRequested(vend_id=vend_id, price=price, negative=negative):
                 if self.accept and not negative:
                     self.send(msg.ApproveVend(vend_id, price))
                 else:
                     self.send(msg.DenyVend(vend_id))
-            case ev.VendApprovedSent(vend_id=vend_id, amount=amount):
-                log.info("vend_approved", vend_id=vend_id, amount=amount, vend_type="free")
-            case ev.VendDeniedSent(vend_id=vend_id, reason=reason):
-                log.info("vend_denied", vend_id=vend_id, reason=reason.value)
             case ev.VendSucceeded(vend_id=vend_id, item=item, amount=amount):
                 self.vends_succeeded += 1
                 self._book(
@@ -74,34 +108,17 @@ class LocalVending:
                 self._book(
                     "cash_sale", vend_id=None, item=item, amount=price, vend_type=VendType.CASH
                 )
-            case ev.RevalueRequested(amount=amount):
-                log.info("revalue_denied", amount=amount)
+            case ev.RevalueRequested():
                 self.send(msg.DecideRevalue(approved=False))
             case ev.FeaturesEnabled(features=features):
                 self.always_idle = bool(features & Feature.ALWAYS_IDLE)
-                log.info("features_enabled", features=features, always_idle=self.always_idle)
             case ev.SessionEnded():
                 self.sessions_completed += 1
-                log.info("session_ended", sessions=self.sessions_completed)
             case ev.StateChanged(new=new):
-                log.info("reader_state", state=new.name)
                 if new is ev.State.ENABLED and self.accept and not self.always_idle:
                     self.send(msg.BeginSession(None))
-            case ev.ReaderReset(bus_reset=bus_reset):
+            case ev.ReaderReset():
                 self.always_idle = False
-                log.info("reader_reset", bus_reset=bus_reset)
-            case ev.ProtocolViolation(detail=detail):
-                log.warning("mdb_protocol_violation", detail=detail)
-            case msg.CommandRefused(command=command, error=error):
-                log.warning("bus_command_refused", command=command, error=error)
-            case msg.PortFailed(error=error):
-                log.error("mdb_port_failed", error=error)
-            case msg.Ready(port=port, realtime=realtime):
-                log.info("bus_ready", port=port, realtime=realtime)
-            case msg.Heartbeat():
-                pass
-            case _:
-                log.debug("bus_event", kind=type(report).__name__)
 
     def _book(
         self,

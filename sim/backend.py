@@ -1,0 +1,267 @@
+"""A simulated third-party backend: it locks machines, approves or denies, and keeps books.
+
+It plays the two use cases of the Connectivity Platform seed: **post billing** (a member's
+balance is checked at the request and charged when the vend succeeds) and **reference payment**
+(a stored payment method is charged at the request, which can fail, and refunded when the vend
+fails). It deduplicates events by id, as the contract asks of a backend, and counts the
+duplicates it dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import aiomqtt
+import cbor2
+
+
+class Policy(StrEnum):
+    POST_BILLING = "post_billing"
+    REFERENCE_PAYMENT = "reference_payment"
+    DENY_ALL = "deny_all"
+    SILENT = "silent"  # never answers a request: the device must expire it
+
+
+@dataclass
+class Entry:
+    """The backend's book line for one transaction."""
+
+    txn_id: str
+    device: str
+    member: str | None = None
+    price: int = 0
+    paid: int = 0
+    charged: int = 0
+    states: list[str] = field(default_factory=list)
+    result: str | None = None
+
+
+@dataclass
+class Books:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    balances: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    events: int = 0
+    sales: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        results = Counter(e.result for e in self.entries.values() if e.result)
+        ends = Counter(e.states[-1] for e in self.entries.values() if e.result is None and e.states)
+        return {
+            "transactions": len(self.entries),
+            "vended": results.get("success", 0),
+            "failed": results.get("failure", 0),
+            "unknown": results.get("unknown", 0),
+            "ended_without_vend": dict(ends),
+            "charged": sum(e.charged for e in self.entries.values()),
+            "cash_sales": len(self.sales),
+            "events": self.events,
+            "duplicates_dropped": self.duplicates,
+        }
+
+
+class SimBackend:
+    def __init__(
+        self,
+        url: str,
+        *,
+        policy: Policy = Policy.POST_BILLING,
+        balances: dict[str, int] | None = None,
+        payment_failure_rate: float = 0.0,
+        prefix: str = "vmc",
+        seed: int = 1,
+        username: str | None = None,
+        password: str | None = None,
+        answer_delay: float = 0.0,
+    ) -> None:
+        host, _, port = url.removeprefix("mqtt://").partition(":")
+        self.host = host
+        self.port = int(port or 1883)
+        self.policy = policy
+        self.books = Books(balances=dict(balances or {}))
+        self.payment_failure_rate = payment_failure_rate
+        self.prefix = prefix
+        self.rng = random.Random(seed)
+        self.username = username
+        self.password = password
+        self.answer_delay = answer_delay
+        self.status: dict[str, str] = {}
+        self.state: dict[str, dict[str, Any]] = {}
+        self.replies: dict[str, dict[str, Any]] = {}
+        self.event_log: list[dict[str, Any]] = []
+        self._seen: set[str] = set()
+        self._client: aiomqtt.Client | None = None
+        self._changed = asyncio.Condition()
+        self._ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- connection --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(
+            self.host,
+            self.port,
+            identifier=f"sim-backend-{uuid.uuid4().hex[:8]}",
+            username=self.username,
+            password=self.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+        ) as client:
+            self._client = client
+            client.pending_calls_threshold = 1000
+            for leaf in ("events", "reply", "status", "state"):
+                await client.subscribe(f"{self.prefix}/+/{leaf}", qos=1)
+            self._ready.set()
+            async for message in client.messages:
+                await self._on_message(str(message.topic), message.payload)
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def _on_message(self, topic: str, payload: Any) -> None:
+        _, device, leaf = topic.split("/")
+        try:
+            body = cbor2.loads(payload)
+        except Exception:  # a backend drops what it cannot read
+            return
+        if leaf == "status":
+            self.status[device] = body.get("state")
+        elif leaf == "state":
+            self.state[device] = body
+        elif leaf == "reply":
+            if body.get("id") is not None:
+                self.replies[body["id"]] = body
+        elif leaf == "events":
+            self._on_event(device, body)
+        async with self._changed:
+            self._changed.notify_all()
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def command(self, device: str, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a command and wait for its reply."""
+        cmd_id = uuid.uuid4().hex
+        await self.send(device, {"id": cmd_id, "op": op, **fields})
+        reply: dict[str, Any] = await self.wait_for(lambda: self.replies.get(cmd_id), 10.0)
+        return reply
+
+    async def send(self, device: str, body: dict[str, Any]) -> None:
+        assert self._client is not None
+        body.setdefault("v", 1)
+        body.setdefault("expires", time.time() + 30)
+        await self._client.publish(f"{self.prefix}/{device}/cmd", cbor2.dumps(body), qos=1)
+
+    async def lock(self, device: str, member: str | None = None, **fields: Any) -> str:
+        reply = await self.command(device, "lock", ref=member, **fields)
+        if not reply["ok"]:
+            raise RuntimeError(f"lock refused: {reply['code']}: {reply['message']}")
+        txn_id: str = reply["result"]["txn_id"]
+        self.books.entries[txn_id] = Entry(txn_id, device, member)
+        return txn_id
+
+    async def wait_for(self, probe: Any, timeout: float) -> Any:
+        async with asyncio.timeout(timeout), self._changed:
+            while (value := probe()) is None or value is False:
+                await self._changed.wait()
+            return value
+
+    async def wait_done(self, txn_id: str, timeout: float = 15.0) -> Entry:
+        """Until the transaction's outcome (vend result or end state) arrived."""
+
+        def done() -> Entry | None:
+            entry = self.books.entries.get(txn_id)
+            final = {"denied", "expired", "cancelled", "vended", "failed", "unknown"}
+            if entry is not None and (entry.result or final & set(entry.states)):
+                return entry
+            return None
+
+        result: Entry = await self.wait_for(done, timeout)
+        return result
+
+    # --- the books ---------------------------------------------------------------------------
+
+    def _on_event(self, device: str, body: dict[str, Any]) -> None:
+        event_id = str(body.get("id"))
+        if event_id in self._seen:
+            self.books.duplicates += 1
+            return
+        self._seen.add(event_id)
+        self.books.events += 1
+        self.event_log.append(body)
+        kind = body.get("type")
+        if kind == "sale":
+            self.books.sales.append(body)
+            return
+        txn_id = body["txn_id"]
+        entry = self.books.entries.setdefault(txn_id, Entry(txn_id, device, body.get("ref")))
+        if kind == "txn.request":
+            entry.price = body["price"]
+            entry.states.append("requested")
+            task = asyncio.get_running_loop().create_task(self._decide(device, entry, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif kind == "txn.vend":
+            entry.result = body["result"]
+            entry.states.append(body["result"])
+            self._settle(entry, body)
+        elif kind == "txn.status":
+            entry.states.append(body["state"])
+            if body["state"] == "void":
+                self._refund(entry)
+
+    async def _decide(self, device: str, entry: Entry, request: dict[str, Any]) -> None:
+        if self.policy is Policy.SILENT:
+            return
+        if self.answer_delay:
+            await asyncio.sleep(self.answer_delay)
+        price = request["price"]
+        approve = self.policy is not Policy.DENY_ALL
+        reason = "denied by policy"
+        member = entry.member
+        if approve and self.policy is Policy.POST_BILLING and member is not None:
+            approve = self.books.balances.get(member, 0) >= price
+            reason = "insufficient balance"
+        if approve and self.policy is Policy.REFERENCE_PAYMENT:
+            approve = self.rng.random() >= self.payment_failure_rate
+            reason = "reference payment failed"
+            if approve:
+                entry.charged += price  # the reference payment is taken now
+        if approve:
+            entry.paid = price
+            await self.send(
+                device,
+                {"id": uuid.uuid4().hex, "op": "paid", "txn_id": entry.txn_id, "amount": price},
+            )
+        else:
+            await self.send(
+                device,
+                {"id": uuid.uuid4().hex, "op": "deny", "txn_id": entry.txn_id, "reason": reason},
+            )
+
+    def _settle(self, entry: Entry, vend: dict[str, Any]) -> None:
+        result = vend["result"]
+        if self.policy is Policy.POST_BILLING and result == "success":
+            entry.charged += entry.paid
+            if entry.member is not None:
+                self.books.balances[entry.member] = (
+                    self.books.balances.get(entry.member, 0) - entry.paid
+                )
+        elif self.policy is Policy.REFERENCE_PAYMENT and result == "failure":
+            self._refund(entry)
+
+    def _refund(self, entry: Entry) -> None:
+        if self.policy is Policy.REFERENCE_PAYMENT:
+            entry.charged = 0
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,76 @@
+"""A whole machine for cloud tests: Mosquitto, vmcd on a pty, the sim VMC and the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from drivers.pty import PtyPair
+from sim.backend import Policy, SimBackend
+from sim.broker import MosquittoBroker
+from sim.daemon_proc import DaemonProcess
+from sim.scenarios import Customers
+from sim.vmc_master import VmcMaster
+
+DEVICE = "m1"
+
+
+@dataclass
+class Rig:
+    broker: MosquittoBroker
+    daemon: DaemonProcess
+    vmc: VmcMaster
+    backend: SimBackend
+    customers: Customers
+    pair: PtyPair
+
+    async def restart_daemon(self) -> None:
+        await self.daemon.start()
+        await self.vmc.initialise(level=self.level)
+
+    level: int = 3
+
+
+@contextlib.asynccontextmanager
+async def machine(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    *,
+    level: int = 3,
+    policy: Policy = Policy.POST_BILLING,
+    balances: dict[str, int] | None = None,
+    extra: tuple[str, ...] = (),
+) -> AsyncIterator[Rig]:
+    pair = PtyPair()
+    daemon = DaemonProcess(
+        pair,
+        tmp_path / "state",
+        level=level,
+        local_approval="deny",
+        extra=("--mqtt", broker.url, "--device-id", DEVICE, *extra),
+    )
+    backend = SimBackend(broker.url, policy=policy, balances=balances or {"alice": 10_000})
+    backend_task = asyncio.create_task(backend.run())
+    await backend.ready()
+    await daemon.start()
+    vmc = VmcMaster(pair.master, answer_timeout=0.2)
+    try:
+        await vmc.initialise(level=level)
+        await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
+        await backend.wait_for(
+            lambda: (backend.state.get(DEVICE) or {}).get("reader") == "enabled", 10
+        )
+        customers = Customers(vmc, random.Random(5), poll_period=0.01)
+        yield Rig(broker, daemon, vmc, backend, customers, pair, level)
+    finally:
+        vmc.close()
+        await daemon.stop()
+        await backend.close()
+        backend_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await backend_task
+        pair.close()

@@ -1,0 +1,1 @@
+"""L4: the cloud contract (CBOR over MQTT), its codec and the sync service."""

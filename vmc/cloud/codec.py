@@ -1,0 +1,166 @@
+"""CBOR encoding of the cloud contract, and strict decoding of commands.
+
+A command that cannot be decoded never reaches the engine: it becomes a :class:`CommandError`
+with a code, a message and (when it could be read) the command's id, which the caller answers
+and otherwise ignores. Payload size and CBOR nesting are bounded before decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any
+
+import cbor2
+
+from protocols.errors import VmcError
+from vmc.cloud import messages as m
+
+MAX_COMMAND_BYTES = 16 * 1024
+MAX_ID_LENGTH = 128
+MAX_TEXT_LENGTH = 256
+MAX_AMOUNT = 2**32 - 1
+
+
+class CommandError(VmcError):
+    """A command that cannot be carried out as sent; answered with ``code``."""
+
+    def __init__(self, code: m.ErrorCode, message: str, command_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.command_id = command_id
+
+    def reply(self) -> m.Reply:
+        return m.Reply(self.command_id, False, self.code, self.message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def encode_event(event: m.Event, *, event_id: str, seq: int, at: float) -> bytes:
+    body = {f.name: _plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+    head = {"v": m.CONTRACT_VERSION, "id": event_id, "seq": seq, "type": m.EVENT_TYPES[type(event)]}
+    return cbor2.dumps({**head, "at": at, **body})
+
+
+def encode_reply(reply: m.Reply, *, at: float) -> bytes:
+    return cbor2.dumps(
+        {
+            "v": m.CONTRACT_VERSION,
+            "id": reply.command_id,
+            "ok": reply.ok,
+            "code": None if reply.code is None else reply.code.value,
+            "message": reply.message,
+            "result": _plain(reply.result),
+            "at": at,
+        }
+    )
+
+
+def encode_map(payload: dict[str, Any]) -> bytes:
+    return cbor2.dumps({"v": m.CONTRACT_VERSION, **_plain(payload)})
+
+
+def decode_command(payload: bytes) -> m.Command:
+    """Decode and validate one command; anything wrong raises :class:`CommandError`."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
+    try:
+        obj = cbor2.loads(payload)
+    except Exception as exc:  # cbor2 raises many kinds of error on hostile input
+        raise CommandError(m.ErrorCode.MALFORMED, f"not valid CBOR: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise CommandError(m.ErrorCode.MALFORMED, "a command is a CBOR map")
+    raw_id = obj.get("id")
+    cmd_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH else None
+    fields = _Fields(obj, cmd_id)
+    if cmd_id is None:
+        raise CommandError(
+            m.ErrorCode.MISSING_FIELD if raw_id is None else m.ErrorCode.BAD_FIELD,
+            f"id must be a string of 1..{MAX_ID_LENGTH} characters",
+        )
+    version = obj.get("v", m.CONTRACT_VERSION)
+    if version != m.CONTRACT_VERSION:
+        raise CommandError(
+            m.ErrorCode.UNSUPPORTED_VERSION, f"contract version {version!r} is not 1", cmd_id
+        )
+    op = fields.text("op")
+    expires = fields.number("expires")
+    if op == m.Op.LOCK:
+        return m.Lock(
+            cmd_id,
+            expires,
+            ref=fields.text("ref", required=False),
+            limit=fields.amount("limit", required=False),
+            timeout_s=fields.positive("timeout_s", required=False),
+            vend_type=fields.vend_type(),
+        )
+    if op == m.Op.UNLOCK:
+        return m.Unlock(cmd_id, expires, fields.text("txn_id"))
+    if op == m.Op.PAID:
+        amount = fields.amount("amount")
+        assert amount is not None
+        return m.Paid(cmd_id, expires, fields.text("txn_id"), amount)
+    if op == m.Op.DENY:
+        return m.Deny(cmd_id, expires, fields.text("txn_id"), fields.text("reason", False) or "")
+    raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
+
+
+class _Fields:
+    """Typed access to a command's fields; errors name the field."""
+
+    def __init__(self, obj: dict[Any, Any], cmd_id: str | None) -> None:
+        self.obj = obj
+        self.cmd_id = cmd_id
+
+    def _get(self, name: str, required: bool) -> Any:
+        if name not in self.obj or self.obj[name] is None:
+            if required:
+                raise CommandError(m.ErrorCode.MISSING_FIELD, f"{name} is required", self.cmd_id)
+            return None
+        return self.obj[name]
+
+    def _bad(self, name: str, wanted: str) -> CommandError:
+        return CommandError(m.ErrorCode.BAD_FIELD, f"{name} must be {wanted}", self.cmd_id)
+
+    def text(self, name: str, required: bool = True) -> Any:
+        value = self._get(name, required)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH):
+            raise self._bad(name, f"a string of at most {MAX_TEXT_LENGTH} characters")
+        return value
+
+    def number(self, name: str, required: bool = True) -> Any:
+        value = self._get(name, required)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise self._bad(name, "a number")
+        return None if value is None else float(value)
+
+    def positive(self, name: str, required: bool = True) -> float | None:
+        value = self.number(name, required)
+        if value is not None and not 0 < value <= 86400:
+            raise self._bad(name, "a number of seconds in (0, 86400]")
+        return value  # type: ignore[no-any-return]
+
+    def amount(self, name: str, required: bool = True) -> int | None:
+        value = self._get(name, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+            raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
+        return value
+
+    def vend_type(self) -> m.VendType:
+        value = self.text("vend_type", required=False)
+        if value is None:
+            return m.VendType.PAID
+        try:
+            return m.VendType(value)
+        except ValueError:
+            allowed = ", ".join(v.value for v in m.VendType)
+            raise self._bad("vend_type", f"one of {allowed}") from None

@@ -1,0 +1,218 @@
+"""The one MQTT connection: status with a last will, commands in, the outbox drained out.
+
+Theory of operation. ``run`` keeps a connection up with jittered, growing backoff. On each
+connection it publishes the retained ``online`` status (the will says ``lost``), subscribes to
+the command topic and drains the journal's outbox in seq order at QoS 1, at most
+:data:`IN_FLIGHT` messages at a time (Mosquitto's receive maximum is 20). A row is deleted only
+after its PUBACK, so a broker outage of any length loses nothing; what was sent but not
+acknowledged is sent again after the reconnect and the backend drops the duplicate by id.
+MQTT 5 first; a broker that refuses it gets MQTT 3.1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+
+from protocols.errors import ConfigError
+from vmc.cloud import codec
+from vmc.cloud.topics import Topics
+from vmc.journal import Journal
+
+log = structlog.get_logger("vmc.cloud")
+
+IN_FLIGHT = 20
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 60.0
+IDLE_WAKE_S = 1.0
+# CONNACK codes that mean "this broker does not speak MQTT 5" (v5 reason 0x84, v3 rc 1).
+_UNSUPPORTED_PROTOCOL = {0x84, 1}
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    url: str
+    device_id: str
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = 30
+    topic_prefix: str = "vmc"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "localhost"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+
+def validate_mqtt_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(
+            f"cloud.url: {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
+        )
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"cloud.url: {url!r} has a bad port") from exc
+
+
+class CloudSync:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        journal: Journal,
+        on_command: Callable[[bytes], None],
+        state: Callable[[], dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.device_id, settings.topic_prefix)
+        self.journal = journal
+        self.on_command = on_command
+        self.state = state
+        self.connected = asyncio.Event()
+        self.delivered = 0
+        self._wake = asyncio.Event()
+        self._state_dirty = asyncio.Event()
+        self._protocol = aiomqtt.ProtocolVersion.V5
+        self._client: aiomqtt.Client | None = None
+
+    def wake(self) -> None:
+        """New outbox rows were committed."""
+        self._wake.set()
+
+    def state_changed(self) -> None:
+        self._state_dirty.set()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except aiomqtt.MqttCodeError as exc:
+                if self._protocol is aiomqtt.ProtocolVersion.V5 and exc.rc in _UNSUPPORTED_PROTOCOL:
+                    log.warning("mqtt_v5_refused", fallback="3.1.1")
+                    self._protocol = aiomqtt.ProtocolVersion.V311
+                    continue
+                log.warning("mqtt_disconnected", error=str(exc))
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_disconnected", error=str(exc))
+            finally:
+                self.connected.clear()
+                self._client = None
+            if time.monotonic() - started > BACKOFF_MAX_S:
+                backoff = BACKOFF_FIRST_S
+            delay = backoff * random.uniform(0.5, 1.5)
+            log.info("mqtt_reconnect", in_s=round(delay, 2), outbox=self.journal.outbox_size())
+            await asyncio.sleep(delay)
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    def _client_for(self) -> aiomqtt.Client:
+        s = self.settings
+        will = aiomqtt.Will(
+            self.topics.status, codec.encode_map({"state": "lost"}), qos=1, retain=True
+        )
+        tls_context = None
+        if s.tls:
+            tls_context = ssl.create_default_context(cafile=s.ca_file)
+            if s.cert_file:
+                tls_context.load_cert_chain(s.cert_file, s.key_file)
+        client = aiomqtt.Client(
+            s.host,
+            s.port,
+            username=s.username,
+            password=s.password,
+            identifier=f"vmc-{s.device_id}",
+            protocol=self._protocol,
+            will=will,
+            keepalive=s.keepalive,
+            tls_context=tls_context,
+            max_inflight_messages=IN_FLIGHT,
+            timeout=10,
+        )
+        # Every in-flight publish is a pending call: stay below the warning threshold.
+        client.pending_calls_threshold = 10 * IN_FLIGHT
+        return client
+
+    async def _session(self) -> None:
+        async with self._client_for() as client:
+            self._client = client
+            await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+            await client.subscribe(self.topics.commands, qos=1)
+            self.connected.set()
+            log.info("mqtt_connected", broker=self.settings.url, protocol=self._protocol.name)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._drain(client))
+                group.create_task(self._receive(client))
+                group.create_task(self._publish_state(client))
+
+    def _status(self, state: str) -> bytes:
+        return codec.encode_map({"state": state, "at": time.time()})
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            rows = self.journal.pending(IN_FLIGHT)
+            if not rows:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+                continue
+            results = await asyncio.gather(
+                *(client.publish(r.topic, r.payload, qos=1) for r in rows),
+                return_exceptions=True,
+            )
+            done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
+            if done:
+                self.journal.delivered(done)
+                self.delivered += len(done)
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if isinstance(payload, bytes | bytearray):
+                self.on_command(bytes(payload))
+            else:
+                self.on_command(b"")
+
+    async def _publish_state(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._state_dirty.clear()  # before reading the state: a change during the publish
+            await client.publish(  # sets it again and is published next round
+                self.topics.state, codec.encode_map(self.state()), qos=1, retain=True
+            )
+            await self._state_dirty.wait()
+
+    async def stop(self) -> None:
+        """Say ``offline`` (retained) and disconnect cleanly, if connected."""
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+            await asyncio.wait_for(
+                client.publish(self.topics.status, self._status("offline"), qos=1, retain=True),
+                2.0,
+            )

@@ -1,0 +1,131 @@
+"""Glue between the transaction engine, the journal, the bus and the cloud outbox.
+
+Order of work for every input: the engine decides, the journal commits the transitions with
+their outbox messages and the command's reply (fsynced when money moves), and only then are
+the bus commands sent and the outbox drain woken. A command id seen before is answered with
+the stored reply and changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import structlog
+
+from protocols.mdb import events as ev
+from vmc.cloud import codec
+from vmc.cloud import messages as m
+from vmc.cloud.topics import Topics
+from vmc.journal import Journal, NewMessage
+from vmc.services import bus_messages as bus
+from vmc.services.vending import log_report
+from vmc.transaction import Effects, Engine
+
+log = structlog.get_logger("vmc.remote_vend")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RemoteVending:
+    def __init__(
+        self,
+        engine: Engine,
+        journal: Journal,
+        topics: Topics,
+        send_bus: Callable[[bus.BusCommand], bool],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_outbox: Callable[[], None] = lambda: None,
+        on_state: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.engine = engine
+        self.journal = journal
+        self.topics = topics
+        self.send_bus = send_bus
+        self.clock = clock
+        self.on_outbox = on_outbox
+        self.on_state = on_state
+
+    def recover(self) -> None:
+        fx = self.engine.recover(self.journal.open_txn(), self.clock())
+        if fx.transitions:
+            log.warning(
+                "txn_recovered",
+                txn_id=fx.transitions[-1].txn_id,
+                state=fx.transitions[-1].state.value,
+            )
+        self._apply(fx)
+
+    def handle_bus(self, report: object) -> None:
+        log_report(report)
+        self._apply(self.engine.on_bus(report, self.clock()))
+        if isinstance(report, ev.StateChanged | ev.FeaturesEnabled):
+            self.on_state()
+
+    def tick(self) -> None:
+        self._apply(self.engine.tick(self.clock()))
+
+    def handle_command(self, payload: bytes) -> None:
+        """One command payload from the broker, whatever it holds."""
+        try:
+            cmd = codec.decode_command(payload)
+        except codec.CommandError as exc:
+            log.warning(
+                "command_refused", code=exc.code.value, error=exc.message, command_id=exc.command_id
+            )
+            self._apply(Effects(reply=exc.reply()))
+            return
+        stored = self.journal.known_reply(cmd.id)
+        if stored is not None:
+            log.info("command_repeated", command_id=cmd.id)
+            self._store_reply_again(stored)
+            return
+        fx = self.engine.on_command(cmd, self.clock())
+        log.info(
+            "command",
+            op=type(cmd).__name__.lower(),
+            command_id=cmd.id,
+            ok=fx.reply.ok if fx.reply else None,
+            code=fx.reply.code.value if fx.reply and fx.reply.code else None,
+        )
+        self._apply(fx, command_id=cmd.id)
+
+    def _apply(self, fx: Effects, command_id: str | None = None) -> None:
+        at = self.clock()
+        messages = [self._event(event, at) for event in fx.events]
+        stored: tuple[str, bytes] | None = None
+        if fx.reply is not None:
+            reply_bytes = codec.encode_reply(fx.reply, at=at)
+            messages.append(NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes))
+            if command_id is not None:
+                stored = (command_id, reply_bytes)
+        if not (fx.transitions or messages):
+            for command in fx.bus:
+                self.send_bus(command)
+            return
+        durable = fx.durable or bool(fx.events)  # an event once published must not be lost
+        self.journal.commit(fx.transitions, messages, command=stored, durable=durable)
+        for command in fx.bus:
+            self.send_bus(command)
+        for txn in fx.transitions:
+            log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
+        self.on_outbox()
+        if fx.transitions:
+            self.on_state()
+
+    def _event(self, event: m.Event, at: float) -> NewMessage:
+        event_id = new_id()
+
+        def encode(seq: int) -> bytes:
+            return codec.encode_event(event, event_id=event_id, seq=seq, at=at)
+
+        return NewMessage(event_id, self.topics.events, encode)
+
+    def _store_reply_again(self, reply_bytes: bytes) -> None:
+        message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)
+        self.journal.commit([], [message], durable=False)
+        self.on_outbox()

@@ -1,0 +1,392 @@
+"""The remote-vend transaction engine (sans-I/O, clock and ids injected).
+
+Theory of operation. One transaction per vend, following the seven steps of the Connectivity
+Platform seed: ``lock`` opens an MDB session (or, on an always-idle VMC, the customer selects
+first), the VMC's vend request becomes ``txn.request``, the backend answers ``paid`` or
+``deny``, the reader approves or denies on the bus, and the VMC's result becomes ``txn.vend``.
+
+Every call returns :class:`Effects`: the transitions to journal, the events for the outbox,
+the bus commands, and the reply to the command. The caller must commit the first three to the
+journal (one SQLite transaction, fsynced when ``durable``) **before** it sends the bus commands,
+so a crash can never leave a side effect the journal does not know about.
+
+Money safety: the engine's approval deadline is earlier than the reader's own
+(``approval_timeout``), and the reader denies an undecided vend at its deadline by itself, so a
+``paid`` that arrives late is answered ``too_late`` and reported as void, never dispensed.
+Legal state changes live in :data:`LEGAL`; anything else is a bug and raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from protocols.errors import LocalProtocolError
+from protocols.mdb import events as ev
+from protocols.mdb.commands import Feature
+from vmc.cloud import messages as m
+from vmc.services import bus_messages as bus
+
+APPROVAL_GUARD_S = 0.5
+
+
+class TxnState(StrEnum):
+    LOCKED = "locked"
+    REQUESTED = "requested"
+    APPROVING = "approving"
+    DISPENSING = "dispensing"
+    VENDED = "vended"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+S = TxnState
+FINAL = frozenset({S.VENDED, S.FAILED, S.UNKNOWN, S.DENIED, S.EXPIRED, S.CANCELLED})
+# Steps that move money: journaled with fsync before anything else happens.
+DURABLE = frozenset({S.APPROVING, S.DISPENSING, S.VENDED, S.FAILED, S.UNKNOWN})
+_ENDS = frozenset({S.DENIED, S.EXPIRED, S.CANCELLED})
+LEGAL: dict[TxnState | None, frozenset[TxnState]] = {
+    None: frozenset({S.LOCKED, S.REQUESTED}),
+    S.LOCKED: frozenset({S.REQUESTED}) | _ENDS,
+    S.REQUESTED: frozenset({S.APPROVING}) | _ENDS,
+    S.APPROVING: frozenset({S.DISPENSING, S.UNKNOWN}) | _ENDS,
+    S.DISPENSING: frozenset({S.VENDED, S.FAILED, S.UNKNOWN}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    txn_id: str
+    state: TxnState
+    created_at: float
+    updated_at: float
+    vend_type: m.VendType = m.VendType.PAID
+    ref: str | None = None
+    limit: int | None = None
+    lock_expires: float | None = None
+    selection: int | None = None
+    price: int | None = None
+    vend_id: int | None = None
+    deadline: float | None = None
+    amount: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """The reader's currency as the contract reports it."""
+
+    currency: int
+    decimals: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    money: Money
+    approval_timeout: float = 4.0
+    lock_timeout: float = 60.0
+
+
+@dataclass
+class Effects:
+    transitions: list[Txn] = field(default_factory=list)
+    events: list[m.Event] = field(default_factory=list)
+    bus: list[bus.BusCommand] = field(default_factory=list)
+    reply: m.Reply | None = None
+
+    @property
+    def durable(self) -> bool:
+        return any(t.state in DURABLE for t in self.transitions)
+
+
+class Engine:
+    """At most one transaction at a time: one reader serves one customer."""
+
+    def __init__(self, config: EngineConfig, new_id: Callable[[], str]) -> None:
+        self.config = config
+        self.new_id = new_id
+        self.txn: Txn | None = None
+        self.reader_state = ev.State.INACTIVE
+        self.always_idle = False
+
+    # --- restart ---------------------------------------------------------------------------
+
+    def recover(self, open_txn: Txn | None, now: float) -> Effects:
+        """Settle the transaction a crash left open: never approved again, never forgotten.
+
+        The bus process died with the daemon, so nothing more will happen to it on the bus:
+        before any approval it ended; after an approval was journaled, the machine cannot
+        tell whether it dispensed.
+        """
+        fx = Effects()
+        self.txn = open_txn
+        if open_txn is None or open_txn.state in FINAL:
+            self.txn = None
+            return fx
+        if open_txn.state in (S.LOCKED, S.REQUESTED):
+            state = S.CANCELLED if open_txn.state is S.LOCKED else S.EXPIRED
+            self._end(fx, state, "restart", now)
+        else:
+            self._vend_result(fx, S.UNKNOWN, "restart during the vend", now)
+        return fx
+
+    # --- commands from the backend -----------------------------------------------------------
+
+    def on_command(self, cmd: m.Command, now: float) -> Effects:
+        fx = Effects()
+        if cmd.expires < now:
+            fx.reply = _refuse(cmd, m.ErrorCode.EXPIRED, "the command expired before it arrived")
+            return fx
+        match cmd:
+            case m.Lock():
+                self._lock(fx, cmd, now)
+            case m.Unlock():
+                self._unlock(fx, cmd, now)
+            case m.Paid():
+                self._paid(fx, cmd, now)
+            case m.Deny():
+                self._deny(fx, cmd, now)
+        return fx
+
+    def _lock(self, fx: Effects, cmd: m.Lock, now: float) -> None:
+        if self.txn is not None:
+            fx.reply = _refuse(
+                cmd, m.ErrorCode.BUSY, f"transaction {self.txn.txn_id} is {self.txn.state}"
+            )
+            return
+        if self.reader_state is not ev.State.ENABLED:
+            fx.reply = _refuse(
+                cmd, m.ErrorCode.READER_UNAVAILABLE, f"reader is {self.reader_state.name}"
+            )
+            return
+        timeout = cmd.timeout_s if cmd.timeout_s is not None else self.config.lock_timeout
+        txn = Txn(
+            self.new_id(), S.LOCKED, now, now, cmd.vend_type, cmd.ref, cmd.limit, now + timeout
+        )
+        self._move(fx, txn)
+        fx.bus.append(bus.BeginSession(cmd.limit))
+        fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "expires": now + timeout})
+
+    def _unlock(self, fx: Effects, cmd: m.Unlock, now: float) -> None:
+        txn = self._find(fx, cmd, cmd.txn_id)
+        if txn is None:
+            return
+        if txn.state in (S.APPROVING, S.DISPENSING):
+            fx.reply = _refuse(cmd, m.ErrorCode.WRONG_STATE, "the vend is already approved")
+            return
+        if txn.state is S.REQUESTED and txn.vend_id is not None:
+            fx.bus.append(bus.DenyVend(txn.vend_id))
+        fx.bus.append(bus.CancelSession())
+        self._end(fx, S.CANCELLED, "unlocked", now)
+        fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "state": S.CANCELLED})
+
+    def _paid(self, fx: Effects, cmd: m.Paid, now: float) -> None:
+        txn = self._find(fx, cmd, cmd.txn_id, late_is_void=True, now=now)
+        if txn is None:
+            return
+        if txn.state is not S.REQUESTED or txn.vend_id is None or txn.price is None:
+            fx.reply = _refuse(cmd, m.ErrorCode.WRONG_STATE, f"transaction is {txn.state}")
+            return
+        if cmd.amount > txn.price or cmd.amount < 0:
+            fx.reply = _refuse(
+                cmd, m.ErrorCode.AMOUNT_MISMATCH, f"amount {cmd.amount} exceeds price {txn.price}"
+            )
+            return
+        assert txn.deadline is not None
+        if now >= txn.deadline:
+            fx.reply = _refuse(cmd, m.ErrorCode.TOO_LATE, "the approval deadline has passed")
+            self._end(fx, S.EXPIRED, "approval_timeout", now)
+            fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", "late_paid"))
+            return
+        self._move(fx, dataclasses.replace(txn, state=S.APPROVING, amount=cmd.amount))
+        fx.bus.append(bus.ApproveVend(txn.vend_id, cmd.amount))
+        fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "state": S.APPROVING})
+
+    def _deny(self, fx: Effects, cmd: m.Deny, now: float) -> None:
+        txn = self._find(fx, cmd, cmd.txn_id)
+        if txn is None:
+            return
+        if txn.state not in (S.REQUESTED, S.LOCKED):
+            fx.reply = _refuse(cmd, m.ErrorCode.WRONG_STATE, f"transaction is {txn.state}")
+            return
+        if txn.vend_id is not None:
+            fx.bus.append(bus.DenyVend(txn.vend_id))
+        fx.bus.append(bus.CancelSession())
+        self._end(fx, S.DENIED, cmd.reason or "denied", now)
+        fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "state": S.DENIED})
+
+    def _find(
+        self,
+        fx: Effects,
+        cmd: m.Command,
+        txn_id: str,
+        *,
+        late_is_void: bool = False,
+        now: float = 0.0,
+    ) -> Txn | None:
+        txn = self.txn
+        if txn is None or txn.txn_id != txn_id:
+            code = m.ErrorCode.TOO_LATE if late_is_void else m.ErrorCode.NO_SUCH_TXN
+            fx.reply = _refuse(cmd, code, f"transaction {txn_id} is not open")
+            if late_is_void:
+                fx.events.append(m.TxnStatus(txn_id, None, "void", "late_paid"))
+            return None
+        return txn
+
+    # --- the bus ----------------------------------------------------------------------------
+
+    def on_bus(self, event: object, now: float) -> Effects:
+        fx = Effects()
+        txn = self.txn
+        match event:
+            case ev.StateChanged(new=new):
+                self.reader_state = new
+            case ev.FeaturesEnabled(features=features):
+                self.always_idle = bool(features & Feature.ALWAYS_IDLE)
+            case ev.ReaderReset():
+                self.always_idle = False
+            case ev.VendRequested():
+                self._vend_requested(fx, event, now)
+            case ev.VendApprovedSent(vend_id=vend_id) if _is(txn, vend_id, S.APPROVING):
+                assert txn is not None
+                self._move(fx, dataclasses.replace(txn, state=S.DISPENSING, updated_at=now))
+            case ev.VendDeniedSent(vend_id=vend_id, reason=reason) if _is(txn, vend_id):
+                self._denied_on_bus(fx, reason, now)
+            case ev.VendSucceeded(vend_id=vend_id) if _is(txn, vend_id, S.DISPENSING):
+                self._vend_result(fx, S.VENDED, "", now)
+                fx.bus.append(bus.CancelSession())
+            case ev.VendFailed(vend_id=vend_id) if _is(txn, vend_id, S.DISPENSING):
+                self._vend_result(fx, S.FAILED, "vend failed: refund", now)
+                fx.bus.append(bus.CancelSession())
+            case ev.VendOutcomeUnknown(vend_id=vend_id, reason=why) if _is(txn, vend_id):
+                self._vend_result(fx, S.UNKNOWN, why, now)
+            case ev.SessionEnded() | ev.SessionRefused() if txn is not None and txn.state in (
+                S.LOCKED,
+                S.REQUESTED,
+            ):
+                self._end(fx, S.CANCELLED, "session ended on the machine", now)
+            case ev.CashSaleReported(item=item, price=price):
+                money = self.config.money
+                fx.events.append(m.Sale("cash", item, price, money.currency, money.decimals))
+            case bus.CommandRefused(command="ApproveVend", error=error) if (
+                txn is not None and txn.state is S.APPROVING
+            ):
+                # The reader's own deadline passed first: it denied, nothing was dispensed.
+                self._end(fx, S.EXPIRED, "approval_timeout", now)
+                fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", f"late_paid: {error}"))
+        return fx
+
+    def _vend_requested(self, fx: Effects, req: ev.VendRequested, now: float) -> None:
+        txn = self.txn
+        deadline = now + self.config.approval_timeout - APPROVAL_GUARD_S
+        if txn is None:
+            if not self.always_idle:
+                fx.bus.append(bus.DenyVend(req.vend_id))  # no lock, no session: not ours
+                return
+            txn = Txn(self.new_id(), S.LOCKED, now, now)  # select-first: no lock came
+        elif txn.state is not S.LOCKED:
+            fx.bus.append(bus.DenyVend(req.vend_id))
+            return
+        txn = dataclasses.replace(
+            txn,
+            state=S.REQUESTED,
+            updated_at=now,
+            selection=req.item,
+            price=req.price,
+            vend_id=req.vend_id,
+            deadline=deadline,
+        )
+        self._move(fx, txn)
+        if req.negative or (txn.limit is not None and req.price > txn.limit):
+            reason = "negative vend" if req.negative else "over_limit"
+            fx.bus.append(bus.DenyVend(req.vend_id))
+            self._end(fx, S.DENIED, reason, now)
+            return
+        money = self.config.money
+        fx.events.append(
+            m.TxnRequest(
+                txn.txn_id,
+                txn.ref,
+                req.item,
+                req.price,
+                money.currency,
+                money.decimals,
+                deadline,
+                txn.vend_type,
+            )
+        )
+
+    def _denied_on_bus(self, fx: Effects, reason: ev.DenyReason, now: float) -> None:
+        txn = self.txn
+        assert txn is not None
+        if txn.state in FINAL:
+            return
+        if reason is ev.DenyReason.APPROVAL_TIMEOUT:
+            self._end(fx, S.EXPIRED, "approval_timeout", now)
+        elif reason is not ev.DenyReason.APPLICATION:
+            self._end(fx, S.CANCELLED, reason.value, now)
+
+    # --- time -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> Effects:
+        fx = Effects()
+        txn = self.txn
+        if txn is None:
+            return fx
+        if txn.state is S.LOCKED and txn.lock_expires is not None and now >= txn.lock_expires:
+            fx.bus.append(bus.CancelSession())
+            self._end(fx, S.EXPIRED, "lock_timeout", now)
+        elif txn.state is S.REQUESTED and txn.deadline is not None and now >= txn.deadline:
+            if txn.vend_id is not None:
+                fx.bus.append(bus.DenyVend(txn.vend_id))
+            fx.bus.append(bus.CancelSession())
+            self._end(fx, S.EXPIRED, "approval_timeout", now)
+        return fx
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _move(self, fx: Effects, txn: Txn) -> None:
+        old = self.txn.state if self.txn is not None else None
+        if txn.state not in LEGAL.get(old, frozenset()):
+            raise LocalProtocolError(f"transaction {txn.txn_id}: {old} -> {txn.state} is illegal")
+        fx.transitions.append(txn)
+        self.txn = None if txn.state in FINAL else txn
+
+    def _end(self, fx: Effects, state: TxnState, reason: str, now: float) -> None:
+        txn = self.txn
+        assert txn is not None
+        self._move(fx, dataclasses.replace(txn, state=state, reason=reason, updated_at=now))
+        fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, state.value, reason))
+
+    def _vend_result(self, fx: Effects, state: TxnState, detail: str, now: float) -> None:
+        txn = self.txn
+        assert txn is not None
+        self._move(fx, dataclasses.replace(txn, state=state, reason=detail, updated_at=now))
+        money = self.config.money
+        result = {S.VENDED: "success", S.FAILED: "failure"}.get(state, "unknown")
+        fx.events.append(
+            m.TxnVend(
+                txn.txn_id,
+                txn.ref,
+                result,
+                txn.selection or 0,
+                txn.amount or 0,
+                money.currency,
+                money.decimals,
+                txn.vend_type,
+                detail,
+            )
+        )
+
+
+def _is(txn: Txn | None, vend_id: int, state: TxnState | None = None) -> bool:
+    return txn is not None and txn.vend_id == vend_id and (state is None or txn.state is state)
+
+
+def _refuse(cmd: m.Command, code: m.ErrorCode, message: str) -> m.Reply:
+    return m.Reply(cmd.id, False, code, message)
