@@ -96,6 +96,7 @@ class SimBackend:
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
         self.replies: dict[str, dict[str, Any]] = {}
+        self.uncorrelated: list[dict[str, Any]] = []
         self.event_log: list[dict[str, Any]] = []
         self._seen: set[str] = set()
         self._client: aiomqtt.Client | None = None
@@ -138,6 +139,8 @@ class SimBackend:
         elif leaf == "reply":
             if body.get("id") is not None:
                 self.replies[body["id"]] = body
+            else:
+                self.uncorrelated.append(body)
         elif leaf == "events":
             self._on_event(device, body)
         async with self._changed:
@@ -157,6 +160,10 @@ class SimBackend:
         body.setdefault("v", 1)
         body.setdefault("expires", time.time() + 30)
         await self._client.publish(f"{self.prefix}/{device}/cmd", cbor2.dumps(body), qos=1)
+
+    def malformed_replies(self) -> list[dict[str, Any]]:
+        """Replies to commands the device could not read at all (they carry no id)."""
+        return self.uncorrelated
 
     async def lock(self, device: str, member: str | None = None, **fields: Any) -> str:
         reply = await self.command(device, "lock", ref=member, **fields)

@@ -150,8 +150,8 @@ class VmcMaster:
     async def send_raw(self, words: list[Word], what: str, *, timed: bool = True) -> Answer:
         """Write a block as given (no CHK added) and wait for the answer.
 
-        ``timed=False`` is for probing a reader that may not be up yet: silence then is
-        expected, not a timing violation.
+        ``timed=False`` is for probing a reader that may not be up yet: silence, or an answer
+        to bytes that waited for the port to open, says nothing about its timing.
         """
         self.reader.discard()
         self.port.write_words(words)
@@ -164,7 +164,7 @@ class VmcMaster:
         else:
             gaps = [b[1] - a[1] for a, b in itertools.pairwise(got)]
             answer = Answer(tuple(w for w, _ in got), got[0][1] - sent, max(gaps, default=0.0))
-        if timed or not answer.timed_out:
+        if timed:
             self.stats.add(what, answer)
         if self.recorder is not None and answer.words:
             self.recorder.add(Direction.PER, answer.words)
