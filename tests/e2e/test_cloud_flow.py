@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,7 +148,7 @@ async def test_lock_while_busy_and_bad_commands(tmp_path: Path, broker: Mosquitt
         await backend.lock(DEVICE, "alice")
         busy = await backend.command(DEVICE, "lock", ref="carol")
         assert busy["code"] == "busy"
-        cases = {
+        cases: dict[str, dict[str, Any]] = {
             "unknown_op": {"op": "launch"},
             "missing_field": {"op": "paid", "amount": 5},
             "bad_field": {"op": "paid", "txn_id": "x", "amount": -5},
