@@ -1,0 +1,93 @@
+"""RemoteVending over a real SQLite journal: commit before side effects, dedupe, recovery."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cbor2
+
+from protocols.mdb import events as ev
+from vmc.cloud.topics import Topics
+from vmc.journal import Journal
+from vmc.services import bus_messages as bus
+from vmc.services.remote_vend import RemoteVending
+from vmc.transaction import Engine, EngineConfig, Money, TxnState
+
+
+def _rig(path: Path, sent: list[bus.BusCommand]) -> RemoteVending:
+    journal = Journal(path)
+    counter = itertools.count(1)
+    engine = Engine(EngineConfig(Money(978, 2)), lambda: f"txn{next(counter)}")
+    clock = itertools.count(100)
+
+    def send(command: bus.BusCommand) -> bool:
+        # Every bus command must find its cause already in the journal.
+        assert journal.outbox_size() > 0 or journal.open_txn() is not None
+        sent.append(command)
+        return True
+
+    remote = RemoteVending(engine, journal, Topics("m1"), send, clock=lambda: float(next(clock)))
+    remote.recover()
+    remote.handle_bus(ev.StateChanged(ev.State.DISABLED, ev.State.ENABLED))
+    return remote
+
+
+def _command(op: str, cmd_id: str, **fields: object) -> bytes:
+    return cbor2.dumps({"v": 1, "id": cmd_id, "op": op, "expires": 1e12, **fields})
+
+
+def test_repeated_command_gets_the_first_reply_and_changes_nothing(tmp_path: Path) -> None:
+    sent: list[bus.BusCommand] = []
+    remote = _rig(tmp_path / "j.sqlite3", sent)
+    remote.handle_command(_command("lock", "L1"))
+    remote.handle_command(_command("lock", "L1"))
+    assert sent == [bus.BeginSession(None)]
+    replies = [
+        cbor2.loads(r.payload) for r in remote.journal.pending(10) if r.topic.endswith("/reply")
+    ]
+    assert len(replies) == 2
+    assert replies[0] == replies[1]
+    assert replies[0]["ok"]
+
+
+def test_events_carry_increasing_seq_and_unique_ids(tmp_path: Path) -> None:
+    remote = _rig(tmp_path / "j.sqlite3", [])
+    for _ in range(5):
+        remote.handle_bus(ev.CashSaleReported(3, 100))
+    rows = remote.journal.pending(10)
+    bodies = [cbor2.loads(r.payload) for r in rows]
+    assert [b["seq"] for b in bodies] == [r.seq for r in rows]
+    assert len({b["id"] for b in bodies}) == 5
+    remote.journal.delivered([rows[0].seq, rows[1].seq])
+    assert remote.journal.outbox_size() == 3
+
+
+def test_restart_after_approval_reports_unknown_once(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite3"
+    sent: list[bus.BusCommand] = []
+    remote = _rig(path, sent)
+    remote.handle_command(_command("lock", "L1"))
+    txn_id = "txn1"
+    remote.handle_bus(ev.VendRequested(1, 9, 200))
+    remote.handle_command(_command("paid", "P1", txn_id=txn_id, amount=200))
+    assert bus.ApproveVend(1, 200) in sent
+    remote.journal.close()  # the power goes here
+
+    again: list[bus.BusCommand] = []
+    restarted = _rig(path, again)
+    assert restarted.journal.txn(txn_id).state is TxnState.UNKNOWN  # type: ignore[union-attr]
+    assert not any(isinstance(c, bus.ApproveVend) for c in again)
+    vends = [cbor2.loads(r.payload) for r in restarted.journal.pending(50)]
+    unknown = [b for b in vends if b.get("type") == "txn.vend"]
+    assert [b["result"] for b in unknown] == ["unknown"]
+    restarted.journal.close()
+    third = _rig(path, [])  # a second restart settles nothing more
+    bodies = [cbor2.loads(r.payload) for r in third.journal.pending(50)]
+    assert len([b for b in bodies if b.get("type") == "txn.vend"]) == 1
+    assert third.journal.txn_history(txn_id) == [
+        TxnState.LOCKED,
+        TxnState.REQUESTED,
+        TxnState.APPROVING,
+        TxnState.UNKNOWN,
+    ]

@@ -1,0 +1,143 @@
+"""Command decoding: valid commands, every refusal, and hostile input."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vmc.cloud import codec
+from vmc.cloud import messages as m
+
+BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
+
+
+def decode(**fields: Any) -> m.Command:
+    return codec.decode_command(cbor2.dumps({**BASE, **fields}))
+
+
+def test_valid_commands() -> None:
+    assert decode(op="lock") == m.Lock("c1", 1e12)
+    assert decode(op="lock", ref="r", limit=300, timeout_s=20, vend_type="test") == m.Lock(
+        "c1", 1e12, "r", 300, 20.0, m.VendType.TEST
+    )
+    assert decode(op="unlock", txn_id="t") == m.Unlock("c1", 1e12, "t")
+    assert decode(op="paid", txn_id="t", amount=150) == m.Paid("c1", 1e12, "t", 150)
+    assert decode(op="deny", txn_id="t") == m.Deny("c1", 1e12, "t", "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"op": "fly"}, m.ErrorCode.UNKNOWN_OP),
+        ({"op": "paid", "amount": 1}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "paid", "txn_id": "t"}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "paid", "txn_id": "t", "amount": True}, m.ErrorCode.BAD_FIELD),
+        ({"op": "paid", "txn_id": "t", "amount": 1.5}, m.ErrorCode.BAD_FIELD),
+        ({"op": "paid", "txn_id": "t", "amount": 2**40}, m.ErrorCode.BAD_FIELD),
+        ({"op": "paid", "txn_id": 5, "amount": 1}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "vend_type": "gift"}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "timeout_s": 0}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "ref": "x" * 1000}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "expires": "soon"}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "v": 2}, m.ErrorCode.UNSUPPORTED_VERSION),
+        ({"op": "lock", "id": ""}, m.ErrorCode.BAD_FIELD),
+        ({"op": "lock", "id": None}, m.ErrorCode.MISSING_FIELD),
+    ],
+)
+def test_refusals_name_the_problem(fields: dict[str, Any], code: m.ErrorCode) -> None:
+    with pytest.raises(codec.CommandError) as info:
+        decode(**fields)
+    assert info.value.code is code
+    assert info.value.message
+    reply = info.value.reply()
+    assert not reply.ok
+    assert reply.code is code
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"\xff", b"\x9f" * 10000, cbor2.dumps([1, 2]), cbor2.dumps("lock"), b"x" * 20000],
+)
+def test_malformed_payloads(payload: bytes) -> None:
+    with pytest.raises(codec.CommandError) as info:
+        codec.decode_command(payload)
+    assert info.value.code in (m.ErrorCode.MALFORMED, m.ErrorCode.MISSING_FIELD)
+    assert info.value.command_id is None
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_command_error(payload: bytes) -> None:
+    with contextlib.suppress(codec.CommandError):
+        codec.decode_command(payload)
+
+
+values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "id",
+                "op",
+                "expires",
+                "txn_id",
+                "amount",
+                "limit",
+                "ref",
+                "timeout_s",
+                "vend_type",
+                "reason",
+            ]
+        ),
+        values,
+    )
+)
+def test_random_maps_only_raise_command_error(obj: dict[str, Any]) -> None:
+    with contextlib.suppress(codec.CommandError):
+        codec.decode_command(cbor2.dumps(obj))
+
+
+def test_event_and_reply_encodings() -> None:
+    event = m.Sale("cash", 3, 250, 978, 2)
+    body = cbor2.loads(codec.encode_event(event, event_id="e1", seq=7, at=1.5))
+    assert body == {
+        "v": 1,
+        "id": "e1",
+        "seq": 7,
+        "type": "sale",
+        "at": 1.5,
+        "payment": "cash",
+        "selection": 3,
+        "price": 250,
+        "currency": 978,
+        "decimals": 2,
+    }
+    reply = m.Reply("c1", False, m.ErrorCode.BUSY, "busy now")
+    body = cbor2.loads(codec.encode_reply(reply, at=2.0))
+    assert body == {
+        "v": 1,
+        "id": "c1",
+        "ok": False,
+        "code": "busy",
+        "message": "busy now",
+        "result": {},
+        "at": 2.0,
+    }
