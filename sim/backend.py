@@ -81,6 +81,7 @@ class SimBackend:
         username: str | None = None,
         password: str | None = None,
         answer_delay: float = 0.0,
+        persistent: bool = False,
     ) -> None:
         host, _, port = url.removeprefix("mqtt://").partition(":")
         self.host = host
@@ -93,6 +94,8 @@ class SimBackend:
         self.username = username
         self.password = password
         self.answer_delay = answer_delay
+        self.persistent = persistent
+        self.identifier = f"sim-backend-{uuid.uuid4().hex[:8]}"
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
         self.replies: dict[str, dict[str, Any]] = {}
@@ -107,13 +110,30 @@ class SimBackend:
     # --- connection --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Stay connected; a persistent backend keeps its session across broker restarts."""
+        while True:
+            try:
+                await self._connection()
+            except aiomqtt.MqttError:
+                self._ready.clear()
+                self._client = None
+                if not self.persistent:
+                    raise
+                await asyncio.sleep(0.2)
+
+    async def _connection(self) -> None:
+        # A persistent session is an MQTT 3.1.1 clean_session=False one: the broker queues
+        # QoS 1 messages for it while it is away (and, with persistence, across restarts).
         async with aiomqtt.Client(
             self.host,
             self.port,
-            identifier=f"sim-backend-{uuid.uuid4().hex[:8]}",
+            identifier=self.identifier,
             username=self.username,
             password=self.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
+            protocol=(
+                aiomqtt.ProtocolVersion.V311 if self.persistent else aiomqtt.ProtocolVersion.V5
+            ),
+            clean_session=False if self.persistent else None,
         ) as client:
             self._client = client
             client.pending_calls_threshold = 1000

@@ -30,7 +30,13 @@ def free_port() -> int:
 
 
 class MosquittoBroker:
-    def __init__(self, port: int | None = None, *, users: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        users: dict[str, str] | None = None,
+        persistence: bool = False,
+    ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             raise BrokerError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -39,6 +45,7 @@ class MosquittoBroker:
         self._dir = Path(tempfile.mkdtemp(prefix="vmc-mosquitto-"))
         self.log_path = self._dir / "mosquitto.log"
         self.users = users
+        self.persistence = persistence
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -50,7 +57,8 @@ class MosquittoBroker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             "set_tcp_nodelay true",
-            "persistence false",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self._dir}/",
             f"log_dest file {self.log_path}",
             "max_inflight_messages 20",
             "max_queued_messages 100000",

@@ -162,10 +162,18 @@ class CloudSync:
             await client.subscribe(self.topics.commands, qos=1)
             self.connected.set()
             log.info("mqtt_connected", broker=self.settings.url, protocol=self._protocol.name)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._drain(client))
-                group.create_task(self._receive(client))
-                group.create_task(self._publish_state(client))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._drain(client))
+                    group.create_task(self._receive(client))
+                    group.create_task(self._publish_state(client))
+            except BaseExceptionGroup as group:
+                # A lost connection fails every task at once: report it as the one MqttError
+                # the reconnect loop expects; anything else is a bug and propagates.
+                lost, rest = group.split(aiomqtt.MqttError)
+                if lost is None or rest is not None:
+                    raise
+                raise _first_leaf(lost) from group
 
     def _status(self, state: str) -> bytes:
         return codec.encode_map({"state": state, "at": time.time()})
@@ -216,3 +224,8 @@ class CloudSync:
                 client.publish(self.topics.status, self._status("offline"), qos=1, retain=True),
                 2.0,
             )
+
+
+def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> aiomqtt.MqttError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
