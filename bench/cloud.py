@@ -8,25 +8,33 @@ handed to the bus process, which says VEND APPROVED on the next POLL. The VMC wa
 answer for a few seconds at most, so the device's part must stay small next to the network.
 Meanwhile the bus must keep answering inside its 5 ms window whatever the cloud side does.
 
-Measured, with a private Mosquitto (``sim.broker``) on loopback:
+Measured, each part with a private Mosquitto (``sim.broker``) on loopback:
 
-- ``broker``: a plain QoS 1 publish -> subscriber round trip on that broker, the baseline
-  against which the two overheads below are judged (they include one such hop each).
+- ``journal``: durable commits (WAL, ``synchronous=FULL``) through ``Journal.commit`` with one
+  transaction transition and one outbox message each, in a temp dir on this machine's disk.
+- ``drain``: a fresh journal's outbox filled with ``--drain`` messages of ~200 bytes, drained by
+  ``CloudSync`` (QoS 1, 20 in flight); a subscriber in another process (``mosquitto_sub``)
+  counts what arrived.
+- ``broker``: a plain QoS 1 publish -> subscriber time on the machine's broker, the baseline
+  for the overheads below (each includes one such hop).
 - ``machine``: the real vmcd on a pty pair with ``--mqtt``, the simulated VMC at level 3 with
   always-idle (select first, no lock) and a backend (``sim.backend.SimBackend``) that answers
   ``paid`` as soon as ``txn.request`` arrives. Per transaction: *request overhead* from the
   moment the VMC finished writing VEND REQUEST to the arrival of ``txn.request`` at the
   backend; *approve overhead* from just before the backend publishes ``paid`` to the arrival of
   the POLL answer carrying VEND APPROVED, the VMC polling back to back meanwhile (the mean poll
-  interval is the granularity of that number). The VMC and the backend share this process and
-  one event loop, so each side adds at most a poll exchange to the other's timing.
-- ``mdb``: on the same machine, every exchange's answer latency over ``--polls`` back-to-back
-  polls with a full cloud-approved vend session every ``--sessions-every`` polls.
-- ``journal``: durable commits (WAL, ``synchronous=FULL``) through ``Journal.commit`` with one
-  transaction transition and one outbox message each, in a temp dir on this machine's disk.
-- ``drain``: a fresh journal's outbox filled with ``--drain`` messages of ~200 bytes, drained by
-  ``CloudSync`` (QoS 1, 20 in flight) to the broker; ``mosquitto_sub`` (another process) counts
-  what arrived.
+  interval is the granularity of that number); *result report* from VEND SUCCESS to the
+  arrival of ``txn.vend``. Each transaction is in the backend's books before the next starts.
+- ``mdb``: on the same machine, every exchange's answer latency over at least ``--polls``
+  back-to-back polls with a full cloud-approved vend every ``--sessions-every`` polls (a vend
+  waits, polling, until the previous one is in the books, as customers are seconds apart).
+
+The VMC and the backend share this process and event loop, so each adds at most one poll
+exchange to the other's timing. As in ``bench/mdb_latency.py``, vmcd (and its bus process) is
+pinned to one CPU and this process and the machine's broker to another, so the measuring side
+is not the one delayed. The backend's socket has TCP_NODELAY (``--backend-nagle`` leaves it
+as ``SimBackend`` has it): otherwise the backend's own Nagle stall, ~40 ms after it PUBACKs
+``txn.request`` and publishes ``paid`` at once, would be charged to the device.
 
 Targets (reported, not asserted): request and approve overhead p99 <= 5 ms each, >= 1,000
 durable journal records/s, outbox drain >= 5,000 messages/s, MDB answer p99 <= 0.5 ms with no
@@ -431,6 +439,7 @@ class TimingBackend(SimBackend):
         self.nodelay = nodelay
         self.requests: list[tuple[str, float]] = []  # (txn_id, arrival), in arrival order
         self.paid_at: dict[str, float] = {}
+        self.results: dict[str, float] = {}  # txn_id -> arrival of its txn.vend
         self._arrival = 0.0
 
     async def run(self) -> None:
@@ -456,8 +465,12 @@ class TimingBackend(SimBackend):
         await super()._on_message(topic, payload)
 
     def _on_event(self, device: str, body: dict[str, Any]) -> None:
-        if body.get("type") == "txn.request" and str(body.get("id")) not in self._seen:
-            self.requests.append((str(body["txn_id"]), self._arrival))
+        kind = body.get("type")
+        if str(body.get("id")) not in self._seen:
+            if kind == "txn.request":
+                self.requests.append((str(body["txn_id"]), self._arrival))
+            elif kind == "txn.vend":
+                self.results[str(body["txn_id"])] = self._arrival
         super()._on_event(device, body)
 
     async def send(self, device: str, body: dict[str, Any]) -> None:
@@ -475,15 +488,18 @@ class VendSamples:
     approve_s: list[float] = field(default_factory=list)
     wait_s: float = 0.0  # VEND REQUEST written -> VEND APPROVED seen
     wait_polls: int = 0
+    vended: list[tuple[str, float]] = field(default_factory=list)  # (txn_id, VEND SUCCESS)
     sessions: int = 0
     sessions_ok: int = 0
 
-    def summary(self, prefix: str) -> dict[str, Any]:
+    def summary(self, results: dict[str, float]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        out.update(ms_stats(f"{prefix}request_overhead", self.request_s))
-        out.update(ms_stats(f"{prefix}approve_overhead", self.approve_s))
+        out.update(ms_stats("request_overhead", self.request_s))
+        out.update(ms_stats("approve_overhead", self.approve_s))
         if self.wait_polls:
-            out[f"{prefix}poll_interval_mean_ms"] = round(self.wait_s / self.wait_polls * 1000, 3)
+            out["poll_interval_mean_ms"] = round(self.wait_s / self.wait_polls * 1000, 3)
+        reported = [results[t] - at for t, at in self.vended if t in results]
+        out.update(ms_stats("result_report", reported))
         return out
 
 
@@ -544,6 +560,7 @@ class Machine:
         if not (await self.vmc.vend_success(item)).is_ack:
             self.problems.add(f"{where}: VEND SUCCESS not ACKed")
             return None
+        vended = self.port.written_at
         if not await self.end_session():
             self.problems.add(f"{where}: no END SESSION")
             return None
@@ -557,6 +574,7 @@ class Machine:
             return None
         samples.request_s.append(arrival - requested)
         samples.approve_s.append(approved - paid)
+        samples.vended.append((txn_id, vended))
         samples.sessions_ok += 1
         return txn_id
 
@@ -594,34 +612,40 @@ async def run_mdb(
     """Back-to-back polls with a cloud-approved vend every ``every`` polls; answer latency.
 
     A vend starts only once the previous one is in the backend's books (polling goes on
-    meanwhile), unless ``back_to_back``.
+    meanwhile), unless ``back_to_back``; polling goes on until there were ``polls`` polls
+    between vends and ``polls // every`` vends, or the time budget ran out.
     """
     vmc = machine.vmc
     vmc.stats = TimingStats()
     vmc.polls_sent = 0
     samples = VendSamples()
+    wanted = polls // every if every > 0 else 0
     started = time.perf_counter()
     truncated = False
     deferred = 0
     last: str | None = None
-    due = False
-    for i in range(1, polls + 1):
+    i = since = 0
+    while i < polls or samples.sessions < wanted:
         if time.perf_counter() - started > budget_s:
             truncated = True
-            machine.problems.add(f"mdb: time budget of {budget_s} s used after {i - 1} polls")
+            machine.problems.add(
+                f"mdb: time budget of {budget_s} s used after {i} polls, {samples.sessions} vends"
+            )
             break
         if not machine.daemon_alive():
             machine.problems.add("vmcd exited during the MDB phase")
             break
+        i += 1
+        since += 1
         try:
             await vmc.poll()
-            due = due or (every > 0 and i % every == 0)
-            if due and not (back_to_back or machine.settled(last)):
+            if every <= 0 or since < every:
+                continue
+            if not (back_to_back or machine.settled(last)):
                 deferred += 1
                 continue
-            if due:
-                due = False
-                last = await machine.vend(samples, "mdb")
+            since = 0
+            last = await machine.vend(samples, "mdb")
         except VmcError as exc:
             machine.problems.add(f"mdb poll {i}: {exc}")
     elapsed = time.perf_counter() - started
@@ -645,7 +669,8 @@ async def run_mdb(
         "mdb_timing_violations": len(stats.violations),
         "mdb_sessions": samples.sessions,
         "mdb_sessions_ok": samples.sessions_ok,
-        "mdb_sessions_deferred_polls": deferred,
+        "mdb_polls_between_vends": i,
+        "mdb_polls_waiting_for_books": deferred,
         "mdb_truncated": truncated,
         "mdb_s": round(elapsed, 2),
     }
@@ -721,7 +746,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
                 t0 = time.perf_counter()
                 samples = await run_transactions(machine, args.txns)
                 phase_s["transactions"] = round(time.perf_counter() - t0, 2)
-                out.update(samples.summary(""))
+                out.update(samples.summary(backend.results))
                 out["txns"] = samples.sessions
                 out["txns_ok"] = samples.sessions_ok
                 t0 = time.perf_counter()
@@ -734,7 +759,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
                 )
                 phase_s["mdb"] = round(time.perf_counter() - t0, 2)
                 out.update(mdb)
-                out["mdb_vend"] = busy.summary("")
+                out["mdb_vend"] = busy.summary(backend.results)
             finally:
                 gc.unfreeze()
         finally:
@@ -773,6 +798,7 @@ def host_info() -> dict[str, Any]:
         "kernel": platform.release(),
         "machine": platform.machine(),
         "tmp": tempfile.gettempdir(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -790,6 +816,7 @@ def targets(report: dict[str, Any]) -> dict[str, bool | None]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     steal_before = steal_ms()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     problems = Problems()
     report: dict[str, Any] = {}
     phase_s: dict[str, float] = {}
@@ -799,14 +826,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phase_s["journal"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    broker = MosquittoBroker()
+    broker: MosquittoBroker | None = None
     try:
+        broker = MosquittoBroker()
         broker.start()
         report.update(await bench_drain(broker, args.drain, args.max_seconds, problems))
     except (aiomqtt.MqttError, VmcError, TimeoutError) as exc:
         problems.add(f"drain: {type(exc).__name__}: {exc}")
     finally:
-        broker.close()
+        if broker is not None:
+            broker.close()
     phase_s["drain"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
@@ -826,6 +855,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     report["duration_s"] = round(time.perf_counter() - started, 2)
     steal_after = steal_ms()
     report["host"] = host_info()
+    report["host"]["loadavg_at_start"] = load_before
     if steal_before is not None and steal_after is not None:
         report["host"]["steal_ms"] = round(steal_after - steal_before, 1)
     return report
@@ -845,6 +875,8 @@ def human(report: dict[str, Any]) -> str:
             f"approve overhead  p50 {get('approve_overhead_p50_ms')} ms,"
             f" p99 {get('approve_overhead_p99_ms')} ms"
             f" (poll every {get('poll_interval_mean_ms')} ms)",
+            f"result report     p50 {get('result_report_p50_ms')} ms,"
+            f" p99 {get('result_report_p99_ms')} ms",
             f"transactions      {get('txns_ok')}/{get('txns')} ok",
             f"journal           {get('journal_records_per_s')} durable records/s"
             f" (fsync p50 {get('disk_fsync_p50_ms')} ms)",

@@ -1,6 +1,6 @@
 """vmc-sim: the simulated VMC, the demo, and trace replay.
 
-vmc-sim demo [--sessions N] [--level 1|2|3]   vmcd on a pty pair, driven by the sim VMC
+vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, backend, vmcd, VMC
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
 """
@@ -20,7 +20,9 @@ from drivers.ports import open_port
 from drivers.pty import PtyPair
 from drivers.transport import MdbPort
 from protocols.errors import VmcError
+from sim.backend import Policy
 from sim.daemon_proc import DaemonProcess
+from sim.demo import cloud_demo
 from sim.replay import replay_over_port
 from sim.scenarios import Customers, Report, SessionResult, run_customers
 from sim.trace import TraceRecorder, read_trace
@@ -93,6 +95,8 @@ def books(path: Path) -> str:
 
 
 async def demo(args: argparse.Namespace) -> int:
+    if not args.local:
+        return await cloud_demo(args)
     pair = PtyPair()
     with tempfile.TemporaryDirectory(prefix="vmc-demo-") as tmp:
         state = Path(args.state_dir) if args.state_dir else Path(tmp)
@@ -168,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--record", type=Path, help="write the bus traffic as a trace")
         if name == "demo":
             p.add_argument("--state-dir", help="keep the daemon's journal and log here")
+            p.add_argument("--mqtt", help="use this broker instead of a private mosquitto")
+            p.add_argument(
+                "--policy",
+                choices=[p.value for p in Policy if p is not Policy.SILENT],
+                default=Policy.POST_BILLING.value,
+                help="how the simulated backend decides",
+            )
+            p.add_argument(
+                "--local",
+                action="store_true",
+                help="no cloud: vmcd --local-approval accept (free vends)",
+            )
         else:
             p.add_argument("--port", help="port URL; default: a new pty pair")
             p.add_argument(

@@ -22,6 +22,8 @@ from typing import Any
 import aiomqtt
 import cbor2
 
+from vmc.cloud.sync import NO_DELAY
+
 
 class Policy(StrEnum):
     POST_BILLING = "post_billing"
@@ -134,6 +136,7 @@ class SimBackend:
                 aiomqtt.ProtocolVersion.V311 if self.persistent else aiomqtt.ProtocolVersion.V5
             ),
             clean_session=False if self.persistent else None,
+            socket_options=[NO_DELAY],
         ) as client:
             self._client = client
             client.pending_calls_threshold = 1000
@@ -240,8 +243,8 @@ class SimBackend:
             self._settle(entry, body)
         elif kind == "txn.status":
             entry.states.append(body["state"])
-            if body["state"] == "void":
-                self._refund(entry)
+            if body["state"] in ("void", "expired", "cancelled", "denied"):
+                self._refund(entry)  # nothing was dispensed
 
     async def _decide(self, device: str, entry: Entry, request: dict[str, Any]) -> None:
         if self.policy is Policy.SILENT:

@@ -117,6 +117,13 @@ class Customers:
             f"no {sorted(c.response_name(w) for w in wanted)} within {timeout} s"
         )
 
+    async def idle(self) -> None:
+        """One poll between customers, answering what a reader may ask for then."""
+        answer = await self.vmc.poll()
+        if answer.code == c.Resp.SESSION_CANCEL_REQUEST:
+            await self.end_session()
+        await asyncio.sleep(self.poll_period)
+
     async def open_session(self) -> None:
         if self.always_idle:
             return

@@ -21,6 +21,7 @@ from sim.trace import Direction, TraceRecorder
 
 RESPONSE_WINDOW_S = 0.005
 INTER_BYTE_S = 0.001
+PROBE_SETTLE_S = 0.1
 
 
 class VmcSimError(VmcError):
@@ -257,6 +258,10 @@ class VmcMaster:
         started = loop.time()
         while True:
             if not (await self.reset(timed=False)).timed_out:
+                # Probes sent while the reader was starting were queued, and each is answered
+                # now: let those answers arrive and drop them, or they pass for later answers.
+                await asyncio.sleep(PROBE_SETTLE_S)
+                self.reader.discard()
                 return loop.time() - started
             if loop.time() - started > timeout:
                 raise VmcSimError(f"the reader did not answer RESET within {timeout} s")

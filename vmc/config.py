@@ -18,6 +18,7 @@ from protocols.errors import ConfigError, PortError
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
 
 APPROVAL_POLICIES = ("accept", "deny")
+MIN_APPROVAL_TIMEOUT_S = 1.0
 DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -151,6 +152,11 @@ def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:
     for key in ("session_timeout", "approval_timeout", "vend_result_timeout"):
         if key in values and values[key] <= 0:
             raise ConfigError(f"reader.{key}: {values[key]!r} must be a positive number of seconds")
+    if values.get("approval_timeout", MIN_APPROVAL_TIMEOUT_S) < MIN_APPROVAL_TIMEOUT_S:
+        raise ConfigError(
+            f"reader.approval_timeout: {values['approval_timeout']!r} leaves the cloud no time;"
+            f" at least {MIN_APPROVAL_TIMEOUT_S} s"
+        )
     for key, width in (("manufacturer", 3), ("serial", 12), ("model", 12)):
         text = values.get(key)
         if text is not None and (len(text) > width or not text.isascii()):

@@ -37,6 +37,7 @@ log = structlog.get_logger("vmc.daemon")
 
 WATCHDOG_POLL_AGE_S = 10.0
 TICK_S = 0.1
+PRUNE_EVERY_S = 3600.0
 
 
 def _address(text: str) -> int:
@@ -187,9 +188,15 @@ async def run_daemon(config: Config) -> int:
 
 
 async def _ticker(remote: RemoteVending) -> None:
+    loop = asyncio.get_running_loop()
+    pruned = loop.time()
+    remote.prune()
     while True:
         await asyncio.sleep(TICK_S)
         remote.tick()
+        if loop.time() - pruned > PRUNE_EVERY_S:
+            pruned = loop.time()
+            remote.prune()
 
 
 async def _watchdog(bus: BusSupervisor) -> None:

@@ -19,6 +19,7 @@ Legal state changes live in :data:`LEGAL`; anything else is a bug and raises.
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,6 +31,7 @@ from vmc.cloud import messages as m
 from vmc.services import bus_messages as bus
 
 APPROVAL_GUARD_S = 0.5
+REMEMBERED_CLOSED = 256
 
 
 class TxnState(StrEnum):
@@ -113,6 +115,8 @@ class Engine:
         self.txn: Txn | None = None
         self.reader_state = ev.State.INACTIVE
         self.always_idle = False
+        # Recently closed transactions, so a late or repeated paid is answered truthfully.
+        self.closed: OrderedDict[str, TxnState] = OrderedDict()
 
     # --- restart ---------------------------------------------------------------------------
 
@@ -132,7 +136,7 @@ class Engine:
             state = S.CANCELLED if open_txn.state is S.LOCKED else S.EXPIRED
             self._end(fx, state, "restart", now)
         else:
-            self._vend_result(fx, S.UNKNOWN, "restart during the vend", now)
+            self._vend_result(fx, S.UNKNOWN, "restart_during_vend", now)
         return fx
 
     # --- commands from the backend -----------------------------------------------------------
@@ -181,12 +185,12 @@ class Engine:
             return
         if txn.state is S.REQUESTED and txn.vend_id is not None:
             fx.bus.append(bus.DenyVend(txn.vend_id))
-        fx.bus.append(bus.CancelSession())
+        fx.bus.append(bus.CancelSession(txn.vend_id))
         self._end(fx, S.CANCELLED, "unlocked", now)
         fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "state": S.CANCELLED})
 
     def _paid(self, fx: Effects, cmd: m.Paid, now: float) -> None:
-        txn = self._find(fx, cmd, cmd.txn_id, late_is_void=True, now=now)
+        txn = self._find(fx, cmd, cmd.txn_id, void_if_late=True)
         if txn is None:
             return
         if txn.state is not S.REQUESTED or txn.vend_id is None or txn.price is None:
@@ -200,6 +204,7 @@ class Engine:
         assert txn.deadline is not None
         if now >= txn.deadline:
             fx.reply = _refuse(cmd, m.ErrorCode.TOO_LATE, "the approval deadline has passed")
+            fx.bus += [bus.DenyVend(txn.vend_id), bus.CancelSession(txn.vend_id)]
             self._end(fx, S.EXPIRED, "approval_timeout", now)
             fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", "late_paid"))
             return
@@ -216,7 +221,7 @@ class Engine:
             return
         if txn.vend_id is not None:
             fx.bus.append(bus.DenyVend(txn.vend_id))
-        fx.bus.append(bus.CancelSession())
+        fx.bus.append(bus.CancelSession(txn.vend_id))
         self._end(fx, S.DENIED, cmd.reason or "denied", now)
         fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "state": S.DENIED})
 
@@ -226,17 +231,21 @@ class Engine:
         cmd: m.Command,
         txn_id: str,
         *,
-        late_is_void: bool = False,
-        now: float = 0.0,
+        void_if_late: bool = False,
     ) -> Txn | None:
         txn = self.txn
-        if txn is None or txn.txn_id != txn_id:
-            code = m.ErrorCode.TOO_LATE if late_is_void else m.ErrorCode.NO_SUCH_TXN
-            fx.reply = _refuse(cmd, code, f"transaction {txn_id} is not open")
-            if late_is_void:
+        if txn is not None and txn.txn_id == txn_id:
+            return txn
+        closed = self.closed.get(txn_id)
+        if closed is None:
+            fx.reply = _refuse(cmd, m.ErrorCode.NO_SUCH_TXN, f"transaction {txn_id} is unknown")
+        elif closed in (S.VENDED, S.FAILED, S.UNKNOWN):
+            fx.reply = _refuse(cmd, m.ErrorCode.WRONG_STATE, f"transaction is {closed}")
+        else:
+            fx.reply = _refuse(cmd, m.ErrorCode.TOO_LATE, f"transaction {txn_id} is {closed}")
+            if void_if_late:
                 fx.events.append(m.TxnStatus(txn_id, None, "void", "late_paid"))
-            return None
-        return txn
+        return None
 
     # --- the bus ----------------------------------------------------------------------------
 
@@ -257,28 +266,38 @@ class Engine:
                 self._move(fx, dataclasses.replace(txn, state=S.DISPENSING, updated_at=now))
             case ev.VendDeniedSent(vend_id=vend_id, reason=reason) if _is(txn, vend_id):
                 self._denied_on_bus(fx, reason, now)
-            case ev.VendSucceeded(vend_id=vend_id) if _is(txn, vend_id, S.DISPENSING):
+            case ev.VendSucceeded(vend_id=vend_id, item=item) if _is(txn, vend_id, S.DISPENSING):
+                assert txn is not None
+                self.txn = dataclasses.replace(txn, selection=item)  # what the VMC vended
                 self._vend_result(fx, S.VENDED, "", now)
-                fx.bus.append(bus.CancelSession())
             case ev.VendFailed(vend_id=vend_id) if _is(txn, vend_id, S.DISPENSING):
-                self._vend_result(fx, S.FAILED, "vend failed: refund", now)
-                fx.bus.append(bus.CancelSession())
+                self._vend_result(fx, S.FAILED, "vend_failed", now)
             case ev.VendOutcomeUnknown(vend_id=vend_id, reason=why) if _is(txn, vend_id):
                 self._vend_result(fx, S.UNKNOWN, why, now)
             case ev.SessionEnded() | ev.SessionRefused() if txn is not None and txn.state in (
                 S.LOCKED,
                 S.REQUESTED,
             ):
-                self._end(fx, S.CANCELLED, "session ended on the machine", now)
+                self._end(fx, S.CANCELLED, "session_ended", now)
             case ev.CashSaleReported(item=item, price=price):
                 money = self.config.money
                 fx.events.append(m.Sale("cash", item, price, money.currency, money.decimals))
-            case bus.CommandRefused(command="ApproveVend", error=error) if (
+            case bus.CommandRefused(command="ApproveVend", refusal=refusal) if (
                 txn is not None and txn.state is S.APPROVING
             ):
-                # The reader's own deadline passed first: it denied, nothing was dispensed.
-                self._end(fx, S.EXPIRED, "approval_timeout", now)
-                fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", f"late_paid: {error}"))
+                # Nothing was dispensed: the reader's own deadline passed first, or the
+                # amount cannot be carried on this bus.
+                fx.bus.append(bus.CancelSession(txn.vend_id))
+                if refusal is bus.Refusal.MONEY:
+                    self._end(fx, S.DENIED, "amount_not_representable", now)
+                    fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", "bad_amount"))
+                else:
+                    self._end(fx, S.EXPIRED, "approval_timeout", now)
+                    fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, "void", "late_paid"))
+            case bus.CommandRefused(command="BeginSession") if (
+                txn is not None and txn.state is S.LOCKED
+            ):
+                self._end(fx, S.CANCELLED, "session_refused", now)
         return fx
 
     def _vend_requested(self, fx: Effects, req: ev.VendRequested, now: float) -> None:
@@ -303,8 +322,8 @@ class Engine:
         )
         self._move(fx, txn)
         if req.negative or (txn.limit is not None and req.price > txn.limit):
-            reason = "negative vend" if req.negative else "over_limit"
-            fx.bus.append(bus.DenyVend(req.vend_id))
+            reason = "negative_vend" if req.negative else "over_limit"
+            fx.bus += [bus.DenyVend(req.vend_id), bus.CancelSession(txn.vend_id)]
             self._end(fx, S.DENIED, reason, now)
             return
         money = self.config.money
@@ -339,12 +358,12 @@ class Engine:
         if txn is None:
             return fx
         if txn.state is S.LOCKED and txn.lock_expires is not None and now >= txn.lock_expires:
-            fx.bus.append(bus.CancelSession())
+            fx.bus.append(bus.CancelSession(txn.vend_id))
             self._end(fx, S.EXPIRED, "lock_timeout", now)
         elif txn.state is S.REQUESTED and txn.deadline is not None and now >= txn.deadline:
             if txn.vend_id is not None:
                 fx.bus.append(bus.DenyVend(txn.vend_id))
-            fx.bus.append(bus.CancelSession())
+            fx.bus.append(bus.CancelSession(txn.vend_id))
             self._end(fx, S.EXPIRED, "approval_timeout", now)
         return fx
 
@@ -356,6 +375,10 @@ class Engine:
             raise LocalProtocolError(f"transaction {txn.txn_id}: {old} -> {txn.state} is illegal")
         fx.transitions.append(txn)
         self.txn = None if txn.state in FINAL else txn
+        if txn.state in FINAL:
+            self.closed[txn.txn_id] = txn.state
+            while len(self.closed) > REMEMBERED_CLOSED:
+                self.closed.popitem(last=False)
 
     def _end(self, fx: Effects, state: TxnState, reason: str, now: float) -> None:
         txn = self.txn

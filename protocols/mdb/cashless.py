@@ -139,7 +139,7 @@ class _Revalue:
 @dataclass(slots=True)
 class _Session:
     started_at: float
-    vends: int = 0
+    vends: set[int] = field(default_factory=set)
     cancel_requested: bool = False
 
 
@@ -275,10 +275,16 @@ class CashlessDevice:
     def deny_vend(self, vend_id: int) -> None:
         self._decide_deny(self._undecided(vend_id), DenyReason.APPLICATION)
 
-    def cancel_session(self) -> None:
-        """End the session from our side (cloud unlock, timeout); the VMC completes it."""
+    def cancel_session(self, vend_id: int | None = None) -> None:
+        """End the session from our side (cloud unlock, timeout); the VMC completes it.
+
+        With ``vend_id``, only the session that vend belongs to: a cancel that arrives after
+        the VMC ended that session must not touch the next customer's.
+        """
+        if vend_id is not None and (self._session is None or vend_id not in self._session.vends):
+            return
         if self._pending.begin_wanted:
-            self._drop_begin("cancelled")
+            self._drop_begin("cancelled_by_application")
             return
         if self._vend is not None and self._vend.decision is None:
             self._decide_deny(self._vend, DenyReason.APPLICATION)
@@ -346,7 +352,7 @@ class CashlessDevice:
             s is not None
             and self.state is State.SESSION_IDLE
             and not s.cancel_requested
-            and s.vends == 0
+            and not s.vends
             and now - s.started_at >= self.config.session_timeout
         ):
             s.cancel_requested = True
@@ -427,7 +433,7 @@ class CashlessDevice:
                 return None
             case c.ReaderCancel():
                 if self._pending.begin_wanted:
-                    self._drop_begin("reader cancel")
+                    self._drop_begin("reader_cancel")
                 self._pending.outbox.append(c.Cancelled())
                 return None
             case c.VendRequest():
@@ -502,7 +508,7 @@ class CashlessDevice:
             self._disable_after_session = True
             return
         if self._pending.begin_wanted:
-            self._drop_begin("reader disabled")
+            self._drop_begin("reader_disabled")
         if self.state is State.ENABLED:
             self._set_state(State.DISABLED)
 
@@ -521,8 +527,8 @@ class CashlessDevice:
         if negative and not self._neg.features & Feature.NEGATIVE_VEND:
             return self._out_of_sequence_for("negative vend is not enabled")
         assert self._session is not None
-        self._session.vends += 1
         vend = _Vend(self._next_vend_id, item, price, negative, self._now)
+        self._session.vends.add(vend.vend_id)
         self._next_vend_id += 1
         self._vend = vend
         self._set_state(State.NEGATIVE_VEND if negative else State.VEND)
@@ -543,7 +549,7 @@ class CashlessDevice:
                         v.vend_id,
                         v.item,
                         self._to_minor_or_zero(v.approved_amount),
-                        "cancelled by VMC after approval",
+                        "cancelled_by_vmc_after_approval",
                     )
                 )
             else:
@@ -568,7 +574,7 @@ class CashlessDevice:
 
     def _session_complete(self) -> c.Response:
         if self.state in _IN_SESSION:
-            self._settle_open_vend("session completed")
+            self._settle_open_vend("session_completed")
             self._session = None
             self._revalue = None
             self._emit(SessionEnded())
@@ -646,9 +652,9 @@ class CashlessDevice:
         self._emit(SessionRefused(reason))
 
     def _reset(self, *, bus_reset: bool) -> None:
-        self._settle_open_vend("reader reset")
+        self._settle_open_vend("reader_reset")
         if self._pending.begin_wanted:
-            self._drop_begin("reader reset")
+            self._drop_begin("reader_reset")
         if self._session is not None:
             self._emit(SessionEnded())
         self._session = None

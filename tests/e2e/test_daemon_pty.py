@@ -178,7 +178,22 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     """The README's main command, as a newcomer runs it (minus the venv bootstrap)."""
     trace = tmp_path / "demo.mdb"
     result = subprocess.run(
-        [sys.executable, "-m", "sim", "demo", "--sessions", "8", "--record", str(trace)],
+        [sys.executable, "-m", "sim", "demo", "--sessions", "12", "--record", str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the backend's books" in result.stdout
+    assert "backend: success" in result.stdout
+    assert " ERR " not in result.stdout
+    assert read_trace(trace)
+
+
+def test_the_local_demo_runs() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sim", "demo", "--local", "--sessions", "8"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -187,4 +202,3 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "errors: 0" in result.stdout
     assert "vend_success (free)=" in result.stdout
-    assert read_trace(trace)

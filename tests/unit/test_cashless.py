@@ -363,3 +363,18 @@ def test_vend_result_without_approval_is_out_of_sequence() -> None:
     answer = data(bus.exchange(c.Cmd.VEND, 2, 0, 1))
     assert answer[0] == c.Resp.OUT_OF_SEQUENCE
     assert not _events_of(bus, ev.VendSucceeded)
+
+
+def test_a_stale_cancel_does_not_touch_the_next_session() -> None:
+    bus = enabled(3, features=AI)
+    bus.send(c.Cmd.VEND, 0, 0, 100, 0, 1)
+    bus.device.approve_vend(1, 100)
+    bus.poll_ack()
+    bus.send(c.Cmd.VEND, 2, 0, 1)
+    bus.exchange(c.Cmd.VEND, 4)  # the VMC ended the first session itself
+    bus.send(c.Cmd.VEND, 0, 0, 100, 0, 2)  # the next customer selects at once
+    bus.device.cancel_session(1)  # a late cancel meant for the first session
+    assert bus.device.pending_vend is not None
+    assert bus.poll() == ACK
+    bus.device.cancel_session(2)
+    assert data(bus.poll_ack()) == bytes((c.Resp.VEND_DENIED,))

@@ -141,3 +141,26 @@ def test_event_and_reply_encodings() -> None:
         "result": {},
         "at": 2.0,
     }
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"op": "lock", "expires": 2**1100},
+        {"op": "lock", "expires": float("nan")},
+        {"op": "lock", "expires": float("inf")},
+        {"op": "lock", "timeout_s": float("nan")},
+        {"op": "lock", "v": True},
+        {"op": "lock", "v": 1.0},
+    ],
+)
+def test_numbers_that_are_not_finite_or_exact(fields: dict[str, Any]) -> None:
+    with pytest.raises(codec.CommandError) as info:
+        decode(**fields)
+    assert info.value.code in (m.ErrorCode.BAD_FIELD, m.ErrorCode.UNSUPPORTED_VERSION)
+
+
+def test_unknown_op_is_named_before_missing_fields() -> None:
+    with pytest.raises(codec.CommandError) as info:
+        codec.decode_command(cbor2.dumps({"id": "x", "op": "launch"}))
+    assert info.value.code is m.ErrorCode.UNKNOWN_OP

@@ -73,7 +73,7 @@ def test_the_seven_steps() -> None:
     (vend,) = fx.events
     assert isinstance(vend, m.TxnVend)
     assert (vend.result, vend.amount, vend.selection) == ("success", 150, 12)
-    assert fx.bus == [bus.CancelSession()]
+    assert not fx.bus  # the VMC ends its own session after a vend
     assert eng.txn is None
 
 
@@ -100,7 +100,7 @@ def test_deny() -> None:
     requested(eng)
     fx = eng.on_command(m.Deny("c-deny", EXPIRES, txn_id, "no money"), 3.0)
     assert states(fx) == [S.DENIED]
-    assert fx.bus == [bus.DenyVend(7), bus.CancelSession()]
+    assert fx.bus == [bus.DenyVend(7), bus.CancelSession(7)]
     assert fx.events == [m.TxnStatus(txn_id, None, "denied", "no money")]
 
 
@@ -119,7 +119,7 @@ def test_deadline_expires_and_late_paid_is_void() -> None:
     assert not eng.tick(5.4).transitions
     fx = eng.tick(5.5)
     assert states(fx) == [S.EXPIRED]
-    assert fx.bus == [bus.DenyVend(7), bus.CancelSession()]
+    assert fx.bus == [bus.DenyVend(7), bus.CancelSession(7)]
     fx = eng.on_command(m.Paid("late", EXPIRES, txn_id, 150), 6.0)
     assert fx.reply is not None
     assert fx.reply.code is m.ErrorCode.TOO_LATE
@@ -273,3 +273,59 @@ def test_the_transition_table_is_closed() -> None:
         assert targets <= set(TxnState)
     assert S.APPROVING in DURABLE
     assert S.VENDED in DURABLE
+
+
+def test_paid_for_a_closed_or_unknown_transaction_changes_nothing() -> None:
+    eng = engine()
+    txn_id = str(lock(eng).reply.result["txn_id"])  # type: ignore[union-attr]
+    requested(eng)
+    eng.on_command(m.Paid("p", EXPIRES, txn_id, 150), 3.0)
+    eng.on_bus(ev.VendApprovedSent(7, 150), 3.1)
+    eng.on_bus(ev.VendSucceeded(7, 13, 150), 4.0)
+    again = eng.on_command(m.Paid("p-again", EXPIRES, txn_id, 150), 5.0)
+    assert again.reply is not None
+    assert again.reply.code is m.ErrorCode.WRONG_STATE
+    assert not again.events  # a vended transaction is never reported void
+    stranger = eng.on_command(m.Paid("p-x", EXPIRES, "made-up", 150), 5.0)
+    assert stranger.reply is not None
+    assert stranger.reply.code is m.ErrorCode.NO_SUCH_TXN
+    assert not stranger.events
+
+
+def test_vend_result_reports_the_item_the_vmc_vended() -> None:
+    eng = engine()
+    txn_id = str(lock(eng).reply.result["txn_id"])  # type: ignore[union-attr]
+    requested(eng)
+    eng.on_command(m.Paid("p", EXPIRES, txn_id, 150), 3.0)
+    eng.on_bus(ev.VendApprovedSent(7, 150), 3.1)
+    fx = eng.on_bus(ev.VendSucceeded(7, 13, 150), 4.0)
+    (vend,) = fx.events
+    assert isinstance(vend, m.TxnVend)
+    assert vend.selection == 13
+
+
+def test_amount_the_bus_cannot_carry_is_denied_and_void() -> None:
+    eng = engine()
+    txn_id = str(lock(eng).reply.result["txn_id"])  # type: ignore[union-attr]
+    requested(eng)
+    eng.on_command(m.Paid("p", EXPIRES, txn_id, 149), 3.0)
+    refused = bus.CommandRefused("ApproveVend", "not a multiple", bus.Refusal.MONEY)
+    fx = eng.on_bus(refused, 3.1)
+    assert states(fx) == [S.DENIED]
+    assert m.TxnStatus(txn_id, None, "void", "bad_amount") in fx.events
+    assert bus.CancelSession(7) in fx.bus
+
+
+def test_a_refused_session_cancels_the_lock() -> None:
+    eng = engine()
+    lock(eng)
+    fx = eng.on_bus(bus.CommandRefused("BeginSession", "cannot begin a session"), 1.5)
+    assert states(fx) == [S.CANCELLED]
+    assert eng.txn is None
+
+
+def test_over_limit_also_ends_the_session() -> None:
+    eng = engine()
+    lock(eng, limit=100)
+    fx = requested(eng, price=150)
+    assert fx.bus == [bus.DenyVend(7), bus.CancelSession(7)]

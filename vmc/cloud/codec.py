@@ -2,12 +2,13 @@
 
 A command that cannot be decoded never reaches the engine: it becomes a :class:`CommandError`
 with a code, a message and (when it could be read) the command's id, which the caller answers
-and otherwise ignores. Payload size and CBOR nesting are bounded before decoding.
+and otherwise ignores. The payload's size is bounded before decoding; cbor2 bounds its nesting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from enum import Enum
 from typing import Any
 
@@ -86,11 +87,13 @@ def decode_command(payload: bytes) -> m.Command:
             f"id must be a string of 1..{MAX_ID_LENGTH} characters",
         )
     version = obj.get("v", m.CONTRACT_VERSION)
-    if version != m.CONTRACT_VERSION:
+    if type(version) is not int or version != m.CONTRACT_VERSION:
         raise CommandError(
             m.ErrorCode.UNSUPPORTED_VERSION, f"contract version {version!r} is not 1", cmd_id
         )
     op = fields.text("op")
+    if op not in set(m.Op):
+        raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
     expires = fields.number("expires")
     if op == m.Op.LOCK:
         return m.Lock(
@@ -137,9 +140,17 @@ class _Fields:
 
     def number(self, name: str, required: bool = True) -> Any:
         value = self._get(name, required)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._bad(name, "a number")
-        return None if value is None else float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise self._bad(name, "a finite number") from None
+        if not math.isfinite(number):
+            raise self._bad(name, "a finite number")
+        return number
 
     def positive(self, name: str, required: bool = True) -> float | None:
         value = self.number(name, required)

@@ -38,7 +38,9 @@ class DenyVend:
 
 @dataclass(frozen=True, slots=True)
 class CancelSession:
-    pass
+    """End the session; with ``vend_id``, only if that vend's session is still the open one."""
+
+    vend_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,20 @@ class Heartbeat:
     blocks_out: int
 
 
+class Refusal(Enum):
+    """Why the core refused a command: the state moved on, or the amount cannot be carried."""
+
+    STATE = "state"
+    MONEY = "money"
+
+
 @dataclass(frozen=True, slots=True)
 class CommandRefused:
     """A daemon command the core refused (a late approval, a session while disabled)."""
 
     command: str
     error: str
+    refusal: Refusal = Refusal.STATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +141,7 @@ _TYPES: dict[str, type[Any]] = {
 _ENUMS: dict[type[Any], dict[str, type[Enum]]] = {
     ev.StateChanged: {"old": ev.State, "new": ev.State},
     ev.VendDeniedSent: {"reason": ev.DenyReason},
+    CommandRefused: {"refusal": Refusal},
 }
 
 

@@ -23,7 +23,7 @@ from collections import deque
 
 from drivers.ports import open_port
 from drivers.transport import MdbPort
-from protocols.errors import VmcError
+from protocols.errors import MoneyError, VmcError
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from protocols.mdb.words import WordDecoder, peripheral_words
 from vmc.services import bus_messages as msg
@@ -100,8 +100,8 @@ class BusLoop:
                     device.approve_vend(vend_id, amount)
                 case msg.DenyVend(vend_id=vend_id):
                     device.deny_vend(vend_id)
-                case msg.CancelSession():
-                    device.cancel_session()
+                case msg.CancelSession(vend_id=vend_id):
+                    device.cancel_session(vend_id)
                 case msg.DecideRevalue(approved=approved):
                     device.decide_revalue(approved)
                 case msg.ShowText(text=text, seconds=seconds):
@@ -110,8 +110,10 @@ class BusLoop:
                     self._begin_stop()
                 case _:
                     raise VmcError(f"unknown command {command!r}")
+        except MoneyError as exc:
+            self._send(msg.CommandRefused(type(command).__name__, str(exc), msg.Refusal.MONEY))
         except VmcError as exc:
-            self._send(msg.CommandRefused(type(command).__name__, str(exc)))
+            self._send(msg.CommandRefused(type(command).__name__, str(exc), msg.Refusal.STATE))
 
     def _begin_stop(self) -> None:
         """Void what is undecided, then keep answering until the VMC has heard it."""

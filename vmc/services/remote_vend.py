@@ -25,6 +25,8 @@ from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
 
+COMMAND_MEMORY_S = 7 * 86400
+
 
 def new_id() -> str:
     return uuid.uuid4().hex
@@ -63,8 +65,12 @@ class RemoteVending:
     def handle_bus(self, report: object) -> None:
         log_report(report)
         self._apply(self.engine.on_bus(report, self.clock()))
-        if isinstance(report, ev.StateChanged | ev.FeaturesEnabled):
+        if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
+
+    def prune(self, keep_s: float = COMMAND_MEMORY_S) -> None:
+        """Forget command ids older than ``keep_s``: their ``expires`` has long passed."""
+        self.journal.prune_commands(self.clock() - keep_s)
 
     def tick(self) -> None:
         self._apply(self.engine.tick(self.clock()))
@@ -107,7 +113,8 @@ class RemoteVending:
             for command in fx.bus:
                 self.send_bus(command)
             return
-        durable = fx.durable or bool(fx.events)  # an event once published must not be lost
+        # An event or a command's reply, once published, is a promise: it must survive too.
+        durable = fx.durable or bool(fx.events) or stored is not None
         self.journal.commit(fx.transitions, messages, command=stored, durable=durable)
         for command in fx.bus:
             self.send_bus(command)
