@@ -71,7 +71,22 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ({"reader.address": 0x10}, "reader.address", "allowed"),
         ({"daemon.log_level": "loud"}, "daemon.log_level", "debug"),
         ({"daemon.state_dir": 5}, "daemon.state_dir", "path"),
-        ({"extra.key": 1}, "[extra]", "mdb, reader, daemon"),
+        ({"extra.key": 1}, "[extra]", "mdb, reader, daemon, cloud"),
+        ({"cloud.url": "http://x"}, "cloud.url", "mqtt://HOST:PORT"),
+        ({"cloud.url": "mqtt://x:99999"}, "cloud.url", "bad port"),
+        ({"cloud.url": "mqtt://x:1883"}, "cloud.device_id", "--device-id"),
+        ({"cloud.url": "mqtt://x", "cloud.device_id": "a/b"}, "cloud.device_id", "A-Z"),
+        (
+            {"cloud.url": "mqtt://x", "cloud.device_id": "m", "cloud.lock_timeout": 0.0},
+            "cloud.lock_timeout",
+            "positive",
+        ),
+        (
+            {"cloud.url": "mqtt://x", "cloud.device_id": "m", "cloud.cert_file": "/c"},
+            "cloud.cert_file",
+            "together",
+        ),
+        ({"reader.approval_timeout": 0.5}, "reader.approval_timeout", "at least"),
     ],
 )
 def test_bad_values_name_key_and_allowed(overrides: dict[str, Any], key: str, allowed: str) -> None:
