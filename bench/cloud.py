@@ -53,7 +53,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -435,30 +434,11 @@ class TimingBackend(SimBackend):
     """The sim backend, noting when each ``txn.request`` arrived and each ``paid`` left."""
 
     def __init__(self, url: str, *, nodelay: bool) -> None:
-        super().__init__(url, policy=Policy.POST_BILLING)
-        self.nodelay = nodelay
+        super().__init__(url, policy=Policy.POST_BILLING, nodelay=nodelay)
         self.requests: list[tuple[str, float]] = []  # (txn_id, arrival), in arrival order
         self.paid_at: dict[str, float] = {}
         self.results: dict[str, float] = {}  # txn_id -> arrival of its txn.vend
         self._arrival = 0.0
-
-    async def run(self) -> None:
-        """SimBackend.run, with TCP_NODELAY on the backend's socket when ``nodelay``."""
-        options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)] if self.nodelay else []
-        async with aiomqtt.Client(
-            self.host,
-            self.port,
-            identifier=f"bench-backend-{uuid.uuid4().hex[:8]}",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            socket_options=options,
-        ) as client:
-            self._client = client
-            client.pending_calls_threshold = 1000
-            for leaf in ("events", "reply", "status", "state"):
-                await client.subscribe(f"{self.prefix}/+/{leaf}", qos=1)
-            self._ready.set()
-            async for msg in client.messages:
-                await self._on_message(str(msg.topic), msg.payload)
 
     async def _on_message(self, topic: str, payload: Any) -> None:
         self._arrival = time.perf_counter()

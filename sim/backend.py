@@ -84,6 +84,7 @@ class SimBackend:
         password: str | None = None,
         answer_delay: float = 0.0,
         persistent: bool = False,
+        nodelay: bool = True,
     ) -> None:
         host, _, port = url.removeprefix("mqtt://").partition(":")
         self.host = host
@@ -97,6 +98,7 @@ class SimBackend:
         self.password = password
         self.answer_delay = answer_delay
         self.persistent = persistent
+        self.nodelay = nodelay
         self.identifier = f"sim-backend-{uuid.uuid4().hex[:8]}"
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
@@ -136,7 +138,7 @@ class SimBackend:
                 aiomqtt.ProtocolVersion.V311 if self.persistent else aiomqtt.ProtocolVersion.V5
             ),
             clean_session=False if self.persistent else None,
-            socket_options=[NO_DELAY],
+            socket_options=[NO_DELAY] if self.nodelay else [],
         ) as client:
             self._client = client
             client.pending_calls_threshold = 1000
