@@ -26,12 +26,17 @@ from enum import StrEnum
 
 from protocols.errors import LocalProtocolError
 from protocols.mdb import events as ev
-from protocols.mdb.commands import Feature
+from protocols.mdb.commands import Feature, PaymentType
 from vmc.cloud import messages as m
 from vmc.services import bus_messages as bus
 
 APPROVAL_GUARD_S = 0.5
 REMEMBERED_CLOSED = 256
+_PAYMENT_TYPES = {
+    m.VendType.PAID: PaymentType.NORMAL,
+    m.VendType.TEST: PaymentType.TEST,
+    m.VendType.FREE: PaymentType.FREE,
+}
 
 
 class TxnState(StrEnum):
@@ -173,7 +178,7 @@ class Engine:
             self.new_id(), S.LOCKED, now, now, cmd.vend_type, cmd.ref, cmd.limit, now + timeout
         )
         self._move(fx, txn)
-        fx.bus.append(bus.BeginSession(cmd.limit))
+        fx.bus.append(bus.BeginSession(cmd.limit, int(_PAYMENT_TYPES[cmd.vend_type])))
         fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "expires": now + timeout})
 
     def _unlock(self, fx: Effects, cmd: m.Unlock, now: float) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from protocols.errors import LocalProtocolError, MoneyError
 from protocols.mdb import commands as c
-from protocols.mdb.commands import Feature, MiscOption
+from protocols.mdb.commands import Feature, MiscOption, PaymentType
 from protocols.mdb.events import (
     CashlessEvent,
     CashSaleReported,
@@ -156,6 +156,7 @@ class _Pending:
     just_reset: bool = True
     begin_funds: int | None = None
     begin_wanted: bool = False
+    begin_payment_type: PaymentType = PaymentType.NORMAL
     outbox: deque[c.Response] = field(default_factory=deque)
 
 
@@ -251,14 +252,21 @@ class CashlessDevice:
 
     # --- application decisions (queued for the next POLL) ---------------------------------
 
-    def begin_session(self, funds: int | None = None) -> None:
-        """Offer a session with ``funds`` minor units (None: funds unknown)."""
+    def begin_session(
+        self, funds: int | None = None, payment_type: PaymentType = PaymentType.NORMAL
+    ) -> None:
+        """Offer a session with ``funds`` minor units (None: funds unknown).
+
+        ``payment_type`` marks test-media and free-vend sessions for the VMC's own audit
+        (levels 2 and 3 carry it; level 1 has no field for it).
+        """
         if self.state is not State.ENABLED or self._session is not None:
             raise LocalProtocolError(f"cannot begin a session in state {self.state.name}")
         if funds is not None:
             self._money.to_bus(funds, wide=self.wide)
         self._pending.begin_wanted = True
         self._pending.begin_funds = funds
+        self._pending.begin_payment_type = payment_type
 
     def approve_vend(self, vend_id: int, amount: int) -> None:
         """Approve the pending vend ``vend_id`` for ``amount`` minor units."""
@@ -609,6 +617,7 @@ class CashlessDevice:
             raw,
             level=self.operating_level,
             wide=wide,
+            payment_type=self._pending.begin_payment_type,
             currency=c.currency_code(self.config.currency),
         )
 

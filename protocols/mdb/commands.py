@@ -93,6 +93,14 @@ class Feature(IntEnum):
     ALWAYS_IDLE = 1 << 5
 
 
+class PaymentType(IntEnum):
+    """BEGIN SESSION payment type (L2+): the top two bits say test media or free vend."""
+
+    NORMAL = 0x00
+    TEST = 0x40
+    FREE = 0x80
+
+
 class MiscOption(IntEnum):
     """READER CONFIG byte 8."""
 

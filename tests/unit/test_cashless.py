@@ -8,7 +8,7 @@ from protocols.errors import LocalProtocolError
 from protocols.mdb import commands as c
 from protocols.mdb import events as ev
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
-from protocols.mdb.commands import Feature
+from protocols.mdb.commands import Feature, PaymentType
 from protocols.mdb.events import State
 from protocols.mdb.words import Word
 from tests.mdb_helpers import EVERY_LEVEL_AND_ADDRESS, Bus, block, data, enabled
@@ -378,3 +378,16 @@ def test_a_stale_cancel_does_not_touch_the_next_session() -> None:
     assert bus.poll() == ACK
     bus.device.cancel_session(2)
     assert data(bus.poll_ack()) == bytes((c.Resp.VEND_DENIED,))
+
+
+@pytest.mark.parametrize(
+    ("payment_type", "byte"),
+    [(PaymentType.NORMAL, 0x00), (PaymentType.TEST, 0x40), (PaymentType.FREE, 0x80)],
+)
+def test_test_and_free_sessions_are_marked_for_the_vmc(
+    payment_type: PaymentType, byte: int
+) -> None:
+    bus = enabled(2)
+    bus.device.begin_session(500, payment_type)
+    begin = data(bus.poll_ack())
+    assert begin[7] == byte  # funds(2), media id(4), then the payment type

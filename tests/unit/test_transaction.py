@@ -329,3 +329,16 @@ def test_over_limit_also_ends_the_session() -> None:
     lock(eng, limit=100)
     fx = requested(eng, price=150)
     assert fx.bus == [bus.DenyVend(7), bus.CancelSession(7)]
+
+
+@pytest.mark.parametrize(
+    ("vend_type", "payment_type"),
+    [(m.VendType.PAID, 0x00), (m.VendType.TEST, 0x40), (m.VendType.FREE, 0x80)],
+)
+def test_vend_types_reach_the_bus_and_the_events(vend_type: m.VendType, payment_type: int) -> None:
+    eng = engine()
+    fx = lock(eng, vend_type=vend_type)
+    assert fx.bus == [bus.BeginSession(None, payment_type)]
+    (request,) = requested(eng).events
+    assert isinstance(request, m.TxnRequest)
+    assert request.vend_type is vend_type

@@ -23,6 +23,7 @@ from protocols.mdb import events as ev
 @dataclass(frozen=True, slots=True)
 class BeginSession:
     funds: int | None
+    payment_type: int = 0  # protocols.mdb.commands.PaymentType
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from drivers.ports import open_port
 from drivers.transport import MdbPort
 from protocols.errors import MoneyError, VmcError
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
+from protocols.mdb.commands import PaymentType
 from protocols.mdb.words import WordDecoder, peripheral_words
 from vmc.services import bus_messages as msg
 
@@ -94,8 +95,8 @@ class BusLoop:
         device = self.device
         try:
             match command:
-                case msg.BeginSession(funds=funds):
-                    device.begin_session(funds)
+                case msg.BeginSession(funds=funds, payment_type=payment_type):
+                    device.begin_session(funds, PaymentType(payment_type))
                 case msg.ApproveVend(vend_id=vend_id, amount=amount):
                     device.approve_vend(vend_id, amount)
                 case msg.DenyVend(vend_id=vend_id):
