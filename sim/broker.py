@@ -36,6 +36,7 @@ class MosquittoBroker:
         *,
         users: dict[str, str] | None = None,
         persistence: bool = False,
+        tls: bool = False,
     ) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
@@ -46,12 +47,74 @@ class MosquittoBroker:
         self.log_path = self._dir / "mosquitto.log"
         self.users = users
         self.persistence = persistence
+        self.tls_port = free_port() if tls else None
+        self.ca_file = self._dir / "ca.pem" if tls else None
+        if tls:
+            self._make_certificates()
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        assert self.tls_port is not None
+        return f"mqtts://127.0.0.1:{self.tls_port}"
+
+    def _make_certificates(self) -> None:
+        """A throw-away CA and a server certificate for 127.0.0.1, made with openssl."""
+        d = self._dir
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vmc test CA",
+            "-keyout",
+            str(d / "ca.key"),
+            "-out",
+            str(d / "ca.pem"),
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(d / "server.key"),
+            "-out",
+            str(d / "server.csr"),
+        )
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / "server.csr"),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(d / "san.ext"),
+            "-out",
+            str(d / "server.pem"),
+        )
 
     def _write_config(self) -> None:
         lines = [
@@ -63,6 +126,13 @@ class MosquittoBroker:
             "max_inflight_messages 20",
             "max_queued_messages 100000",
         ]
+        if self.tls_port is not None:
+            lines += [
+                f"listener {self.tls_port} 127.0.0.1",
+                f"cafile {self._dir / 'ca.pem'}",
+                f"certfile {self._dir / 'server.pem'}",
+                f"keyfile {self._dir / 'server.key'}",
+            ]
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to its own user, who cannot read our temp dir.
             lines.append("user root")

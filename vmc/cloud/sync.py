@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
+from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ConfigError
 from vmc.cloud import codec
@@ -114,7 +115,8 @@ class CloudSync:
             try:
                 await self._session()
             except aiomqtt.MqttCodeError as exc:
-                if self._protocol is aiomqtt.ProtocolVersion.V5 and exc.rc in _UNSUPPORTED_PROTOCOL:
+                code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+                if self._protocol is aiomqtt.ProtocolVersion.V5 and code in _UNSUPPORTED_PROTOCOL:
                     log.warning("mqtt_v5_refused", fallback="3.1.1")
                     self._protocol = aiomqtt.ProtocolVersion.V311
                     continue
