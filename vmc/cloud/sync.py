@@ -165,8 +165,9 @@ class CloudSync:
     async def _session(self) -> None:
         async with self._client_for() as client:
             self._client = client
-            await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
+            # Subscribe first: a backend that acts on "online" must find us listening.
             await client.subscribe(self.topics.commands, qos=1)
+            await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
             self.connected.set()
             log.info("mqtt_connected", broker=self.settings.url, protocol=self._protocol.name)
             try:
