@@ -86,7 +86,7 @@ def books(path: Path) -> str:
     journal = Journal(path)
     try:
         counts = Counter(
-            (r.kind, r.vend_type.value if r.vend_type else "-") for r in journal.records()
+            (r.kind, r.vend_type.value if r.vend_type else "cash") for r in journal.records()
         )
     finally:
         journal.close()

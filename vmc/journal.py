@@ -20,10 +20,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
-from vmc.cloud.messages import VendType as CloudVendType
+from vmc.cloud.messages import VendType
 from vmc.transaction import FINAL, Txn, TxnState
 
 SCHEMA = """
@@ -66,15 +65,6 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 
-class VendType(Enum):
-    """Kinds of local-policy bookings."""
-
-    PAID = "paid"
-    FREE = "free"
-    TEST = "test"
-    CASH = "cash"
-
-
 @dataclass(frozen=True, slots=True)
 class JournalRecord:
     kind: str
@@ -111,7 +101,7 @@ def txn_to_json(txn: Txn) -> str:
 def txn_from_json(text: str) -> Txn:
     data = json.loads(text)
     data["state"] = TxnState(data["state"])
-    data["vend_type"] = CloudVendType(data["vend_type"])
+    data["vend_type"] = VendType(data["vend_type"])
     return Txn(**data)
 
 

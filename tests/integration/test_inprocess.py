@@ -16,7 +16,8 @@ from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from sim.scenarios import DEFAULT_WEIGHTS, Customers, run_customers
 from sim.trace import parse_trace
 from sim.vmc_master import VmcMaster
-from vmc.journal import Journal, VendType
+from vmc.cloud.messages import VendType
+from vmc.journal import Journal
 from vmc.services import bus_messages as msg
 from vmc.services.bus_process import serve
 from vmc.services.vending import LocalVending

@@ -16,7 +16,8 @@ from protocols.errors import ParseError
 from protocols.mdb.words import Word
 from sim.trace import Direction, TraceRecorder, exchanges, parse_trace
 from tests.conftest import MDB_TRACES
-from vmc.journal import Journal, JournalRecord, VendType
+from vmc.cloud.messages import VendType
+from vmc.journal import Journal, JournalRecord
 from vmc.logs import configure_logging
 
 
@@ -56,12 +57,12 @@ def test_journal_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state" / "journal.sqlite3"
     journal = Journal(path)
     journal.append(JournalRecord("vend_success", 1, 7, 120, VendType.FREE), durable=True)
-    journal.append(JournalRecord("cash_sale", None, 3, 50, VendType.CASH))
+    journal.append(JournalRecord("cash_sale", None, 3, 50, None))
     journal.close()
     again = Journal(path)
     assert again.records() == [
         JournalRecord("vend_success", 1, 7, 120, VendType.FREE),
-        JournalRecord("cash_sale", None, 3, 50, VendType.CASH),
+        JournalRecord("cash_sale", None, 3, 50, None),
     ]
     assert len(again.records("cash_sale")) == 1
     again.close()

@@ -16,7 +16,8 @@ import structlog
 
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature
-from vmc.journal import Journal, JournalRecord, VendType
+from vmc.cloud.messages import VendType
+from vmc.journal import Journal, JournalRecord
 from vmc.services import bus_messages as msg
 
 log = structlog.get_logger("vmc.vending")
@@ -105,9 +106,7 @@ class LocalVending:
                     detail=why,
                 )
             case ev.CashSaleReported(item=item, price=price):
-                self._book(
-                    "cash_sale", vend_id=None, item=item, amount=price, vend_type=VendType.CASH
-                )
+                self._book("cash_sale", vend_id=None, item=item, amount=price, vend_type=None)
             case ev.RevalueRequested():
                 self.send(msg.DecideRevalue(approved=False))
             case ev.FeaturesEnabled(features=features):
@@ -127,9 +126,9 @@ class LocalVending:
         vend_id: int | None,
         item: int,
         amount: int,
-        vend_type: VendType,
+        vend_type: VendType | None,
         detail: str | None = None,
     ) -> None:
         record = JournalRecord(kind, vend_id, item, amount, vend_type, detail)
         self.journal.append(record, durable=True)
-        log.info(kind, vend_id=vend_id, item=item, amount=amount, vend_type=vend_type.value)
+        log.info(kind, vend_id=vend_id, item=item, amount=amount, vend_type=vend_type)
