@@ -93,4 +93,6 @@ def open_dex_port(url: str, baud: int = DEX_BAUD) -> DexPort:
         ser = serial.Serial(parts.path, baud, bytesize=8, parity="N", stopbits=1, timeout=0)
     except (serial.SerialException, ValueError) as exc:
         raise PortError(f"{url}: cannot open: {exc}") from exc
+    if ser.fd is None:
+        raise PortError(f"{url}: pyserial gave no file descriptor")
     return DexPort(ser.fd, url, baud, ser)
