@@ -53,11 +53,28 @@ class CloudConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DexConfig:
+    """The audit reporter: where and how to read the machine's EVA-DTS audit, and when."""
+
+    port: str | None = None
+    protocol: str = "ucs"
+    evadts_port: int = 1
+    schedule: tuple[str, ...] = ("02:00", "14:00")
+    interval_s: float | None = None
+    read_at_start: bool = False
+    keep: int = 20
+    comm_id: str = "VMC0000001"
+    upload_encoding: str = "latin-1"
+    upload_base64: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mdb: MdbConfig = field(default_factory=MdbConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
+    dex: DexConfig = field(default_factory=DexConfig)
 
 
 # Keys of [reader] that the file may set; address and level come from [mdb].
@@ -85,10 +102,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def _build(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud"}
+    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex"}
     if unknown:
         raise ConfigError(
-            f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon, cloud"
+            f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon, cloud, dex"
         )
     mdb = _section(raw, "mdb", MdbConfig)
     if mdb.port is not None:
@@ -105,7 +122,37 @@ def _build(raw: dict[str, Any]) -> Config:
     _choice("daemon.log_level", daemon.log_level, LOG_LEVELS)
     reader = _reader(raw.get("reader", {}), mdb)
     cloud = _cloud(_section(raw, "cloud", CloudConfig))
-    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud)
+    dex = _dex(raw.get("dex", {}))
+    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex)
+
+
+DEX_PROTOCOLS = ("ucs", "ddcmp")
+UPLOAD_ENCODINGS = ("latin-1", "cp1251", "ascii")
+SCHEDULE_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+
+
+def _dex(values: Any) -> DexConfig:
+    if isinstance(values, dict) and isinstance(values.get("schedule"), list):
+        schedule = values["schedule"]
+        if not all(isinstance(t, str) and SCHEDULE_TIME.fullmatch(t) for t in schedule):
+            raise ConfigError(f"dex.schedule: {schedule!r} must be a list of \"HH:MM\" times")
+        values = {**values, "schedule": tuple(schedule)}
+    elif isinstance(values, dict) and "schedule" in values:
+        raise ConfigError("dex.schedule: must be a list of \"HH:MM\" times, e.g. [\"02:00\"]")
+    dex: DexConfig = _section({"dex": values}, "dex", DexConfig)
+    if dex.port is not None:
+        parts = dex.port.split("://", 1)
+        if parts[0] not in ("uart", "pty") or len(parts) < 2 or not parts[1].startswith("/dev/"):
+            raise ConfigError(f"dex.port: {dex.port!r} must be uart:///dev/... or pty:///dev/...")
+    _choice("dex.protocol", dex.protocol, DEX_PROTOCOLS)
+    _choice("dex.evadts_port", dex.evadts_port, (1, 2))
+    _choice("dex.upload_encoding", dex.upload_encoding, UPLOAD_ENCODINGS)
+    _range("dex.keep", dex.keep, 1, 10000)
+    if dex.interval_s is not None and dex.interval_s < 1:
+        raise ConfigError(f"dex.interval_s: {dex.interval_s!r} must be at least 1 second")
+    if len(dex.comm_id) != 10 or not dex.comm_id.isascii():
+        raise ConfigError(f"dex.comm_id: {dex.comm_id!r} must be 10 ASCII characters")
+    return dex
 
 
 def _cloud(cloud: CloudConfig) -> CloudConfig:
@@ -184,7 +231,13 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
     return cls(**values)
 
 
-_TYPE_NAMES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_TYPE_NAMES = {
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "bool": (bool,),
+    "tuple[str, ...]": (tuple,),
+}
 
 
 def _typed(key: str, value: Any, annotation: Any) -> None:
