@@ -6,6 +6,8 @@
 - ``commands`` remembers each command id with its reply, so a repeated command is answered
   with the first answer and changes nothing.
 - ``bus_events`` is the local-policy book (``--local-approval`` without a cloud).
+- ``state`` holds small values that must move atomically with messages, such as the audit
+  baseline: a read's deltas and the new baseline are committed together.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -61,6 +63,10 @@ CREATE TABLE IF NOT EXISTS commands (
     id TEXT PRIMARY KEY,
     reply BLOB NOT NULL,
     at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 """
 
@@ -172,9 +178,10 @@ class Journal:
         outbox: Iterable[NewMessage],
         *,
         command: tuple[str, bytes] | None = None,
+        state: dict[str, bytes] | None = None,
         durable: bool,
     ) -> None:
-        """Record transitions, their messages and a command's reply in one SQLite commit."""
+        """Record transitions, their messages, a command's reply and state in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
             for txn in transitions:
@@ -204,6 +211,11 @@ class Journal:
                     "INSERT OR IGNORE INTO commands (id, reply, at) VALUES (?, ?, ?)",
                     (command[0], command[1], now),
                 )
+            db.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                list((state or {}).items()),
+            )
 
     def open_txn(self) -> Txn | None:
         row = self._db.execute("SELECT data FROM txns WHERE final = 0 LIMIT 1").fetchone()
@@ -218,6 +230,11 @@ class Journal:
             "SELECT state FROM txn_log WHERE txn_id = ? ORDER BY seq", (txn_id,)
         ).fetchall()
         return [TxnState(r[0]) for r in rows]
+
+    def state(self, key: str) -> bytes | None:
+        """A value committed with :meth:`commit` (the audit baseline, report timestamps)."""
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def known_reply(self, command_id: str) -> bytes | None:
         row = self._db.execute("SELECT reply FROM commands WHERE id = ?", (command_id,)).fetchone()

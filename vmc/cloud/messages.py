@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 CONTRACT_VERSION = 1
 
@@ -150,11 +151,107 @@ class Sale:
     decimals: int
 
 
-Event = TxnRequest | TxnVend | TxnStatus | Sale
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """Seed 003's EVA-DTS report: the raw audit as read from DEX port 1 or 2.
+
+    ``data`` is the text decoded with ``encoding``; with ``base64`` it is the base64 of the
+    raw bytes instead. ``valid``: complete and its G85 did not mismatch.
+    """
+
+    read_id: str
+    read_at: float
+    trigger: str
+    evadts_port: int
+    encoding: str
+    base64: bool
+    data: str
+    size: int
+    complete: bool
+    crc: str
+    valid: bool
+
+
+JsonValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSummary:
+    """What the audit says, in the shape of ``vmctl dex parse --json``."""
+
+    read_id: str
+    summary: dict[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditDelta:
+    """What changed since the previous valid read (the baseline)."""
+
+    read_id: str
+    baseline_read_id: str | None
+    delta: dict[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
+class SalesReport:
+    """Seed 002's sales report per slot, for the period between two reads."""
+
+    read_id: str
+    since: float | None
+    until: float
+    currency: int | None
+    decimals: int
+    slots: list[dict[str, JsonValue]]
+
+
+@dataclass(frozen=True, slots=True)
+class MachineEvent:
+    """An EVA-DTS event the machine recorded (seed 003's events, e.g. EGS door open)."""
+
+    read_id: str
+    source: str
+    code: str
+    date: str | None
+    time: str | None
+    duration: int | None
+    count: int | None
+    active: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFailed:
+    """A read that failed or was partial; the baseline did not move."""
+
+    read_id: str
+    read_at: float
+    trigger: str
+    step: str
+    reason: str
+    received: int
+
+
+Event = (
+    TxnRequest
+    | TxnVend
+    | TxnStatus
+    | Sale
+    | AuditReport
+    | AuditSummary
+    | AuditDelta
+    | SalesReport
+    | MachineEvent
+    | AuditFailed
+)
 
 EVENT_TYPES: dict[type, str] = {
     TxnRequest: "txn.request",
     TxnVend: "txn.vend",
     TxnStatus: "txn.status",
     Sale: "sale",
+    AuditReport: "audit.report",
+    AuditSummary: "audit.summary",
+    AuditDelta: "audit.delta",
+    SalesReport: "sales.report",
+    MachineEvent: "event",
+    AuditFailed: "audit.failed",
 }
