@@ -135,10 +135,10 @@ def _dex(values: Any) -> DexConfig:
     if isinstance(values, dict) and isinstance(values.get("schedule"), list):
         schedule = values["schedule"]
         if not all(isinstance(t, str) and SCHEDULE_TIME.fullmatch(t) for t in schedule):
-            raise ConfigError(f"dex.schedule: {schedule!r} must be a list of \"HH:MM\" times")
+            raise ConfigError(f'dex.schedule: {schedule!r} must be a list of "HH:MM" times')
         values = {**values, "schedule": tuple(schedule)}
     elif isinstance(values, dict) and "schedule" in values:
-        raise ConfigError("dex.schedule: must be a list of \"HH:MM\" times, e.g. [\"02:00\"]")
+        raise ConfigError('dex.schedule: must be a list of "HH:MM" times, e.g. ["02:00"]')
     dex: DexConfig = _section({"dex": values}, "dex", DexConfig)
     if dex.port is not None:
         parts = dex.port.split("://", 1)
