@@ -18,6 +18,7 @@ from protocols.mdb import commands as c
 from protocols.mdb.money import BusMoney
 from protocols.mdb.words import Word, WordDecoder, checksum, vmc_words
 from sim.trace import Direction, TraceRecorder
+from sim.vmc_counters import SalesCounters
 
 RESPONSE_WINDOW_S = 0.005
 INTER_BYTE_S = 0.001
@@ -147,6 +148,8 @@ class VmcMaster:
         self.reader = WordReader(port)
         self.info = ReaderInfo()
         self.wide = False
+        self.sales = SalesCounters()
+        self._requested: tuple[int, int] | None = None  # (price_raw, item) of the open vend
 
     async def send_raw(self, words: list[Word], what: str, *, timed: bool = True) -> Answer:
         """Write a block as given (no CHK added) and wait for the answer.
@@ -222,12 +225,18 @@ class VmcMaster:
 
     async def vend_request(self, price_raw: int, item: int) -> Answer:
         body = bytes((c.Cmd.VEND, c.VendSub.REQUEST)) + self._price_item(price_raw, item)
+        self._requested = (price_raw, item)
         return await self.command(body, "VEND REQUEST")
 
     async def vend_cancel(self) -> Answer:
         return await self.command(bytes((c.Cmd.VEND, c.VendSub.CANCEL)), "VEND CANCEL")
 
     async def vend_success(self, item: int) -> Answer:
+        """The product dropped: the VMC counts the sale whatever the reader answers."""
+        if self._requested is not None:
+            price_raw, _ = self._requested
+            self.sales.vended(item, self.info.money.to_minor(price_raw), cash=False)
+            self._requested = None
         body = bytes((c.Cmd.VEND, c.VendSub.SUCCESS)) + item.to_bytes(2, "big")
         return await self.command(body, "VEND SUCCESS")
 
@@ -239,6 +248,7 @@ class VmcMaster:
         return await self.command(body, "SESSION COMPLETE")
 
     async def cash_sale(self, price_raw: int, item: int) -> Answer:
+        self.sales.vended(item, self.info.money.to_minor(price_raw), cash=True)
         body = bytes((c.Cmd.VEND, c.VendSub.CASH_SALE)) + self._price_item(price_raw, item)
         if self.wide:
             body += self.info.currency.to_bytes(2, "big")

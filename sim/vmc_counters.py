@@ -1,0 +1,60 @@
+"""The simulated VMC's own audit counters: what it sold, as it would report over DEX.
+
+The VMC master updates them from what happens on the MDB bus, so an audit written from them
+agrees with the sales the reader saw; the reporter's deltas can then be checked against the
+bus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SelectionCounters:
+    price: int = 0
+    cashless_vends: int = 0
+    cashless_value: int = 0
+    cash_vends: int = 0
+    cash_value: int = 0
+
+    @property
+    def vends(self) -> int:
+        return self.cashless_vends + self.cash_vends
+
+    @property
+    def value(self) -> int:
+        return self.cashless_value + self.cash_value
+
+
+@dataclass
+class SalesCounters:
+    """Since-initialisation counters, in minor units."""
+
+    selections: dict[int, SelectionCounters] = field(default_factory=dict)
+
+    def vended(self, item: int, price: int, *, cash: bool) -> None:
+        row = self.selections.setdefault(item, SelectionCounters())
+        row.price = price
+        if cash:
+            row.cash_vends += 1
+            row.cash_value += price
+        else:
+            row.cashless_vends += 1
+            row.cashless_value += price
+
+    @property
+    def paid_vends(self) -> int:
+        return sum(row.vends for row in self.selections.values())
+
+    @property
+    def paid_value(self) -> int:
+        return sum(row.value for row in self.selections.values())
+
+    @property
+    def cash_value(self) -> int:
+        return sum(row.cash_value for row in self.selections.values())
+
+    @property
+    def cashless_value(self) -> int:
+        return sum(row.cashless_value for row in self.selections.values())
