@@ -231,6 +231,8 @@ class SimBackend:
         if kind == "sale":
             self.books.sales.append(body)
             return
+        if not str(kind).startswith("txn."):
+            return  # audits and machine events: kept in event_log, not in the books
         txn_id = body["txn_id"]
         entry = self.books.entries.setdefault(txn_id, Entry(txn_id, device, body.get("ref")))
         if kind == "txn.request":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 
 from drivers.transport import read_some, write_all
 from protocols.dex.ucs import (
@@ -31,12 +32,16 @@ __all__ = ["DexSource", "SourceFaults"]
 
 
 class DexSource:
-    """Serves ``audit`` on the descriptor ``fd``; :meth:`serve` is the task to run."""
+    """Serves ``audit`` on the descriptor ``fd``; :meth:`serve` is the task to run.
+
+    ``audit`` may be a function, called at the start of each session, so a simulated VMC can
+    serve an audit written from its counters as they are at that moment.
+    """
 
     def __init__(
         self,
         fd: int,
-        audit: bytes,
+        audit: bytes | Callable[[], bytes],
         *,
         comm_id: str = "SIM0000001",
         block_size: int = MAX_BLOCK,
@@ -70,8 +75,22 @@ class DexSource:
             served += 1
 
     async def serve_once(self) -> Finished | Failed:
+        loop = asyncio.get_running_loop()
+        if not self.legacy and callable(self.audit):
+            # The reader opens the session: take the counters as they are when it calls.
+            ready: asyncio.Future[None] = loop.create_future()
+
+            def called() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(self.fd, called)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.fd)
         source = UcsSource(
-            self.audit,
+            self.audit() if callable(self.audit) else self.audit,
             self.comm_id,
             self.block_size,
             response_code=self.response_code,
@@ -80,7 +99,6 @@ class DexSource:
             faults=self.faults,
             timers=self.timers,
         )
-        loop = asyncio.get_running_loop()
         readable = asyncio.Event()
         loop.add_reader(self.fd, readable.set)
         try:

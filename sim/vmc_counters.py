@@ -58,3 +58,21 @@ class SalesCounters:
     @property
     def cashless_value(self) -> int:
         return sum(row.cashless_value for row in self.selections.values())
+
+
+def audit_from_counters(
+    counters: SalesCounters, *, serial: str = "SIMVMC000001", model: str = "vmc-sim"
+) -> bytes:
+    """The EVA-DTS audit a VMC with these counters would send over DEX."""
+    from protocols.evadts.records import Product, Sales
+    from protocols.evadts.writer import make_audit, write
+
+    products = [
+        Product(
+            selection=str(item),
+            price=row.price,
+            paid=Sales(row.vends, row.value, row.vends, row.value),
+        )
+        for item, row in sorted(counters.selections.items())
+    ]
+    return write(make_audit(serial=serial, model=model, products=products, currency="EUR"))

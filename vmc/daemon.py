@@ -21,14 +21,17 @@ from typing import Any
 import structlog
 
 from protocols.errors import ConfigError
+from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, load_config
 from vmc.journal import Journal
 from vmc.logs import configure_logging
+from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusSupervisor
 from vmc.services.bus_messages import BusCommand
-from vmc.services.remote_vend import RemoteVending, new_id
+from vmc.services.remote_vend import RemoteVending
+from vmc.services.reporter import Reporter
 from vmc.services.vending import LocalVending
 from vmc.systemd import notify
 from vmc.transaction import Engine, EngineConfig, Money
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", help="debug, info, warning or error")
     p.add_argument("--mqtt", help="broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT")
     p.add_argument("--device-id", help="this machine's id in the topic tree")
+    p.add_argument("--dex", help="DEX port URL for audit reads: uart:///dev/ttyUSB0, pty://...")
+    p.add_argument("--dex-protocol", choices=("ucs", "ddcmp"), help="DEX link protocol")
     return p
 
 
@@ -68,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "daemon.log_level": args.log_level,
         "cloud.url": args.mqtt,
         "cloud.device_id": args.device_id,
+        "dex.port": args.dex,
+        "dex.protocol": args.dex_protocol,
     }
     config = load_config(args.config, overrides)
     if config.mdb.port is None:
@@ -82,7 +89,10 @@ class CloudServices:
 
 
 def _cloud_services(
-    config: Config, journal: Journal, send: Callable[[BusCommand], bool]
+    config: Config,
+    journal: Journal,
+    send: Callable[[BusCommand], bool],
+    reporter: Reporter | None,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -116,6 +126,7 @@ def _cloud_services(
             "always_idle": engine.always_idle,
             "txn": None if txn is None else {"txn_id": txn.txn_id, "state": txn.state.value},
             "at": time.time(),
+            **(reporter.timestamps() if reporter is not None else {}),
         }
 
     def on_command(payload: bytes) -> None:
@@ -130,6 +141,8 @@ def _cloud_services(
         on_outbox=sync.wake,
         on_state=sync.state_changed,
     )
+    if reporter is not None:
+        reporter.attach(remote.topics, sync.wake, sync.state_changed)
     return CloudServices(remote, sync)
 
 
@@ -141,7 +154,11 @@ async def run_daemon(config: Config) -> int:
     def send(command: BusCommand) -> bool:
         return bus.send(command)  # bound late: the supervisor needs the report handler first
 
-    cloud = _cloud_services(config, journal, send) if config.cloud.url else None
+    reporter = None
+    if config.dex.port is not None:
+        store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
+        reporter = Reporter(config.dex, journal, store, None)
+    cloud = _cloud_services(config, journal, send, reporter) if config.cloud.url else None
     local = LocalVending(config.mdb.local_approval == "accept", journal, send)
     bus = BusSupervisor(
         config.mdb.port,
@@ -155,6 +172,8 @@ async def run_daemon(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if reporter is not None:
+        loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
     log.info(
         "vmcd_started",
         port=config.mdb.port,
@@ -163,6 +182,7 @@ async def run_daemon(config: Config) -> int:
         decisions="cloud" if cloud is not None else f"local_{config.mdb.local_approval}",
         mqtt=config.cloud.url,
         device_id=config.cloud.device_id,
+        dex=config.dex.port,
         state_dir=str(config.daemon.state_dir),
     )
     try:
@@ -172,6 +192,8 @@ async def run_daemon(config: Config) -> int:
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
                 helpers.append(group.create_task(_ticker(cloud.remote), name="txn-ticker"))
+            if reporter is not None:
+                helpers.append(group.create_task(reporter.run(), name="dex-reporter"))
             notify("READY=1")
             await stop.wait()
             notify("STOPPING=1")

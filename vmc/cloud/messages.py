@@ -7,9 +7,9 @@ documents every field; keep the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
 CONTRACT_VERSION = 1
 
@@ -172,15 +172,12 @@ class AuditReport:
     valid: bool
 
 
-JsonValue = str | int | float | bool | None | list[Any] | dict[str, Any]
-
-
 @dataclass(frozen=True, slots=True)
 class AuditSummary:
     """What the audit says, in the shape of ``vmctl dex parse --json``."""
 
     read_id: str
-    summary: dict[str, JsonValue]
+    summary: Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +186,7 @@ class AuditDelta:
 
     read_id: str
     baseline_read_id: str | None
-    delta: dict[str, JsonValue]
+    delta: Mapping[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +198,7 @@ class SalesReport:
     until: float
     currency: int | None
     decimals: int
-    slots: list[dict[str, JsonValue]]
+    slots: list[Mapping[str, object]]
 
 
 @dataclass(frozen=True, slots=True)

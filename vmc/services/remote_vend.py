@@ -9,14 +9,13 @@ the stored reply and changes nothing.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 
 import structlog
 
 from protocols.mdb import events as ev
 from vmc.cloud import codec
-from vmc.cloud import messages as m
+from vmc.cloud.outbox import event_message, new_id
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage
 from vmc.services import bus_messages as bus
@@ -26,10 +25,6 @@ from vmc.transaction import Effects, Engine
 log = structlog.get_logger("vmc.remote_vend")
 
 COMMAND_MEMORY_S = 7 * 86400
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
 
 
 class RemoteVending:
@@ -102,7 +97,7 @@ class RemoteVending:
 
     def _apply(self, fx: Effects, command_id: str | None = None) -> None:
         at = self.clock()
-        messages = [self._event(event, at) for event in fx.events]
+        messages = [event_message(event, self.topics.events, at) for event in fx.events]
         stored: tuple[str, bytes] | None = None
         if fx.reply is not None:
             reply_bytes = codec.encode_reply(fx.reply, at=at)
@@ -123,14 +118,6 @@ class RemoteVending:
         self.on_outbox()
         if fx.transitions:
             self.on_state()
-
-    def _event(self, event: m.Event, at: float) -> NewMessage:
-        event_id = new_id()
-
-        def encode(seq: int) -> bytes:
-            return codec.encode_event(event, event_id=event_id, seq=seq, at=at)
-
-        return NewMessage(event_id, self.topics.events, encode)
 
     def _store_reply_again(self, reply_bytes: bytes) -> None:
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)

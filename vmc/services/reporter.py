@@ -1,0 +1,317 @@
+"""The audit reporter: read the machine's EVA-DTS audit, keep it, and tell the cloud what it says.
+
+Each read (scheduled, periodic, at start, on SIGUSR1 or from ``vmctl``) goes: DEX/UCS or DDCMP
+over the DEX port -> the raw bytes saved on disk (the last N) -> parsed -> messages for the
+outbox (``audit.report`` with the raw text as seed 003 shapes it, ``audit.summary``, and when a
+baseline exists ``audit.delta``, ``sales.report`` per slot and one ``event`` per new EVA-DTS
+event) committed together with the new baseline. A read that fails, or an audit that is not
+complete or whose G85 does not match, is reported (``audit.failed`` / ``valid: false``) and never
+moves the baseline: deltas are always between two good reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.dex_port import open_dex_port
+from protocols.dex import DexError
+from protocols.errors import ParseError, PortError
+from protocols.evadts import parse
+from protocols.evadts.deltas import AuditDelta, delta
+from protocols.evadts.records import Audit, CrcStatus
+from vmc.cloud import messages as m
+from vmc.cloud.outbox import event_message, new_id
+from vmc.cloud.topics import Topics
+from vmc.config import DexConfig
+from vmc.journal import Journal
+from vmc.services.audit_store import AuditStore, next_read
+from vmc.services.dex_read import read_audit
+
+log = structlog.get_logger("vmc.reporter")
+
+BASELINE = "dex.baseline"
+BASELINE_ID = "dex.baseline_id"
+BASELINE_AT = "dex.baseline_at"
+LAST_REPORT = "dex.last_report"
+LAST_ACQUIRED = "dex.last_acquired_report"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadContext:
+    """Which read this is, when it started and what asked for it."""
+
+    read_id: str
+    at: float
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOutcome:
+    read_id: str
+    ok: bool
+    valid: bool = False
+    detail: str = ""
+    audit: Audit | None = None
+    delta: AuditDelta | None = None
+
+
+class Reporter:
+    def __init__(
+        self,
+        config: DexConfig,
+        journal: Journal,
+        store: AuditStore,
+        topics: Topics | None,
+        *,
+        on_outbox: Callable[[], None] = lambda: None,
+        on_state: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.journal = journal
+        self.store = store
+        self.topics = topics
+        self.on_outbox = on_outbox
+        self.on_state = on_state
+        self.clock = clock
+        self._wanted = asyncio.Event()
+        self._trigger = "request"
+        self._lock = asyncio.Lock()
+
+    def attach(
+        self, topics: Topics, on_outbox: Callable[[], None], on_state: Callable[[], None]
+    ) -> None:
+        """Report to the cloud from now on (the daemon wires this once the sync exists)."""
+        self.topics = topics
+        self.on_outbox = on_outbox
+        self.on_state = on_state
+
+    # --- when to read -------------------------------------------------------------------------
+
+    def request_read(self, trigger: str = "request") -> None:
+        """Read as soon as the current read (if any) is over."""
+        self._trigger = trigger
+        self._wanted.set()
+
+    async def run(self) -> None:
+        if self.config.read_at_start:
+            await self.read("start")
+        while True:
+            wait, trigger = self._next_wait()
+            self._wanted.clear()
+            try:
+                await asyncio.wait_for(self._wanted.wait(), wait)
+                trigger = self._trigger
+            except TimeoutError:
+                pass
+            await self.read(trigger)
+
+    def _next_wait(self) -> tuple[float | None, str]:
+        now = dt.datetime.now().astimezone()
+        scheduled = next_read(now, self.config.schedule)
+        waits: list[tuple[float, str]] = []
+        if scheduled is not None:
+            waits.append(((scheduled - now).total_seconds(), "schedule"))
+        if self.config.interval_s is not None:
+            waits.append((self.config.interval_s, "interval"))
+        if not waits:
+            return None, "request"
+        return min(waits)
+
+    # --- one read ------------------------------------------------------------------------------
+
+    async def read(self, trigger: str) -> ReadOutcome:
+        """Read the machine now over the configured DEX port and report what came back."""
+        async with self._lock:
+            ctx = ReadContext(new_id(), self.clock(), trigger)
+            received = 0
+
+            def progress(count: int) -> None:
+                nonlocal received
+                received = count
+
+            if self.config.port is None:
+                return self._failed(ctx, "open", "no DEX port configured", 0)
+            log.info("dex_read", read_id=ctx.read_id, trigger=trigger, port=self.config.port)
+            try:
+                port = open_dex_port(self.config.port)
+            except PortError as exc:
+                return self._failed(ctx, "open", str(exc), 0)
+            try:
+                raw = await read_audit(
+                    port,
+                    protocol=self.config.protocol,
+                    comm_id=self.config.comm_id,
+                    on_progress=progress,
+                )
+            except DexError as exc:
+                return self._failed(ctx, exc.step, exc.reason, received)
+            except PortError as exc:
+                return self._failed(ctx, "transfer", str(exc), received)
+            finally:
+                port.close()
+            return self.process(raw, ctx)
+
+    def process(self, raw: bytes, ctx: ReadContext) -> ReadOutcome:
+        """Keep, parse and report one audit; move the baseline only for a valid one."""
+        read_id, at = ctx.read_id, ctx.at
+        self.store.save(raw, read_id, at)
+        try:
+            audit = parse(raw)
+        except ParseError as exc:
+            return self._failed(ctx, "parse", str(exc), len(raw))
+        valid = audit.complete and audit.crc is not CrcStatus.MISMATCH
+        events: list[m.Event] = [
+            self._report(raw, ctx, audit, valid=valid),
+            m.AuditSummary(read_id, audit.to_json()),
+        ]
+        state = {LAST_ACQUIRED: _stamp(at)}
+        change = None
+        if valid:
+            change = self._changes(audit, ctx, events)
+            state |= {
+                BASELINE: raw,
+                BASELINE_ID: read_id.encode(),
+                BASELINE_AT: _stamp(at),
+                LAST_REPORT: _stamp(at),
+            }
+        self._commit(events, state)
+        log.info(
+            "dex_report",
+            read_id=read_id,
+            valid=valid,
+            crc=audit.crc.value,
+            complete=audit.complete,
+            bytes=len(raw),
+            baseline_reset=None if change is None else change.baseline_reset,
+        )
+        return ReadOutcome(read_id, True, valid, "", audit, change)
+
+    def _changes(self, audit: Audit, ctx: ReadContext, events: list[m.Event]) -> AuditDelta | None:
+        read_id = ctx.read_id
+        baseline_raw = self.journal.state(BASELINE)
+        if baseline_raw is None:
+            return None
+        try:
+            baseline = parse(baseline_raw)
+        except ParseError:
+            return None
+        change = delta(baseline, audit)
+        baseline_id = (self.journal.state(BASELINE_ID) or b"").decode() or None
+        since = _unstamp(self.journal.state(BASELINE_AT))
+        events.append(m.AuditDelta(read_id, baseline_id, change.to_json()))
+        events.append(self._sales(ctx, since, audit, change))
+        for event in change.new_events:
+            events.append(
+                m.MachineEvent(
+                    read_id,
+                    "evadts",
+                    event.code,
+                    event.date,
+                    event.time,
+                    event.duration,
+                    None,
+                    None,
+                )
+            )
+        for increase in change.event_increases:
+            events.append(
+                m.MachineEvent(
+                    read_id,
+                    "evadts",
+                    increase.code,
+                    None,
+                    None,
+                    None,
+                    increase.increase,
+                    increase.active,
+                )
+            )
+        return change
+
+    def _sales(
+        self, ctx: ReadContext, since: float | None, audit: Audit, change: AuditDelta
+    ) -> m.SalesReport:
+        """Seed 002's per-slot sales: what each selection sold between the two reads."""
+        products = {p.selection: p for p in audit.products if p.selection is not None}
+        slots: list[Mapping[str, object]] = []
+        for selection in change.selections:
+            product = products.get(selection.selection)
+            slots.append(
+                {
+                    "slotId": selection.selection,
+                    "product": product.product_id if product else None,
+                    "price": product.price if product else None,
+                    "itemsLeft": None,
+                    "salesSinceRefill": None,
+                    "capacity": None,
+                    "sales": selection.change.vends,
+                    "cash": selection.change.value,
+                }
+            )
+        numeric = audit.currency.numeric
+        currency = (
+            int(numeric)
+            if numeric is not None and numeric.isascii() and numeric.isdecimal()
+            else None
+        )
+        return m.SalesReport(ctx.read_id, since, ctx.at, currency, change.decimals, slots)
+
+    def _report(self, raw: bytes, ctx: ReadContext, audit: Audit, *, valid: bool) -> m.AuditReport:
+        encoding = self.config.upload_encoding
+        if self.config.upload_base64:
+            data = base64.b64encode(raw.decode("latin-1").encode(encoding, "replace")).decode()
+        else:
+            data = raw.decode(encoding, "replace")
+        return m.AuditReport(
+            ctx.read_id,
+            ctx.at,
+            ctx.trigger,
+            self.config.evadts_port,
+            encoding,
+            self.config.upload_base64,
+            data,
+            len(raw),
+            audit.complete,
+            audit.crc.value,
+            valid,
+        )
+
+    def _failed(self, ctx: ReadContext, step: str, reason: str, received: int) -> ReadOutcome:
+        log.warning(
+            "dex_read_failed", read_id=ctx.read_id, step=step, reason=reason, received=received
+        )
+        failed = m.AuditFailed(ctx.read_id, ctx.at, ctx.trigger, step, reason, received)
+        self._commit([failed], {})
+        return ReadOutcome(ctx.read_id, False, detail=f"{step}: {reason}")
+
+    def _commit(self, events: list[m.Event], state: dict[str, bytes]) -> None:
+        topics, at = self.topics, self.clock()
+        messages = [] if topics is None else [event_message(e, topics.events, at) for e in events]
+        self.journal.commit([], messages, state=state, durable=True)
+        if messages:
+            self.on_outbox()
+        if state:
+            self.on_state()
+
+    def timestamps(self) -> dict[str, float | None]:
+        """``last_report`` (valid) and ``last_acquired_report`` (any), as seed 003 names them."""
+        return {
+            "last_report": _unstamp(self.journal.state(LAST_REPORT)),
+            "last_acquired_report": _unstamp(self.journal.state(LAST_ACQUIRED)),
+        }
+
+
+def _stamp(at: float) -> bytes:
+    return repr(at).encode()
+
+
+def _unstamp(value: bytes | None) -> float | None:
+    return None if value is None else float(value.decode())
