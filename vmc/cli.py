@@ -1,7 +1,8 @@
 """vmctl: the field technician's command line.
 
-``vmctl dex parse FILE`` summarises an EVA-DTS audit saved from a machine; ``vmctl dex delta
-OLD NEW`` says what was sold between two such reads. With ``--json`` each prints exactly one
+``vmctl dex read`` reads the machine's audit over its DEX port now and saves it; ``vmctl dex
+parse FILE`` summarises an EVA-DTS audit saved from a machine; ``vmctl dex delta OLD NEW`` says
+what was sold between two such reads. With ``--json`` each prints exactly one
 JSON object, a contract other tools rely on (keys are added, never renamed); without it, a short
 summary for people. A file with several audits is read as ``protocols.evadts.parse`` does: the
 first complete one (SE or DXE reached), else the first. Exit status: 0 done; 2 for bad usage, an
@@ -11,16 +12,23 @@ unreadable file or a file that holds no audit, with one line on stderr.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
 
-from protocols.errors import ParseError
+from drivers.dex_port import open_dex_port
+from protocols.dex import DexError
+from protocols.errors import ConfigError, ParseError, PortError
 from protocols.evadts import choose, parse_all
 from protocols.evadts.deltas import AuditDelta, Change, delta
 from protocols.evadts.records import Audit, JsonObject, Sales
+from vmc.config import load_config
+from vmc.logs import configure_logging
+from vmc.services.dex_read import read_audit
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 SubCommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -55,12 +63,25 @@ def add_dex_commands(commands: SubCommands) -> SubCommands:
     change.add_argument("new", type=Path, help="the later read of the same machine")
     change.add_argument("--json", action="store_true", help="print one JSON object")
     change.set_defaults(handler=_dex_delta)
+    read = dex_commands.add_parser("read", help="read the machine's audit now and save it")
+    read.add_argument(
+        "--port",
+        help="DEX port URL (uart:///dev/ttyUSB0, pty://...); default: dex.port of --config",
+    )
+    read.add_argument("--protocol", choices=("ucs", "ddcmp"), help="default: ucs or dex.protocol")
+    read.add_argument("--config", type=Path, help="vmcd's TOML configuration, for the defaults")
+    read.add_argument(
+        "--out", type=Path, help="where to save the audit; default: ./audit-<UTC time>.dex"
+    )
+    read.add_argument("--json", action="store_true", help="print the parse summary as JSON")
+    read.set_defaults(handler=_dex_read)
     return dex_commands
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging("warning", sys.stderr)  # stdout carries the commands' output only
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stdout)
@@ -111,6 +132,46 @@ def _dex_parse(args: argparse.Namespace) -> int:
     )
     _print_warnings(audit.warnings)
     return 0
+
+
+def _dex_read(args: argparse.Namespace) -> int:
+    """Read over DEX now: a progress line on a terminal, the raw audit saved, a summary."""
+    try:
+        dex = load_config(args.config).dex
+    except ConfigError as exc:
+        raise _CliError(str(exc)) from exc
+    url = args.port or dex.port
+    if url is None:
+        raise _CliError("no DEX port: give --port URL or set dex.port in --config")
+    protocol = args.protocol or dex.protocol
+    show = sys.stderr.isatty()
+
+    def progress(received: int) -> None:
+        if show:
+            print(f"\rreading {url} ({protocol}): {received} bytes", end="", file=sys.stderr)
+
+    try:
+        port = open_dex_port(url)
+    except PortError as exc:
+        raise _CliError(str(exc)) from exc
+    try:
+        raw = asyncio.run(
+            read_audit(port, protocol=protocol, comm_id=dex.comm_id, on_progress=progress)
+        )
+    except DexError as exc:
+        raise _CliError(f"read failed at {exc.step}: {exc.reason}") from exc
+    except PortError as exc:
+        raise _CliError(str(exc)) from exc
+    finally:
+        port.close()
+        if show:
+            print(file=sys.stderr)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or Path(f"audit-{stamp}.dex")
+    out.write_bytes(raw)
+    print(f"saved {len(raw)} bytes to {out}", file=sys.stderr)
+    args.file = out
+    return _dex_parse(args)
 
 
 def _dex_delta(args: argparse.Namespace) -> int:

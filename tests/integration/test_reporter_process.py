@@ -1,0 +1,135 @@
+"""The reporter over a real journal: what each read reports, and when the baseline moves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+
+from tests.conftest import FIXTURES
+from vmc.cloud.topics import Topics
+from vmc.config import DexConfig
+from vmc.journal import Journal
+from vmc.services.audit_store import AuditStore, next_read
+from vmc.services.reporter import BASELINE_ID, ReadContext, Reporter
+
+DEX = FIXTURES / "dex"
+
+
+def _reporter(tmp_path: Path, **config: Any) -> Reporter:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    store = AuditStore(tmp_path / "audits", 3)
+    return Reporter(DexConfig(**config), journal, store, Topics("m1"), clock=lambda: 1000.0)
+
+
+def _process(reporter: Reporter, name: str) -> Any:
+    return reporter.process((DEX / name).read_bytes(), ReadContext(name, 1000.0, "test"))
+
+
+def _sent(reporter: Reporter) -> list[dict[str, Any]]:
+    return [cbor2.loads(row.payload) for row in reporter.journal.pending(1000)]
+
+
+def test_first_read_is_the_baseline_then_deltas_follow(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path)
+    first = _process(reporter, "vec91_soda_read1.dex")
+    assert first.valid
+    assert first.delta is None
+    assert [m["type"] for m in _sent(reporter)] == ["audit.report", "audit.summary"]
+    second = _process(reporter, "vec91_soda_read2.dex")
+    assert second.delta is not None
+    assert second.delta.paid.vends == 11
+    kinds = [m["type"] for m in _sent(reporter)]
+    assert kinds[2:6] == ["audit.report", "audit.summary", "audit.delta", "sales.report"]
+    assert "event" in kinds[6:]
+    sales = next(m for m in _sent(reporter) if m["type"] == "sales.report")
+    assert sum(slot["sales"] for slot in sales["slots"]) == 11
+    assert sum(slot["cash"] for slot in sales["slots"]) == 1025
+    assert {
+        "slotId",
+        "product",
+        "price",
+        "itemsLeft",
+        "salesSinceRefill",
+        "capacity",
+        "sales",
+        "cash",
+    } <= set(sales["slots"][0])
+    assert reporter.journal.state(BASELINE_ID) == b"vec91_soda_read2.dex"
+
+
+@pytest.mark.parametrize("cut", [None, 0.5, 0.9])
+def test_an_incomplete_audit_is_reported_but_never_moves_the_baseline(
+    tmp_path: Path, cut: float | None
+) -> None:
+    reporter = _reporter(tmp_path)
+    _process(reporter, "vec91_soda_read1.dex")
+    if cut is None:
+        outcome = _process(reporter, "wittern_gvc1_truncated_short.dex")
+    else:
+        raw = (DEX / "vec91_soda_read2.dex").read_bytes()
+        outcome = reporter.process(raw[: int(len(raw) * cut)], ReadContext("cut", 1000.0, "t"))
+    assert outcome.ok
+    assert not outcome.valid
+    report = [m for m in _sent(reporter) if m["type"] == "audit.report"][-1]
+    assert report["valid"] is False
+    assert reporter.journal.state(BASELINE_ID) == b"vec91_soda_read1.dex"
+    stamps = reporter.timestamps()
+    assert stamps["last_acquired_report"] == 1000.0
+
+
+def test_a_g85_mismatch_is_not_a_baseline(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path)
+    raw = (DEX / "vec91_soda_read1.dex").read_bytes().replace(b"VA1*", b"VA1*9", 1)
+    outcome = reporter.process(raw, ReadContext("bad", 1000.0, "test"))
+    assert not outcome.valid
+    assert reporter.journal.state(BASELINE_ID) is None
+    assert reporter.timestamps()["last_report"] is None
+
+
+def test_garbage_is_a_failed_read(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path)
+    outcome = reporter.process(b"\x00\x01 nothing here", ReadContext("junk", 1000.0, "test"))
+    assert not outcome.ok
+    (failed,) = _sent(reporter)
+    assert failed["type"] == "audit.failed"
+    assert failed["step"] == "parse"
+    assert failed["received"] == 15
+
+
+def test_upload_encodings(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path, upload_encoding="cp1251", upload_base64=True, evadts_port=2)
+    _process(reporter, "animo_coffee_peanutpay.dex")
+    report = _sent(reporter)[0]
+    assert report["encoding"] == "cp1251"
+    assert report["base64"] is True
+    assert report["evadts_port"] == 2
+    import base64
+
+    assert base64.b64decode(report["data"]) == (DEX / "animo_coffee_peanutpay.dex").read_bytes()
+
+
+async def test_a_missing_port_is_a_failed_read(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path, port="pty:///dev/pts/9999")
+    outcome = await reporter.read("test")
+    assert not outcome.ok
+    assert outcome.detail.startswith("open:")
+
+
+def test_the_store_keeps_the_last_n(tmp_path: Path) -> None:
+    store = AuditStore(tmp_path, keep=3)
+    for i in range(5):
+        store.save(b"x" * i, f"read{i}", 1000.0 + i)
+    assert [p.read_bytes() for p in store.files()] == [b"xx", b"xxx", b"xxxx"]
+
+
+def test_next_scheduled_read() -> None:
+    tz = dt.timezone(dt.timedelta(hours=2))
+    now = dt.datetime(2026, 11, 23, 13, 59, 30, tzinfo=tz)
+    assert next_read(now, ("02:00", "14:00")) == dt.datetime(2026, 11, 23, 14, 0, tzinfo=tz)
+    later = dt.datetime(2026, 11, 23, 14, 0, tzinfo=tz)
+    assert next_read(later, ("02:00", "14:00")) == dt.datetime(2026, 11, 24, 2, 0, tzinfo=tz)
+    assert next_read(now, ()) is None
