@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import signal
 import tempfile
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from protocols.errors import VmcError
 from sim.backend import Entry, Policy, SimBackend
 from sim.broker import MosquittoBroker
 from sim.daemon_proc import DaemonProcess
+from sim.dex_source import DexSource
 from sim.scenarios import Customers
 from sim.trace import TraceRecorder
+from sim.vmc_counters import audit_from_counters
 from sim.vmc_master import TimingStats, VmcMaster
 
 DEVICE = "demo-1"
@@ -105,19 +108,29 @@ async def cloud_demo(args: argparse.Namespace) -> int:
         await backend.ready()
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmc-demo-"))
         state = Path(args.state_dir) if args.state_dir else Path(tmp)
+        dex_pair = PtyPair()
+        stack.callback(dex_pair.close)
+        config = state / "vmc.toml"
+        config.write_text(
+            f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+        )
         daemon = DaemonProcess(
             pair,
             state,
             level=args.level,
             local_approval="deny",
-            extra=("--mqtt", url, "--device-id", DEVICE),
+            extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
         )
         print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
+        print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
         await daemon.start()
         stack.push_async_callback(daemon.stop)
         recorder = TraceRecorder() if args.record else None
         vmc = VmcMaster(pair.master, recorder=recorder)
         stack.callback(vmc.close)
+        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
+        serving = asyncio.create_task(source.serve())
+        stack.push_async_callback(_cancel, serving)
 
         async def init() -> object:
             return await vmc.initialise(level=args.level)
@@ -137,6 +150,7 @@ async def cloud_demo(args: argparse.Namespace) -> int:
         if recorder is not None:
             args.record.write_text(recorder.text(), encoding="utf-8")
         _print_books(backend, vmc.stats)
+        await _audit_at_the_end(daemon, backend, vmc, customers)
         return 1 if errors else 0
     except VmcError as exc:
         print(f"vmc-sim: {exc}")
@@ -149,6 +163,34 @@ async def cloud_demo(args: argparse.Namespace) -> int:
         pair.close()
         if broker is not None:
             broker.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _audit_at_the_end(
+    daemon: DaemonProcess, backend: SimBackend, vmc: VmcMaster, customers: Customers
+) -> None:
+    """Ask vmcd for an audit read (SIGUSR1) and compare its delta with the VMC's own counters."""
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGUSR1)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not any(e["type"] == "audit.delta" for e in backend.event_log):
+        if loop.time() > deadline:
+            print("--- no audit delta arrived within 20 s ---")
+            return
+        await customers.idle()
+    change = next(e for e in backend.event_log if e["type"] == "audit.delta")["delta"]
+    paid = change["paid"]
+    print("--- the DEX audit, read at start and now ---")
+    print(f"{'audit says':>20}: {paid['vends']} paid vends worth {paid['value'] / 100:.2f}")
+    print(
+        f"{'the VMC counted':>20}: {vmc.sales.paid_vends} vends worth"
+        f" {vmc.sales.paid_value / 100:.2f} (cashless and cash)"
+    )
 
 
 def _print_books(backend: SimBackend, stats: TimingStats) -> None:
