@@ -3,7 +3,9 @@
 It plays the machine's end of a pty pair (or any non-blocking byte port): :class:`DdcmpSlave`
 answers START, who-are-you and read-data and sends the audit in data blocks, injecting the
 faults it was given (NACK a command, corrupt a CRC, fall silent, restart the link mid-transfer)
-once per read. Speed changes are only recorded: a pty has no line speed.
+once per read. A pty has no line speed: speed changes are recorded, and with ``paced`` the
+source delivers its bytes at the link's speed (:class:`~sim.dex_source.SerialLine`: START_BAUD,
+then the one STACK named), as a UART would.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from drivers.transport import write_all
 from protocols.dex.ddcmp import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_TIMING,
     NO_FAULTS,
+    START_BAUD,
     Action,
     DdcmpSlave,
     Failed,
@@ -28,6 +30,7 @@ from protocols.dex.ddcmp import (
     Timing,
 )
 from protocols.errors import PortError
+from sim.dex_source import SerialLine
 
 
 class BytePort(Protocol):
@@ -62,8 +65,10 @@ class DdcmpAuditSource:
         timing: Timing = DEFAULT_TIMING,
         identity: bytes = b"SIM0000001",
         max_baud: int = 115200,
+        paced: bool = False,
     ) -> None:
         self.port = port
+        self.line = SerialLine(port.fileno(), port.url, START_BAUD if paced else None)
         self.slave = DdcmpSlave(
             audit,
             block_size=block_size,
@@ -96,16 +101,18 @@ class DdcmpAuditSource:
                     return
                 now = loop.time()
                 actions = self.slave.receive(data, now) if data else []
-                self._carry_out([*actions, *self.slave.poll(now)], fd)
+                await self._carry_out([*actions, *self.slave.poll(now)])
         finally:
             loop.remove_reader(fd)
 
-    def _carry_out(self, actions: list[Action], fd: int) -> None:
+    async def _carry_out(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                write_all(fd, self.port.url, action.data)
+                await self.line.write(action.data)
             elif isinstance(action, SetBaud):
                 self.log.bauds.append(action.baud)
+                if self.line.baud is not None:
+                    self.line.baud = action.baud
             elif isinstance(action, Finished):
                 self.log.served += 1
             elif isinstance(action, Failed):

@@ -5,7 +5,9 @@ whose device end the reader opens as a DEX port. The protocol is :class:`UcsSour
 sans-I/O core the unit tests run in memory; this module only gives it the loop's clock and the
 descriptor, and can spoil the line on top: protocol faults (:class:`SourceFaults`: NAK or WACK
 the DC's identification, blocks with a bad CRC, EOT before the last block, silence from a
-session or a block on) and random byte corruption.
+session or a block on) and random byte corruption. A pty passes bytes on at once; with a
+``baud`` the source delivers them no faster than an 8N1 UART would (:class:`SerialLine`), so
+a read over the pty takes the time it takes on a real line.
 """
 
 from __future__ import annotations
@@ -28,14 +30,47 @@ from protocols.dex.ucs import (
 )
 from protocols.errors import PortError
 
-__all__ = ["DexSource", "SourceFaults"]
+__all__ = ["DexSource", "SerialLine", "SourceFaults"]
+
+
+class SerialLine:
+    """One sender's side of an 8N1 line on a descriptor: ``baud`` / 10 bytes a second.
+
+    Each write is handed over in chunks of about 5 ms of line time, each when its last byte
+    would be through; the schedule runs on the loop's clock, so a late wake-up shortens the next
+    wait instead of adding up. ``baud=None`` writes at once, as a pty does. Only the machine's
+    side needs pacing to time a read: it sends the audit, the reader a few bytes a block.
+    """
+
+    def __init__(self, fd: int, url: str, baud: int | None = None) -> None:
+        self.fd = fd
+        self.url = url
+        self.baud = baud
+        self.sent = 0  # bytes written: what this side put on the wire
+        self._free_at = 0.0
+
+    async def write(self, data: bytes) -> None:
+        self.sent += len(data)
+        if self.baud is None:
+            write_all(self.fd, self.url, data)
+            return
+        loop = asyncio.get_running_loop()
+        byte_time = 10 / self.baud
+        chunk = max(1, self.baud // 2000)
+        self._free_at = max(self._free_at, loop.time())
+        for start in range(0, len(data), chunk):
+            piece = data[start : start + chunk]
+            self._free_at += len(piece) * byte_time
+            await asyncio.sleep(self._free_at - loop.time())
+            write_all(self.fd, self.url, piece)
 
 
 class DexSource:
     """Serves ``audit`` on the descriptor ``fd``; :meth:`serve` is the task to run.
 
     ``audit`` may be a function, called at the start of each session, so a simulated VMC can
-    serve an audit written from its counters as they are at that moment.
+    serve an audit written from its counters as they are at that moment. ``baud`` paces what
+    it sends (:class:`SerialLine`); ``line.sent`` counts it.
     """
 
     def __init__(
@@ -52,9 +87,11 @@ class DexSource:
         corrupt: float = 0.0,
         seed: int = 0,
         timers: UcsTimers | None = None,
+        baud: int | None = None,
     ) -> None:
         self.fd = fd
         self.url = f"dex-sim://fd{fd}"
+        self.line = SerialLine(fd, self.url, baud)
         self.audit = audit
         self.comm_id = comm_id
         self.block_size = block_size
@@ -107,7 +144,7 @@ class DexSource:
                 deadline: float | None = None
                 for action in actions:
                     if isinstance(action, Send):
-                        write_all(self.fd, self.url, self._spoil(action.data))
+                        await self.line.write(self._spoil(action.data))
                     elif isinstance(action, Wait):
                         deadline = action.until
                 if source.result is not None:

@@ -13,13 +13,14 @@ file without DXS is read from its first known segment, if it has one. An audit e
 
 Written for throughput (a reporter parses megabyte audits on a small CPU): the text is split
 once into lines, each line once into elements, the segment id picks a handler from a dict,
-a product is converted when its PA group closes (a PA1+PA2 pair of plain values in one step),
-records nobody reads stay raw tuples, and the G85 CRC is folded with big-integer XORs instead
-of a byte loop (``g85_crc``). Bench: ``bench/dex.py``.
+products (most lines) are read in the loop itself with no call per line, records nobody reads
+stay raw tuples, the G85 CRC is folded with big-integer XORs instead of a byte loop
+(``g85_crc``), and the garbage collector rests during a parse. Bench: ``bench/dex.py``.
 """
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -117,7 +118,21 @@ def parse_all(data: bytes | str) -> tuple[Audit, ...]:
     """Every audit in ``data``, in file order. Bytes are read as Latin-1, which never fails.
 
     Raises ``NoAuditError`` (a ``ParseError``) if there is none.
+
+    The garbage collector is off meanwhile: the records built all survive and make no cycle, so
+    its passes (one per 700 allocations) would find nothing, for a fifth of a large audit's
+    time. The one pass due after the parse untracks them for good (tuples of plain values).
     """
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_all(data)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse_all(data: bytes | str) -> tuple[Audit, ...]:
     text = data if isinstance(data, str) else data.decode("latin-1")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -393,37 +408,8 @@ class _Builder:
         if self.se is None:
             self.se = (index, f)
 
-    def add_product(self, group: list[list[str]]) -> None:
-        """A PA1 and its PA2-PA9, converted as soon as the group closes.
-
-        Converting at once lets the split lines die young: kept until the end, tens of
-        thousands of lists make every garbage collection pass walk them all. The common product,
-        a PA1 and a PA2 with plain values, is converted in one step here.
-        """
-        if len(group) == 2:
-            pa1, pa2 = group
-            try:
-                selection = pa1[1].strip()
-                price = int(pa1[2])
-                product_id = pa1[3].strip() if len(pa1) > 3 else ""
-                a, b, c, d = int(pa2[1]), int(pa2[2]), int(pa2[3]), int(pa2[4])
-            except (ValueError, IndexError):
-                pass
-            else:
-                if (
-                    pa2[0] == "PA2"
-                    and selection
-                    and 0 <= (price | a | b | c | d) < NOT_SUPPORTED  # as in _four
-                    and "^" not in selection
-                    and "^" not in product_id
-                ):
-                    paid = _new(Sales, (a, b, c, d))
-                    product = (selection, price, product_id or None, paid, None, None, (), ())
-                    self.products.append(_new(Product, product))
-                    return
-        self.products.append(self._product(group))
-
-    def _product(self, group: list[list[str]]) -> Product:
+    def product(self, group: list[list[str]]) -> Product:
+        """A PA1 and its PA2-PA9 in general; ``_read_audit`` converts a plain PA1+PA2 itself."""
         w = self.warnings
         pa1 = group[0]
         selection = _text(pa1, 1)
@@ -572,9 +558,10 @@ def _read_audit(
 ) -> Audit:
     """The audit in ``lines[begin:end]`` (``begin`` is its DXS line if ``has_dxs``).
 
-    The loop groups products itself (a PA1 opens a group, PA2-PA9 join it, the next PA1 or
-    LS/LE closes it): they are most of a large audit's lines, and a handler call per line would
-    double their cost.
+    Products are most of a large audit's lines, so the loop handles them with no call per line:
+    a PA1 opens a group, PA2-PA9 join it, the next PA1 or LS/LE closes it and
+    ``_Builder.product`` converts it. The common product, a PA1 and one PA2 of plain values, is
+    converted here as its PA2 arrives, and reopened as a group if a PA3-PA9 follows after all.
     """
     builder = _Builder(warnings)
     first = begin
@@ -582,27 +569,54 @@ def _read_audit(
         builder.dxs(lines[begin].split("*"))
         first += 1
     get = builder.handlers.get
-    add_product = builder.add_product
-    group: list[list[str]] | None = None
+    products = builder.products
+    product = builder.product
+    group: list[list[str]] | None = None  # the open product group, converted when it closes
+    plain: list[list[str]] | None = None  # the open PA1+PA2, already converted: products[-1]
     dxe = None
     for index, line in enumerate(lines[first:end], first):
         f = line.split("*")
         tag = f[0]
-        if tag in _PRODUCT_MEMBERS:
+        if tag == "PA1":
+            if group is not None:
+                products.append(product(group))
+            group = [f]
+            plain = None
+        elif tag == "PA2" and group is not None and len(group) == 1:
+            pa1 = group[0]
+            group.append(f)
+            try:
+                selection = pa1[1].strip()
+                price = int(pa1[2])
+                product_id = pa1[3].strip() if len(pa1) > 3 else ""
+                a, b, c, d = int(f[1]), int(f[2]), int(f[3]), int(f[4])
+            except (ValueError, IndexError):
+                pass  # left to the general conversion when the group closes
+            else:
+                if (
+                    selection
+                    and 0 <= (price | a | b | c | d) < NOT_SUPPORTED  # as in _four
+                    and "^" not in selection
+                    and "^" not in product_id
+                ):
+                    paid = _new(Sales, (a, b, c, d))
+                    fields = (selection, price, product_id or None, paid, None, None, (), ())
+                    products.append(_new(Product, fields))
+                    plain, group = group, None
+        elif tag in _PRODUCT_MEMBERS:
+            if plain is not None:  # not a plain product after all
+                products.pop()
+                group, plain = plain, None
             if group is None:
                 builder.orphan(f)
             else:
                 group.append(f)
-        elif tag == "PA1":
-            if group is not None:
-                add_product(group)
-            group = [f]
         elif (handler := get(tag)) is not None:
             handler(f, index)
         elif tag in _LOOP_MARKS:
             if group is not None:
-                add_product(group)
-            group = None
+                products.append(product(group))
+            group = plain = None
             builder.loops += 1
         elif tag == "DXE":
             dxe = index
@@ -610,7 +624,7 @@ def _read_audit(
         else:
             builder.unknown(f)
     if group is not None:
-        add_product(group)
+        products.append(product(group))
     if dxe is not None and _count_junk(lines, dxe + 1, end):
         warnings.append("ignored text after DXE")
     if builder.st is None and has_dxs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -474,3 +475,45 @@ def test_cli_parse_missing_file_exits_2(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_plain_product_reopens_when_more_of_its_group_follows() -> None:
+    lines = [
+        "DXS*XYZ1234567*VA*V0/6*1",
+        "ST*001*0001",
+        "PA1*1*100*COLA",
+        "PA2*5*500*1*100",
+        "EA1*EGS*200101",  # not a PA line: the group stays open
+        "PA3*2*200*0*0",
+        "PA1*2*150",
+        "PA2*3*450*0*0",
+        "LS*0100",
+        "PA4*1*150*1*150",  # after LS/LE no group is open
+        "PA1*3*-1*X",
+        "PA2*1*2*3*4",
+        "SE*12*0001",
+    ]
+    audit = parse("\r\n".join(lines))
+    first, second, third = audit.products
+    assert first.paid == Sales(5, 500, 1, 100)
+    assert first.test == Sales(2, 200, 0, 0)
+    assert (second.selection, second.price, second.product_id) == ("2", 150, None)
+    assert second.paid == Sales(3, 450, 0, 0)
+    assert second.test is None
+    assert third.price is None  # a negative price: read by the general path
+    assert third.paid == Sales(1, 2, 3, 4)
+    assert ("PA4", "1", "150", "1", "150") in audit.other
+    assert "PA4 without a PA1 before it; kept as an unknown record" in audit.warnings
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_parsing_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        parse((DEX / "vec91_soda_read1.dex").read_bytes())
+        with suppress(NoAuditError):
+            parse(b"garbage")
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
