@@ -15,6 +15,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from protocols.dex import Finished, Send
 from protocols.dex.ddcmp import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_TIMING,
@@ -23,8 +24,6 @@ from protocols.dex.ddcmp import (
     Action,
     DdcmpSlave,
     Failed,
-    Finished,
-    Send,
     SetBaud,
     SlaveFaults,
     Timing,

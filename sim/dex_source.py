@@ -18,16 +18,8 @@ import random
 from collections.abc import Callable
 
 from drivers.transport import read_some, write_all
-from protocols.dex.ucs import (
-    MAX_BLOCK,
-    Failed,
-    Finished,
-    Send,
-    SourceFaults,
-    UcsSource,
-    UcsTimers,
-    Wait,
-)
+from protocols.dex import Finished, Send
+from protocols.dex.ucs import MAX_BLOCK, Failed, SourceFaults, UcsSource, UcsTimers, Wait
 from protocols.errors import PortError
 
 __all__ = ["DexSource", "SerialLine", "SourceFaults"]

@@ -7,6 +7,8 @@ so a log line says how far the machine got (handshake, which block) as well as w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from protocols.errors import ProtocolError
 
 
@@ -23,4 +25,28 @@ class DexTimeoutError(DexError, TimeoutError):
     """A DEX read failed because the peer went quiet (a protocol timer expired)."""
 
 
-__all__ = ["DexError", "DexTimeoutError"]
+# --- actions both readers (and both simulated sources) return ------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Bytes to put on the line now."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Audit bytes received so far (after each accepted block)."""
+
+    received: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The read is complete (reader: the audit; source: the audit it served)."""
+
+    audit: bytes
+
+
+__all__ = ["DexError", "DexTimeoutError", "Finished", "Progress", "Send"]

@@ -57,7 +57,7 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 
 from protocols.crc16 import crc16_arc
-from protocols.dex import DexError, DexTimeoutError
+from protocols.dex import DexError, DexTimeoutError, Finished, Progress, Send
 
 CONTROL = 0x05
 DATA = 0x81
@@ -492,29 +492,10 @@ def data_block(number: int, data: bytes) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class SetBaud:
     """Switch the port's speed; comes after every Send that must still go at the old one."""
 
     baud: int
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Audit bytes received so far."""
-
-    received: int
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """The read is complete (reader: the audit; server: the audit it served)."""
-
-    audit: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from protocols.crc16 import crc16_arc
-from protocols.dex import DexError, DexTimeoutError
+from protocols.dex import DexError, DexTimeoutError, Finished, Progress, Send
 from protocols.errors import LocalProtocolError
 
 SOH = 0x01
@@ -90,27 +90,10 @@ class UcsTimers:
 
 
 @dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
 class Wait:
     """Call ``poll`` at ``until`` at the latest (a later list may bring the time forward)."""
 
     until: float
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """Audit bytes received so far (after each accepted block)."""
-
-    received: int
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    audit: bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
-import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from drivers.dex_port import DexPort, open_dex_port
 from drivers.pty import PtyPair
-from protocols.dex import DexError, DexTimeoutError
-from protocols.dex.ucs import Finished, SourceFaults
+from protocols.dex import DexError, DexTimeoutError, Finished
+from protocols.dex.ucs import SourceFaults
 from protocols.errors import ConfigError
+from sim.dex_ddcmp_source import DdcmpAuditSource
 from sim.dex_source import DexSource
 from tests.conftest import FIXTURES
 from vmc.services.dex_read import read_audit
@@ -128,25 +127,24 @@ async def test_a_noisy_line_still_reads_or_names_the_step() -> None:
         assert outcome == AUDIT
 
 
-async def test_ddcmp_is_handed_to_its_own_reader(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[DexPort, Callable[[int], None] | None]] = []
+FIXTURES_DEX = FIXTURES / "dex"
 
-    async def read_ddcmp(
-        port: DexPort, *, on_progress: Callable[[int], None] | None = None
-    ) -> bytes:
-        calls.append((port, on_progress))
-        return b"DXS*..."
 
-    fake = types.ModuleType("vmc.services.dex_ddcmp")
-    fake.read_ddcmp = read_ddcmp  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "vmc.services.dex_ddcmp", fake)
+async def test_ddcmp_is_read_by_its_own_reader() -> None:
+    """``protocol="ddcmp"`` reads a real DDCMP source; an unknown protocol is refused."""
+    audit = (FIXTURES_DEX / "animo_coffee_peanutpay.dex").read_bytes()
     pair = PtyPair()
     port = open_dex_port(pair.device_url)
+    source = DdcmpAuditSource(pair.master, audit).start()
+    seen: list[int] = []
     try:
-        assert await read_audit(port, protocol="ddcmp", on_progress=print) == b"DXS*..."
-        assert calls == [(port, print)]
+        assert await read_audit(port, protocol="ddcmp", on_progress=seen.append) == audit
+        assert seen
+        assert seen[-1] == len(audit)
         with pytest.raises(ConfigError, match="'x25'"):
             await read_audit(port, protocol="x25")
     finally:
+        source.cancel()
+        await asyncio.gather(source, return_exceptions=True)
         port.close()
         pair.close()

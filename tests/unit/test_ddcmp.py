@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.crc16 import crc16_arc
-from protocols.dex import DexError
+from protocols.dex import DexError, Finished, Progress, Send
 from protocols.dex.ddcmp import (
     MAX_DATA,
     Action,
@@ -29,13 +29,10 @@ from protocols.dex.ddcmp import (
     DdcmpSlave,
     DdcmpTimeoutError,
     Failed,
-    Finished,
     FrameAssembler,
     NackReason,
-    Progress,
     ReadData,
     ReadDataResponse,
-    Send,
     SetBaud,
     SlaveFaults,
     Step,

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.crc16 import crc16_arc
-from protocols.dex import DexError, DexTimeoutError
+from protocols.dex import DexError, DexTimeoutError, Finished, Progress, Send
 from protocols.dex.ucs import (
     EOT,
     ETB,
@@ -24,9 +24,6 @@ from protocols.dex.ucs import (
     STX,
     Action,
     Failed,
-    Finished,
-    Progress,
-    Send,
     SourceFaults,
     Stage,
     UcsReader,

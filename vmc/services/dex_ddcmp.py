@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from drivers.dex_port import DexPort
+from protocols.dex import Finished, Progress, Send
 from protocols.dex.ddcmp import (
     ANONYMOUS,
     DEFAULT_TIMING,
@@ -22,9 +23,6 @@ from protocols.dex.ddcmp import (
     DdcmpError,
     DdcmpReader,
     Failed,
-    Finished,
-    Progress,
-    Send,
     SetBaud,
     Timing,
     WhoAreYou,

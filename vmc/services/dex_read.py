@@ -15,8 +15,10 @@ from collections.abc import Callable
 import structlog
 
 from drivers.dex_port import DexPort
-from protocols.dex.ucs import Failed, Finished, Progress, Send, UcsReader, UcsTimers, Wait
+from protocols.dex import Finished, Progress, Send
+from protocols.dex.ucs import Failed, UcsReader, UcsTimers, Wait
 from protocols.errors import ConfigError
+from vmc.services.dex_ddcmp import read_ddcmp
 
 log = structlog.get_logger("vmc.dex")
 
@@ -33,13 +35,7 @@ async def read_audit(
 ) -> bytes:
     """The audit as the VMC sent it (report text, CRC-checked per block, nothing parsed)."""
     if protocol == "ddcmp":
-        # Imported here so this module works whether or not the DDCMP reader is installed.
-        from vmc.services.dex_ddcmp import (  # type: ignore[import-not-found, unused-ignore]
-            read_ddcmp,
-        )
-
-        audit: bytes = await read_ddcmp(port, on_progress=on_progress)
-        return audit
+        return await read_ddcmp(port, on_progress=on_progress)
     if protocol != "ucs":
         raise ConfigError(f"DEX protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     reader = UcsReader(comm_id, timers=timers)
