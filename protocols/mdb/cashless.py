@@ -4,8 +4,9 @@ Theory of operation. :meth:`CashlessDevice.receive` takes the words the port dec
 current time, and returns the blocks to write back at once; nothing here waits. The application
 (the daemon's transaction layer) never answers the VMC directly: ``begin_session``,
 ``approve_vend``, ``deny_vend``, ``cancel_session`` only set what the next POLL returns, so the
-bus never waits on the cloud. Decisions that arrive after the approval deadline are refused,
-and an undecided vend is denied when the deadline passes: a late approval can never dispense.
+bus never waits on the cloud. An undecided vend is denied when the approval deadline passes;
+a decision that arrives after that is refused, and one for a vend that is already over (the
+customer cancelled, the session ended) is dropped: a late approval can never dispense.
 
 States and their legal commands live in :data:`_ALLOWED`; a command outside it is answered
 with CMD OUT OF SEQUENCE and reported. Answers that were not ACKed are resent on the next
@@ -299,6 +300,8 @@ class CashlessDevice:
     def approve_vend(self, vend_id: int, amount: int) -> None:
         """Approve the pending vend ``vend_id`` for ``amount`` minor units."""
         v = self._undecided(vend_id)
+        if v is None:
+            return
         if amount > self._money.to_minor(v.price) and not v.negative:
             raise LocalProtocolError("approved amount exceeds the vend price")
         try:
@@ -309,7 +312,9 @@ class CashlessDevice:
         v.decision = c.VendApproved(raw, wide=self.wide)
 
     def deny_vend(self, vend_id: int) -> None:
-        self._decide_deny(self._undecided(vend_id), DenyReason.APPLICATION)
+        v = self._undecided(vend_id)
+        if v is not None:
+            self._decide_deny(v, DenyReason.APPLICATION)
 
     def cancel_session(self, vend_id: int | None = None) -> None:
         """End the session from our side (cloud unlock, timeout); the VMC completes it.
@@ -665,11 +670,21 @@ class CashlessDevice:
         self._set_state(State.SESSION_IDLE)
         return c.VendDenied()
 
-    def _undecided(self, vend_id: int) -> _Vend:
+    def _undecided(self, vend_id: int) -> _Vend | None:
+        """The open vend ``vend_id`` if it awaits a decision; None if that vend is over.
+
+        A decision that arrives after the vend ended (the customer cancelled, the session
+        ended, the VMC reset) lost an ordinary race: the VMC has its answer and the core
+        already reported how the vend ended, so the decision is dropped, not refused.
+        """
         v = self._vend
-        if v is None or v.vend_id != vend_id or v.decision is not None:
-            raise LocalProtocolError(f"vend {vend_id} is not awaiting a decision")
-        return v
+        if v is not None and v.vend_id == vend_id:
+            if v.decision is not None:
+                raise LocalProtocolError(f"vend {vend_id} is not awaiting a decision")
+            return v
+        if 0 < vend_id < self._next_vend_id:
+            return None
+        raise LocalProtocolError(f"vend {vend_id} is unknown")
 
     def _decide_deny(self, v: _Vend, reason: DenyReason) -> None:
         v.decision = c.VendDenied()
