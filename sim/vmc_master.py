@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from drivers.transport import MdbPort
-from protocols.errors import VmcError
+from protocols.errors import RemoteProtocolError, VmcError
 from protocols.mdb import commands as c
 from protocols.mdb.money import BusMoney
 from protocols.mdb.words import Word, WordDecoder, checksum, vmc_words
@@ -23,6 +25,8 @@ from sim.vmc_counters import SalesCounters
 RESPONSE_WINDOW_S = 0.005
 INTER_BYTE_S = 0.001
 PROBE_SETTLE_S = 0.1
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class VmcSimError(VmcError):
@@ -77,7 +81,8 @@ class TimingStats:
 @dataclass
 class ReaderInfo:
     level: int = 1
-    currency: int = 0
+    currency: int = 0  # as sent, echoed in the expanded commands
+    currency_code: c.CurrencyCode | None = None  # decoded; None: unknown (0xFFFF)
     money: BusMoney = field(default_factory=BusMoney)
     max_response_time: int = 5
     options: int = 0
@@ -149,6 +154,7 @@ class VmcMaster:
         self.info = ReaderInfo()
         self.wide = False
         self.sales = SalesCounters()
+        self.session: c.BeginSession | None = None  # the last BEGIN SESSION, decoded
         self._requested: tuple[int, int] | None = None  # (price_raw, item) of the open vend
 
     async def send_raw(self, words: list[Word], what: str, *, timed: bool = True) -> Answer:
@@ -206,7 +212,10 @@ class VmcMaster:
     # --- commands ------------------------------------------------------------------------
 
     async def poll(self) -> Answer:
-        return await self.command(bytes((c.Cmd.POLL,)), "POLL")
+        answer = await self.command(bytes((c.Cmd.POLL,)), "POLL")
+        if answer.code == c.Resp.BEGIN_SESSION:
+            self.session = self._decode(c.BeginSession.from_bytes, answer.data, "BEGIN SESSION")
+        return answer
 
     async def reset(self, *, timed: bool = True) -> Answer:
         self.wide = False
@@ -299,9 +308,11 @@ class VmcMaster:
         if answer.code != c.Resp.READER_CONFIG or len(answer.data) < 8:
             raise VmcSimError(f"SETUP config answered {answer.words}")
         d = answer.data
+        currency = int.from_bytes(d[2:4], "big")
         self.info = ReaderInfo(
             level=d[1],
-            currency=int.from_bytes(d[2:4], "big"),
+            currency=currency,
+            currency_code=self._decode(c.CurrencyCode.from_word, currency, "READER CONFIG"),
             money=BusMoney(d[4], d[5]),
             max_response_time=d[6],
             options=d[7],
@@ -331,6 +342,14 @@ class VmcMaster:
                 await self._expect_ack(body, "SETUP MAX/MIN (wide)")
         await self._expect_ack(bytes((c.Cmd.READER, c.ReaderSub.ENABLE)), "READER ENABLE")
         return self.info
+
+    @staticmethod
+    def _decode(parse: Callable[[_T], _R], raw: _T, what: str) -> _R:
+        """A field the reader sent, decoded; a VMC refuses one it cannot read."""
+        try:
+            return parse(raw)
+        except RemoteProtocolError as exc:
+            raise VmcSimError(f"{what}: {exc}") from exc
 
     async def _expect_ack(self, body: bytes, what: str) -> None:
         answer = await self.command(body, what)

@@ -185,7 +185,6 @@ def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:
             raise ConfigError(f"reader.{key}: unknown key; allowed: {', '.join(_READER_KEYS)}")
         _typed(f"reader.{key}", value, _READER_KEYS[key])
     checks = {
-        "currency": (1, 999),
         "minor_decimals": (0, 4),
         "scale_factor": (1, 255),
         "decimal_places": (0, 4),
@@ -211,7 +210,7 @@ def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:
     try:
         return ReaderConfig(address=mdb.address, level=mdb.level, **values)
     except ValueError as exc:
-        raise ConfigError(f"reader: {exc}") from exc
+        raise ConfigError(f"reader.{exc}") from exc  # its messages start with the key
 
 
 def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:

@@ -4,8 +4,9 @@ Theory of operation. :meth:`CashlessDevice.receive` takes the words the port dec
 current time, and returns the blocks to write back at once; nothing here waits. The application
 (the daemon's transaction layer) never answers the VMC directly: ``begin_session``,
 ``approve_vend``, ``deny_vend``, ``cancel_session`` only set what the next POLL returns, so the
-bus never waits on the cloud. Decisions that arrive after the approval deadline are refused,
-and an undecided vend is denied when the deadline passes: a late approval can never dispense.
+bus never waits on the cloud. An undecided vend is denied when the approval deadline passes;
+a decision that arrives after that is refused, and one for a vend that is already over (the
+customer cancelled, the session ended) is dropped: a late approval can never dispense.
 
 States and their legal commands live in :data:`_ALLOWED`; a command outside it is answered
 with CMD OUT OF SEQUENCE and reported. Answers that were not ACKed are resent on the next
@@ -15,6 +16,7 @@ POLL; any other command supersedes them. The operating level is the lower of the
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -63,6 +65,8 @@ ACK_BLOCK = bytes((c.ACK,))
 NAK_BLOCK = bytes((c.NAK,))
 CASHLESS_ADDRESSES = (0x10, 0x60)
 SUPPORTED_FEATURES = Feature.WIDE_MONEY | Feature.NEGATIVE_VEND | Feature.ALWAYS_IDLE
+MAX_MEDIA_ID = 0xFFFFFFFF
+LANGUAGE = re.compile(r"[A-Za-z]{2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,8 @@ class ReaderConfig:
 
     address: int = 0x10
     level: int = 3
-    currency: int = 978
+    currency: int = 978  # ISO 4217 numeric: what the cloud is told, and the VMC by default
+    telephone_code: int | None = None  # tell the VMC this telephone code (0x0nnn) instead
     minor_decimals: int = 2
     scale_factor: int = 1
     decimal_places: int = 2
@@ -88,16 +93,40 @@ class ReaderConfig:
     approval_timeout: float = 4.0
     vend_result_timeout: float = 60.0
     revalue_limit: int = 0
+    payment_media_id: int = 0  # BEGIN SESSION's payment media ID (levels 2 and 3)
+    language: str = "en"  # expanded BEGIN SESSION's language: ISO 639-1, two letters
 
     def __post_init__(self) -> None:
+        """Refuse what the bus cannot carry; messages start with the field's name."""
         if self.address not in CASHLESS_ADDRESSES:
-            raise ValueError(f"cashless address must be 0x10 or 0x60, not {self.address:#04x}")
+            raise ValueError(f"address: {self.address:#04x} is not allowed; use 0x10 or 0x60")
         if self.level not in (1, 2, 3):
-            raise ValueError(f"feature level must be 1, 2 or 3, not {self.level}")
+            raise ValueError(f"level: {self.level} is not allowed; use 1, 2 or 3")
         if self.features & ~int(SUPPORTED_FEATURES):
-            raise ValueError("features may only hold wide money, negative vend and always idle")
+            raise ValueError("features: only wide money, negative vend and always idle")
         if self.approval_timeout >= self.max_response_time:
-            raise ValueError("approval_timeout must be below max_response_time")
+            raise ValueError("approval_timeout: must be below max_response_time")
+        for name in ("currency", "telephone_code"):
+            number = getattr(self, name)
+            if number is not None and number not in c.CURRENCY_NUMBERS:
+                raise ValueError(f"{name}: {number} is not allowed; expected 1..999")
+        if not 0 <= self.payment_media_id <= MAX_MEDIA_ID:
+            raise ValueError(
+                f"payment_media_id: {self.payment_media_id} is not allowed;"
+                f" expected 0..{MAX_MEDIA_ID} (4 bytes)"
+            )
+        if not LANGUAGE.fullmatch(self.language):
+            raise ValueError(
+                f"language: {self.language!r} is not allowed; expected two ASCII letters"
+                ' (ISO 639-1), e.g. "en" or "ru"'
+            )
+
+    @property
+    def currency_code(self) -> c.CurrencyCode:
+        """The country/currency code the VMC is told, in the form it expects."""
+        if self.telephone_code is not None:
+            return c.CurrencyCode(self.telephone_code, c.CurrencyForm.TELEPHONE)
+        return c.CurrencyCode(self.currency)
 
     @property
     def options(self) -> int:
@@ -271,6 +300,8 @@ class CashlessDevice:
     def approve_vend(self, vend_id: int, amount: int) -> None:
         """Approve the pending vend ``vend_id`` for ``amount`` minor units."""
         v = self._undecided(vend_id)
+        if v is None:
+            return
         if amount > self._money.to_minor(v.price) and not v.negative:
             raise LocalProtocolError("approved amount exceeds the vend price")
         try:
@@ -281,7 +312,9 @@ class CashlessDevice:
         v.decision = c.VendApproved(raw, wide=self.wide)
 
     def deny_vend(self, vend_id: int) -> None:
-        self._decide_deny(self._undecided(vend_id), DenyReason.APPLICATION)
+        v = self._undecided(vend_id)
+        if v is not None:
+            self._decide_deny(v, DenyReason.APPLICATION)
 
     def cancel_session(self, vend_id: int | None = None) -> None:
         """End the session from our side (cloud unlock, timeout); the VMC completes it.
@@ -497,7 +530,7 @@ class CashlessDevice:
         cfg = self.config
         return c.ReaderConfigData(
             level,
-            c.currency_code(cfg.currency),
+            cfg.currency_code.to_word(),
             cfg.scale_factor,
             cfg.decimal_places,
             cfg.max_response_time,
@@ -613,12 +646,15 @@ class CashlessDevice:
         self._session = _Session(started_at=self._now)
         self._set_state(State.SESSION_IDLE)
         self._emit(SessionStarted(funds))
+        cfg = self.config
         return c.BeginSession(
             raw,
             level=self.operating_level,
             wide=wide,
+            media_id=cfg.payment_media_id,
             payment_type=self._pending.begin_payment_type,
-            currency=c.currency_code(self.config.currency),
+            language=cfg.language.encode("ascii"),
+            currency=cfg.currency_code.to_word(),
         )
 
     def _deliver_vend_decision(self, v: _Vend) -> c.Response:
@@ -634,11 +670,21 @@ class CashlessDevice:
         self._set_state(State.SESSION_IDLE)
         return c.VendDenied()
 
-    def _undecided(self, vend_id: int) -> _Vend:
+    def _undecided(self, vend_id: int) -> _Vend | None:
+        """The open vend ``vend_id`` if it awaits a decision; None if that vend is over.
+
+        A decision that arrives after the vend ended (the customer cancelled, the session
+        ended, the VMC reset) lost an ordinary race: the VMC has its answer and the core
+        already reported how the vend ended, so the decision is dropped, not refused.
+        """
         v = self._vend
-        if v is None or v.vend_id != vend_id or v.decision is not None:
-            raise LocalProtocolError(f"vend {vend_id} is not awaiting a decision")
-        return v
+        if v is not None and v.vend_id == vend_id:
+            if v.decision is not None:
+                raise LocalProtocolError(f"vend {vend_id} is not awaiting a decision")
+            return v
+        if 0 < vend_id < self._next_vend_id:
+            return None
+        raise LocalProtocolError(f"vend {vend_id} is unknown")
 
     def _decide_deny(self, v: _Vend, reason: DenyReason) -> None:
         v.decision = c.VendDenied()

@@ -9,7 +9,7 @@ Multi-byte numbers are big-endian. "Wide" means the level-3 32-bit monetary form
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 
 from protocols.errors import RemoteProtocolError
@@ -402,10 +402,46 @@ def _field(text: str, width: int) -> bytes:
     return text.encode("ascii", errors="replace")[:width].rjust(width, b" ")
 
 
-def currency_code(iso_numeric: int) -> int:
-    """ISO 4217 numeric code as MDB writes it: 0x1nnn with the digits in BCD."""
-    digits = f"{iso_numeric:03d}"
-    return 0x1000 | int(digits, 16)
+class CurrencyForm(IntEnum):
+    """The two forms of MDB's country/currency code, told apart by the top nibble."""
+
+    TELEPHONE = 0x0  # the older form: the country's international telephone code
+    ISO4217 = 0x1  # ISO 4217 numeric currency code
+
+
+_FORMS = frozenset(CurrencyForm)
+CURRENCY_NUMBERS = range(1, 1000)  # three BCD digits
+UNKNOWN_CURRENCY = 0xFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class CurrencyCode:
+    """READER CONFIG's (and the expanded BEGIN SESSION's) country/currency code.
+
+    On the wire: the form in the top nibble, then three BCD digits; 0x1978 is ISO 4217 978
+    (EUR) and 0x0049 is telephone code 49 (Germany). VMCs that predate ISO codes want the
+    telephone form, so a reader must be able to send either.
+    """
+
+    number: int
+    form: CurrencyForm = CurrencyForm.ISO4217
+
+    def __post_init__(self) -> None:
+        if self.number not in CURRENCY_NUMBERS:
+            raise ValueError(f"a country/currency code is 1..999, not {self.number}")
+
+    def to_word(self) -> int:
+        return (self.form << 12) | int(f"{self.number:03d}", 16)
+
+    @classmethod
+    def from_word(cls, word: int) -> CurrencyCode | None:
+        """Decode a code a peer sent; None for 0xFFFF (unknown)."""
+        if word == UNKNOWN_CURRENCY:
+            return None
+        form, digits = word >> 12, f"{word & 0x0FFF:03x}"
+        if form not in _FORMS or not digits.isdigit() or digits == "000":
+            raise RemoteProtocolError(f"country/currency code {word:#06x} is not 0x0nnn or 0x1nnn")
+        return cls(int(digits), CurrencyForm(form))
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +512,32 @@ class BeginSession:
         if self.level >= 2:
             out += _be(self.media_id, 4) + bytes((self.payment_type,)) + _be(self.payment_data, 2)
         return out
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BeginSession:
+        """Read it as a VMC does: the length (3, 10 or 17 bytes) tells the layout.
+
+        A 10-byte session reads back as level 2: levels 2 and 3 share that layout.
+        """
+        if len(data) not in (3, 10, 17) or data[0] != Resp.BEGIN_SESSION:
+            raise RemoteProtocolError(f"BEGIN SESSION of {len(data)} bytes: {data.hex()}")
+        if len(data) == 3:
+            return cls(_u(data[1:3]))
+        wide = len(data) == 17
+        body = data[5:] if wide else data[3:]
+        session = cls(
+            _u(data[1:5] if wide else data[1:3]),
+            level=3 if wide else 2,
+            wide=wide,
+            media_id=_u(body[0:4]),
+            payment_type=body[4],
+            payment_data=_u(body[5:7]),
+        )
+        if not wide:
+            return session
+        return replace(
+            session, language=bytes(body[7:9]), currency=_u(body[9:11]), card_options=body[11]
+        )
 
 
 @dataclass(frozen=True, slots=True)

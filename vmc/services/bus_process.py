@@ -179,6 +179,18 @@ class BusLoop:
             self.done.set_result(code)
 
 
+def discard_stale_input(port: MdbPort) -> None:
+    """Drop what the VMC sent before we listened.
+
+    A VMC repeats RESET (or POLL) while its reader is silent, and a pty or the kernel keeps
+    those bytes. Each was due an answer within 5 ms; answered now, they would only reset the
+    reader over and over and confuse the VMC with a burst of stale answers.
+    """
+    with contextlib.suppress(VmcError):  # a dead port is reported by the loop's first read
+        while port.read_available():
+            pass
+
+
 async def serve(port: MdbPort, device: CashlessDevice, sock: socket.socket, realtime: bool) -> int:
     loop = asyncio.get_running_loop()
     bus = BusLoop(port, device, sock)
@@ -192,6 +204,7 @@ async def serve(port: MdbPort, device: CashlessDevice, sock: socket.socket, real
     ticker = asyncio.create_task(bus.ticker())
     gc.collect()
     gc.freeze()  # keep collections of start-up objects off the answer path
+    discard_stale_input(port)  # last: the loop reads the port from here on
     try:
         return await bus.done
     finally:
