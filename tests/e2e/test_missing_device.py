@@ -15,6 +15,7 @@ from typing import Any
 from drivers.pty import PtyPair
 from sim.vmc_master import VmcMaster
 from tests.e2e.test_stops import assert_quick_clean_stop, running
+from tests.e2e.test_watchdog import WATCHDOG_USEC, notify_socket
 from tests.e2e.vmcd_proc import Vmcd
 from vmc.services.bus import MISSING_PORT_HINT, PORT_WAIT_MAX_S
 
@@ -52,18 +53,24 @@ def _assert_one_line_per_attempt(vmcd: Vmcd) -> None:
 
 
 async def test_a_missing_uart_is_waited_for_with_one_line_per_attempt(tmp_path: Path) -> None:
-    url = f"uart://{_missing_path()}"
-    async with running(tmp_path, url) as vmcd:
-        await vmcd.wait_event("mdb_port_waiting", 3)
-        (first,) = vmcd.events("mdb_port_missing")
-        assert first["port"] == url
-        assert first["hint"] == MISSING_PORT_HINT
-        assert first["level"] == "warning"
-        _assert_one_line_per_attempt(vmcd)
-        assert all(e["retry_in_s"] <= PORT_WAIT_MAX_S for e in _attempts(vmcd))
-        assert vmcd.bus_pid() is None  # no process is started for a device that is not there
-        assert not vmcd.events("bus_process_exited")
-        await assert_quick_clean_stop(vmcd, url)
+    path = _missing_path()
+    url = f"uart://{path}"
+    with notify_socket(tmp_path) as notify:
+        env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+        async with running(tmp_path, url, env=env) as vmcd:
+            await vmcd.wait_event("mdb_port_waiting", 3)
+            (first,) = vmcd.events("mdb_port_missing")
+            assert first["port"] == url
+            assert first["hint"] == MISSING_PORT_HINT
+            assert first["level"] == "warning"
+            _assert_one_line_per_attempt(vmcd)
+            assert all(e["retry_in_s"] <= PORT_WAIT_MAX_S for e in _attempts(vmcd))
+            assert vmcd.bus_pid() is None  # no process is started for a device that is not there
+            assert not vmcd.events("bus_process_exited")
+            # Waiting on purpose is healthy: systemd keeps hearing from vmcd, and why it waits.
+            assert notify.status() == f"waiting for {path}"
+            assert notify.pings_since(0) >= 3
+            await assert_quick_clean_stop(vmcd, url)
 
 
 async def _serve_a_vmc(pair: PtyPair) -> None:

@@ -56,12 +56,15 @@ async def running(
         await vmcd.close()
 
 
-async def assert_quick_clean_stop(vmcd: Vmcd, port_url: str, sig: int = signal.SIGTERM) -> float:
+async def assert_quick_clean_stop(
+    vmcd: Vmcd, port_url: str, sig: int = signal.SIGTERM, *, group: bool = False
+) -> float:
     bus = vmcd.bus_pid()
-    seconds = await vmcd.signal_and_wait(sig)
+    seconds = await vmcd.signal_and_wait(sig, group=group)
     tail = "\n".join(vmcd.lines()[-15:])
     assert vmcd.proc is not None
     assert vmcd.proc.returncode == 0, tail
+    assert not [line for line in vmcd.lines() if "Traceback" in line], tail
     assert seconds <= STOP_BUDGET_S + STOP_MARGIN_S, f"stop took {seconds:.2f} s\n{tail}"
     assert bus is None or not alive(bus), "the bus process outlived vmcd"
     assert not bus_processes(port_url), "an orphan bus process still serves the port"
@@ -79,13 +82,17 @@ async def background(work: Awaitable[object]) -> AsyncIterator[None]:
         await asyncio.gather(task, return_exceptions=True)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_stop_while_idle_without_a_vmc(tmp_path: Path, sig: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGINT, True)],
+    ids=["sigterm", "sigint", "ctrl-c"],
+)
+async def test_stop_while_idle_without_a_vmc(tmp_path: Path, sig: int, group: bool) -> None:
     pair = PtyPair()
     try:
         async with running(tmp_path, pair.device_url) as vmcd:
             await vmcd.wait_event("bus_ready")
-            await assert_quick_clean_stop(vmcd, pair.device_url, sig)
+            await assert_quick_clean_stop(vmcd, pair.device_url, sig, group=group)
     finally:
         pair.close()
 
@@ -130,8 +137,10 @@ async def _poll_forever(vmc: VmcMaster) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_stop_mid_session_with_the_vmc(tmp_path: Path) -> None:
-    """A vend approved but not yet dispensed: the bus process must void it and still exit."""
+@pytest.mark.parametrize("answered", [True, False], ids=["dispensing", "vend_requested"])
+async def test_stop_mid_session_with_the_vmc(tmp_path: Path, answered: bool) -> None:
+    """A vend approved and dispensing, or just requested: the bus process settles what the VMC
+    must hear (while the VMC keeps polling) and exits."""
     pair = PtyPair()
     vmc = VmcMaster(pair.master, answer_timeout=0.2)
     try:
@@ -139,7 +148,8 @@ async def test_stop_mid_session_with_the_vmc(tmp_path: Path) -> None:
             await vmc.initialise()
             assert (await vmc.vend_request(vmc.money(150), 7)).is_ack
             async with background(_poll_forever(vmc)):
-                await vmcd.wait_event("vend_approved", timeout=10)
+                if answered:
+                    await vmcd.wait_event("vend_approved", timeout=10)
                 await assert_quick_clean_stop(vmcd, pair.device_url)
     finally:
         vmc.close()

@@ -66,8 +66,13 @@ class Vmcd:
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
+        # A process group of its own, as a shell job: a Ctrl-C reaches the whole group.
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, stdout=self._log, stderr=asyncio.subprocess.STDOUT, env=self.env
+            *self.args,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
+            process_group=0,
         )
 
     @property
@@ -101,11 +106,17 @@ class Vmcd:
             f"{count} x {name} in {self.log_path}",
         )
 
-    async def signal_and_wait(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> float:
-        """Send ``sig`` and return the seconds until vmcd exited."""
+    async def signal_and_wait(
+        self, sig: int = signal.SIGTERM, *, group: bool = False, timeout: float = 60.0
+    ) -> float:
+        """Send ``sig`` (to the process group, as Ctrl-C does, with ``group``); the seconds
+        until vmcd exited."""
         assert self.proc is not None
         started = time.monotonic()
-        self.proc.send_signal(sig)
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
         await asyncio.wait_for(self.proc.wait(), timeout)
         return time.monotonic() - started
 
