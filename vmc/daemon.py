@@ -40,6 +40,7 @@ log = structlog.get_logger("vmc.daemon")
 
 TICK_S = 0.1
 STATUS_EVERY_S = 1.0
+"""How often the bus status is looked at for STATUS= (more often if the watchdog asks)."""
 STOP_BUDGET_S = 3.0
 """SIGTERM/SIGINT to exit, in every state; far inside the unit's TimeoutStopSec=15."""
 STOP_STEPS_S = STOP_BUDGET_S - 0.5
@@ -251,7 +252,8 @@ async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:
         status = bus.status()
         if status != shown:
             notify(f"STATUS={status.text}")
-            log.info("mdb_status", status=status.text, mdb_link="up" if status.link_up else "down")
+            emit = log.info if bus.healthy() else log.warning
+            emit("mdb_status", status=status.text, mdb_link="up" if status.link_up else "down")
             if shown is not None and status.link_up != shown.link_up:
                 on_link()
             shown = status

@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
@@ -71,7 +71,7 @@ class Backoff:
     first: float
     cap: float
     jitter: float = 0.0
-    _next: float = 0.0
+    _next: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.reset()
