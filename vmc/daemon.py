@@ -2,14 +2,14 @@
 
 One asyncio TaskGroup: the MDB bus supervisor (its process answers the VMC) and the systemd
 watchdog. Expected faults are retried inside each service; anything unexpected ends the
-group and the process exits non-zero, for systemd to restart it.
+group and the process exits non-zero, for systemd to restart it. SIGTERM or SIGINT ends it
+with 0 within :data:`STOP_BUDGET_S`, whatever it is doing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -28,18 +28,24 @@ from vmc.config import APPROVAL_POLICIES, Config, load_config
 from vmc.journal import Journal
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
-from vmc.services.bus import BusSupervisor
+from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
 from vmc.services.vending import LocalVending
-from vmc.systemd import notify
+from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
 
 log = structlog.get_logger("vmc.daemon")
 
-WATCHDOG_POLL_AGE_S = 10.0
 TICK_S = 0.1
+STATUS_EVERY_S = 1.0
+"""How often the bus status is looked at for STATUS= (more often if the watchdog asks)."""
+STOP_BUDGET_S = 3.0
+"""SIGTERM/SIGINT to exit, in every state; far inside the unit's TimeoutStopSec=15."""
+STOP_STEPS_S = STOP_BUDGET_S - 0.5
+"""The orderly part of a stop: the bus process voids what is undecided and exits, the cloud
+hears ``offline``. What still runs then is cancelled (the bus process killed) in the rest."""
 PRUNE_EVERY_S = 3600.0
 
 
@@ -93,6 +99,7 @@ def _cloud_services(
     journal: Journal,
     send: Callable[[BusCommand], bool],
     reporter: Reporter | None,
+    link_up: Callable[[], bool],
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -125,6 +132,7 @@ def _cloud_services(
             "reader": engine.reader_state.name.lower(),
             "always_idle": engine.always_idle,
             "txn": None if txn is None else {"txn_id": txn.txn_id, "state": txn.state.value},
+            "mdb_link": "up" if link_up() else "down",
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),
         }
@@ -148,17 +156,24 @@ def _cloud_services(
 
 async def run_daemon(config: Config) -> int:
     assert config.mdb.port is not None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # first: a stop during start-up is a stop too
     journal = Journal(config.daemon.state_dir / "journal.sqlite3")
     bus: BusSupervisor
 
     def send(command: BusCommand) -> bool:
         return bus.send(command)  # bound late: the supervisor needs the report handler first
 
+    def link_up() -> bool:
+        return bus.status().link_up
+
     reporter = None
     if config.dex.port is not None:
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
         reporter = Reporter(config.dex, journal, store, None)
-    cloud = _cloud_services(config, journal, send, reporter) if config.cloud.url else None
+    cloud = _cloud_services(config, journal, send, reporter, link_up) if config.cloud.url else None
     local = LocalVending(config.mdb.local_approval == "accept", journal, send)
     bus = BusSupervisor(
         config.mdb.port,
@@ -168,10 +183,6 @@ async def run_daemon(config: Config) -> int:
     )
     if cloud is not None:
         cloud.remote.recover()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
     log.info(
@@ -187,8 +198,9 @@ async def run_daemon(config: Config) -> int:
     )
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(bus.run(), name="bus-supervisor")
-            helpers = [group.create_task(_watchdog(bus), name="watchdog")]
+            supervisor = group.create_task(bus.run(), name="bus-supervisor")
+            on_link = cloud.sync.state_changed if cloud is not None else lambda: None
+            helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
                 helpers.append(group.create_task(_ticker(cloud.remote), name="txn-ticker"))
@@ -198,9 +210,14 @@ async def run_daemon(config: Config) -> int:
             await stop.wait()
             notify("STOPPING=1")
             log.info("vmcd_stopping")
-            await bus.stop()
-            if cloud is not None:
-                await cloud.sync.stop()
+            bus.stop()
+            try:
+                async with asyncio.timeout(STOP_STEPS_S):
+                    await supervisor  # cancelled at the deadline: the bus process is killed
+                    if cloud is not None:
+                        await cloud.sync.stop()  # after the bus: its last events come first
+            except TimeoutError:
+                log.warning("vmcd_stop_cut_short", bus_stopped=supervisor.done())
             for task in helpers:
                 task.cancel()
     finally:
@@ -221,19 +238,28 @@ async def _ticker(remote: RemoteVending) -> None:
             remote.prune()
 
 
-async def _watchdog(bus: BusSupervisor) -> None:
-    usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-    interval = usec / 2e6 if usec else 5.0
+async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:
+    """WATCHDOG=1 while vmcd itself is healthy; STATUS= and one log line per bus status change.
+
+    Healthy means this loop runs and the bus supervisor does its job (see
+    :meth:`BusSupervisor.healthy`), not that the VMC polls: a silent bus is a status to show,
+    and restarting vmcd would not switch the VMC on.
+    """
+    ping = watchdog_interval()
+    every = STATUS_EVERY_S if ping is None else min(ping, STATUS_EVERY_S)
+    shown: BusStatus | None = None
     while True:
-        await asyncio.sleep(interval)
-        beat = bus.last_heartbeat
-        polling = (
-            beat is not None
-            and beat.last_poll_age is not None
-            and beat.last_poll_age < WATCHDOG_POLL_AGE_S
-        )
-        if usec and polling:
+        status = bus.status()
+        if status != shown:
+            notify(f"STATUS={status.text}")
+            emit = log.info if bus.healthy() else log.warning
+            emit("mdb_status", status=status.text, mdb_link="up" if status.link_up else "down")
+            if shown is not None and status.link_up != shown.link_up:
+                on_link()
+            shown = status
+        if ping is not None and bus.healthy():
             notify("WATCHDOG=1")
+        await asyncio.sleep(every)
 
 
 def main(argv: list[str] | None = None) -> int:

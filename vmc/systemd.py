@@ -1,4 +1,4 @@
-"""sd_notify without libsystemd: READY, WATCHDOG and STOPPING over $NOTIFY_SOCKET."""
+"""sd_notify without libsystemd: READY, STATUS, WATCHDOG and STOPPING over $NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -19,3 +19,15 @@ def notify(state: str) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WatchdogSec=), or None without a watchdog.
+
+    As sd_watchdog_enabled(): WATCHDOG_PID, when set, must name this process.
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6

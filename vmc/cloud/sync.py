@@ -224,15 +224,15 @@ class CloudSync:
             await self._state_dirty.wait()
 
     async def stop(self) -> None:
-        """Say ``offline`` (retained), if connected; cancelling ``run`` then disconnects."""
+        """Say ``offline`` (retained), if connected; cancelling ``run`` then disconnects.
+
+        The daemon bounds the wait with its stop budget and cancels what is left.
+        """
         client = self._client
         if client is None:
             return
-        with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
-            await asyncio.wait_for(
-                client.publish(self.topics.status, self._status("offline"), qos=1, retain=True),
-                2.0,
-            )
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self.topics.status, self._status("offline"), qos=1, retain=True)
 
 
 def _first_leaf(group: BaseExceptionGroup[aiomqtt.MqttError]) -> aiomqtt.MqttError:

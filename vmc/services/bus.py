@@ -1,8 +1,16 @@
 """Supervisor of the MDB bus process: start it, pump its reports, restart it when it dies.
 
 The bus process owns the serial port; the daemon only sends decisions and hears events.
-A port that cannot be opened or vanishes is an expected fault: retried with jittered,
-growing backoff, never a crash of the daemon.
+A port that cannot be opened or vanishes is an expected fault, never a crash of the daemon:
+
+* a device that does not exist (a USB adapter not plugged in yet, or unplugged) is waited
+  for: one ``mdb_port_missing`` line, then one ``mdb_port_waiting`` line per look, every few
+  seconds at most, and the bus process starts as soon as the device is there;
+* a bus process that exits for any other reason is restarted with jittered, growing backoff,
+  one ``bus_process_exited`` line each time (with the port error the process reported).
+
+Every wait ends at once on :meth:`BusSupervisor.stop`; the bus process then voids what is
+undecided and exits. Whoever runs :meth:`run` bounds that: cancelling it kills the process.
 """
 
 from __future__ import annotations
@@ -10,11 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import socket
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -27,7 +39,56 @@ log = structlog.get_logger("vmc.bus")
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 30.0
-STOP_GRACE_S = 3.0
+PORT_WAIT_MAX_S = 5.0
+"""A missing device is looked for at least this often: a USB adapter may show up late."""
+BUS_SILENT_S = 10.0
+"""A bus process that sends nothing for this long is hung (it sends a heartbeat a second)."""
+MDB_SILENT_S = 5.0
+"""No POLL from the VMC for this long: the MDB link is down (VMC off, cable pulled)."""
+MISSING_PORT_HINT = "plug in the MDB adapter or fix mdb.port; vmcd starts serving when it appears"
+
+
+class BusState(Enum):
+    STARTING = "starting"  # the bus process is spawned and has not reported yet
+    SERVING = "serving"
+    WAITING_FOR_PORT = "waiting_for_port"
+    RESTARTING = "restarting"  # backoff after the bus process exited
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class BusStatus:
+    """What an operator is told (systemd's STATUS=) and the cloud's ``mdb_link``."""
+
+    link_up: bool
+    text: str
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Jittered doubling delays, capped; ``jitter`` 0.2 means +-20 %."""
+
+    first: float
+    cap: float
+    jitter: float = 0.0
+    _next: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def delay(self) -> float:
+        value = self._next * random.uniform(1 - self.jitter, 1 + self.jitter)
+        self._next = min(self._next * 2, self.cap)
+        return value
+
+
+def port_path(port_url: str) -> str | None:
+    """The device file behind a ``uart://`` or ``pty://`` URL; None for ``loop://``."""
+    parts = urlsplit(port_url)
+    return parts.path if parts.scheme in ("uart", "pty") else None
 
 
 class BusSupervisor:
@@ -40,14 +101,17 @@ class BusSupervisor:
         realtime_priority: int = 0,
     ) -> None:
         self.port_url = port_url
+        self.port_path = port_path(port_url)
         self.reader = reader
         self.on_report = on_report
         self.realtime_priority = realtime_priority
+        self.state = BusState.STARTING
         self.last_heartbeat: msg.Heartbeat | None = None
         self.restarts = 0
+        self._heard_at = time.monotonic()
+        self._port_error: str | None = None
         self._sock: socket.socket | None = None
-        self._proc: asyncio.subprocess.Process | None = None
-        self._stopping = False
+        self._stop = asyncio.Event()
 
     def send(self, command: msg.BusCommand) -> bool:
         """Hand a decision to the bus process; False if it is not running right now."""
@@ -62,23 +126,102 @@ class BusSupervisor:
             return False
         return True
 
+    def stop(self) -> None:
+        """End every wait now; :meth:`run` returns once the bus process has exited."""
+        self._stop.set()
+
+    def healthy(self) -> bool:
+        """The supervisor does its job: a bus process that reports, or a deliberate wait.
+
+        Whether the VMC polls is not part of it: a silent bus is :meth:`status`, not a fault.
+        """
+        if self.state in (BusState.STARTING, BusState.SERVING):
+            return time.monotonic() - self._heard_at < BUS_SILENT_S
+        return True
+
+    def status(self) -> BusStatus:
+        if self.state is BusState.WAITING_FOR_PORT:
+            return BusStatus(False, f"waiting for {self.port_path}")
+        if self.state is BusState.RESTARTING:
+            return BusStatus(False, "MDB bus process restarting")
+        if not self.healthy():
+            return BusStatus(False, "MDB bus process not responding")
+        age = None if self.last_heartbeat is None else self.last_heartbeat.last_poll_age
+        if age is not None and age < MDB_SILENT_S:
+            return BusStatus(True, "MDB link up")
+        return BusStatus(False, "no MDB link")
+
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = BACKOFF_FIRST_S
-        while not self._stopping:
-            started = loop.time()
-            code = await self._run_once()
-            if self._stopping:
-                return
-            self.restarts += 1
-            if loop.time() - started > STABLE_AFTER_S:
-                backoff = BACKOFF_FIRST_S
-            delay = backoff * random.uniform(0.8, 1.2)
-            log.warning("bus_process_exited", code=code, restart_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+        restart = Backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, jitter=0.2)
+        try:
+            while await self._port_present():
+                started = time.monotonic()
+                code = await self._run_once()
+                if self._stop.is_set():
+                    return
+                self.restarts += 1
+                if time.monotonic() - started > STABLE_AFTER_S:
+                    restart.reset()
+                # A vanished device is waited for (_port_present), not restarted into.
+                delay = None if self._port_missing() else restart.delay()
+                log.warning(
+                    "bus_process_exited",
+                    code=code,
+                    error=self._port_error,
+                    restart_in_s=None if delay is None else round(delay, 2),
+                )
+                if delay is not None:
+                    self.state = BusState.RESTARTING
+                    if await self._pause(delay):
+                        return
+        finally:
+            self.state = BusState.STOPPED
+
+    def _port_missing(self) -> bool:
+        return self.port_path is not None and not os.path.exists(self.port_path)
+
+    async def _port_present(self) -> bool:
+        """Wait until the port's device exists; False if told to stop first."""
+        if self._stop.is_set():
+            return False
+        if not self._port_missing():
+            return True
+        self.state = BusState.WAITING_FOR_PORT
+        backoff = Backoff(BACKOFF_FIRST_S, PORT_WAIT_MAX_S)
+        started = time.monotonic()
+        delay = backoff.delay()
+        log.warning(
+            "mdb_port_missing",
+            port=self.port_url,
+            attempt=1,
+            retry_in_s=round(delay, 2),
+            hint=MISSING_PORT_HINT,
+        )
+        attempt = 1
+        while not await self._pause(delay):
+            attempt += 1
+            waited = round(time.monotonic() - started, 1)
+            if not self._port_missing():
+                log.info("mdb_port_appeared", port=self.port_url, attempt=attempt, waited_s=waited)
+                return True
+            delay = backoff.delay()
+            log.info(
+                "mdb_port_waiting",
+                port=self.port_url,
+                attempt=attempt,
+                waited_s=waited,
+                retry_in_s=round(delay, 2),
+            )
+        return False
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep, unless told to stop; True if told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
 
     async def _run_once(self) -> int:
+        """One bus process, from spawn to exit; on a stop, asks it to stop and waits."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
         args = [
@@ -94,17 +237,40 @@ class BusSupervisor:
             "--realtime-priority",
             str(self.realtime_priority),
         ]
+        self.state = BusState.STARTING
+        self.last_heartbeat = None
+        self._port_error = None
+        self._heard_at = time.monotonic()
         try:
-            self._proc = await asyncio.create_subprocess_exec(*args, pass_fds=(child.fileno(),))
+            # Its own process group: a Ctrl-C on the terminal is the daemon's to handle.
+            proc = await asyncio.create_subprocess_exec(
+                *args, pass_fds=(child.fileno(),), process_group=0
+            )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self._sock = parent
         try:
-            await self._pump(parent)
+            pump = asyncio.create_task(self._pump(parent))
+            stopped = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait((pump, stopped), return_when=asyncio.FIRST_COMPLETED)
+                if not pump.done():
+                    self.send(msg.Stop())
+                    await pump  # ends when the process exits and its socket closes
+            finally:
+                pump.cancel()
+                stopped.cancel()
+            return await proc.wait()
         finally:
             self._sock = None
             parent.close()
-        return await self._proc.wait()
+            if proc.returncode is None:  # cancelled: the stop ran out of time
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
 
     async def _pump(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -120,19 +286,11 @@ class BusSupervisor:
             except RemoteProtocolError as exc:
                 log.error("bus_message_bad", error=str(exc))
                 continue
+            self._heard_at = time.monotonic()
+            self.state = BusState.SERVING
+            if isinstance(report, msg.PortFailed):
+                self._port_error = report.error  # logged once, with the exit
+                continue
             if isinstance(report, msg.Heartbeat):
                 self.last_heartbeat = report
             self.on_report(report)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        proc = self._proc
-        if proc is None or proc.returncode is not None:
-            return
-        self.send(msg.Stop())
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()

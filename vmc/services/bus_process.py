@@ -228,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         config = ReaderConfig(**json.loads(args.reader))
         port = open_port(args.port)
     except (VmcError, ValueError, TypeError) as exc:
-        with contextlib.suppress(OSError):
+        try:
             sock.send(msg.encode(msg.PortFailed(str(exc))))
-        print(f"vmc-bus: {exc}", file=sys.stderr)
+        except OSError:
+            print(f"vmc-bus: {exc}", file=sys.stderr)  # no daemon to log it
         return 2
     realtime = request_realtime(args.realtime_priority)
     device = CashlessDevice(config, time.monotonic())
