@@ -2,7 +2,8 @@
 
 DEX/UCS runs at 9600 baud; Enhanced DDCMP starts at 2400 and may switch speed after its
 START/STACK exchange, hence :meth:`DexPort.set_baud`. On a pty the speed is only recorded.
-URLs as for the MDB port: ``uart:///dev/ttyUSB0[?baud=9600]``, ``pty:///dev/pts/N``.
+URLs as for the MDB port, read by :func:`drivers.ports.parse_port_url`:
+``uart:///dev/ttyUSB0[?baud=9600]``, ``pty:///dev/pts/N``.
 """
 
 from __future__ import annotations
@@ -10,24 +11,15 @@ from __future__ import annotations
 import os
 import termios
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
+from drivers.ports import DEX_BAUDS, PortKind, cannot_open, parse_port_url
 from drivers.pty import make_raw
 from drivers.transport import read_some, write_all
 from protocols.errors import PortError
 
 DEX_BAUD = 9600
 DDCMP_START_BAUD = 2400
-_SPEEDS = {
-    1200: termios.B1200,
-    2400: termios.B2400,
-    4800: termios.B4800,
-    9600: termios.B9600,
-    19200: termios.B19200,
-    38400: termios.B38400,
-    57600: termios.B57600,
-    115200: termios.B115200,
-}
+_SPEEDS: dict[int, int] = {baud: getattr(termios, f"B{baud}") for baud in DEX_BAUDS}
 
 
 class DexPort:
@@ -70,29 +62,28 @@ class DexPort:
 
 
 def open_dex_port(url: str, baud: int = DEX_BAUD) -> DexPort:
-    parts = urlsplit(url)
-    if parts.scheme not in ("uart", "pty") or not parts.path.startswith("/dev/"):
-        raise PortError(f"DEX port URL {url!r}: use uart:///dev/... or pty:///dev/pts/N")
-    query = dict(parse_qsl(parts.query))
-    if "baud" in query:
-        if not query["baud"].isdigit() or int(query["baud"]) not in _SPEEDS:
-            raise PortError(f"{url}: baud must be one of {sorted(_SPEEDS)}")
-        baud = int(query["baud"])
-    if parts.scheme == "pty":
+    """Open the DEX port at ``url``; ``baud`` unless the URL's ``baud`` option says otherwise."""
+    target = parse_port_url(url, PortKind.DEX)
+    baud = target.baud or baud
+    if target.scheme == "pty":
         try:
-            fd = os.open(parts.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            fd = os.open(target.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         except OSError as exc:
-            raise PortError(f"{url}: cannot open: {exc.strerror}") from exc
-        make_raw(fd)
+            raise cannot_open(url, exc) from exc
+        try:
+            make_raw(fd)
+        except termios.error as exc:
+            os.close(fd)
+            raise PortError(f"{url}: not a terminal") from exc
         port = DexPort(fd, url, baud)
         port.set_baud(baud)
         return port
     import serial
 
     try:
-        ser = serial.Serial(parts.path, baud, bytesize=8, parity="N", stopbits=1, timeout=0)
-    except (serial.SerialException, ValueError) as exc:
-        raise PortError(f"{url}: cannot open: {exc}") from exc
+        ser = serial.Serial(target.device, baud, bytesize=8, parity="N", stopbits=1, timeout=0)
+    except (serial.SerialException, ValueError, OSError, termios.error) as exc:
+        raise cannot_open(url, exc) from exc
     if ser.fd is None:
         raise PortError(f"{url}: pyserial gave no file descriptor")
     return DexPort(ser.fd, url, baud, ser)

@@ -45,17 +45,16 @@ import select
 import termios
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import serial
 
+from drivers.ports import MDB_BAUD, PortUrl, cannot_open
 from drivers.transport import read_some, write_all
 from protocols.errors import PortError
 from protocols.mdb.words import Word
 
 __all__ = [
     "CMSPAR",
-    "DEFAULT_BAUD",
     "UartPort",
     "mark_attributes",
     "open_uart",
@@ -65,7 +64,6 @@ __all__ = [
 #: Linux "stick parity" flag; Python's termios module does not always export it.
 CMSPAR: int = getattr(termios, "CMSPAR", 0o10000000000)
 
-DEFAULT_BAUD = 9600
 #: Seconds a block may wait for room in the output buffer before the write is refused.
 WRITE_TIMEOUT = 1.0
 
@@ -100,9 +98,6 @@ _LFLAG_CLEAR = (
 )
 
 _HANGUP = select.POLLHUP | select.POLLERR | select.POLLNVAL
-
-_QUERY_KEYS = ("baud", "low_latency")
-_MAX_BAUD = 4_000_000
 
 
 def space_attributes(attrs: Sequence[Any]) -> list[Any]:
@@ -247,43 +242,10 @@ class UartPort:
             self._fd = -1
 
 
-def _parse_query(path: str, query: str) -> tuple[int, bool]:
-    where = f"uart://{path}"
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError as exc:
-        raise PortError(
-            f"{where}: malformed query {query!r}; expected key=value pairs joined by '&'"
-        ) from exc
-    baud = DEFAULT_BAUD
-    low_latency = False
-    seen: set[str] = set()
-    for key, value in pairs:
-        if key not in _QUERY_KEYS:
-            raise PortError(
-                f"{where}: unknown query key {key!r}; allowed: {', '.join(_QUERY_KEYS)}"
-            )
-        if key in seen:
-            raise PortError(f"{where}: query key {key!r} given more than once")
-        seen.add(key)
-        if key == "baud":
-            if not value.isdigit() or not 0 < int(value) <= _MAX_BAUD:
-                raise PortError(
-                    f"{where}: baud={value!r}; allowed: a whole number from 1 to {_MAX_BAUD}"
-                    f" (MDB uses {DEFAULT_BAUD})"
-                )
-            baud = int(value)
-        else:
-            if value not in ("0", "1"):
-                raise PortError(f"{where}: low_latency={value!r}; allowed: 0 or 1")
-            low_latency = value == "1"
-    return baud, low_latency
+def open_uart(port: PortUrl) -> UartPort:
+    """Open ``port`` (a ``uart://`` URL checked by :func:`drivers.ports.parse_port_url`).
 
-
-def open_uart(path: str, query: str) -> UartPort:
-    """Open ``path`` as an MDB port. ``query`` is the URL query (may be empty).
-
-    Query keys:
+    Its options:
 
     * ``baud``: line speed, default 9600 (the only speed MDB uses).
     * ``low_latency=1``: ask the driver for ``ASYNC_LOW_LATENCY`` through pyserial's
@@ -293,12 +255,10 @@ def open_uart(path: str, query: str) -> UartPort:
       it was, and :attr:`UartPort.low_latency` stays ``False``. Nothing is logged; any other
       error propagates.
     """
-    baud, low_latency = _parse_query(path, query)
-    url = f"uart://{path}" + (f"?{query}" if query else "")
     try:
         ser = serial.Serial(
-            path,
-            baud,
+            port.device,
+            port.baud or MDB_BAUD,
             bytesize=serial.EIGHTBITS,
             parity=serial.PARITY_SPACE,
             stopbits=serial.STOPBITS_ONE,
@@ -306,15 +266,15 @@ def open_uart(path: str, query: str) -> UartPort:
             write_timeout=WRITE_TIMEOUT,
         )
     except (serial.SerialException, ValueError, OSError, termios.error) as exc:
-        raise PortError(f"{url}: cannot open: {exc}") from exc
+        raise cannot_open(port.url, exc) from exc
     try:
-        port = UartPort(ser, url)
-        if low_latency:
-            port.low_latency = _try_low_latency(ser)
+        uart = UartPort(ser, port.url)
+        if port.low_latency:
+            uart.low_latency = _try_low_latency(ser)
     except BaseException:
         ser.close()
         raise
-    return port
+    return uart
 
 
 def _try_low_latency(ser: serial.Serial) -> bool:

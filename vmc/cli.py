@@ -15,8 +15,10 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import TypeAlias
 
@@ -42,8 +44,8 @@ class _CliError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmctl", description="vmc field tool")
-    parser.add_argument("--version", action="version", version="vmctl 0.1.0")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"vmctl {version('vmc')}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_dex_commands(commands)
     return parser
 
@@ -82,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging("warning", sys.stderr)  # stdout carries the commands' output only
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stdout)
-        return 0
+    handler: Handler = args.handler
     try:
         return handler(args)
     except _CliError as exc:
@@ -144,6 +143,9 @@ def _dex_read(args: argparse.Namespace) -> int:
     if url is None:
         raise _CliError("no DEX port: give --port URL or set dex.port in --config")
     protocol = args.protocol or dex.protocol
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or Path(f"audit-{stamp}.dex")
+    _check_writable(out)  # before the read: a technician should not wait for nothing
     show = sys.stderr.isatty()
 
     def progress(received: int) -> None:
@@ -166,12 +168,23 @@ def _dex_read(args: argparse.Namespace) -> int:
         port.close()
         if show:
             print(file=sys.stderr)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out: Path = args.out or Path(f"audit-{stamp}.dex")
-    out.write_bytes(raw)
+    try:
+        out.write_bytes(raw)
+    except OSError as exc:
+        raise _CliError(f"cannot write {out}: {exc.strerror}") from exc
     print(f"saved {len(raw)} bytes to {out}", file=sys.stderr)
     args.file = out
     return _dex_parse(args)
+
+
+def _check_writable(out: Path) -> None:
+    directory = out.parent
+    if out.is_dir():
+        raise _CliError(f"--out {out} is a directory; give a file name")
+    if not directory.is_dir():
+        raise _CliError(f"--out {out}: no directory {directory}")
+    if not os.access(directory, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise _CliError(f"--out {out}: not writable")
 
 
 def _dex_delta(args: argparse.Namespace) -> int:

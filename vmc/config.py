@@ -7,13 +7,16 @@ Every value is checked at start; a bad one raises :class:`ConfigError` naming th
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from drivers.ports import validate_port_url
+from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
 
@@ -88,9 +91,15 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            # utf-8-sig: a BOM, as some Windows editors write, is not worth refusing a file for.
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except OSError as exc:
             raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {path}: not UTF-8 text (byte {exc.object[exc.start]:#04x}"
+                f" at offset {exc.start}); save it as UTF-8"
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
     for dotted, value in (overrides or {}).items():
@@ -108,11 +117,7 @@ def _build(raw: dict[str, Any]) -> Config:
             f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon, cloud, dex"
         )
     mdb = _section(raw, "mdb", MdbConfig)
-    if mdb.port is not None:
-        try:
-            validate_port_url(mdb.port)
-        except PortError as exc:
-            raise ConfigError(f"mdb.port: {exc}") from exc
+    _port("mdb.port", mdb.port, PortKind.MDB)
     if mdb.address not in CASHLESS_ADDRESSES:
         raise ConfigError(f"mdb.address: {mdb.address!r} is not allowed; use 0x10 or 0x60")
     _choice("mdb.level", mdb.level, (1, 2, 3))
@@ -140,10 +145,7 @@ def _dex(values: Any) -> DexConfig:
     elif isinstance(values, dict) and "schedule" in values:
         raise ConfigError('dex.schedule: must be a list of "HH:MM" times, e.g. ["02:00"]')
     dex: DexConfig = _section({"dex": values}, "dex", DexConfig)
-    if dex.port is not None:
-        parts = dex.port.split("://", 1)
-        if parts[0] not in ("uart", "pty") or len(parts) < 2 or not parts[1].startswith("/dev/"):
-            raise ConfigError(f"dex.port: {dex.port!r} must be uart:///dev/... or pty:///dev/...")
+    _port("dex.port", dex.port, PortKind.DEX)
     _choice("dex.protocol", dex.protocol, DEX_PROTOCOLS)
     _choice("dex.evadts_port", dex.evadts_port, (1, 2))
     _choice("dex.upload_encoding", dex.upload_encoding, UPLOAD_ENCODINGS)
@@ -155,12 +157,25 @@ def _dex(values: Any) -> DexConfig:
     return dex
 
 
+def _port(key: str, url: str | None, kind: PortKind) -> None:
+    if url is not None:
+        try:
+            parse_port_url(url, kind)
+        except PortError as exc:
+            raise ConfigError(f"{key}: {exc}") from exc
+
+
 def _cloud(cloud: CloudConfig) -> CloudConfig:
     if cloud.url is None:
         return cloud
     from vmc.cloud.sync import validate_mqtt_url
 
     validate_mqtt_url(cloud.url)
+    parts = urlsplit(cloud.url)
+    if parts.username is not None:  # not echoed: it may hold the password
+        raise ConfigError("cloud.url: has a user in it; give cloud.username and cloud.password")
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ConfigError(f"cloud.url: {cloud.url!r} must be just mqtt[s]://HOST[:PORT]")
     if cloud.device_id is None:
         raise ConfigError("cloud.device_id: required with cloud.url; give --device-id ID")
     if not DEVICE_ID.fullmatch(cloud.device_id):
@@ -174,7 +189,45 @@ def _cloud(cloud: CloudConfig) -> CloudConfig:
     _range("cloud.keepalive", cloud.keepalive, 5, 3600)
     if (cloud.cert_file is None) != (cloud.key_file is None):
         raise ConfigError("cloud.cert_file and cloud.key_file go together")
+    tls_files = {"ca_file": cloud.ca_file, "cert_file": cloud.cert_file, "key_file": cloud.key_file}
+    for key, path in tls_files.items():
+        if path is not None and parts.scheme != "mqtts":
+            raise ConfigError(f"cloud.{key}: {path!r} is for TLS; give an mqtts:// url")
     return cloud
+
+
+def check_host(config: Config) -> None:
+    """Start-up checks against this machine, so vmcd fails at once and not in a restart loop.
+
+    The state directory is created if missing and must take new files and keep its old ones
+    writable (a journal left by a run as root is a typical first-day mistake); the TLS files
+    must be readable PEM. Port devices are not checked here: vmcd waits for a missing one.
+    """
+    _check_state_dir(config.daemon.state_dir)
+    cloud = config.cloud
+    if cloud.url is not None and urlsplit(cloud.url).scheme == "mqtts":
+        from vmc.cloud.sync import tls_context
+
+        tls_context(cloud.ca_file, cloud.cert_file, cloud.key_file)
+
+
+def _check_state_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"daemon.state_dir: {path} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"daemon.state_dir: cannot create {path}: {exc.strerror}") from exc
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"daemon.state_dir: cannot write in {path}: {exc.strerror}") from exc
+    for entry in sorted(path.iterdir()):
+        if not os.access(entry, os.W_OK):
+            raise ConfigError(
+                f"daemon.state_dir: {entry} is not writable by uid {os.geteuid()}; chown it"
+            )
 
 
 def _reader(values: Any, mdb: MdbConfig) -> ReaderConfig:
@@ -222,7 +275,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
         if key not in fields:
             raise ConfigError(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
         if fields[key] == "Path":
-            if not isinstance(value, str | Path):
+            if not isinstance(value, str | Path) or not str(value):
                 raise ConfigError(f"{name}.{key}: {value!r} must be a path string")
             values = {**values, key: Path(value)}
         else:

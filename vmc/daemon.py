@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from protocols.errors import ConfigError
 from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
-from vmc.config import APPROVAL_POLICIES, Config, load_config
+from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
 from vmc.journal import Journal
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
@@ -50,11 +51,15 @@ PRUNE_EVERY_S = 3600.0
 
 
 def _address(text: str) -> int:
-    return int(text, 0)
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use 0x10 or 0x60") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmcd", description="vmc machine-side daemon")
+    p.add_argument("--version", action="version", version=f"vmcd {version('vmc')}")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--mdb", help="MDB port URL: uart:///dev/ttyAMA0, pty:///dev/pts/N, loop://N")
     p.add_argument("--mdb-address", type=_address, help="cashless address: 0x10 or 0x60")
@@ -266,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        check_host(config)
     except ConfigError as exc:
         print(f"vmcd: configuration error: {exc}", file=sys.stderr)
         return 2

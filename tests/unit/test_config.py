@@ -118,3 +118,34 @@ def test_missing_file_and_missing_port(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"mdb\.port"):
         config_from_args(build_parser().parse_args([]))
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    path.write_bytes(b"[reader]\nmodel = 'caf\xe9'\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 21\)"):
+        load_config(path)
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    path.write_bytes(b"\xef\xbb\xbf[mdb]\nlevel = 2\n")
+    assert load_config(path).mdb.level == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"cloud.url": "mqtt://u:secret@h"}, "cloud.username and cloud.password"),
+        ({"cloud.url": "mqtt://h/vmc"}, "just mqtt"),
+        ({"cloud.url": "mqtt://h", "cloud.ca_file": "/ca.pem"}, "mqtts://"),
+        ({"mdb.port": "uart:///dev/ttyS0?foo=1"}, "mdb.port: .*'foo'"),
+        ({"dex.port": "uart:///dev/ttyS0?baud=9601"}, "dex.port: .*'9601'"),
+        ({"daemon.state_dir": ""}, "daemon.state_dir"),
+    ],
+)
+def test_more_refusals(overrides: dict[str, Any], match: str) -> None:
+    overrides.setdefault("cloud.device_id", "m1")
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(None, overrides)
+    assert "secret" not in str(info.value)

@@ -81,6 +81,42 @@ def validate_mqtt_url(url: str) -> None:
         raise ConfigError(f"cloud.url: {url!r} has a bad port") from exc
 
 
+def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """The client context for mqtts://, from the files as they are now.
+
+    Built once at start: a missing, unreadable or non-PEM file is a :class:`ConfigError` that
+    names its key and path, never a failed connection retried forever.
+    """
+    for key, path in (("ca_file", ca_file), ("cert_file", cert_file), ("key_file", key_file)):
+        if path is not None:
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise ConfigError(f"cloud.{key}: {path}: {exc.strerror}") from exc
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"cloud.ca_file: {ca_file}: no PEM certificate in it") from exc
+    if cert_file is None:
+        return context
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert_file)
+    except ssl.SSLError as exc:
+        raise ConfigError(f"cloud.cert_file: {cert_file}: no PEM certificate in it") from exc
+
+    def encrypted() -> str:
+        raise ConfigError(f"cloud.key_file: {key_file}: encrypted; vmcd needs it unencrypted")
+
+    try:
+        context.load_cert_chain(cert_file, key_file, password=encrypted)
+    except ssl.SSLError as exc:
+        mismatch = exc.reason == "KEY_VALUES_MISMATCH"
+        problem = f"not the key of {cert_file}" if mismatch else "no PEM private key in it"
+        raise ConfigError(f"cloud.key_file: {key_file}: {problem}") from exc
+    return context
+
+
 class CloudSync:
     def __init__(
         self,
@@ -100,6 +136,11 @@ class CloudSync:
         self._state_dirty = asyncio.Event()
         self._protocol = aiomqtt.ProtocolVersion.V5
         self._client: aiomqtt.Client | None = None
+        self._tls = (
+            tls_context(settings.ca_file, settings.cert_file, settings.key_file)
+            if settings.tls
+            else None
+        )
 
     def wake(self) -> None:
         """New outbox rows were committed."""
@@ -138,11 +179,6 @@ class CloudSync:
         will = aiomqtt.Will(
             self.topics.status, codec.encode_map({"state": "lost"}), qos=1, retain=True
         )
-        tls_context = None
-        if s.tls:
-            tls_context = ssl.create_default_context(cafile=s.ca_file)
-            if s.cert_file:
-                tls_context.load_cert_chain(s.cert_file, s.key_file)
         client = aiomqtt.Client(
             s.host,
             s.port,
@@ -152,7 +188,7 @@ class CloudSync:
             protocol=self._protocol,
             will=will,
             keepalive=s.keepalive,
-            tls_context=tls_context,
+            tls_context=self._tls,
             max_inflight_messages=IN_FLIGHT,
             timeout=10,
             # Nagle would hold our small publishes back until the broker's delayed ACK (~40 ms).
