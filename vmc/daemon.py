@@ -267,7 +267,14 @@ async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:
         await asyncio.sleep(every)
 
 
+def _stop_before_start(signum: int, frame: object) -> None:
+    """A stop before the event loop takes the signals over: nothing is open yet, leave quietly."""
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_before_start)
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

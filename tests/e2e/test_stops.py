@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -246,3 +248,28 @@ async def test_stop_while_the_connected_broker_hangs(tmp_path: Path) -> None:
                     broker._proc.send_signal(signal.SIGCONT)
     finally:
         pair.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_stop_before_the_event_loop_runs_is_quiet(tmp_path: Path, sig: int) -> None:
+    """The signal lands while vmcd still checks its configuration (before the loop's handlers)."""
+    script = (
+        "import os, sys, vmc.daemon as d\n"
+        "real = d.check_host\n"
+        "def check(config):\n"
+        f"    os.kill(os.getpid(), {int(sig)})\n"
+        "    real(config)\n"
+        "d.check_host = check\n"
+        "sys.exit(d.main(sys.argv[1:]))\n"
+    )
+    argv = ["--mdb", "pty:///dev/null", "--state-dir", str(tmp_path / "state")]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "journal.sqlite3").exists()

@@ -44,8 +44,6 @@ def log_report(report: object) -> None:
             log.warning("mdb_protocol_violation", detail=detail)
         case msg.CommandRefused(command=command, error=error):
             log.warning("bus_command_refused", command=command, error=error)
-        case msg.PortFailed(error=error):
-            log.error("mdb_port_failed", error=error)
         case msg.Ready(port=port, realtime=realtime):
             log.info("bus_ready", port=port, realtime=realtime)
         case msg.Heartbeat():
