@@ -138,6 +138,8 @@ def test_a_byte_order_mark_is_accepted(tmp_path: Path) -> None:
     [
         ({"cloud.url": "mqtt://u:secret@h"}, "cloud.username and cloud.password"),
         ({"cloud.url": "mqtt://h/vmc"}, "just mqtt"),
+        ({"cloud.url": "mqtp://u:secret@h"}, "must look like"),
+        ({"cloud.url": "mqtt://u:secret@h:port"}, "bad port"),
         ({"cloud.url": "mqtt://h", "cloud.ca_file": "/ca.pem"}, "mqtts://"),
         ({"mdb.port": "uart:///dev/ttyS0?foo=1"}, "mdb.port: .*'foo'"),
         ({"dex.port": "uart:///dev/ttyS0?baud=9601"}, "dex.port: .*'9601'"),

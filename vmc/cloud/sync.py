@@ -71,14 +71,20 @@ class MqttSettings:
 
 def validate_mqtt_url(url: str) -> None:
     parts = urlsplit(url)
+    shown = _without_password(url, parts.password)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(
-            f"cloud.url: {url!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
+            f"cloud.url: {shown!r} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
         )
     try:
         _ = parts.port
     except ValueError as exc:
-        raise ConfigError(f"cloud.url: {url!r} has a bad port") from exc
+        raise ConfigError(f"cloud.url: {shown!r} has a bad port") from exc
+
+
+def _without_password(url: str, password: str | None) -> str:
+    """The URL as an error may print it: a password typed into it never reaches a log."""
+    return url if not password else url.replace(f":{password}@", ":***@", 1)
 
 
 def tls_context(ca_file: str | None, cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
