@@ -227,13 +227,13 @@ def cloud_checks(
     return [
         checks.problems("sessions", broken, sessions, "sessions ended illegally"),
         checks.compare(
-            "app sales: books vs VMC",
+            "app sales, books vs VMC",
             ("the backend charged", booked),
             ("the VMC vended", sales.cashless),
             decimals=decimals,
         ),
         checks.compare(
-            "cash sales: books vs VMC",
+            "cash sales, books vs VMC",
             ("the backend booked", cash),
             ("the VMC sold", sales.cash),
             decimals=decimals,
@@ -447,13 +447,13 @@ def local_checks(
     return [
         session_problems(report),
         checks.compare(
-            "free vends: journal vs VMC",
+            "free vends, journal vs VMC",
             ("vmcd booked", booked("vend_success")),
             ("the VMC vended", sales.cashless),
             decimals=decimals,
         ),
         checks.compare(
-            "cash sales: journal vs VMC",
+            "cash sales, journal vs VMC",
             ("vmcd booked", booked("cash_sale")),
             ("the VMC sold", sales.cash),
             decimals=decimals,
