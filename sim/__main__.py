@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from protocols.errors import ParseError, VmcError
@@ -33,6 +34,8 @@ from sim.trace import TraceLine, read_trace, recording
 from sim.vmc_master import TimingStats, VmcMaster, measure_in_realtime
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RECANCEL_S = 0.2
+OWN_PTY_READER_WAIT_S = 120.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,28 +153,18 @@ def _version() -> str:
 # --- commands -----------------------------------------------------------------------------
 
 
-async def demo(args: argparse.Namespace) -> int:
-    return await (local_demo(args) if args.local else cloud_demo(args))
+async def demo(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    return await (local_demo if args.local else cloud_demo)(args, cleanup)
 
 
-async def vmc_command(args: argparse.Namespace) -> int:
-    sim = _open(args.port)
-    try:
-        if sim.pty is not None:
-            print(f"give the reader this port: pty://{sim.pty.device_path}")
-            print(f"waiting for a reader on {sim.pty.device_path}", flush=True)
-        with recording(args.record) as recorder:
-            vmc = VmcMaster(
-                sim.port,
-                recorder=recorder,
-                discard_unread=sim.pty.discard_unread if sim.pty else None,
-            )
-            try:
-                report = await play_customers(vmc, args, wait_s=args.wait_reader)
-            finally:
-                vmc.close()
-    finally:
-        sim.close()
+async def vmc_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    sim = _open(args.port, cleanup)
+    recorder = cleanup.enter_context(recording(args.record))
+    vmc = VmcMaster(
+        sim.port, recorder=recorder, discard_unread=sim.pty.discard_unread if sim.pty else None
+    )
+    cleanup.callback(vmc.close)
+    report = await play_customers(vmc, args, wait_s=args.wait_reader)
     print(summarise(report, vmc.stats))
     return checks.report(vmc_checks(report, vmc.stats))
 
@@ -183,24 +176,19 @@ def vmc_checks(report: Report, stats: TimingStats) -> list[checks.Check]:
     ]
 
 
-async def replay_command(args: argparse.Namespace) -> int:
+async def replay_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
     lines = _read_trace(Path(args.trace))
-    sim = _open(args.port)
-    try:
-        reader_wait_s = args.wait_reader
-        if sim.pty is not None:
-            reader_wait_s = reader_wait_s or 120.0
-            print(f"give the reader this port: pty://{sim.pty.device_path}")
-            print(f"waiting for a reader on {sim.pty.device_path}", flush=True)
-        mismatches = await replay_over_port(
-            sim.port,
-            lines,
-            wait_s=args.wait,
-            reader_wait_s=reader_wait_s,
-            discard_unread=sim.pty.discard_unread if sim.pty else None,
-        )
-    finally:
-        sim.close()
+    sim = _open(args.port, cleanup)
+    reader_wait_s = args.wait_reader
+    if sim.pty is not None and reader_wait_s is None:
+        reader_wait_s = OWN_PTY_READER_WAIT_S
+    mismatches = await replay_over_port(
+        sim.port,
+        lines,
+        wait_s=args.wait,
+        reader_wait_s=reader_wait_s,
+        discard_unread=sim.pty.discard_unread if sim.pty else None,
+    )
     for m in mismatches:
         print(m.report())
     print(f"# {len(mismatches)} answer(s) differ in kind from {args.trace}")
@@ -224,44 +212,55 @@ def _read_trace(path: Path) -> list[TraceLine]:
     return lines
 
 
-def _open(url: str | None) -> SimPort:
+def _open(url: str | None, cleanup: contextlib.AsyncExitStack) -> SimPort:
+    """The VMC's port; on a pty of its own, the path to give the reader is printed."""
     try:
-        return SimPort.open(url)
+        sim = SimPort.open(url)
     except VmcError as exc:
         raise StartError(str(exc)) from None
+    cleanup.callback(sim.close)
+    if sim.pty is not None:
+        print(f"give the reader this port: pty://{sim.pty.device_path}")
+        print(f"waiting for a reader on {sim.pty.device_path}", flush=True)
+    return sim
 
 
 # --- running until done or stopped -------------------------------------------------------
 
 
-def run(main: Callable[[], Awaitable[int]]) -> int:
-    """Run ``main``; SIGINT/SIGTERM cancel it, so its clean-up runs, and exit 128 + signal.
+Command = Callable[[argparse.Namespace, contextlib.AsyncExitStack], Coroutine[Any, Any, int]]
 
-    A second signal while the run cleans up is ignored: the clean-up is bounded, and cutting
-    it short is what leaves orphans and temporary folders behind.
+
+def run(command: Command, args: argparse.Namespace) -> int:
+    """Run ``command``; SIGINT or SIGTERM stops it, then exit 128 + the signal's number.
+
+    The command registers what it starts on a clean-up stack that is closed after it ends,
+    however it ends. A stop cancels the command's work only, again and again until it ends
+    (Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that meets a result), and
+    never the clean-up: cutting that short is what leaves orphans and temporary folders.
     """
 
     async def supervised() -> int:
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
         received: list[int] = []
+        async with contextlib.AsyncExitStack() as cleanup:
+            work = asyncio.create_task(command(args, cleanup))
 
-        def stop(signum: int) -> None:
-            if not received:
-                received.append(signum)
-                task.cancel()
+            def stop(signum: int) -> None:
+                if not received:
+                    received.append(signum)
+                if not work.done():
+                    work.cancel()
+                    loop.call_later(RECANCEL_S, stop, signum)
 
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop, sig)
-        try:
-            code = await main()
-        except (asyncio.CancelledError, Exception):
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop, sig)
+            await asyncio.wait({work})
             if not received:
-                raise
-        if received:
+                return work.result()
+            if not work.cancelled():
+                work.exception()  # whatever failed as the run was stopped is part of the stop
             return 128 + received[0]
-        return code
 
     if not measure_in_realtime():
         print(
@@ -282,8 +281,13 @@ def run(main: Callable[[], Awaitable[int]]) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        command = {"demo": demo, "vmc": vmc_command, "replay": replay_command}[args.command]
-        return run(lambda: command(args))
+        commands: dict[str, Command] = {
+            "demo": demo,
+            "vmc": vmc_command,
+            "replay": replay_command,
+        }
+        command = commands[args.command]
+        return run(command, args)
     except KeyboardInterrupt:  # Ctrl-C before the run's own handler was installed
         return 128 + signal.SIGINT
 

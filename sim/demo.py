@@ -57,6 +57,7 @@ WALK_AWAY_LOCK_S = 1.0
 AUDIT_WAIT_S = 20.0
 BROKER_WAIT_S = 10.0
 DAEMON_STOP_S = 3.0  # then SIGKILL: a stop of the whole demo stays within 5 s
+CANCEL_GRACE_S = 0.5
 
 
 def _outcome(entry: Entry | None) -> str:
@@ -119,93 +120,92 @@ async def _until_reader_enabled(customers: Customers, backend: SimBackend) -> No
         await customers.idle()
 
 
-async def cloud_demo(args: argparse.Namespace) -> int:
-    """The seven-step flow; its exit code says whether the books, the audit and the VMC agree."""
-    stack = contextlib.AsyncExitStack()
-    try:
-        state = state_dir(stack, args.state_dir)
-        recorder = stack.enter_context(recording(args.record))
-        url = args.mqtt
-        if url is None:
-            try:
-                broker = MosquittoBroker()
-                stack.callback(broker.close)
-                broker.start()
-            except BrokerError as exc:
-                raise StartError(f"the private mosquitto did not start: {exc}") from exc
-            url = broker.url
-            print(f"private mosquitto on {url}")
-        policy = Policy(args.policy)
-        backend = SimBackend(
-            url,
-            policy=policy,
-            balances=MEMBERS,
-            payment_failure_rate=0.2,
-            seed=args.seed,
-            logger=_quiet_logger(),
-        )
-        await _connect(stack, backend, url)
-        pair = PtyPair()
-        stack.callback(pair.close)
-        dex_pair = PtyPair()
-        stack.callback(dex_pair.close)
-        config = state / "vmc.toml"
-        config.write_text(
-            f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
-        )
-        daemon = DaemonProcess(
-            pair,
-            state,
-            level=args.level,
-            local_approval="deny",
-            extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
-        )
-        print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
-        print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
-        await daemon.start()
-        stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
-        vmc = VmcMaster(pair.master, recorder=recorder)
-        stack.callback(vmc.close)
-        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
-        stack.push_async_callback(_cancel, asyncio.create_task(source.serve()))
+async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
+    """The seven-step flow; its exit code says whether the books, the audit and the VMC agree.
 
-        async def init() -> ReaderInfo:
-            return await vmc.initialise(level=args.level)
-
-        print(f"reader initialised: {(await init()).describe()}")
-        decimals = vmc.info.money.minor_decimals
+    What it starts, ``stack`` stops: the caller closes it however the run ended.
+    """
+    state = state_dir(stack, args.state_dir)
+    recorder = stack.enter_context(recording(args.record))
+    url = args.mqtt
+    if url is None:
         try:
-            await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
-        except TimeoutError:
-            raise VmcError(f"vmcd did not come online at {url} within 10 s") from None
-        rng = random.Random(args.seed)
-        customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
-        names = list(KINDS)
-        broken: list[str] = []
-        for number in range(1, args.sessions + 1):
-            kind = rng.choices(names, weights=[KINDS[n][0] for n in names])[0]
-            line, ok = await _play(kind, number, customers, backend, rng, decimals=decimals)
-            if not ok:
-                broken.append(f"session {number}")
-            print(line)
-        await asyncio.sleep(0.3)  # the last events on their way
-        _print_books(backend, vmc.stats, decimals)
-        audit = await _audit_at_the_end(daemon, backend, customers)
-        code = await daemon.stop(DAEMON_STOP_S)
-        return checks.report(
-            cloud_checks(
-                backend.books,
-                vmc.sales,
-                audit,
-                vmc.stats,
-                broken=broken,
-                sessions=args.sessions,
-                vmcd_code=code,
-                decimals=decimals,
-            )
+            broker = MosquittoBroker()
+            stack.callback(broker.close)
+            broker.start()
+        except BrokerError as exc:
+            raise StartError(f"the private mosquitto did not start: {exc}") from exc
+        url = broker.url
+        print(f"private mosquitto on {url}")
+    policy = Policy(args.policy)
+    backend = SimBackend(
+        url,
+        policy=policy,
+        balances=MEMBERS,
+        payment_failure_rate=0.2,
+        seed=args.seed,
+        logger=_quiet_logger(),
+    )
+    await _connect(stack, backend, url)
+    pair = PtyPair()
+    stack.callback(pair.close)
+    dex_pair = PtyPair()
+    stack.callback(dex_pair.close)
+    config = state / "vmc.toml"
+    config.write_text(
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+    )
+    daemon = DaemonProcess(
+        pair,
+        state,
+        level=args.level,
+        local_approval="deny",
+        extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
+    )
+    print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
+    print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
+    await daemon.start()
+    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    vmc = VmcMaster(pair.master, recorder=recorder)
+    stack.callback(vmc.close)
+    source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
+    stack.push_async_callback(_cancel, asyncio.create_task(source.serve()))
+
+    async def init() -> ReaderInfo:
+        return await vmc.initialise(level=args.level)
+
+    print(f"reader initialised: {(await init()).describe()}")
+    decimals = vmc.info.money.minor_decimals
+    try:
+        await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
+    except TimeoutError:
+        raise VmcError(f"vmcd did not come online at {url} within 10 s") from None
+    rng = random.Random(args.seed)
+    customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
+    names = list(KINDS)
+    broken: list[str] = []
+    for number in range(1, args.sessions + 1):
+        kind = rng.choices(names, weights=[KINDS[n][0] for n in names])[0]
+        line, ok = await _play(kind, number, customers, backend, rng, decimals=decimals)
+        if not ok:
+            broken.append(f"session {number}")
+        print(line)
+    await asyncio.sleep(0.3)  # the last events on their way
+    _print_books(backend, vmc.stats, decimals)
+    audit = await _audit_at_the_end(daemon, backend, customers)
+    code = await daemon.stop(DAEMON_STOP_S)
+    return checks.report(
+        cloud_checks(
+            backend.books,
+            vmc.sales,
+            audit,
+            vmc.stats,
+            broken=broken,
+            sessions=args.sessions,
+            vmcd_code=code,
+            decimals=decimals,
         )
-    finally:
-        await stack.aclose()
+    )
 
 
 def cloud_checks(
@@ -300,8 +300,12 @@ def state_dir(stack: contextlib.AsyncExitStack, given: str | None) -> Path:
     return path
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def _cancel(task: asyncio.Task[None], grace: float = CANCEL_GRACE_S) -> None:
+    """Cancel ``task``, and again if its own clean-up lingers (an MQTT client waits up to
+    10 s for a broker that is already gone to acknowledge its disconnect)."""
     task.cancel()
+    if not (await asyncio.wait({task}, timeout=grace))[0]:
+        task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
@@ -347,31 +351,27 @@ def _print_books(backend: SimBackend, stats: TimingStats, decimals: int) -> None
         print(f"{'bus answers':>24}: {len(times)}, p99 {p99 * 1000:.3f} ms")
 
 
-async def local_demo(args: argparse.Namespace) -> int:
+async def local_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
     """vmcd without a cloud; its exit code says whether its journal and the VMC agree."""
-    stack = contextlib.AsyncExitStack()
-    try:
-        state = state_dir(stack, args.state_dir)
-        recorder = stack.enter_context(recording(args.record))
-        pair = PtyPair()
-        stack.callback(pair.close)
-        daemon = DaemonProcess(pair, state, level=args.level, local_approval="accept")
-        print(f"vmcd on {pair.device_url}, approving every vend as a free vend")
-        await daemon.start()
-        stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
-        vmc = VmcMaster(pair.master, recorder=recorder)
-        stack.callback(vmc.close)
-        report = await play_customers(vmc, args)
-        code = await daemon.stop(DAEMON_STOP_S)
-        print(summarise(report, vmc.stats))
-        records = _journal_records(state / "journal.sqlite3")
-        print(f"daemon's journal: {describe_journal(records)}")
-        decimals = vmc.info.money.minor_decimals
-        return checks.report(
-            local_checks(records, vmc.sales, vmc.stats, report, vmcd_code=code, decimals=decimals)
-        )
-    finally:
-        await stack.aclose()
+    state = state_dir(stack, args.state_dir)
+    recorder = stack.enter_context(recording(args.record))
+    pair = PtyPair()
+    stack.callback(pair.close)
+    daemon = DaemonProcess(pair, state, level=args.level, local_approval="accept")
+    print(f"vmcd on {pair.device_url}, approving every vend as a free vend")
+    await daemon.start()
+    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    vmc = VmcMaster(pair.master, recorder=recorder)
+    stack.callback(vmc.close)
+    report = await play_customers(vmc, args)
+    code = await daemon.stop(DAEMON_STOP_S)
+    print(summarise(report, vmc.stats))
+    records = _journal_records(state / "journal.sqlite3")
+    print(f"daemon's journal: {describe_journal(records)}")
+    decimals = vmc.info.money.minor_decimals
+    return checks.report(
+        local_checks(records, vmc.sales, vmc.stats, report, vmcd_code=code, decimals=decimals)
+    )
 
 
 async def play_customers(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -62,11 +64,21 @@ class Running:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def kill(self) -> None:
-        """Clean-up for a test that failed midway: the whole session goes."""
+    def terminate(self, timeout: float = 30) -> None:
+        """SIGTERM, a wait, then nothing of its process group is left."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, 9)
-            self.proc.wait()
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """Clean-up for a test that failed midway: its whole process group goes, even when
+        the script itself is gone and left children behind (a pty number they hold, or reopen,
+        would be given to the next test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def session_members(sid: int) -> list[tuple[int, str]]:

@@ -14,7 +14,7 @@ from sim.trace import read_trace
 from tests.e2e.console import VMC_SIM, VMCD, Running, session_members, wait_until
 
 STOP_S = 5.0
-MARGIN_S = 10.0  # a busy 2-core machine; the stop itself must stay well within STOP_S
+MARGIN_S = 3.0  # a busy 2-core machine; the stop itself takes well under a second
 
 
 def _is_session(number: int) -> Callable[[str], bool]:
@@ -76,8 +76,7 @@ def test_a_signal_stops_the_simulated_vmc(tmp_path: Path, sig: int) -> None:
     finally:
         vmc.kill()
         if vmcd is not None:
-            vmcd.proc.terminate()
-            vmcd.wait(30)
+            vmcd.terminate()
     assert code == 128 + sig, vmc.output()
     assert took < STOP_S + MARGIN_S
     assert "Traceback" not in vmc.output()

@@ -173,8 +173,7 @@ def _replay_against_a_fresh_vmcd(
     finally:
         replay.kill()
         if vmcd is not None:
-            vmcd.proc.terminate()
-            vmcd.wait(30)
+            vmcd.terminate()
     return code, replay.output()
 
 
