@@ -246,7 +246,7 @@ def cloud_checks(
             ("the VMC counted", sales.paid),
             decimals=decimals,
         ),
-        checks.timing(stats.violations, len(stats.response_s) + stats.timeouts),
+        stats.check(),
         vmcd_stopped(vmcd_code),
     ]
 
@@ -458,6 +458,6 @@ def local_checks(
             ("the VMC sold", sales.cash),
             decimals=decimals,
         ),
-        checks.timing(stats.violations, len(stats.response_s) + stats.timeouts),
+        stats.check(),
         vmcd_stopped(vmcd_code),
     ]

@@ -129,3 +129,13 @@ def test_report_prints_each_check_and_returns_the_exit_code(
 )  # fmt: skip
 def test_money_in_the_currencys_major_unit(minor: int, decimals: int, text: str) -> None:
     assert checks.money(minor, decimals) == text
+
+
+def test_late_answers_seen_without_realtime_scheduling_say_so() -> None:
+    """The VMC's own scheduling may be the delay: the check fails, and says that."""
+    late = ["POLL: answered after 7.00 ms"]
+    slow = TimingStats([0.007], late, realtime=False).check()
+    assert not slow.ok
+    assert "without realtime scheduling" in slow.detail
+    assert "without realtime" not in TimingStats([0.007], late, realtime=True).check().detail
+    assert TimingStats([0.0002], realtime=False).check().ok
