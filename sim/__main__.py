@@ -3,176 +3,112 @@
 vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, backend, vmcd, VMC
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
+
+Exit codes: 0 when everything agreed, 1 when something did not (a check, a session, a reader
+that never answered), 2 for a usage or start-up mistake (one line on stderr), 128 + the signal
+number when SIGINT or SIGTERM stopped the run (everything it started is stopped first).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import statistics
+import contextlib
+import math
+import signal
 import sys
-import tempfile
-from collections import Counter
+from collections.abc import Callable, Coroutine
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-from drivers.ports import open_port
-from drivers.pty import PtyPair
-from drivers.transport import MdbPort
-from protocols.errors import VmcError
+from protocols.errors import ParseError, VmcError
+from sim import StartError, checks
 from sim.backend import Policy
-from sim.daemon_proc import DaemonProcess
-from sim.demo import cloud_demo
+from sim.demo import cloud_demo, local_demo, play_customers, session_problems, summarise
+from sim.ports import SimPort
 from sim.replay import replay_over_port
-from sim.scenarios import Customers, Report, SessionResult, run_customers
-from sim.trace import TraceRecorder, read_trace
-from sim.vmc_master import TimingStats, VmcMaster
-from vmc.journal import Journal
+from sim.scenarios import Report
+from sim.trace import TraceLine, read_trace, recording
+from sim.vmc_master import TimingStats, VmcMaster, measure_in_realtime
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RECANCEL_S = 0.2
+READER_WAIT_S = 120.0
 
 
-def _print_result(result: SessionResult) -> None:
-    mark = "ok " if result.ok else "ERR"
-    detail = f"  {result.detail}" if result.detail else ""
-    print(f"session {result.number:4d} {mark} {result.customer:<13} -> {result.outcome}{detail}")
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake in one line (exit 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def summarise(report: Report, stats: TimingStats) -> str:
-    times = sorted(stats.response_s)
-    lines = [
-        f"sessions: {len(report.results)}  ok: {report.sessions_ok}  errors: {len(report.errors)}",
-        "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(report.outcomes().items())),
-    ]
-    if times:
-        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-        lines.append(
-            f"answers: {len(times)}  p50 {statistics.median(times) * 1000:.3f} ms"
-            f"  p99 {p99 * 1000:.3f} ms  max {times[-1] * 1000:.3f} ms"
-        )
-    lines.append(f"timing violations (5 ms window, 1 ms gap): {len(stats.violations)}")
-    lines.extend(f"  {v}" for v in stats.violations[:10])
-    return "\n".join(lines)
-
-
-async def drive(
-    port: MdbPort, args: argparse.Namespace, *, wait_s: float = 10.0
-) -> tuple[Report, TimingStats] | None:
-    """Initialise the reader on ``port`` and play ``args.sessions`` customers.
-
-    None (after saying why on stderr) when the reader never behaved as a VMC requires.
-    """
-    recorder = TraceRecorder() if args.record is not None else None
-    vmc = VmcMaster(port, recorder=recorder)
-    try:
-
-        async def init() -> object:
-            return await vmc.initialise(level=args.level, wait_s=wait_s)
-
-        print(f"reader initialised: {await init()}")
-        rng = random.Random(args.seed)
-        customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
-        report = await run_customers(customers, args.sessions, on_result=_print_result)
-    except VmcError as exc:
-        print(f"vmc-sim: {exc}", file=sys.stderr)
-        return None
-    finally:
-        vmc.close()
-        if recorder is not None:
-            args.record.write_text(recorder.text(), encoding="utf-8")
-    return report, vmc.stats
-
-
-def books(path: Path) -> str:
-    """What the daemon booked in its journal, by kind and vend type."""
-    journal = Journal(path)
-    try:
-        counts = Counter(
-            (r.kind, r.vend_type.value if r.vend_type else "cash") for r in journal.records()
-        )
-    finally:
-        journal.close()
-    rows = ", ".join(f"{kind} ({vend_type})={n}" for (kind, vend_type), n in sorted(counts.items()))
-    return f"daemon's journal: {rows or 'empty'}"
-
-
-async def demo(args: argparse.Namespace) -> int:
-    if not args.local:
-        return await cloud_demo(args)
-    pair = PtyPair()
-    with tempfile.TemporaryDirectory(prefix="vmc-demo-") as tmp:
-        state = Path(args.state_dir) if args.state_dir else Path(tmp)
-        daemon = DaemonProcess(pair, state, level=args.level, local_approval="accept")
-        print(f"vmcd on {pair.device_url}, state and log in {state}")
-        await daemon.start()
+def _number(
+    kind: Callable[[str], float], low: float, high: float, what: str
+) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
-            result = await drive(pair.master, args)
-        finally:
-            code = await daemon.stop()
-            pair.close()
-        if result is None:
-            return 1
-        report, stats = result
-        print(summarise(report, stats))
-        print(books(state / "journal.sqlite3"))
-        print(f"vmcd exited with {code}")
-        if args.state_dir is not None:
-            print(f"journal and log kept in {state}")
-        return 0 if not report.errors and code == 0 else 1
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{text} is outside {low:g}..{high:g}")
+        return value
+
+    return parse
 
 
-def _open_sim_port(url: str | None) -> tuple[MdbPort, PtyPair | None]:
-    if url is not None:
-        return open_port(url), None
-    pair = PtyPair()
-    print(f"give the reader this port: {pair.device_url}", flush=True)
-    return pair.master, pair
+def _positive_seconds(text: str) -> float:
+    return _number(float, 0.001, 86400, "a number of seconds")(text)
 
 
-async def vmc_command(args: argparse.Namespace) -> int:
-    port, pair = _open_sim_port(args.port)
+def _mqtt_url(text: str) -> str:
+    """The simulated backend speaks plain MQTT: mqtt://HOST[:PORT]."""
+    parts = urlsplit(text)
     try:
-        result = await drive(port, args, wait_s=args.wait_reader)
-    finally:
-        if pair is not None:
-            pair.close()
-    if result is None:
-        return 1
-    report, stats = result
-    print(summarise(report, stats))
-    return 0 if not report.errors else 1
-
-
-async def replay_command(args: argparse.Namespace) -> int:
-    lines = read_trace(Path(args.trace))
-    port, pair = _open_sim_port(args.port)
-    try:
-        mismatches = await replay_over_port(port, lines, wait_s=args.wait)
-    finally:
-        if pair is not None:
-            pair.close()
-    for m in mismatches:
-        print(m.report())
-    print(f"# {len(mismatches)} answer(s) differ in kind from {args.trace}")
-    return 0 if not mismatches else 1
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme != "mqtt" or not parts.hostname or port == -1 or parts.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not mqtt://HOST[:PORT]")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vmc-sim", description="vmc's simulated VMC")
+    parser = _Parser(prog="vmc-sim", description="vmc's simulated VMC")
+    parser.add_argument("--version", action="version", version=f"vmc-sim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
         ("demo", "run vmcd on a pty pair and sell through it"),
         ("vmc", "run the simulated VMC against a reader"),
     ):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--sessions", type=int, default=20, help="customers to play (20)")
+        p.add_argument(
+            "--sessions",
+            type=_number(int, 1, 100_000, "a whole number"),
+            default=20,
+            help="customers to play, 1..100000 (20)",
+        )
         p.add_argument(
             "--level", type=int, choices=(1, 2, 3), default=3, help="the VMC's feature level"
         )
         p.add_argument("--seed", type=int, default=1, help="seed of the customer mix")
-        p.add_argument("--poll-ms", type=float, default=25.0, help="poll period")
+        p.add_argument(
+            "--poll-ms",
+            type=_number(float, 1, 1000, "a number of milliseconds"),
+            default=25.0,
+            help="poll period, 1..1000 ms (25)",
+        )
         p.add_argument("--record", type=Path, help="write the bus traffic as a trace")
         if name == "demo":
-            p.add_argument("--state-dir", help="keep the daemon's journal and log here")
-            p.add_argument("--mqtt", help="use this broker instead of a private mosquitto")
+            p.add_argument(
+                "--state-dir", help="keep the daemon's journal and log here (default: removed)"
+            )
+            p.add_argument(
+                "--mqtt", type=_mqtt_url, help="use this broker instead of a private mosquitto"
+            )
             p.add_argument(
                 "--policy",
                 choices=[p.value for p in Policy if p is not Policy.SILENT],
@@ -188,24 +124,167 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--port", help="port URL; default: a new pty pair")
             p.add_argument(
                 "--wait-reader",
-                type=float,
-                default=120.0,
-                help="seconds to wait for the reader to answer its first RESET",
+                type=_positive_seconds,
+                default=READER_WAIT_S,
+                help=f"seconds to wait for the reader to answer a RESET ({READER_WAIT_S:g})",
             )
     p = sub.add_parser("replay", help="replay a trace's VMC lines against a reader")
     p.add_argument("trace", help="a trace file in the corpus format")
     p.add_argument("--port", help="port URL; default: a new pty pair")
-    p.add_argument("--wait", type=float, default=0.05, help="seconds to wait for each answer")
+    p.add_argument(
+        "--wait", type=_positive_seconds, default=0.05, help="seconds to wait for each answer"
+    )
+    p.add_argument(
+        "--wait-reader",
+        type=_positive_seconds,
+        help="seconds to repeat the first line until the reader answers (default:"
+        f" {READER_WAIT_S:g} on a new pty pair; with --port, the reader is taken as running)",
+    )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    runner = {"demo": demo, "vmc": vmc_command, "replay": replay_command}[args.command]
+def _version() -> str:
     try:
-        return asyncio.run(runner(args))
-    except KeyboardInterrupt:
-        return 130
+        return version("vmc")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+async def demo(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    return await (local_demo if args.local else cloud_demo)(args, cleanup)
+
+
+async def vmc_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    recorder = cleanup.enter_context(recording(args.record))
+    sim = _open(args.port, cleanup)
+    vmc = VmcMaster(
+        sim.port, recorder=recorder, discard_unread=sim.pty.discard_unread if sim.pty else None
+    )
+    cleanup.callback(vmc.close)
+    report = await play_customers(vmc, args, wait_s=args.wait_reader)
+    print(summarise(report, vmc.stats))
+    return checks.report(vmc_checks(report, vmc.stats))
+
+
+def vmc_checks(report: Report, stats: TimingStats) -> list[checks.Check]:
+    return [
+        session_problems(report),
+        stats.check(),
+    ]
+
+
+async def replay_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    lines = _read_trace(Path(args.trace))
+    sim = _open(args.port, cleanup)
+    reader_wait_s = args.wait_reader
+    if sim.pty is not None and reader_wait_s is None:
+        reader_wait_s = READER_WAIT_S
+    mismatches = await replay_over_port(
+        sim.port,
+        lines,
+        wait_s=args.wait,
+        reader_wait_s=reader_wait_s,
+        discard_unread=sim.pty.discard_unread if sim.pty else None,
+    )
+    for m in mismatches:
+        print(m.report())
+    print(f"# {len(mismatches)} answer(s) differ in kind from {args.trace}")
+    return 0 if not mismatches else 1
+
+
+def _read_trace(path: Path) -> list[TraceLine]:
+    """The trace's lines; StartError (one line) when it cannot be read or holds none."""
+    try:
+        lines = read_trace(path)
+    except IsADirectoryError:
+        raise StartError(f"{path}: is a directory, not a trace") from None
+    except OSError as exc:
+        raise StartError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise StartError(f"{path}: not a text trace") from None
+    except ParseError as exc:
+        raise StartError(f"{path}: {exc}") from None
+    if not lines:
+        raise StartError(f"{path}: holds no trace lines")
+    return lines
+
+
+def _open(url: str | None, cleanup: contextlib.AsyncExitStack) -> SimPort:
+    """The VMC's port; on a pty of its own, the path to give the reader is printed."""
+    try:
+        sim = SimPort.open(url)
+    except VmcError as exc:
+        raise StartError(str(exc)) from None
+    cleanup.callback(sim.close)
+    if sim.pty is not None:
+        print(f"give the reader this port: pty://{sim.pty.device_path}")
+        print(f"waiting for a reader on {sim.pty.device_path}", flush=True)
+    return sim
+
+
+# --- running until done or stopped -------------------------------------------------------
+
+
+Command = Callable[[argparse.Namespace, contextlib.AsyncExitStack], Coroutine[Any, Any, int]]
+
+
+def run(command: Command, args: argparse.Namespace) -> int:
+    """Run ``command``; SIGINT or SIGTERM stops it, then exit 128 + the signal's number.
+
+    The command registers what it starts on a clean-up stack that is closed after it ends,
+    however it ends. A stop cancels the command's work only, again and again until it ends
+    (Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that meets a result), and
+    never the clean-up: cutting that short is what leaves orphans and temporary folders.
+    """
+
+    async def supervised() -> int:
+        loop = asyncio.get_running_loop()
+        received: list[int] = []
+        async with contextlib.AsyncExitStack() as cleanup:
+            work = asyncio.create_task(command(args, cleanup))
+
+            def stop(signum: int) -> None:
+                if not received:
+                    received.append(signum)
+                if not work.done():
+                    work.cancel()
+                    loop.call_later(RECANCEL_S, stop, signum)
+
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop, sig)
+            await asyncio.wait({work})
+            if not received:
+                return work.result()
+            if not work.cancelled():
+                work.exception()  # whatever failed as the run was stopped is part of the stop
+            return 128 + received[0]
+
+    measure_in_realtime()
+    try:
+        return asyncio.run(supervised())
+    except StartError as exc:
+        print(f"vmc-sim: {exc}", file=sys.stderr)
+        return 2
+    except VmcError as exc:
+        print(f"vmc-sim: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        commands: dict[str, Command] = {
+            "demo": demo,
+            "vmc": vmc_command,
+            "replay": replay_command,
+        }
+        command = commands[args.command]
+        return run(command, args)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handler was installed
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":

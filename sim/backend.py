@@ -10,7 +10,7 @@ duplicates it dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import random
 import time
 import uuid
@@ -22,7 +22,12 @@ from typing import Any
 import aiomqtt
 import cbor2
 
+from protocols.errors import VmcError
 from vmc.cloud.sync import NO_DELAY
+
+
+class LockRefusedError(VmcError):
+    """The device refused the backend's lock (busy, out of service...)."""
 
 
 class Policy(StrEnum):
@@ -85,6 +90,7 @@ class SimBackend:
         answer_delay: float = 0.0,
         persistent: bool = False,
         nodelay: bool = True,
+        logger: logging.Logger | None = None,
     ) -> None:
         host, _, port = url.removeprefix("mqtt://").partition(":")
         self.host = host
@@ -99,6 +105,7 @@ class SimBackend:
         self.answer_delay = answer_delay
         self.persistent = persistent
         self.nodelay = nodelay
+        self.logger = logger
         self.identifier = f"sim-backend-{uuid.uuid4().hex[:8]}"
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
@@ -139,6 +146,7 @@ class SimBackend:
             ),
             clean_session=False if self.persistent else None,
             socket_options=[NO_DELAY] if self.nodelay else [],
+            logger=self.logger,
         ) as client:
             self._client = client
             client.pending_calls_threshold = 1000
@@ -193,7 +201,7 @@ class SimBackend:
     async def lock(self, device: str, member: str | None = None, **fields: Any) -> str:
         reply = await self.command(device, "lock", ref=member, **fields)
         if not reply["ok"]:
-            raise RuntimeError(f"lock refused: {reply['code']}: {reply['message']}")
+            raise LockRefusedError(f"lock refused: {reply['code']}: {reply['message']}")
         txn_id: str = reply["result"]["txn_id"]
         self.books.entries[txn_id] = Entry(txn_id, device, member)
         return txn_id
@@ -295,7 +303,8 @@ class SimBackend:
             entry.charged = 0
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        """Stop deciding; a decision that failed (the broker went away) is dropped with it."""
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)

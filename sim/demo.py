@@ -3,7 +3,14 @@
 A private Mosquitto (unless ``--mqtt`` names a broker), the simulated backend, ``vmcd`` on a
 pty pair with ``--mqtt``, and the simulated VMC. Members of a gym-style club buy through the
 app (lock -> select -> request -> paid/deny -> vend -> result), some walk away or cancel, some
-pay cash, and on an always-idle machine some select first. The backend's books close the run.
+pay cash, and on an always-idle machine some select first. The backend's books close the run,
+then the checks: the books, the DEX audit's delta and the bus timing against what the VMC saw.
+
+``--local`` runs the same VMC against ``vmcd --local-approval accept`` without a cloud, and
+checks vmcd's journal against the VMC instead.
+
+Everything a run starts (broker, vmcd and its bus process, temporary folders) is stopped and
+removed when it ends, however it ends: the caller cancels the run on SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,21 +18,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
+import os
 import random
 import signal
+import statistics
 import tempfile
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from drivers.pty import PtyPair
 from protocols.errors import VmcError
-from sim.backend import Entry, Policy, SimBackend
-from sim.broker import MosquittoBroker
+from sim import StartError, checks
+from sim.backend import Books, Entry, Policy, SimBackend
+from sim.broker import BrokerError, MosquittoBroker
+from sim.checks import Tally
 from sim.daemon_proc import DaemonProcess
 from sim.dex_source import DexSource
-from sim.scenarios import Customers
-from sim.trace import TraceRecorder
-from sim.vmc_counters import audit_from_counters
-from sim.vmc_master import TimingStats, VmcMaster
+from sim.scenarios import Customers, Report, SessionResult, run_customers
+from sim.trace import recording
+from sim.vmc_counters import SalesCounters, audit_from_counters
+from sim.vmc_master import ReaderInfo, TimingStats, VmcMaster
+from vmc.journal import Journal, JournalRecord
 
 DEVICE = "demo-1"
 MEMBERS = {"alice": 5000, "bob": 250, "carol": 0, "dan": 1200}
@@ -39,6 +54,10 @@ KINDS: dict[str, tuple[int, str, bool]] = {
     "cash": (2, "cash_sale", False),
 }
 WALK_AWAY_LOCK_S = 1.0
+AUDIT_WAIT_S = 20.0
+BROKER_WAIT_S = 10.0
+DAEMON_STOP_S = 3.0  # then SIGKILL: a stop of the whole demo stays within 5 s
+CANCEL_GRACE_S = 0.5
 
 
 def _outcome(entry: Entry | None) -> str:
@@ -48,35 +67,47 @@ def _outcome(entry: Entry | None) -> str:
 
 
 async def _play(
-    kind: str, number: int, customers: Customers, backend: SimBackend, rng: random.Random
-) -> str:
+    kind: str,
+    number: int,
+    customers: Customers,
+    backend: SimBackend,
+    rng: random.Random,
+    *,
+    decimals: int,
+) -> tuple[str, bool]:
+    """One customer; the session's line and whether it ended legally."""
     _, scenario, locks = KINDS[kind]
     if not locks and scenario == "purchase" and not customers.always_idle:
         scenario = "cash_sale"  # select-first needs an always-idle VMC
     member = rng.choice(list(MEMBERS)) if locks else None
     txn_id = None
-    if locks:
-        timeout = WALK_AWAY_LOCK_S if scenario == "walk_away" else None
-        txn_id = await backend.lock(DEVICE, member, **({"timeout_s": timeout} if timeout else {}))
-    before = set(backend.books.entries)
-    result = await customers.run(scenario, number)
-    if txn_id is None and scenario == "purchase":
-        new = set(backend.books.entries) - before
-        txn_id = next(iter(new), None)
-    entry = None
-    if txn_id is not None:
-        done = asyncio.create_task(backend.wait_done(txn_id, 10))
-        while not done.done():
-            await customers.idle()
-        entry = done.result()
+    try:
+        if locks:
+            timeout = WALK_AWAY_LOCK_S if scenario == "walk_away" else None
+            fields = {"timeout_s": timeout} if timeout else {}
+            txn_id = await backend.lock(DEVICE, member, **fields)
+        before = set(backend.books.entries)
+        result = await customers.run(scenario, number)
+        if txn_id is None and scenario == "purchase":
+            new = set(backend.books.entries) - before
+            txn_id = next(iter(new), None)
+        entry = None
+        if txn_id is not None:
+            done = asyncio.create_task(backend.wait_done(txn_id, 10))
+            while not done.done():
+                await customers.idle()
+            entry = done.result()
+    except TimeoutError:
+        raise VmcError(f"session {number}: the backend heard nothing within 10 s") from None
     await _until_reader_enabled(customers, backend)
     who = member or ("cash" if scenario == "cash_sale" else "walk-up")
-    price = f"{entry.price / 100:.2f}" if entry and entry.price else "-"
+    price = checks.money(entry.price, decimals) if entry and entry.price else "-"
     mark = "ok " if result.ok else "ERR"
-    return (
+    line = (
         f"session {number:3d} {mark} {kind:<17} {who:<8} vmc: {result.outcome:<12}"
         f" price {price:>6}  backend: {_outcome(entry)}"
     )
+    return line, result.ok
 
 
 async def _until_reader_enabled(customers: Customers, backend: SimBackend) -> None:
@@ -89,121 +120,344 @@ async def _until_reader_enabled(customers: Customers, backend: SimBackend) -> No
         await customers.idle()
 
 
-async def cloud_demo(args: argparse.Namespace) -> int:
-    broker: MosquittoBroker | None = None
+async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
+    """The seven-step flow; its exit code says whether the books, the audit and the VMC agree.
+
+    What it starts, ``stack`` stops: the caller closes it however the run ended.
+    """
+    state = state_dir(stack, args.state_dir)
+    recorder = stack.enter_context(recording(args.record))
     url = args.mqtt
     if url is None:
-        broker = MosquittoBroker()
-        broker.start()
+        try:
+            broker = MosquittoBroker()
+            stack.callback(broker.close)
+            broker.start()
+        except BrokerError as exc:
+            raise StartError(f"the private mosquitto did not start: {exc}") from exc
         url = broker.url
         print(f"private mosquitto on {url}")
     policy = Policy(args.policy)
     backend = SimBackend(
-        url, policy=policy, balances=MEMBERS, payment_failure_rate=0.2, seed=args.seed
+        url,
+        policy=policy,
+        balances=MEMBERS,
+        payment_failure_rate=0.2,
+        seed=args.seed,
+        logger=_quiet_logger(),
     )
-    backend_task = asyncio.create_task(backend.run())
+    await _connect(stack, backend, url)
     pair = PtyPair()
-    stack = contextlib.AsyncExitStack()
+    stack.callback(pair.close)
+    dex_pair = PtyPair()
+    stack.callback(dex_pair.close)
+    config = state / "vmc.toml"
+    config.write_text(
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+    )
+    daemon = DaemonProcess(
+        pair,
+        state,
+        level=args.level,
+        local_approval="deny",
+        extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
+    )
+    print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
+    print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
+    await daemon.start()
+    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    vmc = VmcMaster(pair.master, recorder=recorder)
+    stack.callback(vmc.close)
+    source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
+    stack.push_async_callback(_cancel, asyncio.create_task(source.serve()))
+
+    async def init() -> ReaderInfo:
+        return await vmc.initialise(level=args.level)
+
+    print(f"reader initialised: {(await init()).describe()}")
+    decimals = vmc.info.money.minor_decimals
     try:
-        await backend.ready()
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="vmc-demo-"))
-        state = Path(args.state_dir) if args.state_dir else Path(tmp)
-        dex_pair = PtyPair()
-        stack.callback(dex_pair.close)
-        config = state / "vmc.toml"
-        config.write_text(
-            f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
-        )
-        daemon = DaemonProcess(
-            pair,
-            state,
-            level=args.level,
-            local_approval="deny",
-            extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
-        )
-        print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
-        print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
-        await daemon.start()
-        stack.push_async_callback(daemon.stop)
-        recorder = TraceRecorder() if args.record else None
-        vmc = VmcMaster(pair.master, recorder=recorder)
-        stack.callback(vmc.close)
-        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
-        serving = asyncio.create_task(source.serve())
-        stack.push_async_callback(_cancel, serving)
-
-        async def init() -> object:
-            return await vmc.initialise(level=args.level)
-
-        await init()
         await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
-        rng = random.Random(args.seed)
-        customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
-        names = list(KINDS)
-        errors = 0
-        for number in range(1, args.sessions + 1):
-            kind = rng.choices(names, weights=[KINDS[n][0] for n in names])[0]
-            line = await _play(kind, number, customers, backend, rng)
-            errors += " ERR " in f" {line} "
-            print(line)
-        await asyncio.sleep(0.3)  # the last events on their way
-        if recorder is not None:
-            args.record.write_text(recorder.text(), encoding="utf-8")
-        _print_books(backend, vmc.stats)
-        await _audit_at_the_end(daemon, backend, vmc, customers)
-        return 1 if errors else 0
-    except VmcError as exc:
-        print(f"vmc-sim: {exc}")
-        return 1
-    finally:
-        await stack.aclose()
-        await backend.close()
-        backend_task.cancel()
-        await asyncio.gather(backend_task, return_exceptions=True)
-        pair.close()
-        if broker is not None:
-            broker.close()
+    except TimeoutError:
+        raise VmcError(f"vmcd did not come online at {url} within 10 s") from None
+    rng = random.Random(args.seed)
+    customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
+    names = list(KINDS)
+    broken: list[str] = []
+    for number in range(1, args.sessions + 1):
+        kind = rng.choices(names, weights=[KINDS[n][0] for n in names])[0]
+        line, ok = await _play(kind, number, customers, backend, rng, decimals=decimals)
+        if not ok:
+            broken.append(f"session {number}")
+        print(line)
+    await asyncio.sleep(0.3)  # the last events on their way
+    _print_books(backend, vmc.stats, decimals)
+    audit = await _audit_at_the_end(daemon, backend, customers)
+    code = await daemon.stop(DAEMON_STOP_S)
+    return checks.report(
+        cloud_checks(
+            backend.books,
+            vmc.sales,
+            audit,
+            vmc.stats,
+            broken=broken,
+            sessions=args.sessions,
+            vmcd_code=code,
+            decimals=decimals,
+        )
+    )
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+def cloud_checks(
+    books: Books,
+    sales: SalesCounters,
+    audit: Tally | None,
+    stats: TimingStats,
+    *,
+    broken: Sequence[str],
+    sessions: int,
+    vmcd_code: int | None,
+    decimals: int,
+) -> list[checks.Check]:
+    """The cloud demo's checks: the backend's books and the DEX audit against the VMC."""
+    vended = [e for e in books.entries.values() if e.result == "success"]
+    booked = Tally(len(vended), sum(e.charged for e in books.entries.values()))
+    cash = Tally(len(books.sales), sum(int(s["price"]) for s in books.sales))
+    dex_name = "DEX vs the VMC"
+    return [
+        checks.problems("sessions", broken, sessions, "sessions ended illegally"),
+        checks.compare(
+            "app sales, books vs VMC",
+            ("the backend charged", booked),
+            ("the VMC vended", sales.cashless),
+            decimals=decimals,
+        ),
+        checks.compare(
+            "cash sales, books vs VMC",
+            ("the backend booked", cash),
+            ("the VMC sold", sales.cash),
+            decimals=decimals,
+        ),
+        checks.missing(dex_name, f"no audit delta arrived within {AUDIT_WAIT_S:g} s")
+        if audit is None
+        else checks.compare(
+            dex_name,
+            ("the audit's delta", audit),
+            ("the VMC counted", sales.paid),
+            decimals=decimals,
+        ),
+        stats.check(),
+        vmcd_stopped(vmcd_code),
+    ]
+
+
+def vmcd_stopped(code: int | None) -> checks.Check:
+    ok = code == 0
+    return checks.Check("vmcd stopped", ok, "ok" if ok else "FAILED", f"exit code {code}")
+
+
+async def _connect(stack: contextlib.AsyncExitStack, backend: SimBackend, url: str) -> None:
+    """Start the backend's connection; StartError when the broker cannot be reached."""
+    running = asyncio.create_task(backend.run())
+    stack.push_async_callback(_stop_backend, backend, running)
+    ready = asyncio.create_task(backend.ready(BROKER_WAIT_S))
+    await asyncio.wait({ready, running}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.exception() is None:
+        return
+    ready.cancel()
+    failure = running.exception() if running.done() else ready.exception()
+    raise StartError(f"cannot reach the MQTT broker at {url}: {failure or 'no answer'}")
+
+
+def _quiet_logger() -> logging.Logger:
+    """The backend's MQTT client logs nothing: a broker that goes away as the demo stops
+    (Ctrl-C reaches it too) is expected, and a broker lost mid-run ends it with one line."""
+    logger = logging.getLogger("vmc-sim.backend")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return logger
+
+
+async def _stop_backend(backend: SimBackend, running: asyncio.Task[None]) -> None:
+    await backend.close()
+    await _cancel(running)
+
+
+def state_dir(stack: contextlib.AsyncExitStack, given: str | None) -> Path:
+    """The daemon's state folder: ``given`` (kept), or a temporary one removed at exit."""
+    if given is None:
+        return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vmc-demo-")))
+    path = Path(given)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StartError(f"--state-dir {given}: is not a directory") from None
+    except OSError as exc:
+        raise StartError(f"--state-dir {given}: cannot create: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StartError(f"--state-dir {given}: not writable")
+    print(f"vmcd's journal and log are kept in {path}")
+    return path
+
+
+async def _cancel(task: asyncio.Task[None], grace: float = CANCEL_GRACE_S) -> None:
+    """Cancel ``task``, and again if its own clean-up lingers (an MQTT client waits up to
+    10 s for a broker that is already gone to acknowledge its disconnect)."""
     task.cancel()
+    if not (await asyncio.wait({task}, timeout=grace))[0]:
+        task.cancel()
     await asyncio.gather(task, return_exceptions=True)
 
 
 async def _audit_at_the_end(
-    daemon: DaemonProcess, backend: SimBackend, vmc: VmcMaster, customers: Customers
-) -> None:
-    """Ask vmcd for an audit read (SIGUSR1) and compare its delta with the VMC's own counters."""
+    daemon: DaemonProcess, backend: SimBackend, customers: Customers
+) -> Tally | None:
+    """Ask vmcd for an audit read (SIGUSR1); the paid sales of its delta since the start."""
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGUSR1)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
+    deadline = loop.time() + AUDIT_WAIT_S
     while not any(e["type"] == "audit.delta" for e in backend.event_log):
         if loop.time() > deadline:
-            print("--- no audit delta arrived within 20 s ---")
-            return
+            return None
         await customers.idle()
     change = next(e for e in backend.event_log if e["type"] == "audit.delta")["delta"]
-    paid = change["paid"]
-    print("--- the DEX audit, read at start and now ---")
-    print(f"{'audit says':>20}: {paid['vends']} paid vends worth {paid['value'] / 100:.2f}")
-    print(
-        f"{'the VMC counted':>20}: {vmc.sales.paid_vends} vends worth"
-        f" {vmc.sales.paid_value / 100:.2f} (cashless and cash)"
+    return Tally(int(change["paid"]["vends"]), int(change["paid"]["value"]))
+
+
+def _print_books(backend: SimBackend, stats: TimingStats, decimals: int) -> None:
+    summary = backend.books.summary()
+    ended = summary["ended_without_vend"]
+    rows = {
+        "transactions": summary["transactions"],
+        "vended": summary["vended"],
+        "failed": summary["failed"],
+        "unknown": summary["unknown"],
+        "ended without vend": ", ".join(f"{k} {v}" for k, v in sorted(ended.items())) or "none",
+        "charged": checks.money(summary["charged"], decimals),
+        "cash sales": summary["cash_sales"],
+        "events": summary["events"],
+        "duplicates dropped": summary["duplicates_dropped"],
+        "balances": ", ".join(
+            f"{m} {checks.money(v, decimals)}" for m, v in sorted(backend.books.balances.items())
+        ),
+    }
+    print("--- the backend's books ---")
+    for key, value in rows.items():
+        print(f"{key:>24}: {value}")
+    times = sorted(stats.response_s)
+    if times:
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        print(f"{'bus answers':>24}: {len(times)}, p99 {p99 * 1000:.3f} ms")
+
+
+async def local_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
+    """vmcd without a cloud; its exit code says whether its journal and the VMC agree."""
+    state = state_dir(stack, args.state_dir)
+    recorder = stack.enter_context(recording(args.record))
+    pair = PtyPair()
+    stack.callback(pair.close)
+    daemon = DaemonProcess(pair, state, level=args.level, local_approval="accept")
+    print(f"vmcd on {pair.device_url}, approving every vend as a free vend")
+    await daemon.start()
+    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    vmc = VmcMaster(pair.master, recorder=recorder)
+    stack.callback(vmc.close)
+    report = await play_customers(vmc, args)
+    code = await daemon.stop(DAEMON_STOP_S)
+    print(summarise(report, vmc.stats))
+    records = _journal_records(state / "journal.sqlite3")
+    print(f"daemon's journal: {describe_journal(records)}")
+    decimals = vmc.info.money.minor_decimals
+    return checks.report(
+        local_checks(records, vmc.sales, vmc.stats, report, vmcd_code=code, decimals=decimals)
     )
 
 
-def _print_books(backend: SimBackend, stats: TimingStats) -> None:
-    summary = backend.books.summary()
+async def play_customers(
+    vmc: VmcMaster, args: argparse.Namespace, *, wait_s: float = 10.0
+) -> Report:
+    """Initialise the reader (waiting up to ``wait_s`` for it) and play ``args.sessions``."""
+
+    async def init() -> ReaderInfo:
+        return await vmc.initialise(level=args.level, wait_s=wait_s)
+
+    print(f"reader initialised: {(await init()).describe()}", flush=True)
+    rng = random.Random(args.seed)
+    customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
+    return await run_customers(customers, args.sessions, on_result=_print_result)
+
+
+def _print_result(result: SessionResult) -> None:
+    mark = "ok " if result.ok else "ERR"
+    detail = f"  {result.detail}" if result.detail else ""
+    print(f"session {result.number:4d} {mark} {result.customer:<13} -> {result.outcome}{detail}")
+
+
+def summarise(report: Report, stats: TimingStats) -> str:
     times = sorted(stats.response_s)
-    print("--- the backend's books ---")
-    for key, value in summary.items():
-        print(f"{key:>20}: {value}")
-    balances = ", ".join(f"{m} {v / 100:.2f}" for m, v in sorted(backend.books.balances.items()))
-    print(f"{'balances':>20}: {balances}")
+    lines = [
+        f"sessions: {len(report.results)}  ok: {report.sessions_ok}  errors: {len(report.errors)}",
+        "outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(report.outcomes().items())),
+    ]
     if times:
         p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-        print(
-            f"{'bus answers':>20}: {len(times)}, p99 {p99 * 1000:.3f} ms,"
-            f" {len(stats.violations)} timing violations"
+        lines.append(
+            f"bus answers: {len(times)}  p50 {statistics.median(times) * 1000:.3f} ms"
+            f"  p99 {p99 * 1000:.3f} ms  max {times[-1] * 1000:.3f} ms"
         )
+    return "\n".join(lines)
+
+
+def session_problems(report: Report) -> checks.Check:
+    broken = [f"session {r.number} ({r.customer}): {r.detail}" for r in report.errors]
+    return checks.problems("sessions", broken, len(report.results), "sessions ended illegally")
+
+
+def _journal_records(path: Path) -> list[JournalRecord]:
+    journal = Journal(path)
+    try:
+        return journal.records()
+    finally:
+        journal.close()
+
+
+def describe_journal(records: Sequence[JournalRecord]) -> str:
+    """What the daemon booked, by kind and vend type."""
+    counts = Counter((r.kind, r.vend_type.value if r.vend_type else "cash") for r in records)
+    rows = ", ".join(f"{kind} ({vend_type})={n}" for (kind, vend_type), n in sorted(counts.items()))
+    return rows or "empty"
+
+
+def local_checks(
+    records: Sequence[JournalRecord],
+    sales: SalesCounters,
+    stats: TimingStats,
+    report: Report,
+    *,
+    vmcd_code: int | None,
+    decimals: int,
+) -> list[checks.Check]:
+    """The local demo's checks: vmcd's journal against what the VMC vended and sold."""
+
+    def booked(kind: str) -> Tally:
+        rows = [r for r in records if r.kind == kind]
+        return Tally(len(rows), sum(r.amount or 0 for r in rows))
+
+    return [
+        session_problems(report),
+        checks.compare(
+            "free vends, journal vs VMC",
+            ("vmcd booked", booked("vend_success")),
+            ("the VMC vended", sales.cashless),
+            decimals=decimals,
+        ),
+        checks.compare(
+            "cash sales, journal vs VMC",
+            ("vmcd booked", booked("cash_sale")),
+            ("the VMC sold", sales.cash),
+            decimals=decimals,
+        ),
+        stats.check(),
+        vmcd_stopped(vmcd_code),
+    ]

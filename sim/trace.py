@@ -7,6 +7,7 @@ replayer reads it, so a field capture can be played back on the bench.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from protocols.errors import ParseError
 from protocols.mdb.words import Word
+from sim import StartError
 
 
 class Direction(Enum):
@@ -96,3 +98,25 @@ class TraceRecorder:
 
     def text(self) -> str:
         return "".join(line.format() + "\n" for line in self.lines)
+
+
+@contextlib.contextmanager
+def recording(path: Path | None) -> Iterator[TraceRecorder | None]:
+    """A recorder whose trace goes to ``path`` when the run ends, however it ends.
+
+    The file is opened at once, so a path that cannot be written stops the run before it
+    starts (StartError) rather than losing the trace at its end. None: nothing is recorded.
+    """
+    if path is None:
+        yield None
+        return
+    try:
+        handle = path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise StartError(f"--record {path}: cannot write: {exc.strerror}") from exc
+    recorder = TraceRecorder()
+    with handle:
+        try:
+            yield recorder
+        finally:
+            handle.write(recorder.text())

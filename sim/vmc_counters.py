@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sim.checks import Tally
+
 
 @dataclass
 class SelectionCounters:
@@ -52,12 +54,19 @@ class SalesCounters:
         return sum(row.value for row in self.selections.values())
 
     @property
-    def cash_value(self) -> int:
-        return sum(row.cash_value for row in self.selections.values())
+    def paid(self) -> Tally:
+        """Every paid vend, cashless and cash: what the audit's paid counters hold."""
+        return Tally(self.paid_vends, self.paid_value)
 
     @property
-    def cashless_value(self) -> int:
-        return sum(row.cashless_value for row in self.selections.values())
+    def cashless(self) -> Tally:
+        rows = self.selections.values()
+        return Tally(sum(r.cashless_vends for r in rows), sum(r.cashless_value for r in rows))
+
+    @property
+    def cash(self) -> Tally:
+        rows = self.selections.values()
+        return Tally(sum(r.cash_vends for r in rows), sum(r.cash_value for r in rows))
 
 
 def audit_from_counters(

@@ -1,0 +1,105 @@
+"""The installed console scripts run as subprocesses, with their output read as it comes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+VMC_SIM = str(BIN / "vmc-sim")
+VMCD = str(BIN / "vmcd")
+
+
+class Running:
+    """A console script started in a session of its own; stdout and stderr read as one stream."""
+
+    def __init__(self, argv: Sequence[str], *, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_line(self, wanted: Callable[[str], bool], timeout: float) -> str:
+        """The first line that ``wanted`` accepts; AssertionError (with the output) if none."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                found = next((line for line in self.lines if wanted(line)), None)
+                if found is not None:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._reader.is_alive():
+                    raise AssertionError(f"no such line within {timeout} s:\n{self.output()}")
+                self._changed.wait(left)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def terminate(self, timeout: float = 30) -> None:
+        """SIGTERM, a wait, then nothing of its process group is left."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """Clean-up for a test that failed midway: its whole process group goes, even when
+        the script itself is gone and left children behind (a pty number they hold, or reopen,
+        would be given to the next test)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every live process in session ``sid``."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone while we looked
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            members.append((int(stat.parent.name), cmdline.replace(b"\0", b" ").decode()))
+    return members
+
+
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

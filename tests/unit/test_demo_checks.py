@@ -1,0 +1,141 @@
+"""The demos' closing checks: any disagreement says MISMATCH (or FAILED) and exits non-zero."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim import checks
+from sim.backend import Books, Entry
+from sim.checks import Tally
+from sim.demo import cloud_checks, local_checks
+from sim.scenarios import Report, SessionResult
+from sim.vmc_counters import SalesCounters
+from sim.vmc_master import TimingStats
+from vmc.cloud.messages import VendType
+from vmc.journal import JournalRecord
+
+
+def _sales() -> SalesCounters:
+    """What the VMC did: two app vends (1.20, 2.50) and one cash sale (0.50)."""
+    sales = SalesCounters()
+    sales.vended(3, 120, cash=False)
+    sales.vended(4, 250, cash=False)
+    sales.vended(9, 50, cash=True)
+    return sales
+
+
+def _books(charged: tuple[int, ...] = (120, 250)) -> Books:
+    books = Books()
+    for n, amount in enumerate(charged):
+        books.entries[f"t{n}"] = Entry(
+            f"t{n}", "demo-1", "alice", amount, amount, amount, ["vended"], "success"
+        )
+    books.sales.append({"type": "sale", "price": 50})
+    return books
+
+
+AGREEING_AUDIT = Tally(3, 420)  # the VMC's paid sales: two app vends and the cash sale
+
+
+def _cloud(
+    books: Books | None = None,
+    audit: Tally | None = AGREEING_AUDIT,
+    stats: TimingStats | None = None,
+) -> list[checks.Check]:
+    return cloud_checks(
+        books or _books(),
+        _sales(),
+        audit,
+        stats or TimingStats(response_s=[0.0002] * 10),
+        broken=[],
+        sessions=3,
+        vmcd_code=0,
+        decimals=2,
+    )
+
+
+def _verdicts(found: list[checks.Check]) -> dict[str, str]:
+    return {check.name: check.verdict for check in found}
+
+
+def test_a_run_where_everything_agrees_exits_0() -> None:
+    found = _cloud()
+    assert set(_verdicts(found).values()) <= {"ok", "match"}
+    assert checks.verdict(found) == ("all 6 checks passed", 0)
+    dex = next(check for check in found if check.name == "DEX vs the VMC")
+    assert dex.line().endswith("DEX vs the VMC: match  3 vends worth 4.20 on both sides")
+
+
+def test_books_that_charged_less_than_the_vmc_vended_are_a_mismatch() -> None:
+    found = _cloud(books=_books(charged=(120,)))
+    assert _verdicts(found)["app sales, books vs VMC"] == "MISMATCH"
+    line = next(c for c in found if c.name == "app sales, books vs VMC").line()
+    assert "the backend charged: 1 vends worth 1.20, the VMC vended: 2 vends worth 3.70" in line
+    assert checks.verdict(found)[1] == 1
+
+
+@pytest.mark.parametrize("audit", [Tally(2, 370), Tally(3, 400), None])
+def test_a_dex_delta_that_differs_from_the_vmc_or_never_came_is_a_mismatch(
+    audit: Tally | None,
+) -> None:
+    found = _cloud(audit=audit)
+    assert _verdicts(found)["DEX vs the VMC"] == "MISMATCH"
+    line, code = checks.verdict(found)
+    assert code == 1
+    assert line == "1 of 6 checks failed: DEX vs the VMC"
+
+
+def test_timing_violations_fail_the_run() -> None:
+    stats = TimingStats(response_s=[0.0002, 0.0061], violations=["POLL: answered after 6.10 ms"])
+    found = _cloud(stats=stats)
+    timing = next(c for c in found if c.name == "bus timing")
+    assert timing.verdict == "FAILED"
+    assert "1 of 2 answers" in timing.detail
+    assert "POLL: answered after 6.10 ms" in timing.detail
+    assert checks.verdict(found)[1] == 1
+
+
+def test_the_local_journal_against_the_vmc() -> None:
+    records = [
+        JournalRecord("vend_success", 1, 3, 120, VendType.FREE),
+        JournalRecord("vend_success", 2, 4, 250, VendType.FREE),
+        JournalRecord("cash_sale", None, 9, 50, None),
+    ]
+    report = Report([SessionResult(1, "purchase", "vended", ok=True)])
+    stats = TimingStats(response_s=[0.0002])
+    agreeing = local_checks(records, _sales(), stats, report, vmcd_code=0, decimals=2)
+    assert checks.verdict(agreeing)[1] == 0
+    lost = local_checks(records[1:], _sales(), stats, report, vmcd_code=0, decimals=2)
+    assert _verdicts(lost)["free vends, journal vs VMC"] == "MISMATCH"
+    assert checks.verdict(lost)[1] == 1
+    failed = local_checks(records, _sales(), stats, report, vmcd_code=1, decimals=2)
+    assert _verdicts(failed)["vmcd stopped"] == "FAILED"
+
+
+def test_report_prints_each_check_and_returns_the_exit_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert checks.report(_cloud(audit=None)) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("--- checks ---\n")
+    assert "DEX vs the VMC: MISMATCH  no audit delta arrived within 20 s" in out
+    assert out.endswith("1 of 6 checks failed: DEX vs the VMC\n")
+
+
+@pytest.mark.parametrize(
+    ("minor", "decimals", "text"),
+    [(1540, 2, "15.40"), (5, 2, "0.05"), (0, 2, "0.00"), (-250, 2, "-2.50"), (7, 0, "7"),
+     (1234, 3, "1.234")],
+)  # fmt: skip
+def test_money_in_the_currencys_major_unit(minor: int, decimals: int, text: str) -> None:
+    assert checks.money(minor, decimals) == text
+
+
+def test_late_answers_seen_without_realtime_scheduling_say_so() -> None:
+    """The VMC's own scheduling may be the delay: the check fails, and says that."""
+    late = ["POLL: answered after 7.00 ms"]
+    slow = TimingStats([0.007], late, realtime=False).check()
+    assert not slow.ok
+    assert "without realtime scheduling" in slow.detail
+    assert "without realtime" not in TimingStats([0.007], late, realtime=True).check().detail
+    assert TimingStats([0.0002], realtime=False).check().ok
