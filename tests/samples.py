@@ -70,16 +70,13 @@ def machine_audit(
     products = [_product(n, extra.get(n, 0)) for n in range(1, SELECTIONS + 1)]
     audit = make_audit(
         serial=serial,
-        model="SNACK 40",
         products=products,
         events=[Event("EGS", "240601", "0815", 3)],
         event_counters=[EventCounter("EGS", door_openings // 4, door_openings, active=False)],
         currency="EUR",
         sender="SIM1234567",
     )
-    half = Sales(
-        *(sum(p.paid[column] or 0 for p in products if p.paid) // 2 for column in range(4))
-    )
+    half = Sales(*((total or 0) // 2 for total in audit.paid or Sales()))
     return replace(
         audit,
         machine=Machine(serial, "SNACK 40", "2024", "Hall 3", None, Device("B-17", "VMC-9", "4.2")),
