@@ -1,9 +1,9 @@
 """EVA-DTS audit parser: the text of a DEX or DDCMP read -> ``Audit`` records (sans-I/O).
 
-Real files are messy (tests/fixtures/dex holds a corpus of them): junk before ``DXS`` and after
-``DXE``, truncation, several reports in one file, CRLF, LF-only or bare-CR lines, no ST/SE/G85,
-``-1``/``4294967295`` for "not supported", vendor records. The parser reads what it can and says
-what it could not in ``Audit.warnings``; only input that holds no audit at all raises
+Real files are messy (the tests read a corpus of them, tests/corpus.py): junk before ``DXS``
+and after ``DXE``, truncation, several reports in one file, CRLF, LF-only or bare-CR lines, no
+ST/SE/G85, ``-1``/``4294967295`` for "not supported", vendor records. The parser reads what it
+can and says what it could not in ``Audit.warnings``; only input that holds no audit at all raises
 ``NoAuditError``. Nothing else escapes, whatever the bytes.
 
 Where an audit starts: at every ``DXS*`` in the text, even mid-line (carrier envelopes such as

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,12 @@ class Rig:
     async def restart_daemon(self) -> None:
         await self.daemon.start()
         await self.vmc.initialise(level=self.level)
+
+    def outbox_size(self) -> int:
+        """Messages the daemon still has to get the broker's PUBACK for (from its journal)."""
+        path = self.daemon.state_dir / "journal.sqlite3"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     level: int = 3
 

@@ -11,6 +11,7 @@ import pytest
 from sim.backend import SimBackend
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE, machine
+from tests.waiting import wait_until
 
 SALES = 1000
 
@@ -32,7 +33,7 @@ async def test_outage_queues_and_delivers_in_order_once(
     await backend.ready()
     try:
         async with machine(tmp_path, broker) as rig:
-            await asyncio.sleep(0.2)
+            assert await wait_until(lambda: rig.outbox_size() == 0)  # the broker has it all
             broker.stop()
             for i in range(SALES):
                 answer = await rig.vmc.cash_sale(rig.vmc.money(50 + i % 7 * 10), 1 + i % 40)
@@ -40,8 +41,8 @@ async def test_outage_queues_and_delivers_in_order_once(
             assert backend.books.events == 0
             broker.start()
             await backend.wait_for(lambda: backend.books.events >= SALES, 60)
-            await asyncio.sleep(0.5)  # anything sent twice would arrive now
-            assert backend.status.get(DEVICE) == "online"
+            assert await wait_until(lambda: rig.outbox_size() == 0)  # nothing left to send
+            await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
         sales = [e for e in backend.event_log if e["type"] == "sale"]
         assert len(sales) == SALES
         seqs = [e["seq"] for e in sales]

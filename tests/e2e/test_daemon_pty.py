@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,8 @@ from sim.replay import replay_over_port
 from sim.scenarios import Customers, run_customers
 from sim.trace import read_trace
 from sim.vmc_master import VmcMaster
-from tests.conftest import MDB_TRACES
+from tests.corpus import MDB
+from tests.waiting import wait_until
 from vmc.journal import Journal
 
 
@@ -35,16 +34,6 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-async def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 @pytest.mark.parametrize("level", [1, 3])
@@ -83,7 +72,7 @@ async def test_bus_process_is_restarted_after_a_crash(tmp_path: Path) -> None:
         daemon_pid = daemon.proc.pid
         (bus_pid,) = _children(daemon_pid)
         os.kill(bus_pid, signal.SIGKILL)
-        assert await _wait_for(lambda: _children(daemon_pid) not in ([], [bus_pid]))
+        assert await wait_until(lambda: _children(daemon_pid) not in ([], [bus_pid]))
         await vmc.initialise()  # a VMC re-initialises a reader that went silent
         report = await run_customers(
             Customers(vmc, random.Random(3), poll_period=0.01), 3, weights={"purchase": 1}
@@ -106,7 +95,7 @@ async def test_bus_process_exits_when_daemon_is_killed(tmp_path: Path) -> None:
         (bus_pid,) = _children(daemon.proc.pid)
         daemon.kill()
         await daemon.proc.wait()
-        assert await _wait_for(lambda: not _alive(bus_pid))
+        assert await wait_until(lambda: not _alive(bus_pid))
         assert (await vmc.poll()).timed_out
     finally:
         vmc.close()
@@ -114,8 +103,9 @@ async def test_bus_process_exits_when_daemon_is_killed(tmp_path: Path) -> None:
         pair.close()
 
 
+@MDB.needed
 async def test_replay_of_corpus_init_matches_in_kind(tmp_path: Path) -> None:
-    lines = read_trace(MDB_TRACES[1])
+    lines = read_trace(MDB.path("firmware-usbhost_l1_vend_session.mdb"))
     enable = next(i for i, line in enumerate(lines) if line.comment == "READER ENABLE")
     pair = PtyPair()
     daemon = DaemonProcess(pair, tmp_path, level=1, local_approval="deny")
@@ -146,7 +136,7 @@ def test_bad_configuration_is_refused_at_start(tmp_path: Path) -> None:
     assert "1, 2, 3" in result.stderr
 
 
-def test_replay_cli_reports_differences_in_trace_format(tmp_path: Path) -> None:
+def test_replay_cli_reports_differences_in_trace_format(recorded_trace: Path) -> None:
     """Against a reader that never answers, every expected answer differs."""
     pair = PtyPair()
     try:
@@ -156,7 +146,7 @@ def test_replay_cli_reports_differences_in_trace_format(tmp_path: Path) -> None:
                 "-m",
                 "sim",
                 "replay",
-                str(MDB_TRACES[1]),
+                str(recorded_trace),
                 "--port",
                 f"pty://{pair.device_path}",
                 "--wait",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,11 +19,9 @@ from protocols.dex.ddcmp import (
     Timing,
 )
 from sim.dex_ddcmp_source import DdcmpAuditSource
+from tests.samples import AUDIT
+from tests.waiting import wait_until
 from vmc.services.dex_ddcmp import read_ddcmp
-
-_NAME = "animo_coffee_peanutpay.dex"
-_LOCAL = Path(__file__).parents[1] / "fixtures" / "dex" / _NAME
-AUDIT = (_LOCAL if _LOCAL.exists() else Path("/work/shared/corpus/dex") / _NAME).read_bytes()
 
 
 class Bench:
@@ -71,9 +68,9 @@ async def test_reads_a_real_audit_over_a_pty(bench: Bench) -> None:
     assert seen[-1] == len(AUDIT)
     assert len(seen) == -(-len(AUDIT) // 240)
     assert bench.port.baud == 9600  # given back as it was
-    await asyncio.sleep(0.1)  # the VMC's last ACK and its return to 2400 Bd
+    # the VMC's last ACK and its return to 2400 Bd
+    assert await wait_until(lambda: source.log.bauds == [19200, 2400])
     assert source.log.served == 1
-    assert source.log.bauds == [19200, 2400]
     # A second read on the same line works too.
     assert await read_ddcmp(bench.port) == AUDIT
 

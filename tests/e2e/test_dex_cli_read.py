@@ -9,9 +9,7 @@ from pathlib import Path
 
 from drivers.pty import PtyPair
 from sim.dex_source import DexSource
-from tests.conftest import FIXTURES
-
-AUDIT = FIXTURES / "dex" / "rheavendors_luce_x2.dex"
+from tests.samples import AUDIT
 
 
 async def _vmctl(*args: str) -> tuple[int, str, str]:
@@ -30,7 +28,7 @@ async def _vmctl(*args: str) -> tuple[int, str, str]:
 
 async def test_read_saves_the_audit_and_prints_its_summary(tmp_path: Path) -> None:
     pair = PtyPair()
-    source = DexSource(pair.master.fileno(), AUDIT.read_bytes())
+    source = DexSource(pair.master.fileno(), AUDIT)
     serving = asyncio.create_task(source.serve(reads=1))
     try:
         out_file = tmp_path / "read.dex"
@@ -38,11 +36,11 @@ async def test_read_saves_the_audit_and_prints_its_summary(tmp_path: Path) -> No
             "dex", "read", "--port", pair.device_url, "--out", str(out_file), "--json"
         )
         assert code == 0, err
-        assert out_file.read_bytes() == AUDIT.read_bytes()
+        assert out_file.read_bytes() == AUDIT
         summary = json.loads(out)
         assert summary["crc"] == "ok"
         assert summary["machine"]["serial"]
-        assert f"saved {AUDIT.stat().st_size} bytes" in err
+        assert f"saved {len(AUDIT)} bytes" in err
     finally:
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +16,9 @@ from protocols.dex.ucs import SourceFaults
 from protocols.errors import ConfigError
 from sim.dex_ddcmp_source import DdcmpAuditSource
 from sim.dex_source import DexSource
-from tests.conftest import FIXTURES
+from tests.samples import AUDIT, audit_bytes
+from tests.waiting import wait_until
 from vmc.services.dex_read import read_audit
-
-_NAME = "rheavendors_luce_x2.dex"
-AUDIT_PATH = next(
-    p for p in (FIXTURES / "dex" / _NAME, Path("/work/shared/corpus/dex") / _NAME) if p.exists()
-)
-AUDIT = AUDIT_PATH.read_bytes()
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +57,7 @@ async def test_the_audit_is_read_byte_for_byte(legacy: bool) -> None:
     progress: list[int] = []
     async with vmc_serving(legacy=legacy) as (port, source):
         audit = await read_audit(port, on_progress=progress.append)
-        await asyncio.sleep(0.05)  # the VMC's last EOT
+        assert await wait_until(lambda: source.results)  # the VMC's last EOT
     assert audit == AUDIT
     assert progress == sorted(progress)
     assert progress[-1] == len(AUDIT)
@@ -79,10 +73,10 @@ async def test_nakked_identification_and_bad_blocks_are_recovered() -> None:
 async def test_two_reads_in_a_row() -> None:
     async with vmc_serving() as (port, source):
         assert await read_audit(port) == AUDIT
-        await asyncio.sleep(0.15)
+        assert await wait_until(lambda: len(source.results) == 1)  # the VMC is done with it
         assert await read_audit(port) == AUDIT
-        await asyncio.sleep(0.05)
-    assert len(source.results) == 2
+        assert await wait_until(lambda: len(source.results) == 2)
+    assert source.results == [Finished(AUDIT), Finished(AUDIT)]
 
 
 @pytest.mark.parametrize(
@@ -127,12 +121,9 @@ async def test_a_noisy_line_still_reads_or_names_the_step() -> None:
         assert outcome == AUDIT
 
 
-FIXTURES_DEX = FIXTURES / "dex"
-
-
 async def test_ddcmp_is_read_by_its_own_reader() -> None:
     """``protocol="ddcmp"`` reads a real DDCMP source; an unknown protocol is refused."""
-    audit = (FIXTURES_DEX / "animo_coffee_peanutpay.dex").read_bytes()
+    audit = audit_bytes({1: 1})
     pair = PtyPair()
     port = open_dex_port(pair.device_url)
     source = DdcmpAuditSource(pair.master, audit).start()

@@ -13,6 +13,7 @@ from sim.broker import MosquittoBroker
 from sim.daemon_proc import DaemonProcess
 from sim.vmc_master import VmcMaster
 from tests.e2e.mqtt_proxy import V311OnlyProxy
+from tests.waiting import wait_until
 
 DEVICE = "m7"
 
@@ -90,12 +91,12 @@ async def test_a_wrong_password_is_retried_not_fatal(tmp_path: Path) -> None:
             f'username = "{DEVICE}"\npassword = "wrong"\n'
         )
         async with _daemon(tmp_path, "--config", str(config)) as daemon:
-            await asyncio.sleep(2.0)
+            assert await wait_until(
+                lambda: daemon.log_path.read_text().count('"mqtt_disconnected"') >= 2
+            )
             assert daemon.proc is not None
             assert daemon.proc.returncode is None  # still serving the VMC
-            log = daemon.log_path.read_text()
-            assert log.count('"mqtt_disconnected"') >= 2
-            assert '"mqtt_connected"' not in log
+            assert '"mqtt_connected"' not in daemon.log_path.read_text()
 
 
 async def test_tls_with_a_private_ca(tmp_path: Path) -> None:

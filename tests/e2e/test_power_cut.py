@@ -25,6 +25,7 @@ import pytest
 from protocols.mdb import commands as c
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE, Rig, machine
+from tests.waiting import wait_until
 
 FINAL_STATES = {"denied", "expired", "cancelled"}
 
@@ -75,18 +76,25 @@ async def _power_cuts(tmp_path: Path, broker: MosquittoBroker, runs: int, seed: 
             await rig.restart_daemon()
             await rig.backend.wait_done(txn_id, 20)
         books = rig.backend.books
-        # Outcomes settle once more after the last restart; wait for the stragglers.
-        await asyncio.sleep(0.5)
+
+        def heard(txn_id: str) -> int:
+            """The vend results and end states the backend heard for ``txn_id``."""
+            vends = [
+                e
+                for e in rig.backend.event_log
+                if e.get("txn_id") == txn_id and e["type"] == "txn.vend"
+            ]
+            return len(vends) + sum(s in FINAL_STATES for s in books.entries[txn_id].states)
+
+        # Outcomes settle once more after the last restart: wait until the daemon has sent
+        # everything and every transaction's outcome has arrived.
+        assert await wait_until(
+            lambda: rig.outbox_size() == 0 and all(heard(txn_id) for txn_id in facts), 30
+        )
     assert set(books.entries) == set(facts)
     for txn_id, seen in facts.items():
         entry = books.entries[txn_id]
-        vends = [
-            e
-            for e in rig.backend.event_log
-            if e.get("txn_id") == txn_id and e["type"] == "txn.vend"
-        ]
-        ends = [s for s in entry.states if s in FINAL_STATES]
-        assert len(vends) + len(ends) == 1, (txn_id, entry.states)
+        assert heard(txn_id) == 1, (txn_id, entry.states)
         assert seen.approvals <= 1
         if entry.result == "success":
             assert seen.dispensed, (txn_id, entry.states)

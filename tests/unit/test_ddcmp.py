@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -41,11 +40,8 @@ from protocols.dex.ddcmp import (
     decode_frame,
 )
 from protocols.errors import ProtocolError
+from tests.samples import AUDIT
 
-CORPUS = Path(__file__).parents[1] / "fixtures" / "dex"
-if not (CORPUS / "animo_coffee_peanutpay.dex").exists():
-    CORPUS = Path("/work/shared/corpus/dex")
-AUDIT = (CORPUS / "animo_coffee_peanutpay.dex").read_bytes()
 FAST = Timing(link_timeout=2.0, data_link_timeout=3.0)
 
 

@@ -36,12 +36,8 @@ from protocols.dex.ucs import (
     parse_response,
 )
 from protocols.errors import LocalProtocolError, ProtocolError
-from tests.conftest import FIXTURES
-
-CORPUS = Path("/work/shared/corpus/dex")
-AUDIT_FILES = sorted((FIXTURES / "dex").glob("*.dex")) or sorted(CORPUS.glob("*.dex"))
-LUCE = next((p for p in AUDIT_FILES if p.name == "rheavendors_luce_x2.dex"), None)
-SAMPLE = LUCE.read_bytes() if LUCE else b"DXS*SIM0000001*VA*V0/6*1\r\n" + b"PA1*1*50\r\n" * 300
+from tests.corpus import DEX
+from tests.samples import AUDIT as SAMPLE
 
 ACK0, ACK1, WACK = b"\x10\x30", b"\x10\x31", b"\x10\x3b"
 BYTE_TIME = 1 / 960  # 9600 8N1
@@ -228,7 +224,7 @@ def test_the_response_code_is_found_in_either_order(
 # --- whole reads -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", AUDIT_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", DEX.params())
 def test_every_recorded_audit_is_read_intact(path: Path) -> None:
     audit = path.read_bytes()
     result, line = read(audit)
@@ -258,7 +254,7 @@ def test_byte_by_byte_delivery() -> None:
     assert result.audit == SAMPLE
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(
     audit=st.binary(max_size=1500),
     block_size=st.integers(3, 245),
@@ -534,7 +530,7 @@ _CONTROL = st.sampled_from(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     chunks=st.lists(st.one_of(st.binary(max_size=30), _CONTROL), max_size=60),
     gaps=st.lists(st.floats(0.0, 0.2), min_size=1, max_size=5),
@@ -547,7 +543,7 @@ def test_garbage_never_crashes_the_reader(chunks: list[bytes], gaps: list[float]
         assert actions[-1] is results[0]  # nothing after the end
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     seed=st.integers(0, 2**32 - 1),
     rate=st.sampled_from([0.0005, 0.002, 0.02]),

@@ -1,4 +1,8 @@
-"""The EVA-DTS parser against the corpus of real audits, damaged input and the G85 rules."""
+"""The EVA-DTS parser against the corpus of real audits, damaged input and the G85 rules.
+
+Tests about the real audits skip where the corpus is absent (``tests/corpus.py``); the others
+run on audits vmc's writer makes (``tests/samples.py``).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.crc16 import crc16_arc
@@ -27,12 +31,12 @@ from protocols.evadts.records import (
     Sales,
     Stamp,
 )
+from tests.corpus import DEX
+from tests.samples import AUDIT, SERIAL, audit_bytes
 
-DEX = Path(__file__).resolve().parents[1] / "fixtures" / "dex"
-DEX_FILES = sorted(DEX.glob("*.dex"))
 ROOT = Path(__file__).resolve().parents[2]
 
-# G85 verdict and "trailer reached" per corpus file (tests/fixtures/dex/README.md).
+# G85 verdict and "trailer reached" per corpus file (the corpus's dex/README.md).
 EXPECTED = {
     "animo_coffee_peanutpay.dex": (CrcStatus.OK, True),
     "fage_eagle2_no_st_no_g85.dex": (CrcStatus.ABSENT, True),
@@ -62,19 +66,24 @@ PRODUCT_KEYS = {
 EVENT_KEYS = {"code", "date", "time", "duration", "count"}
 
 
+# Input for the robustness tests: vmc's own audits, and the real ones where the corpus is there.
+SAMPLES = {
+    "own_first_read": AUDIT,
+    "own_second_read": audit_bytes({n: n % 3 for n in range(1, 41)}),
+    **{path.name: path.read_bytes() for path in DEX.files},
+}
+
+
 def read(name: str) -> bytes:
-    return (DEX / name).read_bytes()
+    return DEX.read(name)
 
 
-def by_selection(name: str) -> dict[str | None, object]:
-    return {product.selection: product for product in parse(read(name)).products}
-
-
+@DEX.needed
 def test_the_corpus_is_complete() -> None:
-    assert sorted(EXPECTED) == [path.name for path in DEX_FILES]
+    assert sorted(EXPECTED) == [path.name for path in DEX.files]
 
 
-@pytest.mark.parametrize("path", DEX_FILES, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", DEX.params())
 def test_every_corpus_file_parses_with_its_crc_verdict(path: Path) -> None:
     audit = parse(path.read_bytes())
     assert (audit.crc, audit.complete) == EXPECTED[path.name]
@@ -82,7 +91,7 @@ def test_every_corpus_file_parses_with_its_crc_verdict(path: Path) -> None:
     json.dumps(audit.to_json())
 
 
-@pytest.mark.parametrize("path", DEX_FILES, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", DEX.params())
 @pytest.mark.parametrize("ending", ["\r\n", "\n", "\r"], ids=["crlf", "lf", "cr"])
 def test_line_endings_do_not_change_the_audit(path: Path, ending: str) -> None:
     """LF-only files get their CRs back for G85; bare CR is a line end too."""
@@ -91,6 +100,7 @@ def test_line_endings_do_not_change_the_audit(path: Path, ending: str) -> None:
     assert parse(ending.join(lines).encode("latin-1")) == parse(text)
 
 
+@DEX.needed
 def test_vec91_totals_products_and_not_supported_fields() -> None:
     audit = parse(read("vec91_soda_read1.dex"))
     assert audit.paid == Sales(2778, 43111525, 2778, 270949)
@@ -120,6 +130,7 @@ def test_vec91_totals_products_and_not_supported_fields() -> None:
     assert audit.other == (("SD1", "000000"),)
 
 
+@DEX.needed
 def test_vec91_second_read() -> None:
     audit = parse(read("vec91_soda_read2.dex"))
     assert audit.paid == Sales(2789, 43112550, 2789, 271974)
@@ -128,6 +139,7 @@ def test_vec91_second_read() -> None:
     assert products["1"].paid == Sales(233, 23499, 233, 23499)
 
 
+@DEX.needed
 def test_necta_envelope_zero_decimals_and_product_blocks() -> None:
     audit = parse(read("necta_pc5461c_bluered_20191203_1145.dex"))
     assert audit.sender == "NEC1190468"
@@ -148,6 +160,7 @@ def test_necta_envelope_zero_decimals_and_product_blocks() -> None:
     assert "ignored text after DXE" in audit.warnings
 
 
+@DEX.needed
 def test_necta_kikko_shifted_pa1_reset_only_sales_and_g85_without_crlf() -> None:
     audit = parse(read("necta_kikko_bluered_20191230_1449_g85_nocrlf.dex"))
     first = audit.products[0]
@@ -162,6 +175,7 @@ def test_necta_kikko_shifted_pa1_reset_only_sales_and_g85_without_crlf() -> None
     assert audit.machine.model == "KIKKO IFE"
 
 
+@DEX.needed
 def test_fage_no_st_events_and_junk_after_dxe() -> None:
     audit = parse(read("fage_eagle2_no_st_no_g85.dex"))
     assert audit.sender == "FAG"
@@ -181,6 +195,7 @@ def test_fage_no_st_events_and_junk_after_dxe() -> None:
     ]
 
 
+@DEX.needed
 def test_rhea_pa7_by_payment_device_and_one_element_id4() -> None:
     audit = parse(read("rheavendors_luce_x2.dex"))
     assert audit.currency.decimals == 2
@@ -197,6 +212,7 @@ def test_rhea_pa7_by_payment_device_and_one_element_id4() -> None:
     assert audit.initialised == Stamp("980829", "1310")
 
 
+@DEX.needed
 def test_wittern_preamble_products_with_test_free_and_ea2_inside_the_loop() -> None:
     audit = parse(read("wittern_gvc1_slot_preamble_truncated.dex"))
     assert "ignored text before DXS" in audit.warnings
@@ -212,6 +228,7 @@ def test_wittern_preamble_products_with_test_free_and_ea2_inside_the_loop() -> N
     assert len(audit.event_counters) == 5  # EA2 between products belongs to the audit
 
 
+@DEX.needed
 def test_truncated_file_is_an_incomplete_audit() -> None:
     audit = parse(read("wittern_gvc1_truncated_short.dex"))
     assert not audit.complete
@@ -220,6 +237,7 @@ def test_truncated_file_is_an_incomplete_audit() -> None:
     assert "audit ends without SE or DXE (truncated)" in audit.warnings
 
 
+@DEX.needed
 def test_lsle_loop_ma5_block_and_empty_ea1() -> None:
     audit = parse(read("wittern_gvc_v11_lsle_ma5.dex"))
     assert audit.currency.decimals == 0
@@ -231,6 +249,7 @@ def test_lsle_loop_ma5_block_and_empty_ea1() -> None:
     assert not [warning for warning in audit.warnings if "SE01" in warning]  # LS/LE not counted
 
 
+@DEX.needed
 def test_several_audits_in_one_file() -> None:
     truncated = read("wittern_gvc1_truncated_short.dex")
     complete = read("vec91_soda_read1.dex")
@@ -240,6 +259,7 @@ def test_several_audits_in_one_file() -> None:
     assert parse(truncated + truncated).machine.serial == "WTN11240080108"
 
 
+@DEX.needed
 def test_a_file_without_dxs_is_read_from_its_first_segment() -> None:
     text = read("vec91_soda_read1.dex").split(b"\n", 1)[1]
     audit = parse(b"some header\n" + text)
@@ -372,23 +392,23 @@ def test_arbitrary_text_raises_nothing_but_parse_error(lines: list[str], ending:
         parse_all(ending.join(lines))
 
 
-@pytest.mark.parametrize("path", DEX_FILES, ids=lambda path: path.name)
-def test_every_truncation_of_a_corpus_file_parses_or_raises_parse_error(path: Path) -> None:
-    data = path.read_bytes()
+@pytest.mark.parametrize("name", SAMPLES)
+def test_every_truncation_parses_or_raises_parse_error(name: str) -> None:
+    data = SAMPLES[name]
     for end in range(len(data) + 1):
         with suppress(ParseError):
             parse_all(data[:end])
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(
-    st.sampled_from(DEX_FILES),
+    st.sampled_from(sorted(SAMPLES)),
     st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), max_size=20),
 )
-def test_byte_flips_in_corpus_files_raise_nothing_but_parse_error(
-    path: Path, flips: list[tuple[float, int]]
+def test_byte_flips_raise_nothing_but_parse_error(
+    name: str, flips: list[tuple[float, int]]
 ) -> None:
-    data = bytearray(path.read_bytes())
+    data = bytearray(SAMPLES[name])
     for where, value in flips:
         data[int(where * len(data))] = value
     with suppress(ParseError):
@@ -406,7 +426,7 @@ def _vmctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("path", DEX_FILES, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", DEX.params())
 def test_cli_parse_json_for_every_corpus_file(path: Path) -> None:
     done = _vmctl("dex", "parse", str(path), "--json")
     assert done.returncode == 0, done.stderr
@@ -422,41 +442,49 @@ def test_cli_parse_json_for_every_corpus_file(path: Path) -> None:
     assert summary["audits"] == 1
 
 
-def test_cli_parse_values() -> None:
-    summary = json.loads(_vmctl("dex", "parse", str(DEX / "vec91_soda_read1.dex"), "--json").stdout)
+@pytest.fixture
+def own_audit(tmp_path: Path) -> Path:
+    path = tmp_path / "own.dex"
+    path.write_bytes(AUDIT)
+    return path
+
+
+def test_cli_parse_values(own_audit: Path) -> None:
+    summary = json.loads(_vmctl("dex", "parse", str(own_audit), "--json").stdout)
     assert summary["machine"] == {
-        "serial": "VCS90070146",
-        "model": "VEC 9.1",
-        "location": None,
-        "build": "2020",
+        "serial": SERIAL,
+        "model": "SNACK 40",
+        "location": "Hall 3",
+        "build": "2024",
         "asset": None,
     }
     assert summary["totals"] == {
-        "paid_value_init": 43111525,
-        "paid_vends_init": 2778,
-        "paid_value_reset": 270949,
-        "paid_vends_reset": 2778,
+        "paid_value_init": 1099250,
+        "paid_vends_init": 9740,
+        "paid_value_reset": 278250,
+        "paid_vends_reset": 2460,
     }
-    assert summary["products"][0] | {"test": None} == {
+    assert summary["products"][0] == {
         "selection": "1",
-        "price": 125,
-        "product_id": None,
-        "vends_init": 231,
-        "value_init": 23249,
-        "vends_reset": 231,
-        "value_reset": 23249,
+        "price": 75,
+        "product_id": "Wasser still",
+        "vends_init": 107,
+        "value_init": 8025,
+        "vends_reset": 3,
+        "value_reset": 225,
         "test": None,
         "free": None,
     }
-    assert summary["events"][1]["code"] == "DO"
-    assert summary["events"][1]["count"] == 561
+    assert summary["products"][1]["product_id"] == "Café crème"  # written as Caf^E9^ cr^E8^me
+    assert summary["events"][1]["code"] == "EGS"
+    assert summary["events"][1]["count"] == 12
 
 
-def test_cli_parse_human_summary() -> None:
-    done = _vmctl("dex", "parse", str(DEX / "vec91_soda_read1.dex"))
+def test_cli_parse_human_summary(own_audit: Path) -> None:
+    done = _vmctl("dex", "parse", str(own_audit))
     assert done.returncode == 0
-    assert "VCS90070146" in done.stdout
-    assert "431115.25" in done.stdout  # ID401 = 2
+    assert SERIAL in done.stdout
+    assert "10992.50" in done.stdout  # ID401 = 2
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage\r\nmore garbage\r\n", bytes(range(256))])
@@ -511,7 +539,7 @@ def test_parsing_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> N
     was = gc.isenabled()
     (gc.enable if enabled else gc.disable)()
     try:
-        parse((DEX / "vec91_soda_read1.dex").read_bytes())
+        parse(AUDIT)
         with suppress(NoAuditError):
             parse(b"garbage")
         assert gc.isenabled() is enabled

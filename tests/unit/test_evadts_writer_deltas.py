@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.crc16 import crc16_arc
@@ -36,14 +36,14 @@ from protocols.evadts.records import (
     Stamp,
 )
 from protocols.evadts.writer import AuditWriteError, make_audit, write
+from tests.corpus import DEX
+from tests.samples import audit_bytes
 
-DEX = Path(__file__).resolve().parents[1] / "fixtures" / "dex"
-DEX_FILES = sorted(DEX.glob("*.dex"))
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def read(name: str) -> Audit:
-    return parse((DEX / name).read_bytes())
+    return parse(DEX.read(name))
 
 
 def product(selection: str, price: int, vends: int, vends_reset: int | None = None) -> Product:
@@ -104,7 +104,7 @@ def test_writer_escapes_text_and_refuses_what_it_cannot_carry() -> None:
         write(replace(make_audit(serial="1"), other=(("XX1", "a*b"),)))
 
 
-@pytest.mark.parametrize("path", DEX_FILES, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", DEX.params())
 def test_every_corpus_audit_survives_write_and_parse(path: Path) -> None:
     audit = parse(path.read_bytes())
     again = parse(write(audit))
@@ -197,7 +197,7 @@ AUDITS = st.builds(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300)
 @given(AUDITS)
 def test_written_audits_parse_back_to_the_same_records(audit: Audit) -> None:
     again = parse(write(audit))
@@ -208,6 +208,7 @@ def test_written_audits_parse_back_to_the_same_records(audit: Audit) -> None:
 # -- deltas -----------------------------------------------------------------------------------
 
 
+@DEX.needed
 def test_vec91_between_two_reads() -> None:
     result = delta(read("vec91_soda_read1.dex"), read("vec91_soda_read2.dex"))
     assert not result.baseline_reset
@@ -230,6 +231,7 @@ def test_vec91_between_two_reads() -> None:
     assert [(i.code, i.increase) for i in result.event_increases] == [("DO", 4)]
 
 
+@DEX.needed
 def test_necta_reads_of_another_serial_start_a_new_baseline() -> None:
     result = delta(
         read("necta_pc5461c_bluered_20191203_1145.dex"),
@@ -348,14 +350,17 @@ def _vmctl(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_delta_json() -> None:
-    done = _vmctl(
-        "dex",
-        "delta",
-        str(DEX / "vec91_soda_read1.dex"),
-        str(DEX / "vec91_soda_read2.dex"),
-        "--json",
-    )
+@pytest.fixture
+def two_reads(tmp_path: Path) -> tuple[Path, Path]:
+    """Two reads of vmc's sample machine: 2 sold of selection 3, 5 of 8; two door openings."""
+    old, new = tmp_path / "old.dex", tmp_path / "new.dex"
+    old.write_bytes(audit_bytes())
+    new.write_bytes(audit_bytes({3: 2, 8: 5}, door_openings=14))
+    return old, new
+
+
+def test_cli_delta_json(two_reads: tuple[Path, Path]) -> None:
+    done = _vmctl("dex", "delta", *map(str, two_reads), "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert {
@@ -371,35 +376,37 @@ def test_cli_delta_json() -> None:
         "warnings",
     } <= result.keys()
     assert result["baseline_reset"] is False
-    assert result["paid"] == {"vends": 11, "value": 1025, "basis": "init"}
-    assert {"selection": "8", "vends": 5, "value": 375, "basis": "init"} in result["selections"]
+    assert result["paid"] == {"vends": 7, "value": 2 * 125 + 5 * 100, "basis": "init"}
+    assert {"selection": "8", "vends": 5, "value": 500, "basis": "init"} in result["selections"]
     assert result["new_events"] == [
         {
             "kind": "counter",
-            "code": "DO",
+            "code": "EGS",
             "date": None,
             "time": None,
             "duration": None,
-            "count": 4,
-            "active": None,
+            "count": 2,
+            "active": False,
         }
     ]
 
 
-def test_cli_delta_baseline_and_human_summary() -> None:
-    old, new = (str(DEX / f"necta_pc5461c_bluered_20191203_{t}.dex") for t in ("1145", "1220"))
-    result = json.loads(_vmctl("dex", "delta", old, new, "--json").stdout)
+def test_cli_delta_baseline_and_human_summary(tmp_path: Path) -> None:
+    old, new = tmp_path / "old.dex", tmp_path / "new.dex"
+    old.write_bytes(audit_bytes())
+    new.write_bytes(audit_bytes({3: 2}, serial="SIM0004712"))
+    result = json.loads(_vmctl("dex", "delta", str(old), str(new), "--json").stdout)
     assert result["baseline_reset"] is True
     assert any("machine serial changed" in warning for warning in result["warnings"])
-    done = _vmctl("dex", "delta", old, new)
+    done = _vmctl("dex", "delta", str(old), str(new))
     assert done.returncode == 0
     assert "new baseline: yes" in done.stdout
 
 
-def test_cli_delta_of_garbage_exits_2(tmp_path: Path) -> None:
+def test_cli_delta_of_garbage_exits_2(two_reads: tuple[Path, Path], tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.dex"
     garbage.write_bytes(b"not an audit\n")
-    done = _vmctl("dex", "delta", str(DEX / "vec91_soda_read1.dex"), str(garbage), "--json")
+    done = _vmctl("dex", "delta", str(two_reads[0]), str(garbage), "--json")
     assert done.returncode == 2
     assert done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1

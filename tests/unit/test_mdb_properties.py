@@ -85,7 +85,7 @@ def _mangle(words: list[Word], rng: random.Random, rate: float) -> list[Word]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.integers(0, 2**32), st.sampled_from([1, 2, 3]), st.floats(0.0, 0.2))
 def test_noisy_bus_never_crashes_nor_approves_unasked(seed: int, level: int, rate: float) -> None:
     """Nobody approves anything here: no VEND APPROVED may ever leave the reader."""
@@ -102,7 +102,7 @@ def test_noisy_bus_never_crashes_nor_approves_unasked(seed: int, level: int, rat
         bus.device.tick(now)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.integers(0, 2**32), st.floats(0.0, 0.15))
 def test_approvals_on_the_bus_never_exceed_approvals_given(seed: int, rate: float) -> None:
     """The application approves exactly the requests it hears; corruption cannot add any."""
@@ -146,7 +146,7 @@ def _replies(chunks: list[list[Word]], level: int, *, word_at_a_time: bool) -> l
     return out
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.integers(0, 2**32), st.sampled_from([1, 2, 3]))
 def test_replies_do_not_depend_on_how_the_stream_is_split(seed: int, level: int) -> None:
     rng = random.Random(seed)

@@ -15,20 +15,28 @@ from hypothesis import strategies as st
 from protocols.errors import ParseError
 from protocols.mdb.words import Word
 from sim.trace import Direction, TraceRecorder, exchanges, parse_trace
-from tests.conftest import MDB_TRACES
+from tests.corpus import MDB
 from vmc.cloud.messages import VendType
 from vmc.journal import Journal, JournalRecord
 from vmc.logs import configure_logging
 
 
-@pytest.mark.parametrize("path", MDB_TRACES, ids=lambda p: p.name)
-def test_corpus_traces_parse_and_reformat(path: Path) -> None:
+def _parses_and_reformats(path: Path) -> None:
     lines = parse_trace(path.read_text())
     assert lines
     again = parse_trace("\n".join(line.format() for line in lines))
     assert [line.words for line in again] == [line.words for line in lines]
     pairs = list(exchanges(lines))
     assert all(vmc.direction is Direction.VMC for vmc, _ in pairs)
+
+
+@pytest.mark.parametrize("path", MDB.params())
+def test_corpus_traces_parse_and_reformat(path: Path) -> None:
+    _parses_and_reformats(path)
+
+
+def test_recorded_traces_parse_and_reformat(recorded_trace: Path) -> None:
+    _parses_and_reformats(recorded_trace)
 
 
 @pytest.mark.parametrize(
