@@ -23,11 +23,10 @@ from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker, free_port
 from sim.dex_source import DexSource
 from sim.vmc_master import VmcMaster
-from tests.conftest import FIXTURES
+from tests.samples import AUDIT
 from tests.e2e.vmcd_proc import STOP_MARGIN_S, Vmcd, alive, wait_for
 from vmc.daemon import STOP_BUDGET_S
 
-AUDIT = (FIXTURES / "dex" / "vec91_soda_read1.dex").read_bytes()
 
 
 def bus_processes(port_url: str) -> list[int]:
