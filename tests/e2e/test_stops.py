@@ -23,10 +23,9 @@ from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker, free_port
 from sim.dex_source import DexSource
 from sim.vmc_master import VmcMaster
-from tests.samples import AUDIT
 from tests.e2e.vmcd_proc import STOP_MARGIN_S, Vmcd, alive, wait_for
+from tests.samples import AUDIT
 from vmc.daemon import STOP_BUDGET_S
-
 
 
 def bus_processes(port_url: str) -> list[int]:
