@@ -38,8 +38,11 @@ LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 # Mentions of the project's workspace beside the repository, with or without a leading ../
-WORKSPACE = re.compile(r"\.\./shared|/work/|(?<![\w/.-])shared/(?:architecture|reference|seeds)")
-UP_PATH = re.compile(r"(?:\.\./)+[\w.\-/]*")
+# The one allowed: where the tests look for the corpus of real files (README, Testing).
+WORKSPACE = re.compile(
+    r"\.\./shared(?!/corpus/)|/work/|(?<![\w/.-])shared/(?:architecture|reference|seeds)"
+)
+UP_PATH = re.compile(r"(?:\.\./)+(?!shared/corpus/)[\w.\-/]*")
 REPO_DIRS = ("docs", "systemd", "scripts", "tests", "bench", "vmc", "protocols", "drivers", "sim")
 REPO_PATH = re.compile(rf"(?<![\w/.-])(?:{'|'.join(REPO_DIRS)})/[\w.\-/]*")
 PROGRAMS = {"vmcd": vmcd_parser, "vmctl": vmctl_parser, "vmc-sim": sim_parser}
@@ -120,7 +123,7 @@ def test_commands_in_examples_exist(path: Path) -> None:
     for words in _command_lines(path.read_text(encoding="utf-8")):
         parser = PROGRAMS[words[0]]()
         rest = words[1:]
-        while rest and (subs := _subcommands(parser)):
+        while rest and (subs := _subcommands(parser)) and not rest[0].startswith("-"):
             assert rest[0] in subs, f"{_rel(path)}: {' '.join(words)}: no command {rest[0]!r}"
             parser, rest = subs[rest[0]], rest[1:]
         known = set(parser._option_string_actions)
