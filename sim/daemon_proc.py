@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -18,46 +18,28 @@ def _pin_to(cpu: int) -> Callable[[], None]:
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
-class DaemonProcess:
-    """``vmcd`` on ``pair.device_url``; logs go to ``log_path``.
+class VmcdProcess:
+    """One ``vmcd`` run from ``argv``, its log (JSON lines) appended to ``state_dir/vmcd.log``.
 
-    ``cpu`` pins the daemon to that CPU; the bus process it spawns inherits the affinity.
+    ``cpu`` pins the daemon to that CPU (the bus process it spawns inherits the affinity);
+    ``own_group`` starts it in a process group of its own, as a shell job is.
     """
 
     def __init__(
         self,
-        pair: PtyPair,
+        argv: list[str],
         state_dir: Path,
         *,
-        level: int = 3,
-        address: int = 0x10,
-        local_approval: str = "accept",
-        extra: tuple[str, ...] = (),
-        log_level: str = "info",
+        env: Mapping[str, str] | None = None,
         cpu: int | None = None,
+        own_group: bool = False,
     ) -> None:
-        self.pair = pair
-        self.cpu = cpu
+        self.args = argv
         self.state_dir = state_dir
         self.log_path = state_dir / "vmcd.log"
-        self.args = [
-            sys.executable,
-            "-m",
-            "vmc",
-            "--mdb",
-            pair.device_url,
-            "--mdb-address",
-            hex(address),
-            "--level",
-            str(level),
-            "--state-dir",
-            str(state_dir),
-            "--local-approval",
-            local_approval,
-            "--log-level",
-            log_level,
-            *extra,
-        ]
+        self.env = None if env is None else {**os.environ, **env}
+        self.cpu = cpu
+        self.own_group = own_group
         self.proc: asyncio.subprocess.Process | None = None
         self._log: IO[bytes] | None = None
 
@@ -68,7 +50,9 @@ class DaemonProcess:
             *self.args,
             stdout=self._log,
             stderr=asyncio.subprocess.STDOUT,
+            env=self.env,
             preexec_fn=None if self.cpu is None else _pin_to(self.cpu),
+            process_group=0 if self.own_group else None,
         )
 
     def kill(self) -> None:
@@ -88,7 +72,47 @@ class DaemonProcess:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        self.close_log()
+        return proc.returncode
+
+    def close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
-        return proc.returncode
+
+
+class DaemonProcess(VmcdProcess):
+    """``vmcd`` on ``pair.device_url`` with the simulator's usual flags."""
+
+    def __init__(
+        self,
+        pair: PtyPair,
+        state_dir: Path,
+        *,
+        level: int = 3,
+        address: int = 0x10,
+        local_approval: str = "accept",
+        extra: tuple[str, ...] = (),
+        log_level: str = "info",
+        cpu: int | None = None,
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "vmc",
+            "--mdb",
+            pair.device_url,
+            "--mdb-address",
+            hex(address),
+            "--level",
+            str(level),
+            "--state-dir",
+            str(state_dir),
+            "--local-approval",
+            local_approval,
+            "--log-level",
+            log_level,
+            *extra,
+        ]
+        super().__init__(argv, state_dir, cpu=cpu)
+        self.pair = pair

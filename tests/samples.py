@@ -7,16 +7,11 @@ sim's trace recorder in the corpus format. Tests about the real files use ``test
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import random
-import socket
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from drivers.loopback import loopback_pair
 from protocols.evadts.records import (
     Audit,
     Cash,
@@ -30,14 +25,11 @@ from protocols.evadts.records import (
     Stamp,
 )
 from protocols.evadts.writer import make_audit, write
-from protocols.mdb.cashless import CashlessDevice, ReaderConfig
+from protocols.mdb.cashless import ReaderConfig
 from sim.scenarios import Customers, run_customers
 from sim.trace import TraceRecorder
-from sim.vmc_master import VmcMaster
+from tests.loopback_rig import in_process_reader
 from vmc.journal import Journal
-from vmc.services import bus_messages as msg
-from vmc.services.bus_process import serve
-from vmc.services.vending import LocalVending
 
 SERIAL = "SIM0004711"
 SELECTIONS = 40
@@ -99,33 +91,11 @@ AUDIT = audit_bytes()
 
 async def record_trace(state_dir: Path, sessions: int = 12, seed: int = 7) -> str:
     """A trace of the simulated VMC initialising the cashless core and serving customers."""
-    device_port, vmc_port = loopback_pair()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
-    journal = Journal(state_dir / "journal.sqlite3")
-    vending = LocalVending(True, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0)
-    device = CashlessDevice(TRACE_READER, time.monotonic())
-    bus = asyncio.create_task(serve(device_port, device, theirs, realtime=False))
-    loop = asyncio.get_running_loop()
-
-    async def decide() -> None:
-        while data := await loop.sock_recv(ours, 65536):
-            vending.handle(msg.decode(data))
-
-    deciding = asyncio.create_task(decide())
     recorder = TraceRecorder()
-    vmc = VmcMaster(vmc_port, recorder=recorder, answer_timeout=0.5)
-    try:
-        await vmc.initialise(level=TRACE_READER.level)
-        customers = Customers(vmc, random.Random(seed), poll_period=0.005)
+    journal = Journal(state_dir / "journal.sqlite3")
+    async with in_process_reader(TRACE_READER, journal, recorder=recorder) as reader:
+        await reader.vmc.initialise(level=TRACE_READER.level)
+        customers = Customers(reader.vmc, random.Random(seed), poll_period=0.005)
         await run_customers(customers, sessions, weights={"purchase": 3, "cash_sale": 1})
-    finally:
-        vmc.close()
-        ours.send(msg.encode(msg.Stop()))
-        await asyncio.wait_for(bus, 30)
-        deciding.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await deciding
-        journal.close()
-        ours.close()
+    journal.close()
     return recorder.text()

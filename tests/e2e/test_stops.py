@@ -23,8 +23,9 @@ from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker, free_port
 from sim.dex_source import DexSource
 from sim.vmc_master import VmcMaster
-from tests.e2e.vmcd_proc import STOP_MARGIN_S, Vmcd, alive, wait_for
+from tests.e2e.vmcd_proc import STOP_MARGIN_S, Vmcd, alive
 from tests.samples import AUDIT
+from tests.waiting import wait_for
 from vmc.daemon import STOP_BUDGET_S
 
 

@@ -22,7 +22,7 @@ from sim.broker import MosquittoBroker
 from sim.vmc_master import VmcMaster
 from tests.e2e.cloud_rig import DEVICE, machine
 from tests.e2e.test_stops import assert_quick_clean_stop, background, running
-from tests.e2e.vmcd_proc import wait_for
+from tests.waiting import wait_for
 from vmc.services.bus import BUS_SILENT_S, MDB_SILENT_S
 
 WATCHDOG_USEC = 400_000

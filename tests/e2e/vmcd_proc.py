@@ -13,9 +13,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from sim.daemon_proc import VmcdProcess
+from tests.waiting import wait_for
 
 VMCD = Path(sys.executable).parent / "vmcd"
 # What a busy 2-core machine may add to vmcd's own stop budget before a test calls it slow.
@@ -39,41 +42,12 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail the test naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-class Vmcd:
+class Vmcd(VmcdProcess):
     """One ``vmcd`` run: ``start``, watch its log, ``signal_and_wait`` for the measured stop."""
 
     def __init__(self, state_dir: Path, *args: str, env: Mapping[str, str] | None = None) -> None:
-        self.state_dir = state_dir
-        self.log_path = state_dir / "vmcd.log"
-        self.args = [str(VMCD), "--state-dir", str(state_dir), "--log-level", "info", *args]
-        self.env = {**os.environ, **(env or {})}
-        self.proc: asyncio.subprocess.Process | None = None
-        self._log: IO[bytes] | None = None
-
-    async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        # A process group of its own, as a shell job: a Ctrl-C reaches the whole group.
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.args,
-            stdout=self._log,
-            stderr=asyncio.subprocess.STDOUT,
-            env=self.env,
-            process_group=0,
-        )
+        argv = [str(VMCD), "--state-dir", str(state_dir), "--log-level", "info", *args]
+        super().__init__(argv, state_dir, env=env or {}, own_group=True)
 
     @property
     def pid(self) -> int:
@@ -129,6 +103,4 @@ class Vmcd:
                     os.kill(pid, signal.SIGKILL)
             proc.kill()
             await proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self.close_log()

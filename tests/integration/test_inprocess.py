@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import random
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -16,49 +15,26 @@ from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from sim.scenarios import DEFAULT_WEIGHTS, Customers, run_customers
 from sim.trace import parse_trace
 from sim.vmc_master import VmcMaster
+from tests.loopback_rig import in_process_reader
 from vmc.cloud.messages import VendType
 from vmc.journal import Journal
 from vmc.services import bus_messages as msg
 from vmc.services.bus_process import serve
-from vmc.services.vending import LocalVending
-
-
-async def _daemon_side(sock: socket.socket, vending: LocalVending) -> None:
-    loop = asyncio.get_running_loop()
-    while data := await loop.sock_recv(sock, 65536):
-        vending.handle(msg.decode(data))
 
 
 @pytest.mark.parametrize("level", [1, 2, 3])
 @pytest.mark.parametrize("accept", [True, False])
 async def test_customers_in_process(tmp_path: Path, level: int, accept: bool) -> None:
-    device_port, vmc_port = loopback_pair()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
     journal = Journal(tmp_path / "journal.sqlite3")
-    vending = LocalVending(accept, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0)
-    config = ReaderConfig(level=level)
-    bus_task = asyncio.create_task(
-        serve(device_port, CashlessDevice(config, time.monotonic()), theirs, realtime=False)
-    )
-    daemon_task = asyncio.create_task(_daemon_side(ours, vending))
-    vmc = VmcMaster(vmc_port, answer_timeout=0.5)
-    try:
-        await vmc.initialise(level=3)
-        customers = Customers(vmc, random.Random(level), poll_period=0.005)
+    async with in_process_reader(ReaderConfig(level=level), journal, accept=accept) as reader:
+        await reader.vmc.initialise(level=3)
+        customers = Customers(reader.vmc, random.Random(level), poll_period=0.005)
         weights = dict(DEFAULT_WEIGHTS)
         if not accept:
             weights = {"purchase": 3, "cancel": 1, "cash_sale": 1}
         if not accept and level < 3:
             weights = {"cash_sale": 1}  # no sessions are offered when every vend is denied
         report = await run_customers(customers, 25, weights=weights)
-    finally:
-        vmc.close()
-        ours.send(msg.encode(msg.Stop()))
-        await asyncio.wait_for(bus_task, 5)
-        daemon_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await daemon_task
     assert not report.errors, report.errors
     outcomes = report.outcomes()
     vended = outcomes.get("vended", 0) + 2 * outcomes.get("multi_vend", 0)

@@ -4,31 +4,20 @@ replays byte for byte in process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
-import socket
-import time
 from pathlib import Path
 
 import pytest
 
-from drivers.loopback import loopback_pair
 from protocols.mdb import commands as c
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from sim.replay import replay_in_process
 from sim.scenarios import Customers, run_customers
 from sim.trace import Direction, TraceLine, TraceRecorder, parse_trace
 from sim.vmc_master import VmcMaster
+from tests.loopback_rig import in_process_reader
 from vmc.journal import Journal
 from vmc.services import bus_messages as msg
-from vmc.services.bus_process import serve
-from vmc.services.vending import LocalVending
-
-
-async def _daemon_side(sock: socket.socket, vending: LocalVending) -> None:
-    loop = asyncio.get_running_loop()
-    while data := await loop.sock_recv(sock, 65536):
-        vending.handle(msg.decode(data))
 
 
 async def _poll_until(vmc: VmcMaster, code: int, timeout: float = 5.0) -> None:
@@ -40,31 +29,16 @@ async def _poll_until(vmc: VmcMaster, code: int, timeout: float = 5.0) -> None:
 
 
 async def _record(config: ReaderConfig, tmp_path: Path) -> list[TraceLine]:
-    device_port, vmc_port = loopback_pair()
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
-    journal = Journal(tmp_path / "journal.sqlite3")
-    vending = LocalVending(True, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0)
-    device = CashlessDevice(config, time.monotonic())
-    bus_task = asyncio.create_task(serve(device_port, device, theirs, realtime=False))
-    daemon_task = asyncio.create_task(_daemon_side(ours, vending))
     recorder = TraceRecorder()
-    vmc = VmcMaster(vmc_port, answer_timeout=0.5, recorder=recorder)
-    try:
-        await vmc.initialise(level=3)
-        customers = Customers(vmc, random.Random(4), poll_period=0.005)
+    journal = Journal(tmp_path / "journal.sqlite3")
+    async with in_process_reader(config, journal, recorder=recorder) as reader:
+        await reader.vmc.initialise(level=3)
+        customers = Customers(reader.vmc, random.Random(4), poll_period=0.005)
         await run_customers(customers, 3, weights={"purchase": 1})
-        ours.send(msg.encode(msg.ShowText("ENJOY YOUR DRINK", 2.5)))
-        await _poll_until(vmc, c.Resp.DISPLAY_REQUEST)
+        reader.send(msg.ShowText("ENJOY YOUR DRINK", 2.5))
+        await _poll_until(reader.vmc, c.Resp.DISPLAY_REQUEST)
         await run_customers(customers, 3, weights={"purchase": 2, "cash_sale": 1})
-    finally:
-        vmc.close()
-        ours.send(msg.encode(msg.Stop()))
-        await asyncio.wait_for(bus_task, 5)
-        daemon_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await daemon_task
-        journal.close()
+    journal.close()
     return parse_trace(recorder.text())
 
 

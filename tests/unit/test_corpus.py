@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.corpus import DEX, ENV, MDB, ROOT, corpus_root
+from tests.inner_pytest import run_pytest
 
 
 def _digest(path: Path) -> str:
@@ -37,24 +37,12 @@ def test_no_tracked_file_is_a_copy_of_a_corpus_file() -> None:
 
 def test_without_the_corpus_its_tests_skip_with_one_line_and_the_rest_run() -> None:
     env = {**os.environ, ENV: "/nonexistent"}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-v",
-            "-rs",
-            "-p",
-            "no:cacheprovider",
-            "tests/unit/test_mdb_traces.py",
-            "tests/unit/test_evadts_writer_deltas.py",
-        ],
-        cwd=ROOT,
+    done = run_pytest(
+        "-v",
+        "-rs",
+        "tests/unit/test_mdb_traces.py",
+        "tests/unit/test_evadts_writer_deltas.py",
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:]
     skipped = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]

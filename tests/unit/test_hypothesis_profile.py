@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.conftest import PROFILE, PROFILE_ENV
+from tests.inner_pytest import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests"
@@ -56,22 +55,8 @@ def test_a_fresh_clone_passes_the_codec_properties(tmp_path: Path) -> None:
     """With no ``.hypothesis`` yet, Hypothesis first builds its Unicode tables: slow, not wrong."""
     env = {k: v for k, v in os.environ.items() if k != PROFILE_ENV}
     env["HYPOTHESIS_STORAGE_DIRECTORY"] = str(tmp_path / "fresh")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/unit/test_cloud_codec.py::test_random_maps_only_raise_command_error",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    done = run_pytest(
+        "-q", "tests/unit/test_cloud_codec.py::test_random_maps_only_raise_command_error", env=env
     )
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "fresh").is_dir()  # the run really started from an empty directory
