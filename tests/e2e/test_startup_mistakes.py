@@ -10,8 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -21,25 +19,27 @@ import pytest
 from drivers.pty import PtyPair
 
 BIN = Path(sys.executable).parent
-NOBODY = 65534
+# Runs a command with this user's uid but none of root's powers over files (a user namespace
+# with no mapping): what the systemd unit's unprivileged user meets, even when tests run as root.
+UNPRIVILEGED = ("unshare", "--user")
 MQTTS = ("--mqtt", "mqtts://127.0.0.1:8883", "--device-id", "m1")
 
 
-def _run(command: str, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
+def _run(command: str, *args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    prefix = UNPRIVILEGED if unprivileged else ()
     return subprocess.run(
-        [str(BIN / command), *args],
+        [*prefix, str(BIN / command), *args],
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
         timeout=60,
-        user=user,
-        group=user,
         check=False,
     )
 
 
-def _vmcd(state: Path, *args: str, user: int | None = None) -> subprocess.CompletedProcess[str]:
-    return _run("vmcd", "--mdb", "loop://startup", "--state-dir", str(state), *args, user=user)
+def _vmcd(state: Path, *args: str, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = ("--mdb", "loop://startup", "--state-dir", str(state), *args)
+    return _run("vmcd", *argv, unprivileged=unprivileged)
 
 
 def _one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -100,48 +100,35 @@ def test_state_dir_is_created_when_missing(tmp_path: Path) -> None:
     assert state.is_dir()
 
 
-def _nobody_can_run_vmcd() -> bool:
+@pytest.fixture
+def unprivileged() -> None:
+    """Skip where no user namespace can be made (unshare missing or refused)."""
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", "import vmc.daemon"],
-            user=NOBODY,
-            group=NOBODY,
-            capture_output=True,
-            timeout=60,
-            check=False,
+            [*UNPRIVILEGED, "true"], check=False, capture_output=True, timeout=30
         )
     except OSError:
-        return False
-    return probe.returncode == 0
+        probe = None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no user namespace for an unprivileged run (unshare --user)")
 
 
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory another user can enter (pytest's tmp_path is root's alone)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to run vmcd as another user")
-    if not _nobody_can_run_vmcd():
-        pytest.skip(f"uid {NOBODY} cannot run this Python (installed under a private home?)")
-    path = Path(tempfile.mkdtemp(prefix="vmc-startup-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_state_dir_that_is_not_writable(shared_dir: Path) -> None:
-    state = shared_dir / "state"
-    state.mkdir(mode=0o755)  # root's: nobody may read it but not write in it
-    result = _vmcd(state, user=NOBODY)
+@pytest.mark.usefixtures("unprivileged")
+def test_state_dir_that_is_not_writable(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o555)
+    result = _vmcd(state, unprivileged=True)
     _one_line(result, "daemon.state_dir", "cannot write", str(state), "Permission denied")
 
 
-def test_journal_left_by_root_is_named(shared_dir: Path) -> None:
-    state = shared_dir / "state"
+@pytest.mark.usefixtures("unprivileged")
+def test_journal_left_by_root_is_named(tmp_path: Path) -> None:
+    state = tmp_path / "state"
     state.mkdir()
-    os.chown(state, NOBODY, NOBODY)
     journal = state / "journal.sqlite3"
-    journal.write_bytes(b"")  # root's, 0644: as after one `sudo vmcd`
-    _one_line(_vmcd(state, user=NOBODY), "daemon.state_dir", str(journal), "not writable")
+    journal.write_bytes(b"")
+    journal.chmod(0o444)  # as a journal left by one `sudo vmcd` is to the vmc user
+    _one_line(_vmcd(state, unprivileged=True), "daemon.state_dir", str(journal), "not writable")
 
 
 # -- TLS files ---------------------------------------------------------------------------------
@@ -192,17 +179,14 @@ def _tls_config(tmp_path: Path, **files: Path | str) -> str:
     return str(config)
 
 
-def test_tls_file_that_is_not_readable(shared_dir: Path, tls: TlsFiles) -> None:
-    state = shared_dir / "state"
-    state.mkdir()
-    os.chown(state, NOBODY, NOBODY)
-    ca = shared_dir / "ca.pem"
+@pytest.mark.usefixtures("unprivileged")
+def test_tls_file_that_is_not_readable(tmp_path: Path, tls: TlsFiles) -> None:
+    ca = tmp_path / "ca.pem"
     shutil.copy(tls.cert, ca)
-    ca.chmod(0o600)
-    config = shared_dir / "vmc.toml"
+    ca.chmod(0o000)
+    config = tmp_path / "vmc.toml"
     config.write_text(f'[cloud]\nca_file = "{ca}"\n')
-    config.chmod(0o644)
-    result = _vmcd(state, *MQTTS, "--config", str(config), user=NOBODY)
+    result = _vmcd(tmp_path / "state", *MQTTS, "--config", str(config), unprivileged=True)
     _one_line(result, "cloud.ca_file", str(ca), "Permission denied")
 
 
