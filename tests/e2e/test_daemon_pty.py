@@ -18,6 +18,7 @@ from sim.scenarios import Customers, run_customers
 from sim.trace import read_trace
 from sim.vmc_master import VmcMaster
 from tests.corpus import MDB
+from tests.e2e.console import assert_exit_follows_checks
 from tests.waiting import wait_until
 from vmc.journal import Journal
 
@@ -174,7 +175,7 @@ def test_the_readme_demo_runs(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_exit_follows_checks(result)
     assert "the backend's books" in result.stdout
     assert "backend: success" in result.stdout
     assert " ERR " not in result.stdout
@@ -189,6 +190,6 @@ def test_the_local_demo_runs() -> None:
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_exit_follows_checks(result)
     assert "errors: 0" in result.stdout
     assert "vend_success (free)=" in result.stdout

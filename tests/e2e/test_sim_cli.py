@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from sim.trace import exchanges, read_trace
-from tests.e2e.console import VMC_SIM, VMCD, Running
+from tests.e2e.console import (
+    VMC_SIM,
+    VMCD,
+    Running,
+    assert_exit_follows_checks,
+    demo_checks,
+)
 
 
 def _run(*args: str, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -26,29 +32,6 @@ def _assert_one_line_mistake(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("vmc-sim")
-
-
-def _checks(stdout: str) -> dict[str, str]:
-    """The closing checks section: check name -> verdict word."""
-    section = stdout.partition("--- checks ---\n")[2]
-    return {
-        name.strip(): rest.split()[0]
-        for name, _, rest in (line.partition(": ") for line in section.splitlines()[:-1])
-    }
-
-
-def _assert_exit_follows_checks(result: subprocess.CompletedProcess[str]) -> dict[str, str]:
-    """Every check agrees, and the exit code is 0.
-
-    The one allowance is bus timing: over a pty on a busy machine the kernel can hold an
-    answer past 5 ms, and then the demo must say FAILED and exit 1, as it does.
-    """
-    checks = _checks(result.stdout)
-    assert checks, result.stdout + result.stderr
-    failed = {name for name, word in checks.items() if word not in ("ok", "match")}
-    assert failed <= {"bus timing"}, result.stdout
-    assert result.returncode == (1 if failed else 0), result.stdout + result.stderr
-    return checks
 
 
 @pytest.fixture
@@ -125,7 +108,7 @@ def test_version() -> None:
 
 def test_the_cloud_demo_reports_money_and_agreement(tmp_path: Path) -> None:
     result = _run("demo", "--sessions", "6", env={**os.environ, "TMPDIR": str(tmp_path)})
-    checks = _assert_exit_follows_checks(result)
+    checks = assert_exit_follows_checks(result)
     assert checks["DEX vs the VMC"] == "match"
     assert checks["app sales, books vs VMC"] == "match"
     assert re.search(r"^ +charged: \d+\.\d\d$", result.stdout, re.MULTILINE), result.stdout
@@ -137,7 +120,7 @@ def test_the_local_demo_speaks_plainly_and_claims_no_folder(tmp_path: Path) -> N
     temp = tmp_path / "tmp"
     temp.mkdir()
     result = _run("demo", "--local", "--sessions", "6", env={**os.environ, "TMPDIR": str(temp)})
-    checks = _assert_exit_follows_checks(result)
+    checks = assert_exit_follows_checks(result)
     assert checks["free vends, journal vs VMC"] == "match"
     assert "reader initialised: level 3, currency ISO 4217 978 with 2 decimals" in result.stdout
     assert "ReaderInfo(" not in result.stdout
@@ -148,7 +131,7 @@ def test_the_local_demo_speaks_plainly_and_claims_no_folder(tmp_path: Path) -> N
 def test_the_local_demo_keeps_the_state_dir_it_names(tmp_path: Path) -> None:
     state = tmp_path / "state"
     result = _run("demo", "--local", "--sessions", "3", "--state-dir", str(state))
-    _assert_exit_follows_checks(result)
+    assert_exit_follows_checks(result)
     assert f"kept in {state}" in result.stdout
     assert (state / "journal.sqlite3").exists()
     assert (state / "vmcd.log").exists()
@@ -199,7 +182,7 @@ def test_a_demo_recording_replays_against_a_fresh_vmcd(tmp_path: Path, level: in
         "demo", "--local", "--level", str(level), "--sessions", "16", "--seed", "2",
         "--record", str(recorded),
     )  # fmt: skip
-    assert _checks(demo.stdout)["sessions"] == "ok", demo.stdout + demo.stderr
+    assert demo_checks(demo.stdout)["sessions"] == "ok", demo.stdout + demo.stderr
     lines = read_trace(recorded)
     first, answer = next(exchanges(lines))
     assert first.comment == "RESET"
