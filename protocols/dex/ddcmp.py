@@ -24,10 +24,14 @@ A read by the data carrier (the master, :class:`DdcmpReader`) has five steps::
     finish       77 FF              -> ACK
 
 Our data messages are repeated after 170 ms without an ACK (plus their time on the wire),
-damaged frames are NACKed; five attempts each. With no valid frame for 5 s (15 s while reading
-data) the link is dead. A reply waits 40 ms after the last byte heard (turnaround); a frame
-whose bytes pause for more than 65 ms is dropped and the stream resynchronises on the next
-header. :class:`DdcmpSlave` is the VMC side for the simulator, with injectable faults.
+damaged frames are NACKed; five attempts each. A NACK's RESP acknowledges like an ACK's; a NACK
+that comes once the attempts are spent may be about an earlier copy, so the last attempt's
+timer still decides. A copy of a message already taken is ACKed again, never taken twice. With
+no valid frame for 5 s (15 s while reading data) the link is dead; that is also how a read ends
+when the VMC spent its own five attempts before our ACK reached it and went idle. A reply
+waits 40 ms after the last byte heard (turnaround); a frame whose bytes pause for more than
+65 ms is dropped and the stream resynchronises on the next header. :class:`DdcmpSlave` is the
+VMC side for the simulator, with injectable faults.
 
 Layouts marked [verify] come from DEC DDCMP and from a field reader's frames, not from the
 EVA-DTS 6.2 PDF itself; check them against ch. 3 before trusting a real machine with them:
@@ -567,6 +571,7 @@ class _Endpoint:
         self._assembler = FrameAssembler(timing.inter_char)
         self._line = _Line(timing.turnaround, baud)
         self._events: list[Action] = []
+        self.retransmissions = 0  # data messages sent again (ACK timer or NACK), all reads
         self._reset_sequence()
 
     def _reset_sequence(self) -> None:
@@ -576,6 +581,7 @@ class _Endpoint:
         self._out_wire: bytes = b""
         self._out_attempts = 0
         self._out_deadline: float | None = None
+        self._refusal: str | None = None  # a NACK that came once the attempts were spent
 
     @property
     def baud(self) -> int:
@@ -627,7 +633,9 @@ class _Endpoint:
     def _retransmit(self, now: float) -> None:
         assert self._out is not None
         self._out_attempts += 1
+        self._refusal = None
         if self._out_attempts > 1:
+            self.retransmissions += 1
             self._out = DataMessage(self._out.data, self._out.num, self._rx_last, self._out.select)
             self._out_wire = self._wire(self._out, first=False)
         done = self._transmit(self._out_wire, now)
@@ -643,6 +651,30 @@ class _Endpoint:
 
     def _ack_timer_expired(self, now: float) -> bool:
         return self._out_deadline is not None and now >= self._out_deadline
+
+    def _on_nack(self, nack: ControlMessage, now: float) -> bool:
+        """A NACK's RESP acknowledges as an ACK's does (True when it covers our message);
+        otherwise our message goes again while attempts are left.
+
+        With none left, the last attempt's ACK timer decides: a NACK may be late, about an
+        earlier copy, with the ACK of a later one right behind it.
+        """
+        if self._acknowledged(nack.resp):
+            return True
+        if self._out is not None:
+            if self._out_attempts < self.timing.data_attempts:
+                self._retransmit(now)
+            else:
+                self._refusal = f"NACK reason {nack.subtype}"
+        return False
+
+    def _spent(self) -> str:
+        """Why our message failed, once its attempts are spent and the last one's timer ran."""
+        assert self._out is not None
+        tries = f"{self._out_attempts} attempts"
+        if self._refusal is not None:
+            return f"message {self._out.num} refused after {tries} ({self._refusal})"
+        return f"no ACK for message {self._out.num} after {tries}"
 
     def _on_frame(self, item: Received, now: float) -> None:
         raise NotImplementedError
@@ -737,10 +769,7 @@ class DdcmpReader(_Endpoint):
                 if self.step is Step.FINISH:
                     self._finish()
                     return
-                self._fail(
-                    f"no ACK for message {self._out.num} after {self._out_attempts} attempts",
-                    timed_out=True,
-                )
+                self._fail(self._spent(), timed_out=self._refusal is None)
                 return
             self._retransmit(now)
         if self._link_deadline is not None and now >= self._link_deadline:
@@ -774,8 +803,8 @@ class DdcmpReader(_Endpoint):
             self._acknowledged(item.resp)
             self._advance(now)
         elif item.type is ControlType.NACK:
-            if self._out is not None:
-                self._retransmit_or_fail(now, f"NACK reason {item.subtype}")
+            if self._on_nack(item, now):
+                self._advance(now)
         elif item.type is ControlType.REP:
             if item.num == self._rx_last:
                 self._send_control(ControlMessage.ack(self._rx_last), now)
@@ -783,13 +812,6 @@ class DdcmpReader(_Endpoint):
                 self._send_control(ControlMessage.nack(NackReason.REP_RESPONSE, self._rx_last), now)
         elif item.type is ControlType.START:
             self._fail(f"the VMC restarted the link (START) after {len(self._audit)} audit bytes")
-
-    def _retransmit_or_fail(self, now: float, why: str) -> None:
-        assert self._out is not None
-        if self._out_attempts >= self.timing.data_attempts:
-            self._fail(f"message {self._out.num} refused {self._out_attempts} times ({why})")
-            return
-        self._retransmit(now)
 
     def _on_bad_frame(self, item: BadFrame, now: float) -> None:
         if self.step is Step.START:
@@ -951,7 +973,6 @@ class DdcmpSlave(_Endpoint):
         self.running = False
         self.frames_sent = 0
         self.nacks_received = 0
-        self.retransmissions = 0
         self.sessions = 0
         self._queue: deque[_Outgoing] = deque()
         self._injected: set[tuple[str, int]] = set()
@@ -993,9 +1014,8 @@ class DdcmpSlave(_Endpoint):
     def _on_timer(self, now: float) -> None:
         if self._ack_timer_expired(now):
             if self._out_attempts >= self.timing.data_attempts:
-                self._give_up(f"no ACK for message {self._tx_num} after {self._out_attempts} tries")
+                self._give_up(self._spent())
                 return
-            self.retransmissions += 1
             self._retransmit(now)
         if self._link_deadline is not None and now >= self._link_deadline:
             self._give_up("link timeout")
@@ -1052,10 +1072,10 @@ class DdcmpSlave(_Endpoint):
         if message.type is ControlType.ACK:
             if self._acknowledged(message.resp):
                 self._pump(now)
-        elif message.type is ControlType.NACK and self._out is not None:
+        elif message.type is ControlType.NACK:
             self.nacks_received += 1
-            self.retransmissions += 1
-            self._retransmit(now)
+            if self._on_nack(message, now):
+                self._pump(now)
 
     def _on_start(self, message: ControlMessage, now: float) -> None:
         proposed = message.baud or START_BAUD

@@ -14,10 +14,15 @@ So one master machine (:class:`_Sender`) and one slave machine (:class:`_Receive
 session on both ends; :class:`UcsReader` (the DC) and :class:`UcsSource` (a VMC, for the
 simulator) chain three of them and name the step a failure happened in. A master that hears
 nothing asks for the slave's last answer with ENQ (BSC style): the expected ACK means the frame
-arrived, the other one means send it again, so a lost ACK never duplicates a frame. An ACK
-garbled into NAK or into the other ACK does make the master repeat a block the slave already
-kept; UCS has no sequence number to tell, so only the repeat of a frame ending DLE ETX (after
-which nothing may come) is recognised, answered again and dropped.
+arrived, the other one means send it again, so a lost ACK never duplicates a frame. The other
+ACK counts only as the answer to that ENQ: straight after a frame it is a late answer (one sent
+before timer A ran out crosses the ENQ, and two answers come back for one frame), not a refusal.
+UCS has no sequence number, so a slave cannot always tell a repeated block from an equal next
+one: it drops the repeat of a frame ending DLE ETX (nothing may follow it), and of any frame
+once it has answered an ENQ, since that second answer is what makes a master repeat a block it
+already delivered. An ACK garbled into NAK on a noisy line can still get a block kept twice
+(the audit's G85 sees that); a genuine block equal to the one before it, after an ENQ, fails
+the read instead of being kept.
 
 Timers (§4.5.8): A, 1 s for an answer; B, 100 ms between the characters of a frame; D, 2 s of
 silence inside a session; at least 100 ms pause before the 2nd and 3rd session; no answer
@@ -397,6 +402,7 @@ class _Sender:
         self._problems: list[str] = []
         self._wacks = 0
         self._wacked = False
+        self._enquired = False  # ENQ sent since the frame: the previous ACK now means "again"
 
     def start(self, now: float, *, pause: bool) -> list[_Effect]:
         if pause:
@@ -454,6 +460,11 @@ class _Sender:
     def _frame_answered(self, token: _Token, now: float) -> list[_Effect]:
         expected = _ack_for(self.index)
         if token is not expected:
+            if not self._enquired:
+                # A slave answers a frame with its ACK, NAK or WACK, never with the previous
+                # ACK: this one is late, meant for the frame before or for an ENQ that crossed
+                # it. Sending the frame again would hand the slave a block it may have kept.
+                return []
             label = self.label(self.index)
             problem = f"{label} answered with {_key(token).value} instead of {expected.value}"
             return self._setback(problem) or self._send_frame(now)
@@ -479,12 +490,14 @@ class _Sender:
     def _ask(self, now: float) -> list[_Effect]:
         """ENQ after a frame: "what was your answer?" (timer A expired or WACK)."""
         self._wacked = False
+        self._enquired = True
         self.deadline = now + self.timers.response
         return [_Out(bytes((ENQ,)))]
 
     def _send_frame(self, now: float) -> list[_Effect]:
         self.state = _SendState.FRAME
         self._wacked = False
+        self._enquired = False
         self._sends += 1
         wire = self.frames[self.index - 1]
         if self.tamper is not None:
@@ -555,6 +568,8 @@ class _Receiver:
         self.deadline: float | None = None
         self._last_answer = _Kind.ACK0
         self._last_key: bytes | None = None
+        # Answers the master may still read as the answer to a later frame (see _frame).
+        self._spare_answers = 0
         self._problems: list[str] = []
         self._naks = naks  # simulator faults: refuse good frames, or claim to be busy
         self._wacks = wacks
@@ -597,6 +612,9 @@ class _Receiver:
                 return [_Out(_ACK_BYTES[_Kind.WACK])]
             held, self._held = self._held, None
             return self._accept(held)
+        # The master's timer A ran out: what we answered before may still reach it, and
+        # then one of the two answers arrives while it waits for a later frame.
+        self._spare_answers += 1
         return self._setback("ENQ instead of a frame") or [_Out(_ACK_BYTES[self._last_answer])]
 
     def _closed(self, _token: _Token, _now: float) -> list[_Effect]:
@@ -612,10 +630,13 @@ class _Receiver:
             problem = f"{_START_NAMES[token.start]} frame in place of {_START_NAMES[self.start]}"
         if problem is not None:
             return self._setback(problem) or [_Out(bytes((NAK,)))]
-        if token.key == self._last_key and token.end == ETX:
-            # The last frame again: our ACK was lost or garbled. Nothing may follow a frame
-            # that ends DLE ETX, so this is surely a repeat; before it, equal blocks can be
-            # genuine and are kept (the alternating ACK and the audit's G85 cover the rest).
+        if token.key == self._last_key and (token.end == ETX or self._spare_answers):
+            # The frame we kept last, again: the master missed our ACK or took a late answer
+            # as a refusal. Nothing may follow DLE ETX, so that one is surely a repeat. Equal
+            # blocks can be genuine; once an ENQ made us answer twice, an equal block is taken
+            # as the repeat that answer provokes (a genuine one is then refused until the
+            # read fails: a failed read, never a block kept twice). The answer we give now
+            # is one more the master may read late, so the count stays.
             return self._setback("frame repeated") or [_Out(_ACK_BYTES[self._last_answer])]
         if self.max_frames is not None and self.index > self.max_frames:
             return self._setback("more frames than expected") or [_Out(bytes((NAK,)))]

@@ -84,7 +84,8 @@ async def test_recovers_from_nacks_and_damaged_frames(bench: Bench) -> None:
     source = bench.serve(faults=faults, block_size=200)
     assert await read_ddcmp(bench.port) == AUDIT
     assert source.slave.nacks_received == 2
-    assert source.slave.retransmissions == 2
+    # one per NACK; on a busy machine a late ACK may also let the 170 ms ACK timer add some
+    assert source.slave.retransmissions >= 2
 
 
 async def test_a_vmc_falling_silent_mid_transfer_names_the_step(bench: Bench) -> None:

@@ -86,13 +86,13 @@ async def test_two_reads_in_a_row() -> None:
             SourceFaults(eot_after_block=5),
             DexError,
             "data block 6: VMC ended the session (EOT) before the last block",
-            1.0,
+            2.0,  # at once: no timer waited out (timer D alone is 2 s)
         ),
         (
             SourceFaults(silent_from_block=4),
             DexTimeoutError,
             "data block 4: nothing from the VMC for 2 s",
-            3.0,
+            6.0,  # timer D (2 s), not a longer wait such as the 10 s for a session to open
         ),
     ],
     ids=["eot-early", "stops"],

@@ -7,11 +7,13 @@ the step count small.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.crc16 import crc16_arc
@@ -183,6 +185,7 @@ class Run:
     slave_actions: list[Action] = field(default_factory=list)
     to_slave: list[bytes] = field(default_factory=list)
     to_reader: list[bytes] = field(default_factory=list)
+    heard: float = 0.0  # when the last bytes reached the reader
     end: float = 0.0
 
     @property
@@ -196,17 +199,32 @@ class Run:
         return FrameAssembler().feed(b"".join(self.to_slave), 0.0)
 
 
-def run(reader: DdcmpReader, slave: DdcmpSlave, *, limit: float = 120.0) -> Run:
-    """Both ends on one simulated clock; bytes arrive 1 ms after they are sent."""
+Latency = Callable[[bool, bytes], float]
+"""Extra seconds on the way for a send (``from_reader``, the bytes)."""
+
+
+def run(
+    reader: DdcmpReader,
+    slave: DdcmpSlave,
+    *,
+    limit: float = 120.0,
+    latency: Latency | None = None,
+) -> Run:
+    """Both ends on one simulated clock; bytes arrive 1 ms after they are sent, ``latency``
+    later still, each direction in order (what follows a late send waits behind it)."""
     result = Run(reader, slave)
     in_flight: list[tuple[float, bool, bytes]] = []  # (arrival, to_slave, data)
+    line_free = {True: 0.0, False: 0.0}
     now = 0.0
 
     def carry(actions: list[Action], *, from_reader: bool) -> bool:
         for action in actions:
             (result.actions if from_reader else result.slave_actions).append(action)
             if isinstance(action, Send):
-                in_flight.append((now + 0.001, from_reader, action.data))
+                late = latency(from_reader, action.data) if latency else 0.0
+                arrival = max(now + 0.001 + late, line_free[from_reader])
+                line_free[from_reader] = arrival
+                in_flight.append((arrival, from_reader, action.data))
                 (result.to_slave if from_reader else result.to_reader).append(action.data)
             if from_reader and isinstance(action, Finished | Failed):
                 return True
@@ -220,12 +238,14 @@ def run(reader: DdcmpReader, slave: DdcmpSlave, *, limit: float = 120.0) -> Run:
         if not times:
             break
         now = max(now, min(times))
-        for item in [i for i in in_flight if i[0] <= now]:
+        for item in sorted((i for i in in_flight if i[0] <= now), key=lambda i: i[0]):
             in_flight.remove(item)
             _, to_slave, data = item
             if to_slave:
                 carry(slave.receive(data, now), from_reader=False)
-            elif carry(reader.receive(data, now), from_reader=True):
+                continue
+            result.heard = now
+            if carry(reader.receive(data, now), from_reader=True):
                 result.end = now
                 return result
         carry(slave.poll(now), from_reader=False)
@@ -395,6 +415,141 @@ def test_repeated_damage_gives_up_after_five_attempts() -> None:
     assert actions[-1].step is Step.WHO_ARE_YOU
     assert "5 damaged frames in a row (last: bad data CRC)" in actions[-1].reason
     assert reader.nacks_sent == 4
+
+
+# --- late answers -------------------------------------------------------------------------
+# An answer that comes after the sender's 170 ms ACK timer ran out crosses the next attempt.
+
+
+def reader_awaiting_read_data_ack() -> tuple[DdcmpReader, float]:
+    """A reader whose read-data command (message 2) went out once; and the time it did."""
+    reader = DdcmpReader(2400, timing=Timing(turnaround=0.0))
+    reader.start(0.0)
+    reader.receive(ControlMessage.stack().to_bytes(), 0.1)
+    reply = DataMessage(b"\x88\xe0\x00VMC", num=1, resp=1, select=True).to_bytes()
+    reader.receive(ControlMessage.ack(1).to_bytes() + reply, 0.2)
+    assert reader.step is Step.READ_DATA
+    return reader, 0.2
+
+
+def sent_frames(actions: list[Action]) -> list[ControlMessage | DataMessage | BadFrame]:
+    return FrameAssembler().feed(b"".join(a.data for a in actions if isinstance(a, Send)), 0.0)
+
+
+def commands_taken(slave: DdcmpSlave) -> list[bytes]:
+    """The application code (77 xx) of every command the VMC acts on, as it does."""
+    taken: list[bytes] = []
+    act = slave._on_command
+
+    def noting(data: bytes, now: float) -> None:
+        taken.append(data[:2])
+        act(data, now)
+
+    slave._on_command = noting  # type: ignore[method-assign]
+    return taken
+
+
+def test_a_late_nack_does_not_fail_a_message_whose_ack_is_right_behind_it() -> None:
+    reader, now = reader_awaiting_read_data_ack()
+    for _ in range(4):  # no answer yet: attempts 2 to 5 go out, 170 ms apart
+        deadline = reader.deadline()
+        assert deadline is not None
+        now = deadline
+        reader.poll(now)
+    # The VMC NACKed the first copy, took the second, answered; all of it arrives only now.
+    response = DataMessage(ReadDataResponse(0, 1, 1, 0, 2000).to_bytes(), num=2, resp=2)
+    late = (
+        ControlMessage.nack(NackReason.DATA_CRC, 1).to_bytes()
+        + ControlMessage.ack(2).to_bytes()
+        + response.to_bytes()
+    )
+    actions = reader.receive(late, now + 0.01) + reader.poll(now + 0.02)
+    assert not [a for a in actions if isinstance(a, Failed)]
+    assert reader.step is Step.TRANSFER
+    assert sent_frames(actions) == [ControlMessage.ack(2)]
+
+
+def test_a_nack_acknowledges_our_message_through_its_resp() -> None:
+    # DDCMP: RESP in a NACK names the last good message, as in an ACK. A NACK of RESP 2 is
+    # about something after our message 2, which therefore arrived.
+    reader, now = reader_awaiting_read_data_ack()
+    actions = reader.receive(ControlMessage.nack(NackReason.HEADER_CRC, 2).to_bytes(), now + 0.1)
+    actions += reader.poll(now + 2.0)  # long past the ACK timer: nothing goes again
+    assert sent_frames(actions) == []
+    assert not [a for a in actions if isinstance(a, Failed)]
+
+
+def test_a_vmc_giving_up_on_late_acks_leaves_the_read_to_its_link_timeout() -> None:
+    """The stress case: read-data copies cross the VMC's answer, our ACKs of it come late.
+
+    The VMC takes read-data once, ACKs every copy again, then spends its five attempts on
+    its answer before our ACK reaches it and gives up, as DDCMP wants; the read ends at its
+    15 s data link timeout, naming the step. No sequence number goes wrong on either side.
+    """
+    ack_2 = ControlMessage.ack(2).to_bytes()
+    vmc_acked = False
+
+    def latency(from_reader: bool, data: bytes) -> float:
+        nonlocal vmc_acked
+        if not from_reader and data == ack_2 and not vmc_acked:
+            vmc_acked = True
+            return 0.45  # the VMC's ACK of read-data, its answer behind: our copies cross them
+        if from_reader and vmc_acked and data == ack_2:
+            return 1.0  # our ACK of its answer
+        return 0.0
+
+    reader, slave = DdcmpReader(), DdcmpSlave(AUDIT, block_size=200)
+    commands = commands_taken(slave)
+    result = run(reader, slave, latency=latency)
+    copies = [f for f in result.frames_to_slave() if isinstance(f, DataMessage) and f.num == 2]
+    assert len(copies) > 1
+    assert commands.count(b"\x77\xe2") == 1
+    acks_of_2 = [f for f in result.frames_to_reader() if f == decode_frame(ack_2)]
+    assert len(acks_of_2) == len(copies)
+    assert Failed(Step.READ_DATA, "no ACK for message 2 after 5 attempts", True) in (
+        result.slave_actions
+    )
+    outcome = result.outcome
+    assert isinstance(outcome, Failed)
+    assert outcome.step is Step.TRANSFER
+    assert outcome.reason.startswith("link timeout: no valid frame from the VMC for 15 s")
+    assert result.end - result.heard == pytest.approx(15.0, abs=0.01)
+
+
+_FAULTS = SlaveFaults(
+    nack_messages=frozenset({2}),
+    corrupt_data_crc=frozenset({1}),
+    corrupt_header_crc=frozenset({4}),
+)
+
+
+@settings(max_examples=200)
+@given(
+    faults=st.sampled_from([SlaveFaults(), _FAULTS]),
+    delays=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 0.3), st.floats(0.3, 1.5)), max_size=60),
+)
+def test_late_answers_give_the_audit_or_a_named_failure(
+    faults: SlaveFaults, delays: list[float]
+) -> None:
+    """Random lateness on both sides, on the virtual clock: never wrong bytes, never a
+    command taken twice, never a wait past the reader's own limits."""
+    sends = itertools.count()
+
+    def latency(_from_reader: bool, _data: bytes) -> float:
+        n = next(sends)
+        return delays[n] if n < len(delays) else 0.0
+
+    reader, slave = DdcmpReader(), DdcmpSlave(AUDIT, block_size=200, faults=faults)
+    commands = commands_taken(slave)
+    result = run(reader, slave, latency=latency)
+    outcome = result.outcome
+    if isinstance(outcome, Finished):
+        assert outcome.audit == AUDIT
+    else:
+        assert isinstance(outcome, Failed)
+        assert isinstance(outcome.error(), DdcmpError)
+    assert len(commands) == len(set(commands))
+    assert result.end - result.heard <= reader.timing.data_link_timeout + 1e-6
 
 
 def test_replies_wait_for_the_turnaround() -> None:

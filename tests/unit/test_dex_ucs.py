@@ -59,6 +59,7 @@ FAST = UcsTimers(
 Endpoint = UcsReader | UcsSource
 Splitter = Callable[[bytes], list[bytes]]
 Tamper = Callable[[str, bytes], bytes]
+Latency = Callable[[str, bytes], float]
 
 
 def whole(data: bytes) -> list[bytes]:
@@ -73,7 +74,8 @@ def bytewise(data: bytes) -> list[bytes]:
 class Line:
     """Two endpoints on a half-duplex 9600 Bd line simulated on a virtual clock.
 
-    Sends arrive byte-time later in the pieces ``split`` cuts them into; each endpoint is
+    Sends arrive byte-time later in the pieces ``split`` cuts them into, ``latency`` seconds
+    later still (what is sent after them waits behind them, as on a wire); each endpoint is
     polled at the time of its last ``Wait`` (no ``Wait`` in a batch: no timer runs).
     """
 
@@ -81,6 +83,7 @@ class Line:
     source: UcsSource
     split: Splitter = whole
     tamper: Tamper | None = None
+    latency: Latency | None = None
     byte_time: float = BYTE_TIME
     transcript: list[tuple[float, str, bytes]] = field(default_factory=list)
     arrivals: list[tuple[float, str, bytes]] = field(default_factory=list)
@@ -105,7 +108,8 @@ class Line:
                 self.transcript.append((self.now, name, action.data))
                 data = self.tamper(name, action.data) if self.tamper else action.data
                 other = "source" if name == "reader" else "reader"
-                t = max(self.now, self._line_free[name])
+                late = self.latency(name, action.data) if self.latency else 0.0
+                t = max(self.now + late, self._line_free[name])
                 for piece in self.split(data):
                     t += len(piece) * self.byte_time
                     heapq.heappush(self._queue, (t, next(self._seq), other, piece))
@@ -149,6 +153,7 @@ def read(
     timers: UcsTimers | None = None,
     split: Splitter = whole,
     tamper: Tamper | None = None,
+    latency: Latency | None = None,
     block_size: int = 245,
     legacy: bool = False,
     id_first: bool = False,
@@ -166,7 +171,7 @@ def read(
         response_code=response_code,
     )
     byte_time = BYTE_TIME if timers is None else FAST_BYTE_TIME
-    line = Line(reader, src, split=split, tamper=tamper, byte_time=byte_time)
+    line = Line(reader, src, split=split, tamper=tamper, latency=latency, byte_time=byte_time)
     return line.run(), line
 
 
@@ -419,6 +424,83 @@ def test_a_response_code_other_than_00_fails_the_second_handshake(code: str, mea
     assert line.sent("reader")[-1] == ACK1  # the frame itself was fine
 
 
+# --- late answers ------------------------------------------------------------------------
+# An answer that comes after the peer's timer A ran out crosses the ENQ that timer sent, so
+# two answers are on their way for one frame. Neither may make a block count twice.
+
+
+def hold(*late: tuple[str, bytes, int, float]) -> Latency:
+    """Hold back the ``nth`` (from 1) send of ``data`` by ``who`` for ``seconds``."""
+    seen = [0] * len(late)
+
+    def latency(sender: str, sent: bytes) -> float:
+        total = 0.0
+        for i, (who, data, nth, seconds) in enumerate(late):
+            if (who, data) == (sender, sent):
+                seen[i] += 1
+                total += seconds if seen[i] == nth else 0.0
+        return total
+
+    return latency
+
+
+def test_a_late_ack_crossing_the_vmcs_enq_sends_the_next_block_once() -> None:
+    # Our DLE 0 for block 2 (our third DLE 0) comes 1.2 s late; the VMC's timer A asks with
+    # ENQ, and the answer to that, DLE 0 again, arrives right behind the late one. The first
+    # moves the VMC on to block 3; the second is no answer to block 3 and must not resend it.
+    result, line = read(latency=hold(("reader", ACK0, 3, 1.2)))
+    assert isinstance(result, Finished)
+    assert result.audit == SAMPLE
+    sent = b"".join(line.sent("source"))
+    for block in data_blocks(SAMPLE):
+        assert sent.count(block) == 1
+
+
+def test_a_block_repeated_because_of_a_crossed_answer_is_acked_and_dropped() -> None:
+    blocks = data_blocks(SAMPLE)
+    late = hold(
+        ("source", blocks[7], 1, 0.9),  # block 8 late: the VMC's timer A sends ENQ ...
+        ("source", b"\x05", 3, 0.55),  # ... which reaches us after we answered block 8,
+        ("reader", ACK0, 7, 1.1),  # and our DLE 0 to it reaches the VMC after it sent block 9
+    )
+    result, line = read(latency=late)
+    # The VMC asked again about block 9 and took that late DLE 0 as "send it again".
+    assert b"".join(line.sent("source")).count(blocks[8]) == 2
+    assert isinstance(result, Finished)
+    assert result.audit == SAMPLE
+
+
+_SERVED = [SAMPLE, b"0" * 243 * 3 + b"1"]  # the second: equal consecutive blocks
+
+
+@settings(max_examples=200)
+@given(
+    audit=st.sampled_from(_SERVED),
+    block_size=st.sampled_from([245, 100]),
+    delays=st.lists(st.one_of(st.just(0.0), st.floats(0.0, 1.5), st.floats(1.5, 3.0)), max_size=80),
+)
+def test_late_answers_give_the_audit_or_a_named_failure(
+    audit: bytes, block_size: int, delays: list[float]
+) -> None:
+    """Random lateness on both sides, on the virtual clock: never wrong bytes, never a hang."""
+    sends = itertools.count()
+
+    def latency(_who: str, _data: bytes) -> float:
+        n = next(sends)
+        return delays[n] if n < len(delays) else 0.0
+
+    result, line = read(audit, block_size=block_size, latency=latency)
+    if isinstance(result, Finished):
+        assert result.audit == audit
+    else:
+        assert result.step in {s.value for s in Stage} or result.step.startswith("data block ")
+        assert isinstance(result.error(), DexError)
+    # The reader gives up by its own timers: the longest is the wait for a session to open.
+    timers = UcsTimers()
+    heard = max((t for t, who, _ in line.arrivals if who == "reader"), default=0.0)
+    assert line.now - heard <= max(timers.session_wait, 4 * timers.response) + 1e-6
+
+
 # --- the reader alone, scripted ------------------------------------------------------------
 
 
@@ -455,6 +537,25 @@ def test_enq_repeats_our_last_answer_and_a_repeated_last_block_is_not_kept() -> 
     # our DLE 0 was garbled: the VMC sends the last block again; nothing may follow it
     assert sends(reader.receive(last, t + 1.3) + reader.poll(t + 1.32)) == [ACK0]
     assert reader.receive(b"\x04", t + 1.4)[-1] == Finished(b"DXS*X\r\nDXE*1*1\r\n")
+
+
+def test_a_block_repeated_after_an_enq_is_answered_again_and_dropped() -> None:
+    reader = UcsReader()
+    t = script_to_data(reader)
+    block1 = encode_frame(STX, b"DXS*X\r\n", ETB)
+    assert sends(reader.receive(block1, t) + reader.poll(t + 0.02)) == [ACK1]
+    # the VMC's timer A ran out: our DLE 1 and the answer to its ENQ are both on their way
+    assert sends(reader.receive(b"\x05", t + 1.0) + reader.poll(t + 1.02)) == [ACK1]
+    block2 = encode_frame(STX, b"ST*001*0001\r\n", ETB)
+    assert sends(reader.receive(block2, t + 1.1) + reader.poll(t + 1.12)) == [ACK0]
+    # the second DLE 1 reached it while it waited for the answer to block 2: it sent it again
+    actions = reader.receive(block2, t + 1.3) + reader.poll(t + 1.32)
+    assert sends(actions) == [ACK0]
+    assert not [a for a in actions if isinstance(a, Progress)]
+    last = encode_frame(STX, b"DXE*1*1\r\n", ETX)
+    assert sends(reader.receive(last, t + 1.4) + reader.poll(t + 1.42)) == [ACK1]
+    done = reader.receive(b"\x04", t + 1.5)[-1]
+    assert done == Finished(b"DXS*X\r\nST*001*0001\r\nDXE*1*1\r\n")
 
 
 def test_equal_consecutive_blocks_are_all_kept() -> None:
