@@ -2,6 +2,6 @@
 
 import sys
 
-from vmc.daemon import main
+from vmc.launch import vmcd
 
-sys.exit(main())
+sys.exit(vmcd())

@@ -27,6 +27,7 @@ from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
 from vmc.journal import Journal
+from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
@@ -267,14 +268,8 @@ async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:
         await asyncio.sleep(every)
 
 
-def _stop_before_start(signum: int, frame: object) -> None:
-    """A stop before the event loop takes the signals over: nothing is open yet, leave quietly."""
-    raise SystemExit(0)
-
-
 def main(argv: list[str] | None = None) -> int:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_before_start)
+    quiet_early_stops()  # again for callers that come in here, not through vmc.launch
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

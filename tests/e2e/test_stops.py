@@ -23,7 +23,7 @@ from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker, free_port
 from sim.dex_source import DexSource
 from sim.vmc_master import VmcMaster
-from tests.e2e.vmcd_proc import STOP_MARGIN_S, Vmcd, alive
+from tests.e2e.vmcd_proc import STOP_MARGIN_S, VMCD, Vmcd, alive
 from tests.samples import AUDIT
 from tests.waiting import wait_for
 from vmc.daemon import STOP_BUDGET_S
@@ -272,3 +272,31 @@ def test_a_stop_before_the_event_loop_runs_is_quiet(tmp_path: Path, sig: int) ->
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "state" / "journal.sqlite3").exists()
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` now (SigCgt in /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_ctrl_c_while_vmcd_still_imports_is_quiet(tmp_path: Path) -> None:
+    """Ctrl-C as soon as the console script has its first handler, while the daemon's modules
+    are still being imported (Python itself never catches SIGTERM, so its handler is ours)."""
+    proc = subprocess.Popen(
+        [str(VMCD), "--mdb", "pty:///dev/null", "--state-dir", str(tmp_path / "state")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        while not _catches(proc.pid, signal.SIGTERM):
+            assert proc.poll() is None, proc.communicate()[0]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=STOP_BUDGET_S + STOP_MARGIN_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output
