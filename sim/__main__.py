@@ -256,11 +256,13 @@ def run(command: Command, args: argparse.Namespace) -> int:
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, stop, sig)
             await asyncio.wait({work})
-            if not received:
-                return work.result()
-            if not work.cancelled():
+            if received and not work.cancelled():
                 work.exception()  # whatever failed as the run was stopped is part of the stop
-            return 128 + received[0]
+        if not received:
+            return work.result()
+        name = signal.Signals(received[0]).name
+        print(f"vmc-sim: stopped by {name}; everything it started has stopped", file=sys.stderr)
+        return 128 + received[0]
 
     measure_in_realtime()
     try:

@@ -51,6 +51,7 @@ def test_a_signal_stops_the_whole_demo(tmp_path: Path, sig: int, whole_group: bo
     assert code == 128 + sig, output
     assert took < STOP_S + MARGIN_S
     assert "Traceback" not in output
+    assert f"vmc-sim: stopped by {signal.Signals(sig).name}" in output
     assert wait_until(lambda: not session_members(demo.proc.pid), STOP_S), session_members(
         demo.proc.pid
     )
