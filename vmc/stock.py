@@ -222,10 +222,7 @@ class Stock:
 
     @property
     def need_loading(self) -> bool:
-        if self.planogram is None:
-            return False
-        limits = stock_limits(self.planogram)
-        return any(self.levels[key] <= lim.alarm_level for key, lim in limits.items())
+        return any(c is not Condition.OK for c in self.conditions.values())
 
     def apply(self, op: Operation, applied: Container[str] = frozenset()) -> Applied:
         """The next state and its events; a duplicate ``op_id`` changes nothing."""
@@ -302,30 +299,23 @@ class Stock:
         new = op.planogram
         new_limits = stock_limits(new)
         old = self.planogram
-        kept: set[StockKey] = set()
-        for key in new_limits:
-            if old is None or key not in self.levels:
-                continue
-            if isinstance(key, IngredientKey):
-                kept.add(key)
-                continue
-            was, now = old.selection(key.number), new.selection(key.number)
-            if was is not None and now is not None and was.product == now.product:
-                kept.add(key)
+        kept = {
+            key
+            for key in new_limits
+            if key in self.levels
+            and (isinstance(key, IngredientKey) or _same_product(old, new, key.number))
+        }
         events: list[Event] = [PlanogramChanged(None if old is None else old.version, new.version)]
         events.extend(
             LevelChanged(key, level, 0, Reason.PLANOGRAM)
-            for key, level in sorted(self.levels.items(), key=_order)
+            for key, level in sorted(self.levels.items(), key=_by_key)
             if key not in kept and level > 0
         )
         levels = {key: self.levels[key] if key in kept else 0 for key in new_limits}
         sales = {
             number: count
             for number, count in self.sales_since_refill.items()
-            if (s := new.selection(number)) is not None
-            and old is not None
-            and (o := old.selection(number)) is not None
-            and o.product == s.product
+            if _same_product(old, new, number)
         }
         state = replace(self, planogram=new, levels=levels, sales_since_refill=sales)
         return state._with_alarms(tuple(events), self.conditions)
@@ -370,7 +360,7 @@ class Stock:
                 level,
                 reason or (Reason.REFILL if level > self.levels[key] else Reason.UNLOAD),
             )
-            for key, level in sorted(levels.items(), key=_order)
+            for key, level in sorted(levels.items(), key=_by_key)
             if level != self.levels[key]
         )
         reset = set(refilled)
@@ -402,8 +392,19 @@ def _slots(levels: Mapping[StockKey, int]) -> set[int]:
     return {key.number for key in levels if isinstance(key, SlotKey)}
 
 
-def _order(item: tuple[StockKey, object] | StockKey) -> tuple[int, int, str]:
-    key = item[0] if isinstance(item, tuple) else item
+def _same_product(old: Planogram | None, new: Planogram, number: int) -> bool:
+    """Whether selection ``number`` sells the same product before and after a change."""
+    was = None if old is None else old.selection(number)
+    now = new.selection(number)
+    return was is not None and now is not None and was.product == now.product
+
+
+def _by_key(item: tuple[StockKey, object]) -> tuple[int, int, str]:
+    return _order(item[0])
+
+
+def _order(key: StockKey) -> tuple[int, int, str]:
+    """Selections by number, then ingredients by id: a stable order for events."""
     if isinstance(key, SlotKey):
         return (0, key.number, "")
     return (1, 0, key.id)
@@ -416,9 +417,6 @@ def _name(key: StockKey) -> str:
 
 
 def _why_unknown(key: StockKey, planogram: Planogram) -> str:
-    if isinstance(key, SlotKey):
-        selection = planogram.selection(key.number)
-        if selection is not None:
-            return "sells a recipe; load its ingredients"
-        return "not in the planogram"
+    if isinstance(key, SlotKey) and planogram.selection(key.number) is not None:
+        return "sells a recipe; load its ingredients"
     return "not in the planogram"
