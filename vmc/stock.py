@@ -28,7 +28,8 @@ Operations and their rules:
 - :class:`Adjust`: refill (+) or unload (-) by amounts, several keys at once, all or nothing
   (seed 003 ``loading`` with ``add``). An unload of more than the level is refused: the count is
   wrong and an :class:`Inventory` is the way to say what is really there. A zero amount is
-  refused (seed 003: "no load"). A refill resets the selection's ``sales_since_refill``.
+  refused (seed 003 refuses an empty load too). A refill resets the selection's
+  ``sales_since_refill``.
 - :class:`Inventory`: absolute levels for the keys named; other keys keep theirs (seed 003).
 - :class:`Restock`: every key to its par level (seed 004 ``restock_only``); for ingredients too,
   because they are a recipe selection's stock.
