@@ -15,10 +15,12 @@ import structlog
 
 from protocols.mdb import events as ev
 from vmc.cloud import codec
-from vmc.cloud.outbox import event_message, new_id
+from vmc.cloud import messages as m
+from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage
 from vmc.services import bus_messages as bus
+from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
 from vmc.transaction import Effects, Engine
 
@@ -38,6 +40,7 @@ class RemoteVending:
         clock: Callable[[], float] = time.time,
         on_outbox: Callable[[], None] = lambda: None,
         on_state: Callable[[], None] = lambda: None,
+        stock: StockBook | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -46,6 +49,7 @@ class RemoteVending:
         self.clock = clock
         self.on_outbox = on_outbox
         self.on_state = on_state
+        self.stock = stock
 
     def recover(self) -> None:
         fx = self.engine.recover(self.journal.open_txn(), self.clock())
@@ -85,6 +89,13 @@ class RemoteVending:
             log.info("command_repeated", command_id=cmd.id)
             self._store_reply_again(stored)
             return
+        if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
+            if self.stock is None:
+                refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
+                self._apply(Effects(reply=refusal), command_id=cmd.id)
+            else:
+                self.stock.handle_command(cmd)
+            return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
             "command",
@@ -100,8 +111,8 @@ class RemoteVending:
         messages = [event_message(event, self.topics.events, at) for event in fx.events]
         stored: tuple[str, bytes] | None = None
         if fx.reply is not None:
-            reply_bytes = codec.encode_reply(fx.reply, at=at)
-            messages.append(NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes))
+            message, reply_bytes = reply_message(fx.reply, self.topics.replies, at)
+            messages.append(message)
             if command_id is not None:
                 stored = (command_id, reply_bytes)
         if not (fx.transitions or messages):
@@ -118,6 +129,21 @@ class RemoteVending:
         self.on_outbox()
         if fx.transitions:
             self.on_state()
+        if self.stock is not None:
+            self._count_vends(fx.events, at)
+
+    def _count_vends(self, events: list[m.Event], at: float) -> None:
+        """Each product that left the machine takes stock: a cashless success, a cash sale.
+
+        A separate commit after the transaction's: the bus process has answered already, and
+        the transaction's own record stays the proof of the sale.
+        """
+        assert self.stock is not None
+        for event in events:
+            if isinstance(event, m.TxnVend) and event.result == "success":
+                self.stock.vend(event.txn_id, at, event.selection, event.vend_type)
+            elif isinstance(event, m.Sale):
+                self.stock.vend(new_id(), at, event.selection, m.VendType.PAID)
 
     def _store_reply_again(self, reply_bytes: bytes) -> None:
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)
