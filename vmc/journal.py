@@ -24,7 +24,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,14 +249,14 @@ class Journal:
         *,
         command: tuple[str, bytes] | None = None,
         state: dict[str, bytes] | None = None,
-        stock: StockWrite | None = None,
+        stock: Sequence[StockWrite] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply, state and stock in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
-            if stock is not None:
-                _write_stock(db, stock)
+            for write in stock:
+                _write_stock(db, write)
             for txn in transitions:
                 data = txn_to_json(txn)
                 final = int(txn.state in FINAL)

@@ -47,7 +47,7 @@ PLANOGRAM = Planogram.from_mapping(
 
 def _apply(journal: Journal, stock: Stock, op: Operation) -> Stock:
     applied = stock.apply(op)
-    journal.commit([], [], stock=StockWrite(op.op_id, op.at, stock, applied), durable=True)
+    journal.commit([], [], stock=[StockWrite(op.op_id, op.at, stock, applied)], durable=True)
     return applied.state
 
 
@@ -95,7 +95,7 @@ def test_an_exception_mid_write_leaves_the_old_stock(tmp_path: Path) -> None:
         journal.commit(
             [],
             [NewMessage("m1", "t", explode)],
-            stock=StockWrite(op.op_id, op.at, stock, applied),
+            stock=[StockWrite(op.op_id, op.at, stock, applied)],
             durable=True,
         )
     assert journal.load_stock() == stock

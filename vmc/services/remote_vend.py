@@ -1,9 +1,9 @@
 """Glue between the transaction engine, the journal, the bus and the cloud outbox.
 
 Order of work for every input: the engine decides, the journal commits the transitions with
-their outbox messages and the command's reply (fsynced when money moves), and only then are
-the bus commands sent and the outbox drain woken. A command id seen before is answered with
-the stored reply and changes nothing.
+their outbox messages, the command's reply and the stock a vend took (fsynced when money or
+stock moves), and only then are the bus commands sent and the outbox drain woken. A command
+id seen before is answered with the stored reply and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
-from vmc.journal import Journal, NewMessage
+from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.services import bus_messages as bus
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
@@ -115,35 +115,26 @@ class RemoteVending:
             messages.append(message)
             if command_id is not None:
                 stored = (command_id, reply_bytes)
+        writes: list[StockWrite] = []
+        if self.stock is not None:
+            writes, stock_messages = self.stock.vend_writes(fx.events, at)
+            messages.extend(stock_messages)
         if not (fx.transitions or messages):
             for command in fx.bus:
                 self.send_bus(command)
             return
         # An event or a command's reply, once published, is a promise: it must survive too.
         durable = fx.durable or bool(fx.events) or stored is not None
-        self.journal.commit(fx.transitions, messages, command=stored, durable=durable)
+        self.journal.commit(fx.transitions, messages, command=stored, stock=writes, durable=durable)
         for command in fx.bus:
             self.send_bus(command)
         for txn in fx.transitions:
             log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
+        if self.stock is not None:
+            self.stock.committed(writes)
         self.on_outbox()
         if fx.transitions:
             self.on_state()
-        if self.stock is not None:
-            self._count_vends(fx.events, at)
-
-    def _count_vends(self, events: list[m.Event], at: float) -> None:
-        """Each product that left the machine takes stock: a cashless success, a cash sale.
-
-        A separate commit after the transaction's: the bus process has answered already, and
-        the transaction's own record stays the proof of the sale.
-        """
-        assert self.stock is not None
-        for event in events:
-            if isinstance(event, m.TxnVend) and event.result == "success":
-                self.stock.vend(event.txn_id, at, event.selection, event.vend_type)
-            elif isinstance(event, m.Sale):
-                self.stock.vend(new_id(), at, event.selection, m.VendType.PAID)
 
     def _store_reply_again(self, reply_bytes: bytes) -> None:
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)

@@ -5,20 +5,22 @@ Order of work for every operation, as for a vend transaction: the core decides
 operation id, the outbox events and the command's reply in ONE fsynced commit, and only then
 does the state in memory move and the outbox drain wake. A refused operation changes nothing
 and is answered with a code; a repeated command id never gets here (the command table answers
-it with the first reply), a repeated vend id is skipped by the core.
+it with the first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes`
+and written in the same commit as the transaction's vend result or the cash sale; a vend id
+counted before (``stock_ops``) is skipped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import structlog
 
 from vmc.cloud import messages as m
 from vmc.cloud.codec import CommandError
-from vmc.cloud.outbox import event_message, reply_message
+from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.planogram import Planogram, PlanogramError
@@ -35,6 +37,7 @@ from vmc.stock import (
     PlanogramChanged,
     Restock,
     SlotKey,
+    Stock,
     StockError,
     StockKey,
     Vend,
@@ -70,11 +73,39 @@ class StockBook:
             "last_sale": self.stock.last_sale_at,
         }
 
-    def vend(self, op_id: str, at: float, selection: int, vend_type: m.VendType) -> None:
-        """A product left the machine; skipped when this id was counted already."""
-        if self.journal.stock_applied(op_id):
-            return
-        self._commit(Vend(op_id, at, selection, vend_type), None)
+    def vend_writes(
+        self, events: Iterable[m.Event], at: float
+    ) -> tuple[list[StockWrite], list[NewMessage]]:
+        """The stock each product that left the machine takes, for the transaction's commit.
+
+        A cashless success (any vend type: the motor turned) and a cash sale take stock; a vend
+        id counted before is skipped. Nothing moves in memory until :meth:`committed`.
+        """
+        base = self.stock
+        writes: list[StockWrite] = []
+        messages: list[NewMessage] = []
+        for event in events:
+            if isinstance(event, m.TxnVend) and event.result == "success":
+                op = Vend(event.txn_id, at, event.selection, event.vend_type)
+            elif isinstance(event, m.Sale):
+                op = Vend(new_id(), at, event.selection, m.VendType.PAID)
+            else:
+                continue
+            if self.journal.stock_applied(op.op_id):
+                continue
+            write, more = self._prepare(base, op)
+            writes.append(write)
+            messages.extend(more)
+            base = write.applied.state
+        return writes, messages
+
+    def committed(self, writes: Sequence[StockWrite]) -> None:
+        """The journal holds ``writes``: the state in memory follows."""
+        for write in writes:
+            self._log(write)
+        if writes:
+            self.stock = writes[-1].applied.state
+            self.on_state()
 
     def handle_command(self, cmd: m.StockCommand) -> None:
         now = self.clock()
@@ -128,44 +159,39 @@ class StockBook:
     def _version(self) -> int | None:
         return None if self.stock.planogram is None else self.stock.planogram.version
 
-    def _commit(self, op: Operation, cmd: m.StockCommand | None) -> None:
+    def _prepare(self, base: Stock, op: Operation) -> tuple[StockWrite, list[NewMessage]]:
         try:
-            applied = self.stock.apply(op)
+            applied = base.apply(op)
         except StockError as exc:
             raise CommandError(m.ErrorCode.BAD_AMOUNT, str(exc)) from None
-        messages: list[NewMessage] = [
+        messages = [
             event_message(_event(op.op_id, e), self.topics.events, op.at) for e in applied.events
         ]
-        command: tuple[str, bytes] | None = None
-        if cmd is not None:
-            state = applied.state
-            result: dict[str, str | int | float | None] = {
-                "planogram_version": None if state.planogram is None else state.planogram.version,
-                "need_loading": state.need_loading,
-                "changed": sum(isinstance(e, LevelChanged) for e in applied.events),
-            }
-            message, payload = reply_message(
-                m.Reply(cmd.id, True, result=result), self.topics.replies, op.at
-            )
-            messages.append(message)
-            command = (cmd.id, payload)
-        self.journal.commit(
-            [],
-            messages,
-            command=command,
-            stock=StockWrite(op.op_id, op.at, self.stock, applied),
-            durable=True,
+        return StockWrite(op.op_id, op.at, base, applied), messages
+
+    def _commit(self, op: Operation, cmd: m.StockCommand) -> None:
+        write, messages = self._prepare(self.stock, op)
+        state = write.applied.state
+        result: dict[str, str | int | float | None] = {
+            "planogram_version": None if state.planogram is None else state.planogram.version,
+            "need_loading": state.need_loading,
+            "changed": sum(isinstance(e, LevelChanged) for e in write.applied.events),
+        }
+        message, payload = reply_message(
+            m.Reply(cmd.id, True, result=result), self.topics.replies, op.at
         )
-        self.stock = applied.state
+        messages.append(message)
+        self.journal.commit([], messages, command=(cmd.id, payload), stock=[write], durable=True)
+        self.on_outbox()
+        self.committed([write])
+
+    def _log(self, write: StockWrite) -> None:
         log.info(
             "stock_applied",
-            op=type(op).__name__.lower(),
-            op_id=op.op_id,
-            events=len(applied.events),
-            need_loading=self.stock.need_loading,
+            op_id=write.op_id,
+            events=len(write.applied.events),
+            need_loading=write.applied.state.need_loading,
         )
-        self.on_outbox()
-        self.on_state()
 
 
 def _key_fields(key: StockKey | None) -> tuple[int | None, str | None]:
