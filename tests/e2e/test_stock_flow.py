@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,53 @@ async def test_bad_planogram_refused_naming_the_field_and_restart_keeps_stock(
         assert (await rig.vmc.cash_sale(rig.vmc.money(150), 1)).is_ack
         await _levels(rig, {"s:1": 2, "s:2": 5})
         await backend.wait_for(lambda: _events(backend, "stock.alarm", condition="low") or None, 10)
+
+
+async def test_recipe_vend_takes_its_ingredients_stock(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    coffee: dict[str, Any] = {
+        "version": 7,
+        "ingredients": [
+            {"id": "beans", "unit": "g", "capacity": 1000, "par_level": 800, "alarm_level": 10},
+            {"id": "cup", "capacity": 100, "par_level": 80, "alarm_level": 1},
+        ],
+        "products": [
+            {
+                "id": "espresso",
+                "recipe": [
+                    {"ingredient": "beans", "amount": 7},
+                    {"ingredient": "cup", "amount": 1},
+                ],
+            }
+        ],
+        "selections": [{"number": 4, "product": "espresso", "price": 120}],
+    }
+    async with machine(tmp_path, broker) as rig:
+        backend = rig.backend
+        await _ok(rig, "planogram.set", planogram=coffee)
+        loaded = await _ok(
+            rig,
+            "stock.refill",
+            lines=[{"ingredient": "beans", "amount": 20}, {"ingredient": "cup", "amount": 2}],
+        )
+        assert loaded["result"]["need_loading"] is False
+        selection = await backend.command(
+            DEVICE, "stock.refill", lines=[{"selection": 4, "amount": 1}]
+        )
+        assert (selection["ok"], selection["code"]) == (False, "unknown_key")
+        late = await backend.command(DEVICE, "stock.restock", expires=time.time() - 10)
+        assert (late["ok"], late["code"]) == (False, "expired")
+        assert await rig.customers.purchase(item=4) == "vended"
+        await _levels(rig, {"i:beans": 13, "i:cup": 1})
+        await backend.wait_for(
+            lambda: _events(backend, "stock.alarm", ingredient="cup", condition="low") or None, 10
+        )
+        cup = _events(backend, "stock.alarm", ingredient="cup")
+        assert [(a["before"], a["condition"], a["level"]) for a in cup] == [
+            ("ok", "empty", 0),
+            ("empty", "ok", 2),
+            ("ok", "low", 1),
+        ]
+        await _ok(rig, "stock.restock")
+        assert rig.stock_levels() == {"i:beans": 800, "i:cup": 80}
