@@ -136,9 +136,12 @@ class Customers:
         if answer.is_ack:
             await self.poll_for({c.Resp.END_SESSION}, 1.0)
 
-    async def select(self, *, vend: bool = True, succeed: bool = True) -> str:
+    async def select(
+        self, *, vend: bool = True, succeed: bool = True, item: int | None = None
+    ) -> str:
+        """One selection: of ``item``, or of a random item number when None."""
         price = self.vmc.money(self.rng.choice(PRICES_MINOR))
-        item = self.rng.randrange(1, 60)
+        item = self.rng.randrange(1, 60) if item is None else item
         answer = await self.vmc.vend_request(price, item)
         if not answer.is_ack:
             raise SessionBrokenError(f"VEND REQUEST answered {answer.words}")
@@ -161,8 +164,12 @@ class Customers:
     # --- customers ----------------------------------------------------------------------
 
     async def _purchase(self) -> str:
+        return await self.purchase()
+
+    async def purchase(self, item: int | None = None) -> str:
+        """A cashless purchase of ``item`` (random when None), as the ``purchase`` customer."""
         await self.open_session()
-        outcome = await self.select()
+        outcome = await self.select(item=item)
         await self.end_session()
         return outcome
 

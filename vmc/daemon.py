@@ -34,6 +34,7 @@ from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
+from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
 from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
@@ -131,6 +132,8 @@ def _cloud_services(
         new_id,
     )
     remote: RemoteVending
+    topics = Topics(settings.device_id, settings.topic_prefix)
+    stock: StockBook
 
     def state() -> dict[str, Any]:
         txn = engine.txn
@@ -141,19 +144,22 @@ def _cloud_services(
             "mdb_link": "up" if link_up() else "down",
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),
+            **stock.state(),
         }
 
     def on_command(payload: bytes) -> None:
         remote.handle_command(payload)  # bound late: the sync must exist first
 
     sync = CloudSync(settings, journal, on_command, state)
+    stock = StockBook(journal, topics, on_outbox=sync.wake, on_state=sync.state_changed)
     remote = RemoteVending(
         engine,
         journal,
-        Topics(settings.device_id, settings.topic_prefix),
+        topics,
         send,
         on_outbox=sync.wake,
         on_state=sync.state_changed,
+        stock=stock,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)

@@ -8,6 +8,11 @@
 - ``bus_events`` is the local-policy book (``--local-approval`` without a cloud).
 - ``state`` holds small values that must move atomically with messages, such as the audit
   baseline: a read's deltas and the new baseline are committed together.
+- ``planogram`` holds the one planogram in force (version and document), ``stock_levels`` each
+  stock key's level and last reported condition, ``stock_ops`` every applied stock operation
+  id and ``stock_history`` every level change (op id, time, key, before, after, reason). One
+  stock operation writes all of them with its outbox events and its command's reply in ONE
+  fsynced commit (:class:`StockWrite`), so a power cut leaves the old or the new stock.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -19,12 +24,22 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmc.cloud.messages import VendType
+from vmc.planogram import Planogram
+from vmc.stock import (
+    Applied,
+    Condition,
+    IngredientKey,
+    LevelChanged,
+    SlotKey,
+    Stock,
+    StockKey,
+)
 from vmc.transaction import FINAL, Txn, TxnState
 
 SCHEMA = """
@@ -68,7 +83,32 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS planogram (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    document TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stock_levels (
+    key TEXT PRIMARY KEY,
+    level INTEGER NOT NULL,
+    condition TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stock_ops (
+    op_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stock_history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    key TEXT NOT NULL,
+    before INTEGER NOT NULL,
+    after INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+STOCK_META = "stock"
+"""The ``state`` key of what the stock keeps besides levels: sales since refill, timestamps."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +138,36 @@ class NewMessage:
     id: str
     topic: str
     encode: Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StockWrite:
+    """One applied stock operation: what :meth:`Journal.commit` stores for it."""
+
+    op_id: str
+    at: float
+    before: Stock
+    applied: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    op_id: str
+    at: float
+    key: StockKey
+    before: int
+    after: int
+    reason: str
+
+
+def key_text(key: StockKey) -> str:
+    """A stock key as stored: ``s:12`` for a selection, ``i:beans`` for an ingredient."""
+    return f"s:{key.number}" if isinstance(key, SlotKey) else f"i:{key.id}"
+
+
+def key_from_text(text: str) -> StockKey:
+    kind, _, name = text.partition(":")
+    return SlotKey(int(name)) if kind == "s" else IngredientKey(name)
 
 
 def txn_to_json(txn: Txn) -> str:
@@ -179,11 +249,14 @@ class Journal:
         *,
         command: tuple[str, bytes] | None = None,
         state: dict[str, bytes] | None = None,
+        stock: Sequence[StockWrite] = (),
         durable: bool,
     ) -> None:
-        """Record transitions, their messages, a command's reply and state in one commit."""
+        """Record transitions, their messages, a command's reply, state and stock in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
+            for write in stock:
+                _write_stock(db, write)
             for txn in transitions:
                 data = txn_to_json(txn)
                 final = int(txn.state in FINAL)
@@ -216,6 +289,43 @@ class Journal:
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list((state or {}).items()),
             )
+
+    # --- stock ----------------------------------------------------------------------------------
+
+    def stock_applied(self, op_id: str) -> bool:
+        """Whether a stock operation with this id was already applied."""
+        row = self._db.execute("SELECT 1 FROM stock_ops WHERE op_id = ?", (op_id,)).fetchone()
+        return row is not None
+
+    def load_stock(self) -> Stock:
+        """The stock as last committed: the planogram, levels, conditions and counters."""
+        row = self._db.execute("SELECT document FROM planogram WHERE id = 1").fetchone()
+        if row is None:
+            return Stock()
+        planogram = Planogram.from_mapping(json.loads(row[0]))
+        levels: dict[StockKey, int] = {}
+        conditions: dict[StockKey, Condition] = {}
+        for text, level, cond in self._db.execute("SELECT key, level, condition FROM stock_levels"):
+            key = key_from_text(text)
+            levels[key] = int(level)
+            conditions[key] = Condition(cond)
+        meta = json.loads(self.state(STOCK_META) or b"{}")
+        return Stock.restore(
+            planogram,
+            levels,
+            conditions,
+            sales_since_refill={
+                int(n): int(c) for n, c in meta.get("sales_since_refill", {}).items()
+            },
+            last_sale_at=meta.get("last_sale_at"),
+            last_loading_at=meta.get("last_loading_at"),
+        )
+
+    def stock_history(self) -> list[HistoryRow]:
+        rows = self._db.execute(
+            "SELECT op_id, at, key, before, after, reason FROM stock_history ORDER BY seq"
+        ).fetchall()
+        return [HistoryRow(o, a, key_from_text(k), b, f, r) for o, a, k, b, f, r in rows]
 
     def open_txn(self) -> Txn | None:
         row = self._db.execute("SELECT data FROM txns WHERE final = 0 LIMIT 1").fetchone()
@@ -261,3 +371,43 @@ class Journal:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _write_stock(db: sqlite3.Connection, write: StockWrite) -> None:
+    """The new stock state in full, the operation id and its level changes as history."""
+    state = write.applied.state
+    db.execute("INSERT INTO stock_ops (op_id, at) VALUES (?, ?)", (write.op_id, write.at))
+    if state.planogram is not None and state.planogram != write.before.planogram:
+        db.execute(
+            "INSERT INTO planogram (id, version, document) VALUES (1, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET version = excluded.version,"
+            " document = excluded.document",
+            (state.planogram.version, json.dumps(state.planogram.to_mapping())),
+        )
+    db.execute("DELETE FROM stock_levels")
+    db.executemany(
+        "INSERT INTO stock_levels (key, level, condition) VALUES (?, ?, ?)",
+        [
+            (key_text(key), level, state.conditions.get(key, Condition.OK).value)
+            for key, level in state.levels.items()
+        ],
+    )
+    db.executemany(
+        "INSERT INTO stock_history (op_id, at, key, before, after, reason)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            (write.op_id, write.at, key_text(e.key), e.before, e.after, e.reason.value)
+            for e in write.applied.events
+            if isinstance(e, LevelChanged)
+        ],
+    )
+    meta = {
+        "sales_since_refill": {str(n): c for n, c in state.sales_since_refill.items()},
+        "last_sale_at": state.last_sale_at,
+        "last_loading_at": state.last_loading_at,
+    }
+    db.execute(
+        "INSERT INTO state (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (STOCK_META, json.dumps(meta).encode()),
+    )

@@ -221,6 +221,35 @@ class Stock:
     last_sale_at: float | None = None
     last_loading_at: float | None = None
 
+    @classmethod
+    def restore(
+        cls,
+        planogram: Planogram | None,
+        levels: Mapping[StockKey, int],
+        conditions: Mapping[StockKey, Condition],
+        *,
+        sales_since_refill: Mapping[int, int] | None = None,
+        last_sale_at: float | None = None,
+        last_loading_at: float | None = None,
+    ) -> Stock:
+        """The state a journal stored, made whole against its planogram.
+
+        Every key of the planogram gets a level (0 when none was stored) and keys it no longer
+        counts are dropped; the stored conditions are kept as the ones last reported, so an
+        alarm raised before a restart is not raised again after it.
+        """
+        if planogram is None:
+            return cls()
+        keys = stock_limits(planogram)
+        return cls(
+            planogram,
+            {key: levels.get(key, 0) for key in keys},
+            {key: conditions[key] for key in keys if key in conditions},
+            {n: c for n, c in (sales_since_refill or {}).items() if SlotKey(n) in keys},
+            last_sale_at,
+            last_loading_at,
+        )
+
     @property
     def need_loading(self) -> bool:
         return any(c is not Condition.OK for c in self.conditions.values())

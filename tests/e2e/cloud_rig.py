@@ -39,6 +39,13 @@ class Rig:
         with contextlib.closing(sqlite3.connect(path)) as db:
             return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
+    def stock_levels(self) -> dict[str, int]:
+        """The daemon's committed stock levels by stored key (``s:1``, ``i:beans``)."""
+        path = self.daemon.state_dir / "journal.sqlite3"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT key, level FROM stock_levels").fetchall()
+        return {str(k): int(v) for k, v in rows}
+
     level: int = 3
 
 

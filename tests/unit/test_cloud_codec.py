@@ -16,7 +16,7 @@ from vmc.cloud import messages as m
 BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
 
 
-def decode(**fields: Any) -> m.Command:
+def decode(**fields: Any) -> m.Command | m.StockCommand:
     return codec.decode_command(cbor2.dumps({**BASE, **fields}))
 
 
@@ -164,3 +164,55 @@ def test_unknown_op_is_named_before_missing_fields() -> None:
     with pytest.raises(codec.CommandError) as info:
         codec.decode_command(cbor2.dumps({"id": "x", "op": "launch"}))
     assert info.value.code is m.ErrorCode.UNKNOWN_OP
+
+
+def test_stock_commands() -> None:
+    doc = {"version": 1, "products": [], "selections": []}
+    assert decode(op="planogram.set", planogram=doc) == m.SetPlanogram("c1", 1e12, doc)
+    assert decode(op="stock.refill", lines=[{"selection": 3, "amount": -2}]) == m.Refill(
+        "c1", 1e12, (m.StockLine(3, None, -2),)
+    )
+    assert decode(op="stock.inventory", lines=[{"ingredient": "beans", "level": 40}]) == (
+        m.TakeInventory("c1", 1e12, (m.StockLine(None, "beans", 40),))
+    )
+    assert decode(op="stock.restock") == m.RestockToPar("c1", 1e12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "names"),
+    [
+        ({"op": "planogram.set"}, m.ErrorCode.MISSING_FIELD, "planogram"),
+        ({"op": "planogram.set", "planogram": [1]}, m.ErrorCode.BAD_FIELD, "planogram"),
+        ({"op": "stock.refill", "lines": []}, m.ErrorCode.BAD_FIELD, "lines"),
+        ({"op": "stock.refill", "lines": [{"amount": 1}]}, m.ErrorCode.BAD_FIELD, "lines[0]"),
+        (
+            {"op": "stock.refill", "lines": [{"selection": 1, "ingredient": "x", "amount": 1}]},
+            m.ErrorCode.BAD_FIELD,
+            "lines[0]",
+        ),
+        ({"op": "stock.refill", "lines": [{"selection": 1}]}, m.ErrorCode.MISSING_FIELD, "amount"),
+        (
+            {"op": "stock.inventory", "lines": [{"selection": 1, "level": -1}]},
+            m.ErrorCode.BAD_FIELD,
+            "lines[0].level",
+        ),
+        (
+            {"op": "stock.refill", "lines": [{"selection": True, "amount": 1}]},
+            m.ErrorCode.BAD_FIELD,
+            "lines[0].selection",
+        ),
+        (
+            {"op": "stock.refill", "lines": [{"selection": 1, "amount": 1.5}]},
+            m.ErrorCode.BAD_FIELD,
+            "lines[0].amount",
+        ),
+    ],
+)
+def test_bad_stock_commands_name_the_field(
+    fields: dict[str, Any], code: m.ErrorCode, names: str
+) -> None:
+    with pytest.raises(codec.CommandError) as caught:
+        decode(**fields)
+    assert caught.value.code is code
+    assert names in caught.value.message
+    assert caught.value.command_id == "c1"

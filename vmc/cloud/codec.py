@@ -68,7 +68,11 @@ def encode_map(payload: dict[str, Any]) -> bytes:
     return cbor2.dumps({"v": m.CONTRACT_VERSION, **_plain(payload)})
 
 
-def decode_command(payload: bytes) -> m.Command:
+MAX_STOCK_LINES = 1024
+MAX_QUANTITY = 10**9
+
+
+def decode_command(payload: bytes) -> m.Command | m.StockCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -112,6 +116,14 @@ def decode_command(payload: bytes) -> m.Command:
         return m.Paid(cmd_id, expires, fields.text("txn_id"), amount)
     if op == m.Op.DENY:
         return m.Deny(cmd_id, expires, fields.text("txn_id"), fields.text("reason", False) or "")
+    if op == m.Op.PLANOGRAM_SET:
+        return m.SetPlanogram(cmd_id, expires, fields.mapping("planogram"))
+    if op == m.Op.STOCK_REFILL:
+        return m.Refill(cmd_id, expires, fields.stock_lines("lines", "amount", signed=True))
+    if op == m.Op.STOCK_INVENTORY:
+        return m.TakeInventory(cmd_id, expires, fields.stock_lines("lines", "level", signed=False))
+    if op == m.Op.STOCK_RESTOCK:
+        return m.RestockToPar(cmd_id, expires)
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
 
@@ -165,6 +177,44 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
             raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
         return value
+
+    def mapping(self, name: str) -> dict[str, object]:
+        value = self._get(name, True)
+        if not isinstance(value, dict):
+            raise self._bad(name, "a map")
+        return value
+
+    def stock_lines(self, name: str, quantity: str, *, signed: bool) -> tuple[m.StockLine, ...]:
+        """``[{selection: N | ingredient: ID, <quantity>: N}, ...]``; errors name the line."""
+        value = self._get(name, True)
+        if not isinstance(value, list) or not 0 < len(value) <= MAX_STOCK_LINES:
+            raise self._bad(name, f"a list of 1..{MAX_STOCK_LINES} maps")
+        low = -MAX_QUANTITY if signed else 0
+        lines: list[m.StockLine] = []
+        for index, item in enumerate(value):
+            at = f"{name}[{index}]"
+            if not isinstance(item, dict) or set(item) - {"selection", "ingredient", quantity}:
+                raise self._bad(at, f"a map of selection or ingredient, and {quantity}")
+            selection, ingredient = item.get("selection"), item.get("ingredient")
+            if (selection is None) == (ingredient is None):
+                raise self._bad(at, "a map naming exactly one of selection and ingredient")
+            if selection is not None and (
+                type(selection) is not int or not 0 <= selection <= 65535
+            ):
+                raise self._bad(f"{at}.selection", "an item number in 0..65535")
+            if ingredient is not None and (
+                not isinstance(ingredient, str) or not 0 < len(ingredient) <= MAX_ID_LENGTH
+            ):
+                raise self._bad(f"{at}.ingredient", f"a string of 1..{MAX_ID_LENGTH} characters")
+            count = item.get(quantity)
+            if count is None:
+                raise CommandError(
+                    m.ErrorCode.MISSING_FIELD, f"{at}.{quantity} is required", self.cmd_id
+                )
+            if type(count) is not int or not low <= count <= MAX_QUANTITY:
+                raise self._bad(f"{at}.{quantity}", f"an integer in {low}..{MAX_QUANTITY}")
+            lines.append(m.StockLine(selection, ingredient, count))
+        return tuple(lines)
 
     def vend_type(self) -> m.VendType:
         value = self.text("vend_type", required=False)

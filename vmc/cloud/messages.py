@@ -29,6 +29,9 @@ class ErrorCode(StrEnum):
     WRONG_STATE = "wrong_state"
     TOO_LATE = "too_late"
     AMOUNT_MISMATCH = "amount_mismatch"
+    NO_PLANOGRAM = "no_planogram"
+    UNKNOWN_KEY = "unknown_key"
+    BAD_AMOUNT = "bad_amount"
 
 
 class VendType(StrEnum):
@@ -44,6 +47,10 @@ class Op(StrEnum):
     UNLOCK = "unlock"
     PAID = "paid"
     DENY = "deny"
+    PLANOGRAM_SET = "planogram.set"
+    STOCK_REFILL = "stock.refill"
+    STOCK_INVENTORY = "stock.inventory"
+    STOCK_RESTOCK = "stock.restock"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -85,6 +92,53 @@ class Deny:
 
 
 Command = Lock | Unlock | Paid | Deny
+
+
+@dataclass(frozen=True, slots=True)
+class StockLine:
+    """One selection (MDB item number) or one ingredient id, with an amount or a level."""
+
+    selection: int | None
+    ingredient: str | None
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetPlanogram:
+    """The whole planogram document, validated by :meth:`vmc.planogram.Planogram.from_mapping`."""
+
+    id: str
+    expires: float
+    document: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class Refill:
+    """Seed 003 ``loading``: add (+) or remove (-) ``quantity`` per line, all or nothing."""
+
+    id: str
+    expires: float
+    lines: tuple[StockLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeInventory:
+    """Seed 003 ``inventory``: ``quantity`` is the absolute level counted."""
+
+    id: str
+    expires: float
+    lines: tuple[StockLine, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RestockToPar:
+    """Seed 004 ``restock_only``: every selection and ingredient to its par level."""
+
+    id: str
+    expires: float
+
+
+StockCommand = SetPlanogram | Refill | TakeInventory | RestockToPar
 
 
 # --- device -> backend ------------------------------------------------------------------------
@@ -216,6 +270,48 @@ class MachineEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class StockLevel:
+    """One level change; ``op_id`` is the operation (command id, txn id) that caused it."""
+
+    op_id: str
+    selection: int | None
+    ingredient: str | None
+    before: int
+    after: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StockAlarm:
+    """A key crossed into ``low``/``empty`` or back to ``ok``; sent once per crossing."""
+
+    op_id: str
+    selection: int | None
+    ingredient: str | None
+    before: str
+    condition: str
+    level: int
+
+
+@dataclass(frozen=True, slots=True)
+class StockDiscrepancy:
+    """A vend the count could not account for: ``missing`` units were not there."""
+
+    op_id: str
+    kind: str
+    selection: int
+    ingredient: str | None
+    missing: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlanogramChanged:
+    op_id: str
+    before: int | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class AuditFailed:
     """A read that failed or was partial; the baseline did not move."""
 
@@ -238,6 +334,10 @@ Event = (
     | SalesReport
     | MachineEvent
     | AuditFailed
+    | StockLevel
+    | StockAlarm
+    | StockDiscrepancy
+    | PlanogramChanged
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -251,4 +351,8 @@ EVENT_TYPES: dict[type, str] = {
     SalesReport: "sales.report",
     MachineEvent: "event",
     AuditFailed: "audit.failed",
+    StockLevel: "stock.level",
+    StockAlarm: "stock.alarm",
+    StockDiscrepancy: "stock.discrepancy",
+    PlanogramChanged: "planogram.changed",
 }

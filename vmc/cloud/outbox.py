@@ -20,3 +20,9 @@ def event_message(event: m.Event, topic: str, at: float) -> NewMessage:
         return codec.encode_event(event, event_id=event_id, seq=seq, at=at)
 
     return NewMessage(event_id, topic, encode)
+
+
+def reply_message(reply: m.Reply, topic: str, at: float) -> tuple[NewMessage, bytes]:
+    """A command's reply as an outbox row, and its bytes for the command table."""
+    payload = codec.encode_reply(reply, at=at)
+    return NewMessage(new_id(), topic, lambda _seq: payload), payload

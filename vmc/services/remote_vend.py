@@ -1,9 +1,9 @@
 """Glue between the transaction engine, the journal, the bus and the cloud outbox.
 
 Order of work for every input: the engine decides, the journal commits the transitions with
-their outbox messages and the command's reply (fsynced when money moves), and only then are
-the bus commands sent and the outbox drain woken. A command id seen before is answered with
-the stored reply and changes nothing.
+their outbox messages, the command's reply and the stock a vend took (fsynced when money or
+stock moves), and only then are the bus commands sent and the outbox drain woken. A command
+id seen before is answered with the stored reply and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import structlog
 
 from protocols.mdb import events as ev
 from vmc.cloud import codec
-from vmc.cloud.outbox import event_message, new_id
+from vmc.cloud import messages as m
+from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
-from vmc.journal import Journal, NewMessage
+from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.services import bus_messages as bus
+from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
 from vmc.transaction import Effects, Engine
 
@@ -38,6 +40,7 @@ class RemoteVending:
         clock: Callable[[], float] = time.time,
         on_outbox: Callable[[], None] = lambda: None,
         on_state: Callable[[], None] = lambda: None,
+        stock: StockBook | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -46,6 +49,7 @@ class RemoteVending:
         self.clock = clock
         self.on_outbox = on_outbox
         self.on_state = on_state
+        self.stock = stock
 
     def recover(self) -> None:
         fx = self.engine.recover(self.journal.open_txn(), self.clock())
@@ -85,6 +89,13 @@ class RemoteVending:
             log.info("command_repeated", command_id=cmd.id)
             self._store_reply_again(stored)
             return
+        if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
+            if self.stock is None:
+                refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
+                self._apply(Effects(reply=refusal), command_id=cmd.id)
+            else:
+                self.stock.handle_command(cmd)
+            return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
             "command",
@@ -100,21 +111,27 @@ class RemoteVending:
         messages = [event_message(event, self.topics.events, at) for event in fx.events]
         stored: tuple[str, bytes] | None = None
         if fx.reply is not None:
-            reply_bytes = codec.encode_reply(fx.reply, at=at)
-            messages.append(NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes))
+            message, reply_bytes = reply_message(fx.reply, self.topics.replies, at)
+            messages.append(message)
             if command_id is not None:
                 stored = (command_id, reply_bytes)
+        writes: list[StockWrite] = []
+        if self.stock is not None:
+            writes, stock_messages = self.stock.vend_writes(fx.events, at)
+            messages.extend(stock_messages)
         if not (fx.transitions or messages):
             for command in fx.bus:
                 self.send_bus(command)
             return
         # An event or a command's reply, once published, is a promise: it must survive too.
         durable = fx.durable or bool(fx.events) or stored is not None
-        self.journal.commit(fx.transitions, messages, command=stored, durable=durable)
+        self.journal.commit(fx.transitions, messages, command=stored, stock=writes, durable=durable)
         for command in fx.bus:
             self.send_bus(command)
         for txn in fx.transitions:
             log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
+        if self.stock is not None:
+            self.stock.committed(writes)
         self.on_outbox()
         if fx.transitions:
             self.on_state()
