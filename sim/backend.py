@@ -5,6 +5,10 @@ balance is checked at the request and charged when the vend succeeds) and **refe
 (a stored payment method is charged at the request, which can fail, and refunded when the vend
 fails). It deduplicates events by id, as the contract asks of a backend, and counts the
 duplicates it dropped.
+
+It also pushes a planogram and refills or restocks it, and keeps the stock it expects per
+selection from what it loaded and what was sold (vends that succeeded, cash sales), so the
+machine's reported levels can be checked against an independent count.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ class LockRefusedError(VmcError):
     """The device refused the backend's lock (busy, out of service...)."""
 
 
+class StockRefusedError(VmcError):
+    """The device refused a planogram or stock command."""
+
+
 class Policy(StrEnum):
     POST_BILLING = "post_billing"
     REFERENCE_PAYMENT = "reference_payment"
@@ -52,12 +60,51 @@ class Entry:
 
 
 @dataclass
+class StockBooks:
+    """Per selection (MDB item number): the backend's own count, and the machine's word.
+
+    ``expected`` follows the contract's arithmetic (a vend or cash sale takes 1, never below 0)
+    from the loads the backend sent and the sales it saw; ``reported`` is the last
+    ``stock.level`` the machine sent. Alarms and discrepancies are kept as they came.
+    """
+
+    par: dict[int, int] = field(default_factory=dict)
+    products: dict[int, str] = field(default_factory=dict)
+    expected: dict[int, int] = field(default_factory=dict)
+    reported: dict[int, int] = field(default_factory=dict)
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    discrepancies: list[dict[str, Any]] = field(default_factory=list)
+
+    def planogram(self, document: dict[str, Any]) -> None:
+        """A planogram the machine accepted: a selection keeps its count only when it sells
+        the same plain product; recipes take no per-selection count."""
+        plain = [s for s in document["selections"] if "par_level" in s]
+        products = {int(s["number"]): str(s["product"]) for s in plain}
+        self.expected = {
+            number: self.expected.get(number, 0) if self.products.get(number) == product else 0
+            for number, product in products.items()
+        }
+        self.reported = {n: v for n, v in self.reported.items() if n in self.expected}
+        self.products = products
+        self.par = {int(s["number"]): int(s["par_level"]) for s in plain}
+
+    def sold(self, selection: Any) -> None:
+        if isinstance(selection, int) and selection in self.expected:
+            self.expected[selection] = max(0, self.expected[selection] - 1)
+
+    def machine_levels(self) -> dict[int, int]:
+        """The machine's levels for the planogram's selections (0 until it reported one)."""
+        return {n: self.reported.get(n, 0) for n in self.expected}
+
+
+@dataclass
 class Books:
     entries: dict[str, Entry] = field(default_factory=dict)
     balances: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     events: int = 0
     sales: list[dict[str, Any]] = field(default_factory=list)
+    stock: StockBooks = field(default_factory=StockBooks)
 
     def summary(self) -> dict[str, Any]:
         results = Counter(e.result for e in self.entries.values() if e.result)
@@ -194,6 +241,25 @@ class SimBackend:
         body.setdefault("expires", time.time() + 30)
         await self._client.publish(f"{self.prefix}/{device}/cmd", cbor2.dumps(body), qos=1)
 
+    async def stock_command(self, device: str, op: str, **fields: Any) -> dict[str, Any]:
+        """A planogram or stock command; when the machine applied it, the backend's expected
+        stock follows. A refused one raises ``StockRefusedError`` with its code and message."""
+        reply = await self.command(device, op, **fields)
+        if not reply["ok"]:
+            raise StockRefusedError(f"{op} refused: {reply['code']}: {reply['message']}")
+        stock = self.books.stock
+        if op == "planogram.set":
+            stock.planogram(fields["planogram"])
+        elif op == "stock.restock":
+            stock.expected = {n: stock.par[n] for n in stock.expected}
+        elif op == "stock.refill":
+            for line in fields["lines"]:
+                number = line["selection"]
+                stock.expected[number] = stock.expected.get(number, 0) + line["amount"]
+        elif op == "stock.inventory":
+            stock.expected.update({line["selection"]: line["level"] for line in fields["lines"]})
+        return reply
+
     def malformed_replies(self) -> list[dict[str, Any]]:
         """Replies to commands the device could not read at all (they carry no id)."""
         return self.uncorrelated
@@ -238,7 +304,14 @@ class SimBackend:
         kind = body.get("type")
         if kind == "sale":
             self.books.sales.append(body)
+            self.books.stock.sold(body.get("selection"))
             return
+        if kind == "stock.level" and body.get("selection") is not None:
+            self.books.stock.reported[int(body["selection"])] = int(body["after"])
+        elif kind == "stock.alarm":
+            self.books.stock.alarms.append(body)
+        elif kind == "stock.discrepancy":
+            self.books.stock.discrepancies.append(body)
         if not str(kind).startswith("txn."):
             return  # audits and machine events: kept in event_log, not in the books
         txn_id = body["txn_id"]
@@ -252,6 +325,8 @@ class SimBackend:
         elif kind == "txn.vend":
             entry.result = body["result"]
             entry.states.append(body["result"])
+            if body["result"] == "success":
+                self.books.stock.sold(body.get("selection"))
             self._settle(entry, body)
         elif kind == "txn.status":
             entry.states.append(body["state"])

@@ -7,7 +7,7 @@ script or CI job can tell a run where the books, the audit and the VMC disagree 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -51,6 +51,26 @@ def compare(
         return Check(name, True, "match", f"{ours.describe(decimals)} on both sides")
     detail = f"{left_name}: {ours.describe(decimals)}, {right_name}: {theirs.describe(decimals)}"
     return Check(name, False, "MISMATCH", detail)
+
+
+def compare_levels(
+    name: str, left: tuple[str, Mapping[int, int]], right: tuple[str, Mapping[int, int]]
+) -> Check:
+    """Two sides' stock levels per selection: ``match`` only when every level agrees."""
+    (left_name, ours), (right_name, theirs) = left, right
+    if not ours and not theirs:
+        return missing(name, "no selection to compare: no planogram was loaded")
+    if ours == theirs:
+        return Check(
+            name, True, "match", f"{len(ours)} selections, {sum(ours.values())} units on both sides"
+        )
+    differ = [
+        f"item {n}: {left_name} {ours.get(n, '-')}, {right_name} {theirs.get(n, '-')}"
+        for n in sorted(ours.keys() | theirs.keys())
+        if ours.get(n) != theirs.get(n)
+    ]
+    shown = "; ".join(differ[:3]) + ("; ..." if len(differ) > 3 else "")
+    return Check(name, False, "MISMATCH", shown)
 
 
 def missing(name: str, why: str) -> Check:

@@ -3,8 +3,11 @@
 A private Mosquitto (unless ``--mqtt`` names a broker), the simulated backend, ``vmcd`` on a
 pty pair with ``--mqtt``, and the simulated VMC. Members of a gym-style club buy through the
 app (lock -> select -> request -> paid/deny -> vend -> result), some walk away or cancel, some
-pay cash, and on an always-idle machine some select first. The backend's books close the run,
-then the checks: the books, the DEX audit's delta and the bus timing against what the VMC saw.
+pay cash, and on an always-idle machine some select first. The backend pushes a small planogram
+and restocks it first; each session's stock changes and alarms are printed, and a low or empty
+selection is refilled to par at once. The backend's books close the run, then the checks: the
+books, the stock the backend expects, the DEX audit's delta and the bus timing against what the
+VMC saw and vmcd reported.
 
 ``--local`` runs the same VMC against ``vmcd --local-approval accept`` without a cloud, and
 checks vmcd's journal against the VMC instead.
@@ -26,7 +29,9 @@ import statistics
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from drivers.pty import PtyPair
 from protocols.errors import VmcError
@@ -58,6 +63,47 @@ AUDIT_WAIT_S = 20.0
 BROKER_WAIT_S = 10.0
 DAEMON_STOP_S = 3.0  # then SIGKILL: a stop of the whole demo stays within 5 s
 CANCEL_GRACE_S = 0.5
+STOCK_WAIT_S = 10.0
+STOCK_SETTLE_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One selection of the demo's planogram; levels in units of its product."""
+
+    product: str
+    price: int  # minor units
+    capacity: int
+    par: int
+    alarm: int
+
+
+# MDB item number -> slot. Small levels on purpose: a short run takes a selection to its alarm
+# level, and the demo refills it.
+SLOTS = {
+    1: Slot("choco-bar", 150, 4, 3, 2),
+    2: Slot("crisps", 120, 6, 5, 2),
+    3: Slot("water", 100, 8, 6, 2),
+}
+
+
+def planogram(version: int = 1) -> dict[str, Any]:
+    """The planogram document the backend pushes (docs/cloud-api.md 3.1)."""
+    return {
+        "version": version,
+        "products": [{"id": slot.product} for slot in SLOTS.values()],
+        "selections": [
+            {
+                "number": number,
+                "product": slot.product,
+                "price": slot.price,
+                "capacity": slot.capacity,
+                "par_level": slot.par,
+                "alarm_level": slot.alarm,
+            }
+            for number, slot in SLOTS.items()
+        ],
+    }
 
 
 def _outcome(entry: Entry | None) -> str:
@@ -180,18 +226,26 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
         await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
     except TimeoutError:
         raise VmcError(f"vmcd did not come online at {url} within 10 s") from None
+    news = StockNews(backend)
+    await _load(backend, news, decimals)
     rng = random.Random(args.seed)
-    customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init)
+    menu = {number: slot.price for number, slot in SLOTS.items()}
+    customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init, menu=menu)
     names = list(KINDS)
     broken: list[str] = []
     for number in range(1, args.sessions + 1):
         kind = rng.choices(names, weights=[KINDS[n][0] for n in names])[0]
+        sales = len(backend.books.sales) + (KINDS[kind][1] == "cash_sale")
         line, ok = await _play(kind, number, customers, backend, rng, decimals=decimals)
         if not ok:
             broken.append(f"session {number}")
         print(line)
+        await news.settle(sales)
+        await news.refill_alarmed(news.show())
     await asyncio.sleep(0.3)  # the last events on their way
+    await news.refill_alarmed(news.show())
     _print_books(backend, vmc.stats, decimals)
+    # The sales report (sales.report, issue 8) is printed here once vmcd answers it.
     audit = await _audit_at_the_end(daemon, backend, customers)
     code = await daemon.stop(DAEMON_STOP_S)
     return checks.report(
@@ -206,6 +260,114 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
             decimals=decimals,
         )
     )
+
+
+class StockNews:
+    """Prints the machine's stock events as they come, compactly, and refills what ran low:
+    what an operator watching the backend would see and do."""
+
+    def __init__(self, backend: SimBackend) -> None:
+        self.backend = backend
+        self.seen = 0
+
+    async def settle(self, sales: int) -> None:
+        """Give a session's stock events a moment: until the backend saw ``sales`` cash sales
+        and vmcd's levels agree with its count, or STOCK_SETTLE_S passed (a disagreement is
+        judged by the closing check, not here)."""
+        books = self.backend.books
+
+        def settled() -> bool:
+            agree = books.stock.machine_levels() == books.stock.expected
+            return len(books.sales) >= sales and agree
+
+        with contextlib.suppress(TimeoutError):
+            await self.backend.wait_for(settled, STOCK_SETTLE_S)
+
+    def show(self) -> list[int]:
+        """Print the stock events that arrived since the last call; the selections that
+        turned low or empty."""
+        events = self.backend.event_log[self.seen :]
+        self.seen = len(self.backend.event_log)
+        changes = [
+            f"item {e['selection']} {e['before']} → {e['after']}"
+            for e in events
+            if e["type"] == "stock.level" and e.get("selection") is not None
+        ]
+        if changes:
+            print(f"{'stock':>13}: " + ", ".join(changes))
+        alarmed: list[int] = []
+        for event in events:
+            if event["type"] == "stock.alarm":
+                print(
+                    f"{'stock alarm':>13}: item {event['selection']} {event['condition']}"
+                    f" at {event['level']} (was {event['before']})"
+                )
+                if event["condition"] != "ok":
+                    alarmed.append(int(event["selection"]))
+            elif event["type"] == "stock.discrepancy":
+                print(
+                    f"{'discrepancy':>13}: {event['kind']} item {event['selection']},"
+                    f" {event['missing']} missing"
+                )
+        return alarmed
+
+    async def refill_alarmed(self, selections: Sequence[int]) -> None:
+        """Refill each alarmed selection to its par level, and show the alarm clear."""
+        stock = self.backend.books.stock
+        levels = stock.machine_levels()
+        lines = [
+            {"selection": n, "amount": stock.par[n] - levels[n]}
+            for n in sorted(set(selections))
+            if n in levels and stock.par[n] > levels[n]
+        ]
+        if not lines:
+            return
+        loads = ", ".join(f"item {line['selection']} +{line['amount']}" for line in lines)
+        print(f"{'refill':>13}: {loads} (to par)")
+        await self.backend.stock_command(DEVICE, "stock.refill", lines=lines)
+
+        def cleared() -> bool:
+            return all(stock.reported.get(n) == stock.par[n] for n in selections) and all(
+                _condition(self.backend, n) == "ok" for n in selections
+            )
+
+        await _wait_stock(self.backend, cleared)
+        self.show()
+
+
+def _condition(backend: SimBackend, selection: int) -> str | None:
+    """The selection's last alarm condition the machine sent."""
+    alarms = [a for a in backend.books.stock.alarms if a.get("selection") == selection]
+    return str(alarms[-1]["condition"]) if alarms else None
+
+
+async def _wait_stock(backend: SimBackend, probe: Any) -> None:
+    try:
+        await backend.wait_for(probe, STOCK_WAIT_S)
+    except TimeoutError:
+        raise VmcError(f"vmcd's stock events did not arrive within {STOCK_WAIT_S:g} s") from None
+
+
+async def _load(backend: SimBackend, news: StockNews, decimals: int) -> None:
+    """Push the planogram and restock it to par, as a backend does for a new machine."""
+    document = planogram()
+    await backend.stock_command(DEVICE, "planogram.set", planogram=document)
+    shown = ", ".join(
+        f"item {n} {s.product} {checks.money(s.price, decimals)} (par {s.par}, alarm {s.alarm})"
+        for n, s in SLOTS.items()
+    )
+    print(f"planogram v{document['version']}: {shown}")
+    await backend.stock_command(DEVICE, "stock.restock")
+    stock = backend.books.stock
+
+    def loaded() -> bool:
+        return stock.machine_levels() == stock.expected and all(
+            _condition(backend, n) == "ok" for n in stock.expected
+        )
+
+    await _wait_stock(backend, loaded)
+    news.seen = len(backend.event_log)  # the new planogram's empty alarms, cleared: not news
+    print("restocked to par: " + ", ".join(f"item {n} {v}" for n, v in stock.expected.items()))
 
 
 def cloud_checks(
@@ -224,6 +386,7 @@ def cloud_checks(
     booked = Tally(len(vended), sum(e.charged for e in books.entries.values()))
     cash = Tally(len(books.sales), sum(int(s["price"]) for s in books.sales))
     dex_name = "DEX vs the VMC"
+    stock = books.stock
     return [
         checks.problems("sessions", broken, sessions, "sessions ended illegally"),
         checks.compare(
@@ -237,6 +400,11 @@ def cloud_checks(
             ("the backend booked", cash),
             ("the VMC sold", sales.cash),
             decimals=decimals,
+        ),
+        checks.compare_levels(
+            "stock, books vs vmcd",
+            ("the backend expects", stock.expected),
+            ("vmcd reported", stock.machine_levels()),
         ),
         checks.missing(dex_name, f"no audit delta arrived within {AUDIT_WAIT_S:g} s")
         if audit is None
@@ -338,6 +506,9 @@ def _print_books(backend: SimBackend, stats: TimingStats, decimals: int) -> None
         "cash sales": summary["cash_sales"],
         "events": summary["events"],
         "duplicates dropped": summary["duplicates_dropped"],
+        "stock (vmcd reported)": ", ".join(
+            f"item {n} {v}" for n, v in backend.books.stock.machine_levels().items()
+        ),
         "balances": ", ".join(
             f"{m} {checks.money(v, decimals)}" for m, v in sorted(backend.books.balances.items())
         ),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from protocols.mdb import commands as c
@@ -75,11 +75,23 @@ class Customers:
         *,
         poll_period: float = 0.025,
         init: Callable[[], Awaitable[object]] | None = None,
+        menu: Mapping[int, int] | None = None,
     ) -> None:
         self.vmc = vmc
         self.rng = rng
         self.poll_period = poll_period
         self.init = init or vmc.initialise
+        self.menu = dict(menu or {})
+
+    def pick(self, item: int | None = None) -> tuple[int, int]:
+        """An item and its bus price: from the menu (item -> price in minor units) when the
+        machine has one, so its sales match a planogram; else any item at any price."""
+        if self.menu:
+            item = self.rng.choice(sorted(self.menu)) if item is None else item
+            minor = self.menu.get(item) or self.rng.choice(PRICES_MINOR)
+            return item, self.vmc.money(minor)
+        price = self.vmc.money(self.rng.choice(PRICES_MINOR))
+        return (self.rng.randrange(1, 60) if item is None else item), price
 
     @property
     def always_idle(self) -> bool:
@@ -140,8 +152,7 @@ class Customers:
         self, *, vend: bool = True, succeed: bool = True, item: int | None = None
     ) -> str:
         """One selection: of ``item``, or of a random item number when None."""
-        price = self.vmc.money(self.rng.choice(PRICES_MINOR))
-        item = self.rng.randrange(1, 60) if item is None else item
+        item, price = self.pick(item)
         answer = await self.vmc.vend_request(price, item)
         if not answer.is_ack:
             raise SessionBrokenError(f"VEND REQUEST answered {answer.words}")
@@ -181,8 +192,8 @@ class Customers:
 
     async def _cancel(self) -> str:
         await self.open_session()
-        price = self.vmc.money(self.rng.choice(PRICES_MINOR))
-        if not (await self.vmc.vend_request(price, self.rng.randrange(1, 60))).is_ack:
+        item, price = self.pick()
+        if not (await self.vmc.vend_request(price, item)).is_ack:
             raise SessionBrokenError("VEND REQUEST was not ACKed")
         answer = await self.vmc.vend_cancel()
         if answer.code != c.Resp.VEND_DENIED:
@@ -200,8 +211,8 @@ class Customers:
         return "walked_away"
 
     async def _cash_sale(self) -> str:
-        price = self.vmc.money(self.rng.choice(PRICES_MINOR))
-        answer = await self.vmc.cash_sale(price, self.rng.randrange(1, 60))
+        item, price = self.pick()
+        answer = await self.vmc.cash_sale(price, item)
         if not answer.is_ack:
             raise SessionBrokenError(f"CASH SALE answered {answer.words}")
         return "cash_sale"
@@ -216,8 +227,8 @@ class Customers:
     async def _vmc_reset(self) -> str:
         """The VMC resets mid-vend: by a RESET command, or by a BREAK on the bus."""
         await self.open_session()
-        price = self.vmc.money(self.rng.choice(PRICES_MINOR))
-        await self.vmc.vend_request(price, self.rng.randrange(1, 60))
+        item, price = self.pick()
+        await self.vmc.vend_request(price, item)
         outcome = "reset_recovered"
         if self.rng.random() < 0.5:
             self.vmc.bus_reset()

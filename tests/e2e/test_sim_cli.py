@@ -111,6 +111,13 @@ def test_the_cloud_demo_reports_money_and_agreement(tmp_path: Path) -> None:
     checks = assert_exit_follows_checks(result)
     assert checks["DEX vs the VMC"] == "match"
     assert checks["app sales, books vs VMC"] == "match"
+    assert checks["stock, books vs vmcd"] == "match"
+    # Seed 1's fourth session takes item 2 to its alarm level: the alarm, the refill, cleared.
+    assert "restocked to par: item 1 3, item 2 5, item 3 6" in result.stdout
+    assert "stock alarm: item 2 low at 2 (was ok)" in result.stdout
+    assert "refill: item 2 +3 (to par)" in result.stdout
+    assert "stock alarm: item 2 ok at 5 (was low)" in result.stdout
+    assert re.search(r"^ +stock: item \d \d → \d", result.stdout, re.MULTILINE)
     assert re.search(r"^ +charged: \d+\.\d\d$", result.stdout, re.MULTILINE), result.stdout
     assert "{" not in result.stdout  # no Python dict
     assert list(tmp_path.iterdir()) == []

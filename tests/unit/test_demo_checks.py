@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sim import checks
-from sim.backend import Books, Entry
+from sim.backend import Books, Entry, StockBooks
 from sim.checks import Tally
-from sim.demo import cloud_checks, local_checks
+from sim.demo import cloud_checks, local_checks, planogram
 from sim.scenarios import Report, SessionResult
 from sim.vmc_counters import SalesCounters
 from sim.vmc_master import TimingStats
@@ -30,7 +30,10 @@ def _books(charged: tuple[int, ...] = (120, 250)) -> Books:
         books.entries[f"t{n}"] = Entry(
             f"t{n}", "demo-1", "alice", amount, amount, amount, ["vended"], "success"
         )
-    books.sales.append({"type": "sale", "price": 50})
+    books.sales.append({"type": "sale", "price": 50, "selection": 9})
+    books.stock.planogram(planogram())
+    books.stock.expected = {1: 3, 2: 4, 3: 6}
+    books.stock.reported = {1: 3, 2: 4, 3: 6}
     return books
 
 
@@ -61,7 +64,7 @@ def _verdicts(found: list[checks.Check]) -> dict[str, str]:
 def test_a_run_where_everything_agrees_exits_0() -> None:
     found = _cloud()
     assert set(_verdicts(found).values()) <= {"ok", "match"}
-    assert checks.verdict(found) == ("all 6 checks passed", 0)
+    assert checks.verdict(found) == ("all 7 checks passed", 0)
     dex = next(check for check in found if check.name == "DEX vs the VMC")
     assert dex.line().endswith("DEX vs the VMC: match  3 vends worth 4.20 on both sides")
 
@@ -82,7 +85,48 @@ def test_a_dex_delta_that_differs_from_the_vmc_or_never_came_is_a_mismatch(
     assert _verdicts(found)["DEX vs the VMC"] == "MISMATCH"
     line, code = checks.verdict(found)
     assert code == 1
-    assert line == "1 of 6 checks failed: DEX vs the VMC"
+    assert line == "1 of 7 checks failed: DEX vs the VMC"
+
+
+def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
+    found = _cloud()
+    stock = next(c for c in found if c.name == "stock, books vs vmcd")
+    assert stock.line().endswith("match  3 selections, 13 units on both sides")
+
+    books = _books()
+    books.stock.reported[2] = 5  # vmcd missed a vend the backend booked
+    found = _cloud(books=books)
+    stock = next(c for c in found if c.name == "stock, books vs vmcd")
+    assert stock.verdict == "MISMATCH"
+    assert stock.detail == "item 2: the backend expects 4, vmcd reported 5"
+    assert checks.verdict(found) == ("1 of 7 checks failed: stock, books vs vmcd", 1)
+
+
+def test_no_planogram_is_a_stock_mismatch() -> None:
+    books = _books()
+    books.stock = StockBooks()
+    found = _cloud(books=books)
+    assert _verdicts(found)["stock, books vs vmcd"] == "MISMATCH"
+    assert checks.verdict(found)[1] == 1
+
+
+def test_the_backends_expected_stock_follows_the_contracts_arithmetic() -> None:
+    """Loads add, sales take 1 and never go below 0, a new planogram keeps a selection's count
+    only when it sells the same product; what the machine reports is kept apart."""
+    stock = StockBooks()
+    stock.planogram(planogram())
+    assert stock.expected == {1: 0, 2: 0, 3: 0}
+    stock.expected[1] = 1
+    for _ in range(2):
+        stock.sold(1)
+    stock.sold(99)  # not in the planogram: the machine reports a discrepancy, no count
+    assert stock.expected == {1: 0, 2: 0, 3: 0}
+    stock.expected = {1: 2, 2: 5, 3: 6}
+    changed = planogram(version=2)
+    changed["selections"][1]["product"] = "water"
+    stock.planogram(changed)
+    assert stock.expected == {1: 2, 2: 0, 3: 6}
+    assert stock.machine_levels() == {1: 0, 2: 0, 3: 0}
 
 
 def test_timing_violations_fail_the_run() -> None:
@@ -119,7 +163,7 @@ def test_report_prints_each_check_and_returns_the_exit_code(
     out = capsys.readouterr().out
     assert out.startswith("--- checks ---\n")
     assert "DEX vs the VMC: MISMATCH  no audit delta arrived within 20 s" in out
-    assert out.endswith("1 of 6 checks failed: DEX vs the VMC\n")
+    assert out.endswith("1 of 7 checks failed: DEX vs the VMC\n")
 
 
 @pytest.mark.parametrize(
