@@ -30,8 +30,8 @@ PLANOGRAM = Planogram.from_mapping(
 )
 
 
-def _at(zone: ZoneInfo, *parts: int) -> float:
-    return dt.datetime(*parts, tzinfo=zone).timestamp()  # type: ignore[misc]
+def _at(zone: ZoneInfo, local: str) -> float:
+    return dt.datetime.fromisoformat(local).replace(tzinfo=zone).timestamp()
 
 
 def _sale(
@@ -52,12 +52,12 @@ def _stock() -> Stock:
 
 def test_local_day_boundaries_follow_the_time_zone() -> None:
     when = period("2026-06-10", None, BERLIN)
-    assert when.since == _at(UTC, 2026, 6, 9, 22, 0)  # CEST is UTC+2
+    assert when.since == _at(UTC, "2026-06-09 22:00")  # CEST is UTC+2
     rows = [
-        _sale(_at(BERLIN, 2026, 6, 9, 23, 59)),  # the day before: out
-        _sale(_at(BERLIN, 2026, 6, 10, 0, 0), payment=Payment.CASH),
-        _sale(_at(BERLIN, 2026, 6, 10, 23, 59), 2, 80, vend_type=VendType.FREE),
-        _sale(_at(BERLIN, 2026, 6, 11, 0, 0)),  # the day after: out
+        _sale(_at(BERLIN, "2026-06-09 23:59")),  # the day before: out
+        _sale(_at(BERLIN, "2026-06-10 00:00"), payment=Payment.CASH),
+        _sale(_at(BERLIN, "2026-06-10 23:59"), 2, 80, vend_type=VendType.FREE),
+        _sale(_at(BERLIN, "2026-06-11 00:00")),  # the day after: out
     ]
     result = report(rows, when, _stock())
     assert result["total"] == {"count": 2, "amount": 230}
@@ -90,7 +90,7 @@ def test_dst_days_have_23_and_25_hours() -> None:
     assert spring.until - spring.since == 23 * 3600
     assert autumn.until - autumn.since == 25 * 3600
     # 00:30 UTC is 02:30 CEST and 01:30 UTC is 02:30 CET: the wall clock shows 02:30 twice.
-    rows = [_sale(_at(UTC, 2026, 10, 25, 0, 30)), _sale(_at(UTC, 2026, 10, 25, 1, 30))]
+    rows = [_sale(_at(UTC, "2026-10-25 00:30")), _sale(_at(UTC, "2026-10-25 01:30"))]
     result = report(rows, autumn, _stock())
     assert result["total"]["count"] == 2
     assert result["hourly"][2]["count"] == 2
@@ -98,7 +98,7 @@ def test_dst_days_have_23_and_25_hours() -> None:
 
 def test_a_range_has_one_daily_bucket_per_day_and_one_slot_filter() -> None:
     when = period("2026-02-27", "2026-03-02", UTC)
-    rows = [_sale(_at(UTC, 2026, 2, 28, 12, 0)), _sale(_at(UTC, 2026, 3, 2, 9, 0), 2, 80)]
+    rows = [_sale(_at(UTC, "2026-02-28 12:00")), _sale(_at(UTC, "2026-03-02 09:00"), 2, 80)]
     result = report(rows, when, _stock(), selection=2)
     assert [d["date"] for d in result["daily"]] == [
         "2026-02-27",
@@ -117,7 +117,7 @@ def test_an_empty_range_reports_zeros_and_unknown_selections_have_null_stock() -
     assert result["total"] == {"count": 0, "amount": 0}
     assert len(result["hourly"]) == 24
     assert result["planogram_version"] is None
-    sold = report([_sale(_at(UTC, 2026, 1, 1, 8, 0), 9, 50)], when, _stock())
+    sold = report([_sale(_at(UTC, "2026-01-01 08:00"), 9, 50)], when, _stock())
     assert sold["slots"][-1] == {
         "slotId": 9,
         "product": None,
