@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
@@ -39,6 +40,9 @@ class MdbConfig:
 class DaemonConfig:
     state_dir: Path = Path("/var/lib/vmc")
     log_level: str = "info"
+    timezone: str = "UTC"
+    """The machine's IANA time zone: sales reports' days and hours are local to it."""
+    sales_retention_days: int = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,8 @@ def _build(raw: dict[str, Any]) -> Config:
     _range("mdb.realtime_priority", mdb.realtime_priority, 0, 99)
     daemon = _section(raw, "daemon", DaemonConfig)
     _choice("daemon.log_level", daemon.log_level, LOG_LEVELS)
+    _zone("daemon.timezone", daemon.timezone)
+    _range("daemon.sales_retention_days", daemon.sales_retention_days, 1, 3660)
     reader = _reader(raw.get("reader", {}), mdb)
     cloud = _cloud(_section(raw, "cloud", CloudConfig))
     dex = _dex(raw.get("dex", {}))
@@ -312,3 +318,12 @@ def _choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
 def _range(key: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(f"{key}: {value!r} is not allowed; expected an integer {low}..{high}")
+
+
+def _zone(key: str, name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        raise ConfigError(
+            f"{key}: {name!r} is not a known IANA time zone, e.g. Europe/Berlin"
+        ) from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -160,6 +161,8 @@ def _cloud_services(
         on_outbox=sync.wake,
         on_state=sync.state_changed,
         stock=stock,
+        zone=ZoneInfo(config.daemon.timezone),
+        sales_retention_days=config.daemon.sales_retention_days,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)

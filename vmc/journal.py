@@ -13,6 +13,9 @@
   id and ``stock_history`` every level change (op id, time, key, before, after, reason). One
   stock operation writes all of them with its outbox events and its command's reply in ONE
   fsynced commit (:class:`StockWrite`), so a power cut leaves the old or the new stock.
+- ``sales`` holds one row per product that left the machine (UTC time, selection, price,
+  payment, vend type), written in the same commit as the sale's event and pruned after
+  ``[daemon] sales_retention_days``; ``sales.query`` reports from it.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -31,6 +34,7 @@ from pathlib import Path
 
 from vmc.cloud.messages import VendType
 from vmc.planogram import Planogram
+from vmc.sales import Payment, SaleRow
 from vmc.stock import (
     Applied,
     Condition,
@@ -106,6 +110,15 @@ CREATE TABLE IF NOT EXISTS stock_history (
     after INTEGER NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sales (
+    op_id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    selection INTEGER NOT NULL,
+    price INTEGER NOT NULL,
+    payment TEXT NOT NULL,
+    vend_type TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sales_at ON sales (at);
 """
 STOCK_META = "stock"
 """The ``state`` key of what the stock keeps besides levels: sales since refill, timestamps."""
@@ -250,11 +263,21 @@ class Journal:
         command: tuple[str, bytes] | None = None,
         state: dict[str, bytes] | None = None,
         stock: Sequence[StockWrite] = (),
+        sales: Sequence[tuple[str, SaleRow]] = (),
         durable: bool,
     ) -> None:
-        """Record transitions, their messages, a command's reply, state and stock in one commit."""
+        """Record transitions, their messages, a command's reply, state, stock and sales (each
+        with its operation id: a sale counted before is not counted again) in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO sales (op_id, at, selection, price, payment, vend_type)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (op_id, r.at, r.selection, r.price, r.payment.value, r.vend_type.value)
+                    for op_id, r in sales
+                ],
+            )
             for write in stock:
                 _write_stock(db, write)
             for txn in transitions:
@@ -368,6 +391,21 @@ class Journal:
     def prune_commands(self, older_than: float) -> None:
         with self._transaction(durable=False) as db:
             db.execute("DELETE FROM commands WHERE at < ?", (older_than,))
+
+    def sales(self, since: float, until: float) -> list[SaleRow]:
+        """The sales rows with ``since <= at < until``, oldest first."""
+        rows = self._db.execute(
+            "SELECT at, selection, price, payment, vend_type FROM sales"
+            " WHERE at >= ? AND at < ? ORDER BY at",
+            (since, until),
+        ).fetchall()
+        return [SaleRow(a, s, p, Payment(pay), VendType(v)) for a, s, p, pay, v in rows]
+
+    def prune_sales(self, older_than: float) -> int:
+        """Forget sales rows older than the retention; returns how many went."""
+        with self._transaction(durable=False) as db:
+            cur = db.execute("DELETE FROM sales WHERE at < ?", (older_than,))
+        return cur.rowcount
 
     def close(self) -> None:
         self._db.close()

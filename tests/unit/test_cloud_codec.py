@@ -16,7 +16,7 @@ from vmc.cloud import messages as m
 BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
 
 
-def decode(**fields: Any) -> m.Command | m.StockCommand:
+def decode(**fields: Any) -> m.Command | m.StockCommand | m.SalesQuery:
     return codec.decode_command(cbor2.dumps({**BASE, **fields}))
 
 
@@ -176,12 +176,25 @@ def test_stock_commands() -> None:
         m.TakeInventory("c1", 1e12, (m.StockLine(None, "beans", 40),))
     )
     assert decode(op="stock.restock") == m.RestockToPar("c1", 1e12)
+    assert decode(op="sales.query", **{"from": "2026-01-01"}) == m.SalesQuery(
+        "c1", 1e12, "2026-01-01"
+    )
+    assert decode(
+        op="sales.query", selection=7, **{"from": "2026-01-01", "to": "2026-01-31"}
+    ) == m.SalesQuery("c1", 1e12, "2026-01-01", "2026-01-31", 7)
 
 
 @pytest.mark.parametrize(
     ("fields", "code", "names"),
     [
         ({"op": "planogram.set"}, m.ErrorCode.MISSING_FIELD, "planogram"),
+        ({"op": "sales.query"}, m.ErrorCode.MISSING_FIELD, "from"),
+        ({"op": "sales.query", "from": 20260101}, m.ErrorCode.BAD_FIELD, "from"),
+        (
+            {"op": "sales.query", "from": "2026-01-01", "selection": -1},
+            m.ErrorCode.BAD_FIELD,
+            "selection",
+        ),
         ({"op": "planogram.set", "planogram": [1]}, m.ErrorCode.BAD_FIELD, "planogram"),
         ({"op": "stock.refill", "lines": []}, m.ErrorCode.BAD_FIELD, "lines"),
         ({"op": "stock.refill", "lines": [{"amount": 1}]}, m.ErrorCode.BAD_FIELD, "lines[0]"),

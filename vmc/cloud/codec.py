@@ -72,7 +72,7 @@ MAX_STOCK_LINES = 1024
 MAX_QUANTITY = 10**9
 
 
-def decode_command(payload: bytes) -> m.Command | m.StockCommand:
+def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -124,6 +124,14 @@ def decode_command(payload: bytes) -> m.Command | m.StockCommand:
         return m.TakeInventory(cmd_id, expires, fields.stock_lines("lines", "level", signed=False))
     if op == m.Op.STOCK_RESTOCK:
         return m.RestockToPar(cmd_id, expires)
+    if op == m.Op.SALES_QUERY:
+        return m.SalesQuery(
+            cmd_id,
+            expires,
+            fields.text("from"),
+            fields.text("to", required=False),
+            fields.selection("selection"),
+        )
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
 
@@ -215,6 +223,12 @@ class _Fields:
                 raise self._bad(f"{at}.{quantity}", f"an integer in {low}..{MAX_QUANTITY}")
             lines.append(m.StockLine(selection, ingredient, count))
         return tuple(lines)
+
+    def selection(self, name: str) -> int | None:
+        value = self._get(name, False)
+        if value is not None and (type(value) is not int or not 0 <= value <= 65535):
+            raise self._bad(name, "an item number in 0..65535")
+        return value
 
     def vend_type(self) -> m.VendType:
         value = self.text("vend_type", required=False)

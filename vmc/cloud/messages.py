@@ -51,6 +51,7 @@ class Op(StrEnum):
     STOCK_REFILL = "stock.refill"
     STOCK_INVENTORY = "stock.inventory"
     STOCK_RESTOCK = "stock.restock"
+    SALES_QUERY = "sales.query"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -141,6 +142,18 @@ class RestockToPar:
 StockCommand = SetPlanogram | Refill | TakeInventory | RestockToPar
 
 
+@dataclass(frozen=True, slots=True)
+class SalesQuery:
+    """Seeds 002/004: the sales of local days ``since_date``..``to_date`` (ISO dates), answered
+    in the reply. Named ``sales.query`` because ``sales.report`` is the event after an audit."""
+
+    id: str
+    expires: float
+    since_date: str
+    to_date: str | None = None
+    selection: int | None = None
+
+
 # --- device -> backend ------------------------------------------------------------------------
 
 
@@ -152,7 +165,7 @@ class Reply:
     ok: bool
     code: ErrorCode | None = None
     message: str = ""
-    result: dict[str, str | int | float | None] = field(default_factory=dict)
+    result: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

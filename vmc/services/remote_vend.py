@@ -3,13 +3,16 @@
 Order of work for every input: the engine decides, the journal commits the transitions with
 their outbox messages, the command's reply and the stock a vend took (fsynced when money or
 stock moves), and only then are the bus commands sent and the outbox drain woken. A command
-id seen before is answered with the stored reply and changes nothing.
+id seen before is answered with the stored reply and changes nothing. Every product that left
+the machine (a cashless success of any vend type, a cash sale) is a ``sales`` row in that same
+commit; ``sales.query`` is answered from those rows in the reply.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -19,14 +22,17 @@ from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
+from vmc.sales import Payment, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
+from vmc.stock import Stock
 from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
 
 COMMAND_MEMORY_S = 7 * 86400
+DAY_S = 86400
 
 
 class RemoteVending:
@@ -41,6 +47,8 @@ class RemoteVending:
         on_outbox: Callable[[], None] = lambda: None,
         on_state: Callable[[], None] = lambda: None,
         stock: StockBook | None = None,
+        zone: ZoneInfo | None = None,
+        sales_retention_days: int = 90,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -50,6 +58,8 @@ class RemoteVending:
         self.on_outbox = on_outbox
         self.on_state = on_state
         self.stock = stock
+        self.zone = zone or ZoneInfo("UTC")
+        self.sales_keep_s = sales_retention_days * DAY_S
 
     def recover(self) -> None:
         fx = self.engine.recover(self.journal.open_txn(), self.clock())
@@ -68,8 +78,13 @@ class RemoteVending:
             self.on_state()
 
     def prune(self, keep_s: float = COMMAND_MEMORY_S) -> None:
-        """Forget command ids older than ``keep_s``: their ``expires`` has long passed."""
-        self.journal.prune_commands(self.clock() - keep_s)
+        """Forget command ids older than ``keep_s`` (their ``expires`` has long passed) and
+        sales rows older than the retention."""
+        now = self.clock()
+        self.journal.prune_commands(now - keep_s)
+        pruned = self.journal.prune_sales(now - self.sales_keep_s)
+        if pruned:
+            log.info("sales_pruned", rows=pruned)
 
     def tick(self) -> None:
         self._apply(self.engine.tick(self.clock()))
@@ -89,6 +104,9 @@ class RemoteVending:
             log.info("command_repeated", command_id=cmd.id)
             self._store_reply_again(stored)
             return
+        if isinstance(cmd, m.SalesQuery):
+            self._apply(Effects(reply=self._sales_reply(cmd)), command_id=cmd.id)
+            return
         if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
             if self.stock is None:
                 refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
@@ -105,6 +123,26 @@ class RemoteVending:
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
         self._apply(fx, command_id=cmd.id)
+
+    def _sales_reply(self, cmd: m.SalesQuery) -> m.Reply:
+        if cmd.expires < self.clock():
+            return m.Reply(
+                cmd.id, False, m.ErrorCode.EXPIRED, "the command expired before it arrived"
+            )
+        try:
+            when = period(cmd.since_date, cmd.to_date, self.zone)
+        except PeriodError as exc:
+            log.warning("sales_query_refused", command_id=cmd.id, field=exc.field)
+            return m.Reply(cmd.id, False, m.ErrorCode.BAD_FIELD, str(exc))
+        stock = self.stock.stock if self.stock is not None else Stock()
+        money = self.engine.config.money
+        result = report(self.journal.sales(when.since, when.until), when, stock, cmd.selection)
+        log.info(
+            "sales_query", command_id=cmd.id, since=when.first.isoformat(), sales=result["total"]
+        )
+        return m.Reply(
+            cmd.id, True, result={**result, "currency": money.currency, "decimals": money.decimals}
+        )
 
     def _apply(self, fx: Effects, command_id: str | None = None) -> None:
         at = self.clock()
@@ -125,7 +163,14 @@ class RemoteVending:
             return
         # An event or a command's reply, once published, is a promise: it must survive too.
         durable = fx.durable or bool(fx.events) or stored is not None
-        self.journal.commit(fx.transitions, messages, command=stored, stock=writes, durable=durable)
+        self.journal.commit(
+            fx.transitions,
+            messages,
+            command=stored,
+            stock=writes,
+            sales=list(_sales(fx.events, at)),
+            durable=durable,
+        )
         for command in fx.bus:
             self.send_bus(command)
         for txn in fx.transitions:
@@ -140,3 +185,13 @@ class RemoteVending:
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)
         self.journal.commit([], [message], durable=False)
         self.on_outbox()
+
+
+def _sales(events: Iterable[m.Event], at: float) -> Iterable[tuple[str, SaleRow]]:
+    """The products that left the machine, keyed by the operation that counts them once."""
+    for event in events:
+        if isinstance(event, m.TxnVend) and event.result == "success":
+            row = SaleRow(at, event.selection, event.amount, Payment.CASHLESS, event.vend_type)
+            yield event.txn_id, row
+        elif isinstance(event, m.Sale):
+            yield new_id(), SaleRow(at, event.selection, event.price, Payment.CASH, m.VendType.PAID)

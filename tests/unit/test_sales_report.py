@@ -1,0 +1,186 @@
+"""Sales report aggregation: local days and hours (DST too), empty ranges, refused ranges."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from vmc.cloud.messages import VendType
+from vmc.cloud.outbox import new_id
+from vmc.cloud.topics import Topics
+from vmc.journal import Journal
+from vmc.planogram import Planogram
+from vmc.sales import MAX_REPORT_DAYS, Payment, PeriodError, SaleRow, period, report
+from vmc.services.remote_vend import DAY_S, RemoteVending
+from vmc.stock import Adjust, ChangePlanogram, SlotKey, Stock, Vend
+from vmc.transaction import Engine, EngineConfig, Money
+
+LIMITS_10 = {"capacity": 10, "par_level": 8, "alarm_level": 2}
+LIMITS_20 = {"capacity": 20, "par_level": 15, "alarm_level": 3}
+BERLIN = ZoneInfo("Europe/Berlin")
+UTC = ZoneInfo("UTC")
+PLANOGRAM = Planogram.from_mapping(
+    {
+        "version": 4,
+        "products": [{"id": "bar"}, {"id": "gum"}],
+        "selections": [
+            {"number": 1, "product": "bar", "price": 150, **LIMITS_10},
+            {"number": 2, "product": "gum", "price": 80, **LIMITS_20},
+        ],
+    }
+)
+
+
+def _at(zone: ZoneInfo, local: str) -> float:
+    return dt.datetime.fromisoformat(local).replace(tzinfo=zone).timestamp()
+
+
+def _sale(
+    at: float,
+    selection: int = 1,
+    price: int = 150,
+    payment: Payment = Payment.CASHLESS,
+    vend_type: VendType = VendType.PAID,
+) -> SaleRow:
+    return SaleRow(at, selection, price, payment, vend_type)
+
+
+def _stock() -> Stock:
+    stock = Stock().apply(ChangePlanogram("p", 0.0, PLANOGRAM)).state
+    stock = stock.apply(Adjust("r", 0.0, ((SlotKey(1), 3),))).state
+    return stock.apply(Vend("v", 0.0, 1, VendType.PAID)).state
+
+
+def test_local_day_boundaries_follow_the_time_zone() -> None:
+    when = period("2026-06-10", None, BERLIN)
+    assert when.since == _at(UTC, "2026-06-09 22:00")  # CEST is UTC+2
+    rows = [
+        _sale(_at(BERLIN, "2026-06-09 23:59")),  # the day before: out
+        _sale(_at(BERLIN, "2026-06-10 00:00"), payment=Payment.CASH),
+        _sale(_at(BERLIN, "2026-06-10 23:59"), 2, 80, vend_type=VendType.FREE),
+        _sale(_at(BERLIN, "2026-06-11 00:00")),  # the day after: out
+    ]
+    result = report(rows, when, _stock())
+    assert result["total"] == {"count": 2, "amount": 230}
+    assert result["payment"] == {
+        "cash": {"count": 1, "amount": 150},
+        "cashless": {"count": 1, "amount": 80},
+    }
+    assert result["vend_type"]["free"] == {"count": 1, "amount": 80}
+    assert result["vend_type"]["test"] == {"count": 0, "amount": 0}
+    assert result["hourly"][0] == {"hour": 0, "count": 1, "amount": 150}
+    assert result["hourly"][23] == {"hour": 23, "count": 1, "amount": 80}
+    assert result["daily"] == [{"date": "2026-06-10", "count": 2, "amount": 230}]
+    bar, gum = result["slots"]
+    assert bar == {
+        "slotId": 1,
+        "product": "bar",
+        "price": 150,
+        "itemsLeft": 2,
+        "salesSinceRefill": 1,
+        "capacity": 10,
+        "sales": 1,
+        "cash": 150,
+    }
+    assert (gum["slotId"], gum["sales"], gum["cash"], gum["capacity"]) == (2, 1, 80, 20)
+
+
+def test_dst_days_have_23_and_25_hours() -> None:
+    spring = period("2026-03-29", None, BERLIN)
+    autumn = period("2026-10-25", None, BERLIN)
+    assert spring.until - spring.since == 23 * 3600
+    assert autumn.until - autumn.since == 25 * 3600
+    # 00:30 UTC is 02:30 CEST and 01:30 UTC is 02:30 CET: the wall clock shows 02:30 twice.
+    rows = [_sale(_at(UTC, "2026-10-25 00:30")), _sale(_at(UTC, "2026-10-25 01:30"))]
+    result = report(rows, autumn, _stock())
+    assert result["total"]["count"] == 2
+    assert result["hourly"][2]["count"] == 2
+
+
+def test_a_range_has_one_daily_bucket_per_day_and_one_slot_filter() -> None:
+    when = period("2026-02-27", "2026-03-02", UTC)
+    rows = [_sale(_at(UTC, "2026-02-28 12:00")), _sale(_at(UTC, "2026-03-02 09:00"), 2, 80)]
+    result = report(rows, when, _stock(), selection=2)
+    assert [d["date"] for d in result["daily"]] == [
+        "2026-02-27",
+        "2026-02-28",
+        "2026-03-01",
+        "2026-03-02",
+    ]
+    assert [s["slotId"] for s in result["slots"]] == [2]
+    assert result["total"] == {"count": 1, "amount": 80}
+
+
+def test_an_empty_range_reports_zeros_and_unknown_selections_have_null_stock() -> None:
+    when = period("2026-01-01", None, UTC)
+    result = report([], when, Stock())
+    assert result["slots"] == []
+    assert result["total"] == {"count": 0, "amount": 0}
+    assert len(result["hourly"]) == 24
+    assert result["planogram_version"] is None
+    sold = report([_sale(_at(UTC, "2026-01-01 08:00"), 9, 50)], when, _stock())
+    assert sold["slots"][-1] == {
+        "slotId": 9,
+        "product": None,
+        "price": None,
+        "itemsLeft": None,
+        "salesSinceRefill": None,
+        "capacity": None,
+        "sales": 1,
+        "cash": 50,
+    }
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "field"),
+    [
+        ("2026-13-01", None, "from"),
+        ("yesterday", None, "from"),
+        ("2026-01-02", "2026-01-01", "to"),
+        ("2026-01-01", "2026/01/02", "to"),
+        ("2026-01-01", "2026-06-30", "to"),
+    ],
+)
+def test_bad_ranges_are_refused_naming_the_field(first: str, last: str | None, field: str) -> None:
+    with pytest.raises(PeriodError) as info:
+        period(first, last, UTC)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{field}: ")
+
+
+def test_the_longest_range_is_accepted() -> None:
+    when = period("2026-01-01", None, UTC)
+    last = (when.first + dt.timedelta(days=MAX_REPORT_DAYS - 1)).isoformat()
+    assert len(period("2026-01-01", last, UTC).days()) == MAX_REPORT_DAYS
+
+
+def test_journal_keeps_sales_once_and_prunes_old_ones(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    old, new = _sale(1000.0), _sale(5000.0, 2, 80, payment=Payment.CASH)
+    journal.commit([], [], sales=[("t1", old), ("c1", new)], durable=True)
+    journal.commit([], [], sales=[("t1", old)], durable=True)  # counted before: ignored
+    assert journal.sales(0.0, 1e12) == [old, new]
+    assert journal.sales(1000.0, 5000.0) == [old]
+    assert journal.prune_sales(older_than=4000.0) == 1
+    journal.close()
+    assert Journal(tmp_path / "journal.sqlite3").sales(0.0, 1e12) == [new]
+
+
+def test_the_ticker_prune_drops_sales_past_the_retention(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "journal.sqlite3")
+    now = 100 * DAY_S
+    kept, gone = _sale(now - 10 * DAY_S), _sale(now - 11 * DAY_S)
+    journal.commit([], [], sales=[("a", kept), ("b", gone)], durable=True)
+    remote = RemoteVending(
+        Engine(EngineConfig(Money(978, 2)), new_id),
+        journal,
+        Topics("m1"),
+        lambda _command: True,
+        clock=lambda: now,
+        sales_retention_days=10,
+    )
+    remote.prune()
+    assert journal.sales(0.0, 1e12) == [kept]

@@ -1,0 +1,174 @@
+"""Sales reports from the journal's rows: per slot, payment and vend type, by hour and day.
+
+Pure: rows in, a report mapping out. Rows are stored with UTC POSIX times; days and hours are
+the machine's local ones (``[daemon] timezone``), so a DST day has 23 or 25 hours and its
+buckets follow the wall clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from vmc.cloud.messages import VendType
+from vmc.stock import SlotKey, Stock
+
+MAX_REPORT_DAYS = 92
+"""A report covers at most this many local days: it bounds the reply (one daily bucket each)."""
+
+
+class Payment(StrEnum):
+    CASH = "cash"
+    CASHLESS = "cashless"
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRow:
+    """One product that left the machine: ``price`` in minor units, ``at`` in UTC seconds."""
+
+    at: float
+    selection: int
+    price: int
+    payment: Payment
+    vend_type: VendType
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """Local days ``first``..``last`` (inclusive) and their UTC window ``[since, until)``."""
+
+    first: dt.date
+    last: dt.date
+    zone: ZoneInfo
+
+    @property
+    def since(self) -> float:
+        return _midnight(self.first, self.zone)
+
+    @property
+    def until(self) -> float:
+        return _midnight(self.last + dt.timedelta(days=1), self.zone)
+
+    def days(self) -> list[dt.date]:
+        return [self.first + dt.timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
+
+class PeriodError(ValueError):
+    """A date range that cannot be reported; ``field`` names the command field at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def period(first: str, last: str | None, zone: ZoneInfo) -> Period:
+    """``first`` and ``last`` as ISO dates (``YYYY-MM-DD``); ``last`` defaults to ``first``."""
+    start = _date("from", first)
+    end = start if last is None else _date("to", last)
+    if end < start:
+        raise PeriodError("to", f"{last} is before from ({first})")
+    if (end - start).days + 1 > MAX_REPORT_DAYS:
+        raise PeriodError("to", f"a report covers at most {MAX_REPORT_DAYS} days")
+    return Period(start, end, zone)
+
+
+def _date(field: str, text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise PeriodError(field, f"{text!r} must be a date YYYY-MM-DD") from None
+
+
+def _midnight(day: dt.date, zone: ZoneInfo) -> float:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+
+
+def _bucket() -> dict[str, int]:
+    return {"count": 0, "amount": 0}
+
+
+def _add(bucket: dict[str, int], row: SaleRow) -> None:
+    bucket["count"] += 1
+    bucket["amount"] += row.price
+
+
+def report(
+    rows: Iterable[SaleRow], when: Period, stock: Stock, selection: int | None = None
+) -> dict[str, Any]:
+    """The ``sales.query`` reply's result; ``rows`` are those in ``[when.since, when.until)``.
+
+    Slots are the planogram's selections (or the one asked for) plus any selection sold in the
+    period that the planogram no longer has. ``sales`` counts vends of every type, ``cash`` is
+    their value in minor units (seed 002's names), whatever paid for them.
+    """
+    per_slot: dict[int, dict[str, int]] = {}
+    payments = {p.value: _bucket() for p in Payment}
+    vend_types = {v.value: _bucket() for v in VendType}
+    hourly = [_bucket() for _ in range(24)]
+    daily = {day: _bucket() for day in when.days()}
+    total = _bucket()
+    for row in rows:
+        if selection is not None and row.selection != selection:
+            continue
+        local = dt.datetime.fromtimestamp(row.at, when.zone)
+        if local.date() not in daily:
+            continue
+        for bucket in (
+            per_slot.setdefault(row.selection, _bucket()),
+            payments[row.payment.value],
+            vend_types[row.vend_type.value],
+            hourly[local.hour],
+            daily[local.date()],
+            total,
+        ):
+            _add(bucket, row)
+    return {
+        "from": when.first.isoformat(),
+        "to": when.last.isoformat(),
+        "timezone": when.zone.key,
+        "since": when.since,
+        "until": when.until,
+        "selection": selection,
+        "planogram_version": None if stock.planogram is None else stock.planogram.version,
+        "slots": _slots(per_slot, stock, selection),
+        "total": total,
+        "payment": payments,
+        "vend_type": vend_types,
+        "hourly": [{"hour": hour, **b} for hour, b in enumerate(hourly)],
+        "daily": [{"date": day.isoformat(), **b} for day, b in daily.items()],
+    }
+
+
+def _slots(
+    per_slot: dict[int, dict[str, int]], stock: Stock, selection: int | None
+) -> list[dict[str, Any]]:
+    planogram = stock.planogram
+    numbers = set(per_slot)
+    if planogram is not None:
+        numbers |= {s.number for s in planogram.selections}
+    if selection is not None:
+        numbers &= {selection}
+    slots: list[dict[str, Any]] = []
+    for number in sorted(numbers):
+        chosen = None if planogram is None else planogram.selection(number)
+        limits = None if chosen is None else chosen.limits
+        sold = per_slot.get(number, _bucket())
+        slots.append(
+            {
+                "slotId": number,
+                "product": None if chosen is None else chosen.product,
+                "price": None if chosen is None else chosen.price,
+                "itemsLeft": stock.levels.get(SlotKey(number)),
+                "salesSinceRefill": None
+                if limits is None
+                else stock.sales_since_refill.get(number, 0),
+                "capacity": None if limits is None else limits.capacity,
+                "sales": sold["count"],
+                "cash": sold["amount"],
+            }
+        )
+    return slots
