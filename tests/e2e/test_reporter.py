@@ -64,8 +64,10 @@ async def test_reads_report_and_deltas_match_the_bus(
 async def test_stock_reconcile_only_for_vends_the_reader_did_not_see(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    """Vends on the bus agree with the audit: silent. Two cash vends the VMC counted but the
-    reader never saw: one ``stock.reconcile`` for that selection, and the stock follows the bus.
+    """Vends on the bus agree with the audit: silent.
+
+    Two cash vends the VMC counted but the reader never saw: one ``stock.reconcile`` for that
+    selection, and the stock follows the bus.
     """
     dex_pair = PtyPair()
     config = tmp_path / "vmc.toml"
