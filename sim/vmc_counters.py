@@ -2,13 +2,18 @@
 
 The VMC master updates them from what happens on the MDB bus, so an audit written from them
 agrees with the sales the reader saw; the reporter's deltas can then be checked against the
-bus.
+bus, and its reconciliation (PA2 per selection against the paid vends the reader saw) is
+silent unless a test sells past the reader with :meth:`SalesCounters.vended` directly. As a
+real VMC does, a cashless vend in a session the reader began with payment type test or free
+(MDB level 2+) is counted in PA3 / PA4, not in the paid counters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from protocols.evadts.records import Product, Sales
+from protocols.mdb.commands import PaymentType
 from sim.checks import Tally
 
 
@@ -19,6 +24,8 @@ class SelectionCounters:
     cashless_value: int = 0
     cash_vends: int = 0
     cash_value: int = 0
+    test_vends: int = 0
+    free_vends: int = 0
 
     @property
     def vends(self) -> int:
@@ -35,10 +42,16 @@ class SalesCounters:
 
     selections: dict[int, SelectionCounters] = field(default_factory=dict)
 
-    def vended(self, item: int, price: int, *, cash: bool) -> None:
+    def vended(
+        self, item: int, price: int, *, cash: bool, payment: PaymentType = PaymentType.NORMAL
+    ) -> None:
         row = self.selections.setdefault(item, SelectionCounters())
         row.price = price
-        if cash:
+        if payment is PaymentType.TEST:
+            row.test_vends += 1
+        elif payment is PaymentType.FREE:
+            row.free_vends += 1
+        elif cash:
             row.cash_vends += 1
             row.cash_value += price
         else:
@@ -73,7 +86,6 @@ def audit_from_counters(
     counters: SalesCounters, *, serial: str = "SIMVMC000001", model: str = "vmc-sim"
 ) -> bytes:
     """The EVA-DTS audit a VMC with these counters would send over DEX."""
-    from protocols.evadts.records import Product, Sales
     from protocols.evadts.writer import make_audit, write
 
     products = [
@@ -81,7 +93,14 @@ def audit_from_counters(
             selection=str(item),
             price=row.price,
             paid=Sales(row.vends, row.value, row.vends, row.value),
+            test=_unpaid(row.test_vends),
+            free=_unpaid(row.free_vends),
         )
         for item, row in sorted(counters.selections.items())
     ]
     return write(make_audit(serial=serial, model=model, products=products, currency="EUR"))
+
+
+def _unpaid(vends: int) -> Sales | None:
+    """PA3 / PA4: vends without money (absent while there were none, as many VMCs do)."""
+    return Sales(vends, 0, vends, 0) if vends else None

@@ -303,10 +303,17 @@ class VmcMaster:
         """The product dropped: the VMC counts the sale whatever the reader answers."""
         if self._requested is not None:
             price_raw, _ = self._requested
-            self.sales.vended(item, self.info.money.to_minor(price_raw), cash=False)
+            self.sales.vended(
+                item, self.info.money.to_minor(price_raw), cash=False, payment=self._payment()
+            )
             self._requested = None
         body = bytes((c.Cmd.VEND, c.VendSub.SUCCESS)) + item.to_bytes(2, "big")
         return await self.command(body, "VEND SUCCESS")
+
+    def _payment(self) -> c.PaymentType:
+        """The session's payment type (its top two bits), as the VMC counts the vend."""
+        bits = 0 if self.session is None else self.session.payment_type & 0xC0
+        return c.PaymentType(bits) if bits in set(c.PaymentType) else c.PaymentType.NORMAL
 
     async def vend_failure(self) -> Answer:
         return await self.command(bytes((c.Cmd.VEND, c.VendSub.FAILURE)), "VEND FAILURE")

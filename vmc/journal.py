@@ -323,9 +323,7 @@ class Journal:
     def load_stock(self) -> Stock:
         """The stock as last committed: the planogram, levels, conditions and counters."""
         row = self._db.execute("SELECT document FROM planogram WHERE id = 1").fetchone()
-        if row is None:
-            return Stock()
-        planogram = Planogram.from_mapping(json.loads(row[0]))
+        planogram = None if row is None else Planogram.from_mapping(json.loads(row[0]))
         levels: dict[StockKey, int] = {}
         conditions: dict[StockKey, Condition] = {}
         for text, level, cond in self._db.execute("SELECT key, level, condition FROM stock_levels"):
@@ -342,6 +340,7 @@ class Journal:
             },
             last_sale_at=meta.get("last_sale_at"),
             last_loading_at=meta.get("last_loading_at"),
+            paid_vends={int(n): int(c) for n, c in meta.get("paid_vends", {}).items()},
         )
 
     def stock_history(self) -> list[HistoryRow]:
@@ -443,6 +442,7 @@ def _write_stock(db: sqlite3.Connection, write: StockWrite) -> None:
         "sales_since_refill": {str(n): c for n, c in state.sales_since_refill.items()},
         "last_sale_at": state.last_sale_at,
         "last_loading_at": state.last_loading_at,
+        "paid_vends": {str(n): c for n, c in state.paid_vends.items()},
     }
     db.execute(
         "INSERT INTO state (key, value) VALUES (?, ?)"

@@ -20,7 +20,9 @@ Operations and their rules:
   from its selection, a recipe takes each ingredient's amount. Paid, free and test vends all
   take stock, because the motor turned and a product left the machine either way; the vend
   type only decides money and statistics (``sales_since_refill`` counts paid vends, the seed
-  002 "sales"). Stock never goes below zero: a vend from an empty key leaves 0, and the units
+  002 "sales") and ``paid_vends``, the since-ever count per selection that reconciliation
+  compares with the audit's PA2 (kept for every selection, known to the planogram or not).
+  Stock never goes below zero: a vend from an empty key leaves 0, and the units
   it lacked are reported by a :class:`Discrepancy` (``short``), so the sale is counted and does
   not vanish. A vend of a selection the planogram does not know is a ``unknown_selection``
   discrepancy; before any planogram exists vends are ignored (the machine does not track
@@ -220,6 +222,7 @@ class Stock:
     sales_since_refill: Mapping[int, int] = field(default_factory=dict)
     last_sale_at: float | None = None
     last_loading_at: float | None = None
+    paid_vends: Mapping[int, int] = field(default_factory=dict)
 
     @classmethod
     def restore(
@@ -231,6 +234,7 @@ class Stock:
         sales_since_refill: Mapping[int, int] | None = None,
         last_sale_at: float | None = None,
         last_loading_at: float | None = None,
+        paid_vends: Mapping[int, int] | None = None,
     ) -> Stock:
         """The state a journal stored, made whole against its planogram.
 
@@ -238,8 +242,9 @@ class Stock:
         counts are dropped; the stored conditions are kept as the ones last reported, so an
         alarm raised before a restart is not raised again after it.
         """
+        counted = dict(paid_vends or {})
         if planogram is None:
-            return cls()
+            return cls(paid_vends=counted)
         keys = stock_limits(planogram)
         return cls(
             planogram,
@@ -248,6 +253,7 @@ class Stock:
             {n: c for n, c in (sales_since_refill or {}).items() if SlotKey(n) in keys},
             last_sale_at,
             last_loading_at,
+            counted,
         )
 
     @property
@@ -280,6 +286,12 @@ class Stock:
     # --- operations ---
 
     def _vend(self, op: Vend) -> Applied:
+        if op.vend_type is VendType.PAID:
+            counted = {**self.paid_vends, op.selection: self.paid_vends.get(op.selection, 0) + 1}
+            return replace(self, paid_vends=counted)._take(op)
+        return self._take(op)
+
+    def _take(self, op: Vend) -> Applied:
         if self.planogram is None:
             return Applied(self, ())
         selection = self.planogram.selection(op.selection)

@@ -12,6 +12,7 @@ from sim.broker import MosquittoBroker
 from sim.dex_source import DexSource
 from sim.vmc_counters import audit_from_counters
 from tests.e2e.cloud_rig import DEVICE, machine
+from tests.e2e.test_stock_flow import _levels, _loaded
 
 
 def _events(rig_backend: object, kind: str) -> list[dict[str, object]]:
@@ -54,6 +55,53 @@ async def test_reads_report_and_deltas_match_the_bus(
             assert isinstance(slots, list)
             assert sum(slot["sales"] for slot in slots) == 4
             assert backend.state[DEVICE]["last_report"] is not None
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            dex_pair.close()
+
+
+async def test_stock_reconcile_only_for_vends_the_reader_did_not_see(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """Vends on the bus agree with the audit: silent.
+
+    Two cash vends the VMC counted but the reader never saw: one ``stock.reconcile`` for that
+    selection, and the stock follows the bus.
+    """
+    dex_pair = PtyPair()
+    config = tmp_path / "vmc.toml"
+    config.write_text(
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+    )
+    async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
+        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(rig.vmc.sales))
+        serving = asyncio.create_task(source.serve())
+        backend = rig.backend
+        try:
+            await backend.wait_for(lambda: len(_events(backend, "audit.summary")) >= 1, 15)
+            await _loaded(rig)
+            assert await rig.customers.purchase(item=1) == "vended"
+            assert (await rig.vmc.cash_sale(rig.vmc.money(200), 2)).is_ack
+            await _levels(rig, {"s:1": 2, "s:2": 4})
+            assert rig.daemon.proc is not None
+            rig.daemon.proc.send_signal(signal.SIGUSR1)
+            await backend.wait_for(lambda: _events(backend, "sales.report") or None, 15)
+            for _ in range(2):  # sold past the reader: the VMC counts them, the bus never sees
+                rig.vmc.sales.vended(2, 200, cash=True)
+            rig.daemon.proc.send_signal(signal.SIGUSR1)
+            await backend.wait_for(lambda: _events(backend, "stock.reconcile") or None, 15)
+            await backend.wait_for(lambda: len(_events(backend, "sales.report")) >= 2 or None, 15)
+            (found,) = _events(backend, "stock.reconcile")
+            reads = [e["read_id"] for e in _events(backend, "audit.delta")]
+            assert found["read_id"] == reads[1]
+            assert found["baseline_read_id"] == reads[0]
+            assert (found["selection"], found["audit_vends"], found["bus_vends"]) == (2, 2, 0)
+            since, until = found["since"], found["until"]
+            assert isinstance(since, float)
+            assert isinstance(until, float)
+            assert since < until
+            assert rig.stock_levels() == {"s:1": 2, "s:2": 4}  # the stock follows the bus
         finally:
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)

@@ -10,11 +10,14 @@ import cbor2
 import pytest
 
 from tests.samples import audit_bytes
+from vmc.cloud.messages import VendType
 from vmc.cloud.topics import Topics
 from vmc.config import DexConfig
-from vmc.journal import Journal
+from vmc.journal import Journal, StockWrite
+from vmc.planogram import Planogram
 from vmc.services.audit_store import AuditStore, next_read
 from vmc.services.reporter import BASELINE_ID, ReadContext, Reporter
+from vmc.stock import Adjust, ChangePlanogram, Operation, SlotKey, Vend
 
 # Two reads of vmc's sample machine: 11 vends worth 1000 in between, and two door openings.
 FIRST = audit_bytes()
@@ -27,8 +30,93 @@ def _reporter(tmp_path: Path, **config: Any) -> Reporter:
     return Reporter(DexConfig(**config), journal, store, Topics("m1"), clock=lambda: 1000.0)
 
 
-def _process(reporter: Reporter, raw: bytes, name: str) -> Any:
-    return reporter.process(raw, ReadContext(name, 1000.0, "test"))
+def _process(reporter: Reporter, raw: bytes, name: str, at: float = 1000.0) -> Any:
+    return reporter.process(raw, ReadContext(name, at, "test"))
+
+
+def _stock_apply(journal: Journal, op: Operation) -> None:
+    """One stock operation committed as the daemon commits it (vend, refill, planogram)."""
+    stock = journal.load_stock()
+    applied = stock.apply(op)
+    journal.commit([], [], stock=[StockWrite(op.op_id, op.at, stock, applied)], durable=True)
+
+
+def _bus_vends(journal: Journal, sold: dict[int, int], vend_type: VendType = VendType.PAID) -> None:
+    for selection, count in sold.items():
+        for n in range(count):
+            _stock_apply(
+                journal, Vend(f"v{selection}.{n}.{vend_type}", 1500.0, selection, vend_type)
+            )
+
+
+def _reconciled(reporter: Reporter) -> list[dict[str, Any]]:
+    return [m for m in _sent(reporter) if m["type"] == "stock.reconcile"]
+
+
+# What SECOND's PA2 says was sold since FIRST, per selection.
+SOLD = {1: 2, 2: 3, 5: 1, 7: 5}
+
+
+def test_stock_reconcile_is_silent_when_the_bus_saw_what_the_audit_counts(
+    tmp_path: Path,
+) -> None:
+    reporter = _reporter(tmp_path)
+    _process(reporter, FIRST, "read1")
+    _bus_vends(reporter.journal, SOLD)
+    _bus_vends(reporter.journal, {3: 4}, VendType.TEST)  # PA3, not PA2: not compared
+    _process(reporter, SECOND, "read2", at=2000.0)
+    assert [m["type"] for m in _sent(reporter)][4:6] == ["audit.delta", "sales.report"]
+    assert _reconciled(reporter) == []
+
+
+def test_stock_reconcile_reports_each_selection_that_differs_and_the_stock_follows_the_bus(
+    tmp_path: Path,
+) -> None:
+    reporter = _reporter(tmp_path)
+    journal = reporter.journal
+    planogram = {
+        "version": 1,
+        "products": [{"id": "bar"}],
+        "selections": [
+            {
+                "number": n,
+                "product": "bar",
+                "price": 100,
+                "capacity": 10,
+                "par_level": 8,
+                "alarm_level": 1,
+            }
+            for n in (2, 9)
+        ],
+    }
+    _stock_apply(journal, ChangePlanogram("p1", 900.0, Planogram.from_mapping(planogram)))
+    _stock_apply(journal, Adjust("r1", 900.0, ((SlotKey(2), 8), (SlotKey(9), 8))))
+    _process(reporter, FIRST, "read1")
+    # The reader missed one vend of 2 and the one of 5 (say, tokens); it saw one of 9 that the
+    # audit does not count, and one of 41, a selection the audit does not list.
+    _bus_vends(journal, {1: 2, 2: 2, 7: 5, 9: 1, 41: 1})
+    _process(reporter, SECOND, "read2", at=2000.0)
+    found = [(e["selection"], e["audit_vends"], e["bus_vends"]) for e in _reconciled(reporter)]
+    assert found == [(2, 3, 2), (5, 1, 0), (9, 0, 1), (41, None, 1)]
+    first = _reconciled(reporter)[0]
+    assert (first["read_id"], first["baseline_read_id"]) == ("read2", "read1")
+    assert (first["since"], first["until"]) == (1000.0, 2000.0)
+    assert journal.load_stock().levels == {SlotKey(2): 6, SlotKey(9): 7}
+    # The next read starts from this one: no vend since, nothing differs.
+    _process(reporter, SECOND, "read3", at=3000.0)
+    assert len(_reconciled(reporter)) == 4
+
+
+def test_stock_reconcile_counts_from_when_the_read_started(tmp_path: Path) -> None:
+    reporter = _reporter(tmp_path)
+    _process(reporter, FIRST, "read1")
+    _bus_vends(reporter.journal, SOLD)
+    started = reporter.journal.load_stock().paid_vends
+    _bus_vends(reporter.journal, {4: 1})  # during the DEX transfer: after the VMC's snapshot
+    reporter.process(SECOND, ReadContext("read2", 2000.0, "test", started))
+    assert _reconciled(reporter) == []
+    _process(reporter, audit_bytes({1: 2, 2: 3, 4: 1, 5: 1, 7: 5}), "read3", at=3000.0)
+    assert _reconciled(reporter) == []
 
 
 def _sent(reporter: Reporter) -> list[dict[str, Any]]:

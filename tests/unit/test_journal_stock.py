@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vmc.cloud.messages import VendType
 from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.planogram import Planogram
 from vmc.stock import (
@@ -103,3 +104,16 @@ def test_an_exception_mid_write_leaves_the_old_stock(tmp_path: Path) -> None:
     assert [h.op_id for h in journal.stock_history()] == ["r1"]
     assert journal.pending(10) == []
     journal.close()
+
+
+def test_stock_paid_vends_survive_a_reopen_without_planogram(tmp_path: Path) -> None:
+    """Reconciliation counts paid vends before any planogram; a restart must not forget them."""
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    stock = _apply(journal, Stock(), Vend("v1", 1.0, 4))
+    stock = _apply(journal, stock, Vend("v2", 2.0, 4, VendType.TEST))
+    journal.close()
+    again = Journal(path)
+    assert again.load_stock() == Stock(paid_vends={4: 1})
+    assert again.load_stock().planogram is None
+    again.close()

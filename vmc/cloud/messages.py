@@ -336,6 +336,23 @@ class AuditFailed:
     received: int
 
 
+@dataclass(frozen=True, slots=True)
+class StockReconcile:
+    """A selection whose audit count (PA2 delta) differs from the paid vends seen on the bus.
+
+    Both count the interval between the baseline read (``since``) and this one (``until``);
+    ``audit_vends`` is null when the audit does not list the selection.
+    """
+
+    read_id: str
+    baseline_read_id: str | None
+    selection: int
+    since: float
+    until: float
+    audit_vends: int | None
+    bus_vends: int
+
+
 Event = (
     TxnRequest
     | TxnVend
@@ -351,6 +368,7 @@ Event = (
     | StockAlarm
     | StockDiscrepancy
     | PlanogramChanged
+    | StockReconcile
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -368,4 +386,5 @@ EVENT_TYPES: dict[type, str] = {
     StockAlarm: "stock.alarm",
     StockDiscrepancy: "stock.discrepancy",
     PlanogramChanged: "planogram.changed",
+    StockReconcile: "stock.reconcile",
 }

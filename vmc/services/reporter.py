@@ -7,6 +7,18 @@ baseline exists ``audit.delta``, ``sales.report`` per slot and one ``event`` per
 event) committed together with the new baseline. A read that fails, or an audit that is not
 complete or whose G85 does not match, is reported (``audit.failed`` / ``valid: false``) and never
 moves the baseline: deltas are always between two good reads.
+
+Reconciliation: each valid read keeps, with the baseline, the paid vends per selection the
+daemon saw on the bus until the read started (``Stock.paid_vends``). The next valid read
+compares its PA2 delta per selection with the bus's count over the same interval and reports
+each selection that differs as one ``stock.reconcile`` event, with both numbers. The stock
+follows the bus, not the audit: the bus count is live, per vend, with an id that makes it
+idempotent, so alarms fire when the product leaves; the audit difference has no time and no
+vend id, and a mismatch usually means vends the reader could not see (tokens, a VMC's own free
+or service vends counted as paid), or a selection numbered differently in the audit. The cloud
+decides what to do with it: a ``stock.inventory`` or ``stock.refill`` corrects the count. No
+reconciliation runs after a ``baseline_reset`` delta (its since-reset figures do not cover the
+interval), for a baseline kept before the bus count existed, or for an audit without PA1/PA2.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +54,8 @@ BASELINE_ID = "dex.baseline_id"
 BASELINE_AT = "dex.baseline_at"
 LAST_REPORT = "dex.last_report"
 LAST_ACQUIRED = "dex.last_acquired_report"
+BASELINE_BUS = "dex.baseline_bus_vends"
+"""The baseline's bus count: paid vends per selection seen on the bus when it was read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,8 @@ class ReadContext:
     read_id: str
     at: float
     trigger: str
+    bus_vends: Mapping[int, int] | None = None
+    """Paid vends per selection seen on the bus when the read started (None: when processed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +147,7 @@ class Reporter:
     async def read(self, trigger: str) -> ReadOutcome:
         """Read the machine now over the configured DEX port and report what came back."""
         async with self._lock:
-            ctx = ReadContext(new_id(), self.clock(), trigger)
+            ctx = ReadContext(new_id(), self.clock(), trigger, self._bus_vends())
             received = 0
 
             def progress(count: int) -> None:
@@ -175,8 +192,10 @@ class Reporter:
         state = {LAST_ACQUIRED: _stamp(at)}
         change = None
         if valid:
-            change = self._changes(audit, ctx, events)
+            bus = self._bus_vends() if ctx.bus_vends is None else ctx.bus_vends
+            change = self._changes(audit, ctx, bus, events)
             state |= {
+                BASELINE_BUS: json.dumps({str(n): c for n, c in bus.items()}).encode(),
                 BASELINE: raw,
                 BASELINE_ID: read_id.encode(),
                 BASELINE_AT: _stamp(at),
@@ -194,7 +213,12 @@ class Reporter:
         )
         return ReadOutcome(read_id, True, valid, "", audit, change)
 
-    def _changes(self, audit: Audit, ctx: ReadContext, events: list[m.Event]) -> AuditDelta | None:
+    def _bus_vends(self) -> dict[int, int]:
+        return dict(self.journal.load_stock().paid_vends)
+
+    def _changes(
+        self, audit: Audit, ctx: ReadContext, bus: Mapping[int, int], events: list[m.Event]
+    ) -> AuditDelta | None:
         read_id = ctx.read_id
         baseline_raw = self.journal.state(BASELINE)
         if baseline_raw is None:
@@ -208,6 +232,22 @@ class Reporter:
         since = _unstamp(self.journal.state(BASELINE_AT))
         events.append(m.AuditDelta(read_id, baseline_id, change.to_json()))
         events.append(self._sales(ctx, since, audit, change))
+        stored_bus = self.journal.state(BASELINE_BUS)
+        if since is not None and stored_bus is not None and not change.baseline_reset:
+            before = {int(n): int(c) for n, c in json.loads(stored_bus).items()}
+            for selection, audit_vends, bus_vends in reconcile(change, before, bus):
+                log.warning(
+                    "stock_reconcile",
+                    read_id=read_id,
+                    selection=selection,
+                    audit_vends=audit_vends,
+                    bus_vends=bus_vends,
+                )
+                events.append(
+                    m.StockReconcile(
+                        read_id, baseline_id, selection, since, ctx.at, audit_vends, bus_vends
+                    )
+                )
         for event in change.new_events:
             events.append(
                 m.MachineEvent(
@@ -307,6 +347,32 @@ class Reporter:
             "last_report": _unstamp(self.journal.state(LAST_REPORT)),
             "last_acquired_report": _unstamp(self.journal.state(LAST_ACQUIRED)),
         }
+
+
+def reconcile(
+    change: AuditDelta, before: Mapping[int, int], after: Mapping[int, int]
+) -> list[tuple[int, int | None, int]]:
+    """``(selection, audit vends, bus vends)`` for each selection whose counts differ.
+
+    The audit's selection (PA101) is the MDB item number in decimal; one that is not, or that
+    has no PA2 count, is not compared. A selection the bus sold but the audit does not list
+    differs with ``None``. An audit that lists no selection at all is not compared.
+    """
+    listed = {
+        int(s.selection): s.change.vends for s in change.selections if s.selection.isdecimal()
+    }
+    if not listed:
+        return []
+    sold = {n: c - before.get(n, 0) for n, c in after.items() if c != before.get(n, 0)}
+    out = []
+    for selection in sorted(set(listed) | set(sold)):
+        audit_vends = listed.get(selection)
+        if selection in listed and audit_vends is None:
+            continue
+        bus_vends = sold.get(selection, 0)
+        if audit_vends != bus_vends:
+            out.append((selection, audit_vends, bus_vends))
+    return out
 
 
 def _stamp(at: float) -> bytes:
