@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE, machine
-from tests.e2e.test_stock_flow import _levels, _loaded
+from tests.e2e.test_stock_flow import load_planogram, wait_levels
 
 ZONE = "Pacific/Kiritimati"  # UTC+14: its local day is rarely the UTC one
 VMCD = Path(sys.executable).parent / "vmcd"
@@ -22,12 +22,12 @@ async def test_sales_query_reports_vends_per_slot_with_stock(
     config = tmp_path / "vmc.toml"
     config.write_text(f'[daemon]\ntimezone = "{ZONE}"\nsales_retention_days = 30\n')
     async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
-        await _loaded(rig)
+        await load_planogram(rig)
         first = dt.datetime.now(ZoneInfo(ZONE)).date()  # the vends may straddle local midnight
         assert await rig.customers.purchase(item=1) == "vended"
-        await _levels(rig, {"s:1": 2, "s:2": 5})
+        await wait_levels(rig, {"s:1": 2, "s:2": 5})
         assert (await rig.vmc.cash_sale(rig.vmc.money(200), 2)).is_ack
-        await _levels(rig, {"s:1": 2, "s:2": 4})
+        await wait_levels(rig, {"s:1": 2, "s:2": 4})
 
         today = dt.datetime.now(ZoneInfo(ZONE)).date()
         reply = await rig.backend.command(

@@ -52,12 +52,12 @@ async def _ok(rig: Rig, op: str, **fields: Any) -> dict[str, Any]:
     return reply
 
 
-async def _levels(rig: Rig, expected: dict[str, int]) -> None:
+async def wait_levels(rig: Rig, expected: dict[str, int]) -> None:
     """Until the journal holds ``expected`` (a vend's stock commit follows the bus answer)."""
     await rig.backend.wait_for(lambda: rig.stock_levels() == expected or None, 10)
 
 
-async def _loaded(rig: Rig) -> None:
+async def load_planogram(rig: Rig) -> None:
     reply = await _ok(rig, "planogram.set", planogram=PLANOGRAM)
     assert reply["result"]["planogram_version"] == 1
     await rig.backend.wait_for(lambda: _state(rig.backend).get("planogram_version") == 1, 10)
@@ -72,12 +72,12 @@ async def test_planogram_vends_take_stock_low_alarm_once_refill_clears(
 ) -> None:
     async with machine(tmp_path, broker) as rig:
         backend = rig.backend
-        await _loaded(rig)
+        await load_planogram(rig)
         assert _events(backend, "planogram.changed") == [_events(backend, "planogram.changed")[0]]
         assert await rig.customers.purchase(item=1) == "vended"
-        await _levels(rig, {"s:1": 2, "s:2": 5})
+        await wait_levels(rig, {"s:1": 2, "s:2": 5})
         assert (await rig.vmc.cash_sale(rig.vmc.money(150), 1)).is_ack
-        await _levels(rig, {"s:1": 1, "s:2": 5})
+        await wait_levels(rig, {"s:1": 1, "s:2": 5})
         await backend.wait_for(lambda: _state(backend).get("need_loading") is True, 10)
         await backend.wait_for(lambda: _state(backend).get("last_sale") is not None, 10)
         alarms = _events(backend, "stock.alarm", selection=1)
@@ -103,7 +103,7 @@ async def test_stock_inventory_restock_discrepancy_and_duplicate_refill(
 ) -> None:
     async with machine(tmp_path, broker) as rig:
         backend = rig.backend
-        await _loaded(rig)
+        await load_planogram(rig)
         reply = await _ok(
             rig,
             "stock.inventory",
@@ -153,7 +153,7 @@ async def test_bad_planogram_refused_naming_the_field_and_restart_keeps_stock(
         backend = rig.backend
         early = await backend.command(DEVICE, "stock.restock")
         assert (early["ok"], early["code"]) == (False, "no_planogram")
-        await _loaded(rig)
+        await load_planogram(rig)
         bad = {**PLANOGRAM, "version": 2}
         bad["selections"] = [{**PLANOGRAM["selections"][0], "alarm_level": 9}]
         reply = await backend.command(DEVICE, "planogram.set", planogram=bad)
@@ -171,7 +171,7 @@ async def test_bad_planogram_refused_naming_the_field_and_restart_keeps_stock(
         assert _state(backend)["need_loading"] is False
         assert rig.stock_levels() == {"s:1": 3, "s:2": 5}
         assert (await rig.vmc.cash_sale(rig.vmc.money(150), 1)).is_ack
-        await _levels(rig, {"s:1": 2, "s:2": 5})
+        await wait_levels(rig, {"s:1": 2, "s:2": 5})
         await backend.wait_for(lambda: _events(backend, "stock.alarm", condition="low") or None, 10)
 
 
@@ -211,7 +211,7 @@ async def test_recipe_vend_takes_its_ingredients_stock(
         late = await backend.command(DEVICE, "stock.restock", expires=time.time() - 10)
         assert (late["ok"], late["code"]) == (False, "expired")
         assert await rig.customers.purchase(item=4) == "vended"
-        await _levels(rig, {"i:beans": 13, "i:cup": 1})
+        await wait_levels(rig, {"i:beans": 13, "i:cup": 1})
         await backend.wait_for(
             lambda: _events(backend, "stock.alarm", ingredient="cup", condition="low") or None, 10
         )
