@@ -164,6 +164,7 @@ class SimBackend:
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.answers_lost = 0
 
     # --- connection --------------------------------------------------------------------------
 
@@ -352,15 +353,15 @@ class SimBackend:
                 entry.charged += price  # the reference payment is taken now
         if approve:
             entry.paid = price
-            await self.send(
-                device,
-                {"id": uuid.uuid4().hex, "op": "paid", "txn_id": entry.txn_id, "amount": price},
-            )
+            answer = {"op": "paid", "txn_id": entry.txn_id, "amount": price}
         else:
-            await self.send(
-                device,
-                {"id": uuid.uuid4().hex, "op": "deny", "txn_id": entry.txn_id, "reason": reason},
-            )
+            answer = {"op": "deny", "txn_id": entry.txn_id, "reason": reason}
+        try:
+            await self.send(device, {"id": uuid.uuid4().hex, **answer})
+        except aiomqtt.MqttError:
+            # The broker went away (a stop, an outage): the machine expires the request, as it
+            # would for a real backend that cannot reach it.
+            self.answers_lost += 1
 
     def _settle(self, entry: Entry, vend: dict[str, Any]) -> None:
         result = vend["result"]
