@@ -14,6 +14,7 @@ machine's reported levels can be checked against an independent count.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -164,7 +165,6 @@ class SimBackend:
         self._changed = asyncio.Condition()
         self._ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.answers_lost = 0
 
     # --- connection --------------------------------------------------------------------------
 
@@ -356,12 +356,10 @@ class SimBackend:
             answer = {"op": "paid", "txn_id": entry.txn_id, "amount": price}
         else:
             answer = {"op": "deny", "txn_id": entry.txn_id, "reason": reason}
-        try:
+        # The broker may be gone (a stop, an outage): the machine then expires the request, as
+        # it does when a real backend cannot reach it.
+        with contextlib.suppress(aiomqtt.MqttError):
             await self.send(device, {"id": uuid.uuid4().hex, **answer})
-        except aiomqtt.MqttError:
-            # The broker went away (a stop, an outage): the machine expires the request, as it
-            # would for a real backend that cannot reach it.
-            self.answers_lost += 1
 
     def _settle(self, entry: Entry, vend: dict[str, Any]) -> None:
         result = vend["result"]

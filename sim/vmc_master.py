@@ -175,10 +175,10 @@ class WordReader:
                 self._buffer.clear()
                 return []
             self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), remaining)
-            except TimeoutError:
-                continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a stop's cancellation
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._event.wait()
 
     def close(self) -> None:
         asyncio.get_running_loop().remove_reader(self.port.fileno())
