@@ -148,8 +148,8 @@ class Engine:
 
     def on_command(self, cmd: m.Command, now: float) -> Effects:
         fx = Effects()
-        if cmd.expires < now:
-            fx.reply = _refuse(cmd, m.ErrorCode.EXPIRED, "the command expired before it arrived")
+        fx.reply = m.expired_reply(cmd, now)
+        if fx.reply is not None:
             return fx
         match cmd:
             case m.Lock():

@@ -154,6 +154,19 @@ class SalesQuery:
     selection: int | None = None
 
 
+AnyCommand = Command | StockCommand | SalesQuery
+
+
+def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:
+    """The refusal of a command that arrived after its ``expires``; None while it is current.
+
+    One rule for every command: a backend that gave up on it must not see it act.
+    """
+    if cmd.expires >= now:
+        return None
+    return Reply(cmd.id, False, ErrorCode.EXPIRED, "the command expired before it arrived")
+
+
 # --- device -> backend ------------------------------------------------------------------------
 
 

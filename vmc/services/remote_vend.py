@@ -125,10 +125,9 @@ class RemoteVending:
         self._apply(fx, command_id=cmd.id)
 
     def _sales_reply(self, cmd: m.SalesQuery) -> m.Reply:
-        if cmd.expires < self.clock():
-            return m.Reply(
-                cmd.id, False, m.ErrorCode.EXPIRED, "the command expired before it arrived"
-            )
+        refusal = m.expired_reply(cmd, self.clock())
+        if refusal is not None:
+            return refusal
         try:
             when = period(cmd.since_date, cmd.to_date, self.zone)
         except PeriodError as exc:

@@ -110,8 +110,9 @@ class StockBook:
     def handle_command(self, cmd: m.StockCommand) -> None:
         now = self.clock()
         try:
-            if cmd.expires < now:
-                raise CommandError(m.ErrorCode.EXPIRED, "the command expired before it arrived")
+            refusal = m.expired_reply(cmd, now)
+            if refusal is not None:
+                raise CommandError(m.ErrorCode.EXPIRED, refusal.message)
             op = self._operation(cmd, now)
             self._commit(op, cmd)
         except CommandError as exc:
