@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from urllib.parse import urlsplit
 
 import structlog
 
+from drivers.ports import parse_port_url
 from protocols.errors import RemoteProtocolError
 from protocols.mdb.cashless import ReaderConfig
 from vmc.services import bus_messages as msg
@@ -87,8 +87,8 @@ class Backoff:
 
 def port_path(port_url: str) -> str | None:
     """The device file behind a ``uart://`` or ``pty://`` URL; None for ``loop://``."""
-    parts = urlsplit(port_url)
-    return parts.path if parts.scheme in ("uart", "pty") else None
+    port = parse_port_url(port_url)
+    return port.device if port.scheme in ("uart", "pty") else None
 
 
 class BusSupervisor:
