@@ -154,21 +154,30 @@ def _slots(
         numbers &= {selection}
     slots: list[dict[str, Any]] = []
     for number in sorted(numbers):
-        chosen = None if planogram is None else planogram.selection(number)
-        limits = None if chosen is None else chosen.limits
         sold = per_slot.get(number, _bucket())
         slots.append(
             {
                 "slotId": number,
-                "product": None if chosen is None else chosen.product,
-                "price": None if chosen is None else chosen.price,
-                "itemsLeft": stock.levels.get(SlotKey(number)),
-                "salesSinceRefill": None
-                if limits is None
-                else stock.sales_since_refill.get(number, 0),
-                "capacity": None if limits is None else limits.capacity,
+                **slot_stock(stock, number),
                 "sales": sold["count"],
                 "cash": sold["amount"],
             }
         )
     return slots
+
+
+def slot_stock(stock: Stock, number: int) -> dict[str, Any]:
+    """Seed 002's planogram and stock fields of one slot; ``None`` where the slot is not counted.
+
+    A recipe's selection has a product and a price but no ``itemsLeft`` of its own (its stock is
+    its ingredients'), and a selection outside the planogram has none of these.
+    """
+    chosen = None if stock.planogram is None else stock.planogram.selection(number)
+    limits = None if chosen is None else chosen.limits
+    return {
+        "product": None if chosen is None else chosen.product,
+        "price": None if chosen is None else chosen.price,
+        "itemsLeft": stock.levels.get(SlotKey(number)),
+        "salesSinceRefill": None if limits is None else stock.sales_since_refill.get(number, 0),
+        "capacity": None if limits is None else limits.capacity,
+    }

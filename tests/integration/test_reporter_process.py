@@ -151,6 +151,45 @@ def test_first_read_is_the_baseline_then_deltas_follow(tmp_path: Path) -> None:
     assert reporter.journal.state(BASELINE_ID) == b"read2"
 
 
+def test_sales_report_after_an_audit_carries_the_stock_of_each_planogram_slot(
+    tmp_path: Path,
+) -> None:
+    reporter = _reporter(tmp_path)
+    journal = reporter.journal
+    planogram = {
+        "version": 1,
+        "products": [{"id": "bar"}],
+        "selections": [
+            {
+                "number": 2,
+                "product": "bar",
+                "price": 100,
+                "capacity": 10,
+                "par_level": 8,
+                "alarm_level": 1,
+            },
+        ],
+    }
+    _stock_apply(journal, ChangePlanogram("p1", 900.0, Planogram.from_mapping(planogram)))
+    _stock_apply(journal, Adjust("r1", 900.0, ((SlotKey(2), 8),)))
+    _process(reporter, FIRST, "read1")
+    _bus_vends(journal, SOLD)
+    _process(reporter, SECOND, "read2", at=2000.0)
+    sales = next(m for m in _sent(reporter) if m["type"] == "sales.report")
+    by_slot = {slot["slotId"]: slot for slot in sales["slots"]}
+    two = by_slot["2"]
+    assert (two["itemsLeft"], two["salesSinceRefill"], two["capacity"], two["sales"]) == (
+        5,
+        3,
+        10,
+        3,
+    )
+    # A selection the planogram does not count keeps the audit's fields and no stock.
+    seven = by_slot["7"]
+    assert (seven["itemsLeft"], seven["salesSinceRefill"], seven["capacity"]) == (None,) * 3
+    assert seven["sales"] == 5
+
+
 @pytest.mark.parametrize("cut", [0.1, 0.5, 0.9])
 def test_an_incomplete_audit_is_reported_but_never_moves_the_baseline(
     tmp_path: Path, cut: float

@@ -44,6 +44,7 @@ from vmc.cloud.outbox import event_message, new_id
 from vmc.cloud.topics import Topics
 from vmc.config import DexConfig
 from vmc.journal import Journal
+from vmc.sales import slot_stock
 from vmc.services.audit_store import AuditStore, next_read
 from vmc.services.dex_read import read_audit
 
@@ -281,17 +282,21 @@ class Reporter:
     ) -> m.SalesReport:
         """Seed 002's per-slot sales: what each selection sold between the two reads."""
         products = {p.selection: p for p in audit.products if p.selection is not None}
+        stock = self.journal.load_stock()
         slots: list[Mapping[str, object]] = []
         for selection in change.selections:
             product = products.get(selection.selection)
+            number = selection.selection
+            counted = slot_stock(stock, int(number)) if number.isdecimal() else {}
+            price = None if product is None else product.price
             slots.append(
                 {
-                    "slotId": selection.selection,
-                    "product": product.product_id if product else None,
-                    "price": product.price if product else None,
-                    "itemsLeft": None,
-                    "salesSinceRefill": None,
-                    "capacity": None,
+                    "slotId": number,
+                    "product": (product.product_id if product else None) or counted.get("product"),
+                    "price": counted.get("price") if price is None else price,
+                    "itemsLeft": counted.get("itemsLeft"),
+                    "salesSinceRefill": counted.get("salesSinceRefill"),
+                    "capacity": counted.get("capacity"),
                     "sales": selection.change.vends,
                     "cash": selection.change.value,
                 }
