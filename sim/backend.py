@@ -58,6 +58,7 @@ class Entry:
     charged: int = 0
     states: list[str] = field(default_factory=list)
     result: str | None = None
+    vend_type: str = "paid"
 
 
 @dataclass
@@ -106,6 +107,10 @@ class Books:
     events: int = 0
     sales: list[dict[str, Any]] = field(default_factory=list)
     stock: StockBooks = field(default_factory=StockBooks)
+
+    def vended_by_type(self) -> Counter[str]:
+        """Successful cashless vends per vend type (paid, free, test)."""
+        return Counter(e.vend_type for e in self.entries.values() if e.result == "success")
 
     def summary(self) -> dict[str, Any]:
         results = Counter(e.result for e in self.entries.values() if e.result)
@@ -319,6 +324,7 @@ class SimBackend:
         entry = self.books.entries.setdefault(txn_id, Entry(txn_id, device, body.get("ref")))
         if kind == "txn.request":
             entry.price = body["price"]
+            entry.vend_type = str(body.get("vend_type", "paid"))
             entry.states.append("requested")
             task = asyncio.get_running_loop().create_task(self._decide(device, entry, body))
             self._tasks.add(task)
@@ -339,7 +345,8 @@ class SimBackend:
             return
         if self.answer_delay:
             await asyncio.sleep(self.answer_delay)
-        price = request["price"]
+        # A free or test vend moves no money: approved with amount 0, never charged.
+        price = request["price"] if entry.vend_type == "paid" else 0
         approve = self.policy is not Policy.DENY_ALL
         reason = "denied by policy"
         member = entry.member

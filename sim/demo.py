@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import random
@@ -57,7 +58,11 @@ KINDS: dict[str, tuple[int, str, bool]] = {
     "app_walk_away": (1, "walk_away", True),
     "select_first": (2, "purchase", False),
     "cash": (2, "cash_sale", False),
+    "app_free_vend": (1, "purchase", True),
+    "app_test_vend": (1, "purchase", True),
 }
+# The kinds whose lock asks for a vend type other than paid: the backend approves them at 0.
+VEND_TYPES = {"app_free_vend": "free", "app_test_vend": "test"}
 WALK_AWAY_LOCK_S = 1.0
 AUDIT_WAIT_S = 20.0
 BROKER_WAIT_S = 10.0
@@ -130,8 +135,14 @@ async def _play(
     try:
         if locks:
             timeout = WALK_AWAY_LOCK_S if scenario == "walk_away" else None
-            fields = {"timeout_s": timeout} if timeout else {}
+            fields: dict[str, Any] = {"timeout_s": timeout} if timeout else {}
+            if kind in VEND_TYPES:
+                fields["vend_type"] = VEND_TYPES[kind]
             txn_id = await backend.lock(DEVICE, member, **fields)
+            if kind in VEND_TYPES:
+                # The app user selects once the machine shows the session: the VMC then
+                # counts the vend by the session's type (test, free), as its audit does.
+                await customers.session_shown()
         before = set(backend.books.entries)
         result = await customers.run(scenario, number)
         if txn_id is None and scenario == "purchase":
@@ -171,6 +182,7 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
 
     What it starts, ``stack`` stops: the caller closes it however the run ended.
     """
+    started = dt.datetime.now(dt.UTC).date()  # vmcd's days are UTC here: no timezone is set
     state = state_dir(stack, args.state_dir)
     recorder = stack.enter_context(recording(args.record))
     url = args.mqtt
@@ -245,7 +257,7 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
     await asyncio.sleep(0.3)  # the last events on their way
     await news.refill_alarmed(news.show())
     _print_books(backend, vmc.stats, decimals)
-    # The sales report (sales.report, issue 8) is printed here once vmcd answers it.
+    report = await _sales_report(backend, started, decimals)
     audit = await _audit_at_the_end(daemon, backend, customers)
     code = await daemon.stop(DAEMON_STOP_S)
     return checks.report(
@@ -258,6 +270,7 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
             sessions=args.sessions,
             vmcd_code=code,
             decimals=decimals,
+            report=report,
         )
     )
 
@@ -380,9 +393,11 @@ def cloud_checks(
     sessions: int,
     vmcd_code: int | None,
     decimals: int,
+    report: dict[str, Any] | None,
 ) -> list[checks.Check]:
-    """The cloud demo's checks: the backend's books and the DEX audit against the VMC."""
-    vended = [e for e in books.entries.values() if e.result == "success"]
+    """The cloud demo's checks: the backend's books, vmcd's sales report and the DEX audit
+    against the VMC."""
+    vended = [e for e in books.entries.values() if e.result == "success" and e.vend_type == "paid"]
     booked = Tally(len(vended), sum(e.charged for e in books.entries.values()))
     cash = Tally(len(books.sales), sum(int(s["price"]) for s in books.sales))
     dex_name = "DEX vs the VMC"
@@ -414,6 +429,7 @@ def cloud_checks(
             ("the VMC counted", sales.paid),
             decimals=decimals,
         ),
+        sales_check(books, report),
         stats.check(),
         vmcd_stopped(vmcd_code),
     ]
@@ -491,6 +507,73 @@ async def _audit_at_the_end(
         await customers.idle()
     change = next(e for e in backend.event_log if e["type"] == "audit.delta")["delta"]
     return Tally(int(change["paid"]["vends"]), int(change["paid"]["value"]))
+
+
+async def _sales_report(
+    backend: SimBackend, started: dt.date, decimals: int
+) -> dict[str, Any] | None:
+    """Ask vmcd for the sales of the demo's days (``sales.query``) and print them per slot."""
+    today = dt.datetime.now(dt.UTC).date()
+    fields = {"from": started.isoformat(), "to": today.isoformat()}
+    try:
+        reply = await backend.command(DEVICE, "sales.query", **fields)
+    except TimeoutError:
+        print("--- vmcd's sales report: no reply ---")
+        return None
+    if not reply["ok"]:
+        print(f"--- vmcd's sales report: refused, {reply['code']}: {reply['message']} ---")
+        return None
+    result: dict[str, Any] = reply["result"]
+    print(f"--- vmcd's sales report, {result['from']} to {result['to']} ({result['timezone']}) ---")
+    print(
+        f"{'item':>6} {'product':<10} {'price':>6} {'sold':>5} {'value':>7} {'left':>5} {'cap':>4}"
+    )
+    for slot in result["slots"]:
+        price = "-" if slot["price"] is None else checks.money(slot["price"], decimals)
+        left = "-" if slot["itemsLeft"] is None else slot["itemsLeft"]
+        capacity = "-" if slot["capacity"] is None else slot["capacity"]
+        print(
+            f"{slot['slotId']:>6} {slot['product'] or '-':<10} {price:>6} {slot['sales']:>5}"
+            f" {checks.money(slot['cash'], decimals):>7} {left:>5} {capacity:>4}"
+        )
+    for title, buckets in (
+        ("by payment", result["payment"]),
+        ("by vend type", result["vend_type"]),
+    ):
+        shown = ", ".join(
+            f"{name} {b['count']} ({checks.money(b['amount'], decimals)})"
+            for name, b in buckets.items()
+        )
+        print(f"{title:>13}: {shown}")
+    return result
+
+
+def sales_check(books: Books, sales: dict[str, Any] | None) -> checks.Check:
+    """vmcd's sales report against the backend's books, counted by payment and by vend type."""
+    name = "sales report vs books"
+    if sales is None:
+        return checks.missing(name, "vmcd did not answer sales.query")
+    vended = books.vended_by_type()
+    cash = len(books.sales)
+    expected = {
+        "cash": cash,
+        "cashless": sum(vended.values()),
+        "paid": vended["paid"] + cash,  # a cash sale is a paid vend
+        "free": vended["free"],
+        "test": vended["test"],
+    }
+    reported = {
+        key: int(buckets[key]["count"])
+        for buckets in (sales["payment"], sales["vend_type"])
+        for key in buckets
+    }
+    shown = ", ".join(f"{key} {count}" for key, count in expected.items())
+    if reported == expected:
+        return checks.Check(name, True, "match", f"{shown} on both sides")
+    theirs = ", ".join(f"{key} {reported.get(key, '-')}" for key in expected)
+    return checks.Check(
+        name, False, "MISMATCH", f"the backend booked {shown}; vmcd reported {theirs}"
+    )
 
 
 def _print_books(backend: SimBackend, stats: TimingStats, decimals: int) -> None:

@@ -139,6 +139,10 @@ class Customers:
     async def open_session(self) -> None:
         if self.always_idle:
             return
+        await self.session_shown()
+
+    async def session_shown(self) -> None:
+        """Until the reader's BEGIN SESSION: what a customer waits for on the display."""
         await self.poll_for({c.Resp.BEGIN_SESSION}, 3.0)
 
     async def end_session(self) -> None:

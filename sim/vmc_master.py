@@ -273,6 +273,12 @@ class VmcMaster:
             self.session = self._decode(c.BeginSession.from_bytes, answer.data, "BEGIN SESSION")
         return answer
 
+    async def session_complete(self) -> Answer:
+        """The session is over for the VMC: the next vend counts by its own session's type."""
+        self.session = None
+        body = bytes((c.Cmd.VEND, c.VendSub.SESSION_COMPLETE))
+        return await self.command(body, "SESSION COMPLETE")
+
     async def reset(self, *, timed: bool = True) -> Answer:
         self.wide = False
         return await self.command(bytes((c.Cmd.RESET,)), "RESET", timed=timed)
@@ -317,10 +323,6 @@ class VmcMaster:
 
     async def vend_failure(self) -> Answer:
         return await self.command(bytes((c.Cmd.VEND, c.VendSub.FAILURE)), "VEND FAILURE")
-
-    async def session_complete(self) -> Answer:
-        body = bytes((c.Cmd.VEND, c.VendSub.SESSION_COMPLETE))
-        return await self.command(body, "SESSION COMPLETE")
 
     async def cash_sale(self, price_raw: int, item: int) -> Answer:
         self.sales.vended(item, self.info.money.to_minor(price_raw), cash=True)

@@ -112,6 +112,8 @@ def test_the_cloud_demo_reports_money_and_agreement(tmp_path: Path) -> None:
     assert checks["DEX vs the VMC"] == "match"
     assert checks["app sales, books vs VMC"] == "match"
     assert checks["stock, books vs vmcd"] == "match"
+    assert checks["sales report vs books"] == "match"
+    assert "--- vmcd's sales report" in result.stdout
     # Seed 1's fourth session takes item 2 to its alarm level: the alarm, the refill, cleared.
     assert "restocked to par: item 1 3, item 2 5, item 3 6" in result.stdout
     assert "stock alarm: item 2 low at 2 (was ok)" in result.stdout
@@ -198,3 +200,21 @@ def test_a_demo_recording_replays_against_a_fresh_vmcd(tmp_path: Path, level: in
     code, output = _replay_against_a_fresh_vmcd(tmp_path, recorded, level)
     assert code == 0, output
     assert "# 0 answer(s) differ in kind" in output
+
+
+def test_the_cloud_demo_splits_paid_free_and_test_vends_in_the_sales_report(
+    tmp_path: Path,
+) -> None:
+    """Seed 3 plays a free and a test app vend: vmcd's sales report, the backend's books and
+    the VMC's audit (PA3/PA4, not PA2) agree on the split."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = _run("demo", "--sessions", "6", "--seed", "3", env=env)
+    checks = assert_exit_follows_checks(result)
+    assert checks["sales report vs books"] == "match"
+    assert checks["app sales, books vs VMC"] == "match"
+    assert checks["DEX vs the VMC"] == "match"
+    assert re.search(
+        r"by vend type: paid \d+ \(\d+\.\d\d\), free 1 \(0\.00\), test 1", result.stdout
+    )
+    assert "app_free_vend" in result.stdout
+    assert "app_test_vend" in result.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sim import checks
@@ -40,10 +42,23 @@ def _books(charged: tuple[int, ...] = (120, 250)) -> Books:
 AGREEING_AUDIT = Tally(3, 420)  # the VMC's paid sales: two app vends and the cash sale
 
 
+def _bucket(count: int) -> dict[str, int]:
+    return {"count": count, "amount": 0}
+
+
+def _report(*, cash: int = 1, free: int = 0) -> dict[str, Any]:
+    """vmcd's ``sales.query`` result, only what the check reads: two paid app vends."""
+    return {
+        "payment": {"cash": _bucket(cash), "cashless": _bucket(2 + free)},
+        "vend_type": {"paid": _bucket(2 + cash), "free": _bucket(free), "test": _bucket(0)},
+    }
+
+
 def _cloud(
     books: Books | None = None,
     audit: Tally | None = AGREEING_AUDIT,
     stats: TimingStats | None = None,
+    report: dict[str, Any] | None = None,
 ) -> list[checks.Check]:
     return cloud_checks(
         books or _books(),
@@ -54,6 +69,7 @@ def _cloud(
         sessions=3,
         vmcd_code=0,
         decimals=2,
+        report=_report() if report is None else report,
     )
 
 
@@ -64,7 +80,7 @@ def _verdicts(found: list[checks.Check]) -> dict[str, str]:
 def test_a_run_where_everything_agrees_exits_0() -> None:
     found = _cloud()
     assert set(_verdicts(found).values()) <= {"ok", "match"}
-    assert checks.verdict(found) == ("all 7 checks passed", 0)
+    assert checks.verdict(found) == ("all 8 checks passed", 0)
     dex = next(check for check in found if check.name == "DEX vs the VMC")
     assert dex.line().endswith("DEX vs the VMC: match  3 vends worth 4.20 on both sides")
 
@@ -85,7 +101,7 @@ def test_a_dex_delta_that_differs_from_the_vmc_or_never_came_is_a_mismatch(
     assert _verdicts(found)["DEX vs the VMC"] == "MISMATCH"
     line, code = checks.verdict(found)
     assert code == 1
-    assert line == "1 of 7 checks failed: DEX vs the VMC"
+    assert line == "1 of 8 checks failed: DEX vs the VMC"
 
 
 def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
@@ -99,7 +115,7 @@ def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
     stock = next(c for c in found if c.name == "stock, books vs vmcd")
     assert stock.verdict == "MISMATCH"
     assert stock.detail == "item 2: the backend expects 4, vmcd reported 5"
-    assert checks.verdict(found) == ("1 of 7 checks failed: stock, books vs vmcd", 1)
+    assert checks.verdict(found) == ("1 of 8 checks failed: stock, books vs vmcd", 1)
 
 
 def test_no_planogram_is_a_stock_mismatch() -> None:
@@ -163,7 +179,7 @@ def test_report_prints_each_check_and_returns_the_exit_code(
     out = capsys.readouterr().out
     assert out.startswith("--- checks ---\n")
     assert "DEX vs the VMC: MISMATCH  no audit delta arrived within 20 s" in out
-    assert out.endswith("1 of 7 checks failed: DEX vs the VMC\n")
+    assert out.endswith("1 of 8 checks failed: DEX vs the VMC\n")
 
 
 @pytest.mark.parametrize(
@@ -183,3 +199,22 @@ def test_late_answers_seen_without_realtime_scheduling_say_so() -> None:
     assert "without realtime scheduling" in slow.detail
     assert "without realtime" not in TimingStats([0.007], late, realtime=True).check().detail
     assert TimingStats([0.0002], realtime=False).check().ok
+
+
+def test_a_sales_report_that_disagrees_with_the_books_is_a_mismatch() -> None:
+    found = _cloud(report=_report(free=1))
+    line = next(c for c in found if c.name == "sales report vs books").line()
+    assert "MISMATCH" in line
+    assert "the backend booked cash 1, cashless 2, paid 3, free 0, test 0" in line
+    assert "vmcd reported cash 1, cashless 3, paid 3, free 1, test 0" in line
+    assert checks.verdict(found)[1] == 1
+
+
+def test_free_and_test_app_vends_are_not_paid_app_sales() -> None:
+    books = _books()
+    books.entries["free"] = Entry("free", "demo-1", "bob", 100, 0, 0, ["vended"], "success")
+    books.entries["free"].vend_type = "free"
+    found = _cloud(books=books, report=_report(free=1))
+    verdicts = _verdicts(found)
+    assert verdicts["app sales, books vs VMC"] == "match"
+    assert verdicts["sales report vs books"] == "match"
