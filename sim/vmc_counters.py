@@ -5,14 +5,15 @@ agrees with the sales the reader saw; the reporter's deltas can then be checked 
 bus, and its reconciliation (PA2 per selection against the paid vends the reader saw) is
 silent unless a test sells past the reader with :meth:`SalesCounters.vended` directly. As a
 real VMC does, a cashless vend in a session the reader began with payment type test or free
-(MDB level 2+) is counted in PA3 / PA4, not in the paid counters.
+(MDB level 2+) is counted in PA3 / PA4, not in the paid counters. The audit also says what its
+coin changer's tubes hold (CA15), which a test sets to play a changer running out of change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocols.evadts.records import Product, Sales
+from protocols.evadts.records import Cash, Product, Sales
 from protocols.mdb.commands import PaymentType
 from sim.checks import Tally
 
@@ -41,6 +42,8 @@ class SalesCounters:
     """Since-initialisation counters, in minor units."""
 
     selections: dict[int, SelectionCounters] = field(default_factory=dict)
+    tube_contents: int | None = 2500
+    """The value of the coins in the changer's tubes (CA1501); None: the audit has no CA15."""
 
     def vended(
         self, item: int, price: int, *, cash: bool, payment: PaymentType = PaymentType.NORMAL
@@ -98,7 +101,10 @@ def audit_from_counters(
         )
         for item, row in sorted(counters.selections.items())
     ]
-    return write(make_audit(serial=serial, model=model, products=products, currency="EUR"))
+    tubes = counters.tube_contents
+    cash = Cash(other=() if tubes is None else (("CA15", str(tubes)),))
+    audit = make_audit(serial=serial, model=model, products=products, currency="EUR", cash=cash)
+    return write(audit)
 
 
 def _unpaid(vends: int) -> Sales | None:

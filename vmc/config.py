@@ -76,12 +76,25 @@ class DexConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """The rules behind the retained state's operating state and service flags."""
+
+    out_of_service_after_s: float = 300.0
+    """Reader kept disabled by the VMC (link up) this long: out of service."""
+    low_change_below: int | None = None
+    """Coin tube contents (minor units) under which ``low_change`` is true; None: not judged."""
+    no_sales_window_h: float = 24.0
+    """No paid sale for this long: ``no_recent_sales``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     mdb: MdbConfig = field(default_factory=MdbConfig)
     reader: ReaderConfig = field(default_factory=ReaderConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     dex: DexConfig = field(default_factory=DexConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
 # Keys of [reader] that the file may set; address and level come from [mdb].
@@ -115,10 +128,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def _build(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex"}
+    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex", "service"}
     if unknown:
         raise ConfigError(
-            f"unknown section [{sorted(unknown)[0]}]; allowed: mdb, reader, daemon, cloud, dex"
+            f"unknown section [{sorted(unknown)[0]}];"
+            " allowed: mdb, reader, daemon, cloud, dex, service"
         )
     mdb = _section(raw, "mdb", MdbConfig)
     _port("mdb.port", mdb.port, PortKind.MDB)
@@ -134,7 +148,26 @@ def _build(raw: dict[str, Any]) -> Config:
     reader = _reader(raw.get("reader", {}), mdb)
     cloud = _cloud(_section(raw, "cloud", CloudConfig))
     dex = _dex(raw.get("dex", {}))
-    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex)
+    service = _service(_section(raw, "service", ServiceConfig), daemon)
+    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex, service=service)
+
+
+def _service(service: ServiceConfig, daemon: DaemonConfig) -> ServiceConfig:
+    if service.out_of_service_after_s <= 0:
+        raise ConfigError(
+            f"service.out_of_service_after_s: {service.out_of_service_after_s!r}"
+            " must be a positive number of seconds"
+        )
+    if service.low_change_below is not None:
+        _range("service.low_change_below", service.low_change_below, 1, 2**31)
+    # A sale older than the retention is pruned: a longer window could not see it.
+    kept_h = daemon.sales_retention_days * 24
+    if not 0 < service.no_sales_window_h <= kept_h:
+        raise ConfigError(
+            f"service.no_sales_window_h: {service.no_sales_window_h!r} must be positive hours,"
+            f" at most daemon.sales_retention_days * 24 ({kept_h})"
+        )
+    return service
 
 
 DEX_PROTOCOLS = ("ucs", "ddcmp")

@@ -35,6 +35,7 @@ from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
+from vmc.services.service_monitor import ServiceMonitor
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
 from vmc.systemd import notify, watchdog_interval
@@ -100,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 class CloudServices:
     remote: RemoteVending
     sync: CloudSync
+    service: ServiceMonitor
 
 
 def _cloud_services(
@@ -135,6 +137,7 @@ def _cloud_services(
     remote: RemoteVending
     topics = Topics(settings.device_id, settings.topic_prefix)
     stock: StockBook
+    service: ServiceMonitor
 
     def state() -> dict[str, Any]:
         txn = engine.txn
@@ -146,6 +149,7 @@ def _cloud_services(
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),
             **stock.state(),
+            **service.state(),
         }
 
     def on_command(payload: bytes) -> None:
@@ -153,6 +157,15 @@ def _cloud_services(
 
     sync = CloudSync(settings, journal, on_command, state)
     stock = StockBook(journal, topics, on_outbox=sync.wake, on_state=sync.state_changed)
+    service = ServiceMonitor(
+        config.service,
+        journal,
+        link_up=link_up,
+        reader=lambda: engine.reader_state,
+        stock_service=lambda: stock.stock.last_service_at,
+        decimals=reader.minor_decimals,
+        on_state=sync.state_changed,
+    )
     remote = RemoteVending(
         engine,
         journal,
@@ -166,7 +179,7 @@ def _cloud_services(
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
-    return CloudServices(remote, sync)
+    return CloudServices(remote, sync, service)
 
 
 async def run_daemon(config: Config) -> int:
@@ -187,7 +200,8 @@ async def run_daemon(config: Config) -> int:
     reporter = None
     if config.dex.port is not None:
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
-        reporter = Reporter(config.dex, journal, store, None)
+        zone = ZoneInfo(config.daemon.timezone)
+        reporter = Reporter(config.dex, journal, store, None, zone=zone)
     cloud = _cloud_services(config, journal, send, reporter, link_up) if config.cloud.url else None
     local = LocalVending(config.mdb.local_approval == "accept", journal, send)
     bus = BusSupervisor(
@@ -218,7 +232,8 @@ async def run_daemon(config: Config) -> int:
             helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
-                helpers.append(group.create_task(_ticker(cloud.remote), name="txn-ticker"))
+                ticker = _ticker(cloud.remote, cloud.service)
+                helpers.append(group.create_task(ticker, name="txn-ticker"))
             if reporter is not None:
                 helpers.append(group.create_task(reporter.run(), name="dex-reporter"))
             notify("READY=1")
@@ -241,13 +256,14 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(remote: RemoteVending) -> None:
+async def _ticker(remote: RemoteVending, service: ServiceMonitor) -> None:
     loop = asyncio.get_running_loop()
     pruned = loop.time()
     remote.prune()
     while True:
         await asyncio.sleep(TICK_S)
         remote.tick()
+        service.tick()
         if loop.time() - pruned > PRUNE_EVERY_S:
             pruned = loop.time()
             remote.prune()

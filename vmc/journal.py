@@ -341,6 +341,7 @@ class Journal:
             last_sale_at=meta.get("last_sale_at"),
             last_loading_at=meta.get("last_loading_at"),
             paid_vends={int(n): int(c) for n, c in meta.get("paid_vends", {}).items()},
+            last_service_at=meta.get("last_service_at"),
         )
 
     def stock_history(self) -> list[HistoryRow]:
@@ -400,6 +401,13 @@ class Journal:
         ).fetchall()
         return [SaleRow(a, s, p, Payment(pay), VendType(v)) for a, s, p, pay, v in rows]
 
+    def last_paid_sale(self) -> float | None:
+        """The time of the newest paid sales row (read from the ``sales_at`` index's end)."""
+        row = self._db.execute(
+            "SELECT MAX(at) FROM sales WHERE vend_type = ?", (VendType.PAID.value,)
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def prune_sales(self, older_than: float) -> int:
         """Forget sales rows older than the retention; returns how many went."""
         with self._transaction(durable=False) as db:
@@ -443,6 +451,7 @@ def _write_stock(db: sqlite3.Connection, write: StockWrite) -> None:
         "last_sale_at": state.last_sale_at,
         "last_loading_at": state.last_loading_at,
         "paid_vends": {str(n): c for n, c in state.paid_vends.items()},
+        "last_service_at": state.last_service_at,
     }
     db.execute(
         "INSERT INTO state (key, value) VALUES (?, ?)"

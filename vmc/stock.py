@@ -44,6 +44,9 @@ Operations and their rules:
 Levels are not clamped to capacity (seed 003: a load above capacity is normal) but stay within
 0..:data:`~vmc.planogram.MAX_QUANTITY`.
 
+``last_service_at`` is the time of the last refill, unload, inventory or restock: someone at
+the machine counting or loading stock (a vend or a planogram change is not a visit).
+
 Alarms: each key has a condition, ``empty`` at 0, ``low`` at or under its alarm level,
 otherwise ``ok``. After every operation the condition of every key is compared with the one
 last reported and each change is ONE :class:`AlarmChanged` event, so a low or empty alarm is
@@ -223,6 +226,7 @@ class Stock:
     last_sale_at: float | None = None
     last_loading_at: float | None = None
     paid_vends: Mapping[int, int] = field(default_factory=dict)
+    last_service_at: float | None = None
 
     @classmethod
     def restore(
@@ -235,6 +239,7 @@ class Stock:
         last_sale_at: float | None = None,
         last_loading_at: float | None = None,
         paid_vends: Mapping[int, int] | None = None,
+        last_service_at: float | None = None,
     ) -> Stock:
         """The state a journal stored, made whole against its planogram.
 
@@ -244,7 +249,7 @@ class Stock:
         """
         counted = dict(paid_vends or {})
         if planogram is None:
-            return cls(paid_vends=counted)
+            return cls(paid_vends=counted, last_service_at=last_service_at)
         keys = stock_limits(planogram)
         return cls(
             planogram,
@@ -254,6 +259,7 @@ class Stock:
             last_sale_at,
             last_loading_at,
             counted,
+            last_service_at,
         )
 
     @property
@@ -271,17 +277,18 @@ class Stock:
         if isinstance(op, ChangePlanogram):
             return self._change_planogram(op)
         planogram = self._require_planogram()
+        visited = replace(self, last_service_at=op.at)
         if isinstance(op, Restock):
             par = {key: lim.par_level for key, lim in stock_limits(planogram).items()}
             everything = {s.number for s in planogram.selections}
-            return replace(self, last_loading_at=op.at)._set(par, Reason.RESTOCK, everything)
+            return replace(visited, last_loading_at=op.at)._set(par, Reason.RESTOCK, everything)
         if isinstance(op, Inventory):
             levels = dict(self._checked_pairs(op.levels, planogram))
             for key, level in levels.items():
                 if not 0 <= level <= MAX_QUANTITY:
                     raise StockError(f"{_name(key)}: level must be in 0..{MAX_QUANTITY}")
-            return self._set(levels, Reason.INVENTORY, _slots(levels))
-        return self._adjust(op, planogram)
+            return visited._set(levels, Reason.INVENTORY, _slots(levels))
+        return visited._adjust(op, planogram)
 
     # --- operations ---
 

@@ -6,7 +6,14 @@ Sans-I/O: functions of bytes and records, no files and no clock. ``parse`` reads
 """
 
 from protocols.evadts.deltas import AuditDelta, delta
-from protocols.evadts.parser import NoAuditError, choose, g85_crc, parse, parse_all
+from protocols.evadts.parser import (
+    NoAuditError,
+    choose,
+    g85_crc,
+    parse,
+    parse_all,
+    tube_contents,
+)
 from protocols.evadts.records import Audit, CrcStatus, Product, Sales
 from protocols.evadts.writer import AuditWriteError, make_audit, write
 
@@ -24,5 +31,6 @@ __all__ = [
     "make_audit",
     "parse",
     "parse_all",
+    "tube_contents",
     "write",
 ]

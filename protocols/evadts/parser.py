@@ -200,6 +200,19 @@ def _first_segment(lines: list[str]) -> int | None:
     return None
 
 
+def tube_contents(cash: Cash) -> int | None:
+    """CA1501: the value of the coins in the changer's tubes (minor units), kept raw by the parser.
+
+    None when the audit has no CA15, or its 01 is empty, not a number or "not supported". Only
+    the first CA15 counts: a VMC that writes one per tube (``TUBE1``, ``TUBE2`` in 02) was seen
+    repeating the whole total in each 01, so adding them up would count it twice.
+    """
+    for record in cash.other:
+        if record[0] == "CA15":
+            return _num(list(record), 1, [])
+    return None
+
+
 def _num(f: list[str], i: int, warnings: list[str]) -> int | None:
     """Element ``i`` of a split segment as a number; ``None`` if absent, empty or not supported."""
     try:

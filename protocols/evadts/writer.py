@@ -16,6 +16,7 @@ from protocols.errors import ParseError
 from protocols.evadts.parser import g85_crc
 from protocols.evadts.records import (
     Audit,
+    Cash,
     Currency,
     Device,
     Event,
@@ -49,6 +50,7 @@ def make_audit(
     decimals: int = 2,
     currency: str | None = None,
     sender: str | None = None,
+    cash: Cash | None = None,
 ) -> Audit:
     """An audit from a machine's own counters; VA1 defaults to the products' PA2 added up."""
     items = tuple(products)
@@ -60,6 +62,7 @@ def make_audit(
         currency=Currency(decimals, None, currency),
         paid=paid,
         products=items,
+        cash=cash or Cash(),
         events=tuple(events),
         event_counters=tuple(event_counters),
     )

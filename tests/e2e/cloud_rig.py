@@ -58,7 +58,10 @@ async def machine(
     policy: Policy = Policy.POST_BILLING,
     balances: dict[str, int] | None = None,
     extra: tuple[str, ...] = (),
+    initialise: bool = True,
 ) -> AsyncIterator[Rig]:
+    """The whole machine, its VMC having initialised and enabled the reader (unless not
+    ``initialise``: then the VMC has not said a word yet)."""
     pair = PtyPair()
     daemon = DaemonProcess(
         pair,
@@ -73,11 +76,13 @@ async def machine(
     await daemon.start()
     vmc = VmcMaster(pair.master, answer_timeout=0.2)
     try:
-        await vmc.initialise(level=level)
+        if initialise:
+            await vmc.initialise(level=level)
         await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 10)
-        await backend.wait_for(
-            lambda: (backend.state.get(DEVICE) or {}).get("reader") == "enabled", 10
-        )
+        if initialise:
+            await backend.wait_for(
+                lambda: (backend.state.get(DEVICE) or {}).get("reader") == "enabled", 10
+            )
         customers = Customers(vmc, random.Random(5), poll_period=0.01)
         yield Rig(broker, daemon, vmc, backend, customers, pair, level)
     finally:

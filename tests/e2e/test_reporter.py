@@ -23,12 +23,16 @@ def _events(rig_backend: object, kind: str) -> list[dict[str, object]]:
 
 
 @contextlib.asynccontextmanager
-async def _machine_with_dex(tmp_path: Path, broker: MosquittoBroker) -> AsyncIterator[Rig]:
-    """vmcd with the cloud and a DEX port that reads at start, served from the VMC's counters."""
+async def _machine_with_dex(
+    tmp_path: Path, broker: MosquittoBroker, more_config: str = ""
+) -> AsyncIterator[Rig]:
+    """vmcd with the cloud and a DEX port that reads at start, served from the VMC's counters;
+    ``more_config`` is TOML for the other tables."""
     dex_pair = PtyPair()
     config = tmp_path / "vmc.toml"
     config.write_text(
         f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+        + more_config
     )
     async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
         source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(rig.vmc.sales))

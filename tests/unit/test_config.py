@@ -90,6 +90,16 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "together",
         ),
         ({"reader.approval_timeout": 0.5}, "reader.approval_timeout", "at least"),
+        ({"service.out_of_service_after_s": 0}, "service.out_of_service_after_s", "positive"),
+        ({"service.low_change_below": 0}, "service.low_change_below", "1..2147483648"),
+        ({"service.low_change_below": "5"}, "service.low_change_below", "expected int"),
+        ({"service.no_sales_window_h": 0.0}, "service.no_sales_window_h", "positive hours"),
+        (
+            {"service.no_sales_window_h": 25, "daemon.sales_retention_days": 1},
+            "service.no_sales_window_h",
+            "sales_retention_days * 24 (24)",
+        ),
+        ({"service.colour": 1}, "service.colour", "allowed"),
     ],
 )
 def test_bad_values_name_key_and_allowed(overrides: dict[str, Any], key: str, allowed: str) -> None:
@@ -114,6 +124,17 @@ def test_hostile_files_get_config_errors(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+def test_service_keys_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    path.write_text(
+        "[service]\nout_of_service_after_s = 60\nlow_change_below = 500\nno_sales_window_h = 0.5\n"
+    )
+    service = load_config(path).service
+    assert (service.out_of_service_after_s, service.low_change_below) == (60, 500)
+    assert service.no_sales_window_h == 0.5
+    assert load_config(None).service.low_change_below is None  # not judged unless configured
 
 
 def test_missing_file_and_missing_port(tmp_path: Path) -> None:

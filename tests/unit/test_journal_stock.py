@@ -70,7 +70,7 @@ def test_stock_survives_a_reopen(tmp_path: Path) -> None:
     assert loaded.levels == {SlotKey(1): 2, IngredientKey("beans"): 60}
     assert loaded.conditions[SlotKey(1)] is Condition.LOW
     assert loaded.sales_since_refill == {1: 1}
-    assert (loaded.last_sale_at, loaded.last_loading_at) == (3.0, 2.0)
+    assert (loaded.last_sale_at, loaded.last_loading_at, loaded.last_service_at) == (3.0, 2.0, 2.0)
     assert again.stock_applied("r1")
     assert not again.stock_applied("r2")
     history = [(h.op_id, h.key, h.before, h.after, h.reason) for h in again.stock_history()]

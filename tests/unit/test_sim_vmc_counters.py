@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocols.evadts import parse
+from protocols.evadts import parse, tube_contents
 from protocols.evadts.records import Sales
 from protocols.mdb.commands import PaymentType
 from sim.vmc_counters import SalesCounters, audit_from_counters
@@ -26,3 +26,12 @@ def test_stock_sim_audit_counts_paid_vends_per_selection_and_test_free_apart() -
     assert products["12"].free == Sales(2, 0, 2, 0)
     assert audit.paid == Sales(3, 390, 3, 390)
     assert sales.paid.vends == 3
+
+
+def test_sim_audit_carries_its_coin_tube_contents_as_ca15() -> None:
+    sales = SalesCounters()
+    assert tube_contents(parse(audit_from_counters(sales)).cash) == 2500
+    sales.tube_contents = 340
+    assert tube_contents(parse(audit_from_counters(sales)).cash) == 340
+    sales.tube_contents = None
+    assert parse(audit_from_counters(sales)).cash.other == ()

@@ -401,6 +401,7 @@ def test_any_interleaving_matches_the_reference_model(
     if start_with_planogram:
         specs = [("planogram", COFFEE_AND_SNACKS), *specs]
     applied_ids: set[str] = set()
+    serviced: float | None = None
     for index, spec in enumerate(specs):
         op = _operation(spec, f"op{index}", float(index))
         before_conditions = model.conditions()
@@ -412,6 +413,11 @@ def test_any_interleaving_matches_the_reference_model(
         applied = stock.apply(op, applied_ids)
         applied_ids.add(op.op_id)
         stock = applied.state
+
+        # the last service visit: the last refill, unload, inventory or restock applied
+        if isinstance(op, Adjust | Inventory | Restock):
+            serviced = op.at
+        assert stock.last_service_at == serviced
 
         # the documented levels, never negative
         assert dict(stock.levels) == model.levels

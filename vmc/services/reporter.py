@@ -19,6 +19,10 @@ or service vends counted as paid), or a selection numbered differently in the au
 decides what to do with it: a ``stock.inventory`` or ``stock.refill`` corrects the count. No
 reconciliation runs after a ``baseline_reset`` delta (its since-reset figures do not cover the
 interval), for a baseline kept before the bus count existed, or for an audit without PA1/PA2.
+
+A valid read also commits, with its baseline, what the service flags take from it: the coin
+tube contents (``low_change``) and the last door opening (``last_service``); see
+:mod:`vmc.services.service_monitor`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -47,6 +52,7 @@ from vmc.journal import Journal
 from vmc.sales import slot_stock
 from vmc.services.audit_store import AuditStore, next_read
 from vmc.services.dex_read import read_audit
+from vmc.services.service_monitor import audit_state
 
 log = structlog.get_logger("vmc.reporter")
 
@@ -91,8 +97,10 @@ class Reporter:
         on_outbox: Callable[[], None] = lambda: None,
         on_state: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        zone: ZoneInfo | None = None,
     ) -> None:
         self.config = config
+        self.zone = zone or ZoneInfo("UTC")  # the machine's: EA1 dates and times are local
         self.journal = journal
         self.store = store
         self.topics = topics
@@ -201,6 +209,7 @@ class Reporter:
                 BASELINE_ID: read_id.encode(),
                 BASELINE_AT: _stamp(at),
                 LAST_REPORT: _stamp(at),
+                **audit_state(self.journal, audit, change, at, self.zone),
             }
         self._commit(events, state)
         log.info(
