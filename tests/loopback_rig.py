@@ -20,6 +20,7 @@ from sim.vmc_master import VmcMaster
 from vmc.journal import Journal
 from vmc.services import bus_messages as msg
 from vmc.services.bus_process import serve
+from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
 
 STOP_WAIT_S = 30.0
@@ -54,7 +55,9 @@ async def in_process_reader(
     device_port, vmc_port = loopback_pair()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
-    vending = LocalVending(accept, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0)
+    vending = LocalVending(
+        accept, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0, StockBook(journal, None)
+    )
     device = CashlessDevice(config, time.monotonic())
     bus = asyncio.create_task(serve(device_port, device, theirs, realtime=False))
     deciding = asyncio.create_task(_daemon_side(ours, vending))

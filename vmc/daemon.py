@@ -1,6 +1,9 @@
 """vmcd: the machine-side daemon.
 
-One asyncio TaskGroup: the MDB bus supervisor (its process answers the VMC) and the systemd
+It holds ``<state_dir>/vmcd.lock`` for its lifetime (:mod:`vmc.state_lock`): one vmcd per state
+directory, and ``vmctl`` knows whether to apply a stock operation itself or leave it to vmcd
+(:mod:`vmc.services.local_ops`). One asyncio TaskGroup: the MDB bus supervisor (its process
+answers the VMC), the ticker (vmctl's operations; with a cloud, deadlines) and the systemd
 watchdog. Expected faults are retried inside each service; anything unexpected ends the
 group and the process exits non-zero, for systemd to restart it. SIGTERM or SIGINT ends it
 with 0 within :data:`STOP_BUDGET_S`, whatever it is doing.
@@ -27,17 +30,19 @@ from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
-from vmc.journal import Journal
+from vmc.journal import JOURNAL_NAME, Journal
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.local_ops import LocalOps
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
 from vmc.services.service_monitor import ServiceMonitor
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
+from vmc.state_lock import StateDirBusyError, hold
 from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
 
@@ -52,6 +57,9 @@ STOP_STEPS_S = STOP_BUDGET_S - 0.5
 """The orderly part of a stop: the bus process voids what is undecided and exits, the cloud
 hears ``offline``. What still runs then is cancelled (the bus process killed) in the rest."""
 PRUNE_EVERY_S = 3600.0
+LOCK_WAIT_S = 3.0
+"""How long a starting vmcd waits for the state directory's lock: a vmctl applying a stock
+operation holds it for a moment; another vmcd holds it for good."""
 
 
 def _address(text: str) -> int:
@@ -102,6 +110,7 @@ class CloudServices:
     remote: RemoteVending
     sync: CloudSync
     service: ServiceMonitor
+    stock: StockBook
 
 
 def _cloud_services(
@@ -179,7 +188,7 @@ def _cloud_services(
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
-    return CloudServices(remote, sync, service)
+    return CloudServices(remote, sync, service, stock)
 
 
 async def run_daemon(config: Config) -> int:
@@ -188,7 +197,7 @@ async def run_daemon(config: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # first: a stop during start-up is a stop too
-    journal = Journal(config.daemon.state_dir / "journal.sqlite3")
+    journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
     bus: BusSupervisor
 
     def send(command: BusCommand) -> bool:
@@ -203,7 +212,10 @@ async def run_daemon(config: Config) -> int:
         zone = ZoneInfo(config.daemon.timezone)
         reporter = Reporter(config.dex, journal, store, None, zone=zone)
     cloud = _cloud_services(config, journal, send, reporter, link_up) if config.cloud.url else None
-    local = LocalVending(config.mdb.local_approval == "accept", journal, send)
+    # Without a cloud the stock is kept all the same; nothing is queued for a cloud then.
+    stock = cloud.stock if cloud is not None else StockBook(journal, None)
+    local = LocalVending(config.mdb.local_approval == "accept", journal, send, stock)
+    local_ops = LocalOps(journal, stock)
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
@@ -230,10 +242,10 @@ async def run_daemon(config: Config) -> int:
             supervisor = group.create_task(bus.run(), name="bus-supervisor")
             on_link = cloud.sync.state_changed if cloud is not None else lambda: None
             helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
+            ticker = _ticker(cloud, local_ops)
+            helpers.append(group.create_task(ticker, name="ticker"))
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
-                ticker = _ticker(cloud.remote, cloud.service)
-                helpers.append(group.create_task(ticker, name="txn-ticker"))
             if reporter is not None:
                 helpers.append(group.create_task(reporter.run(), name="dex-reporter"))
             notify("READY=1")
@@ -256,17 +268,28 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(remote: RemoteVending, service: ServiceMonitor) -> None:
+async def _ticker(cloud: CloudServices | None, local_ops: LocalOps) -> None:
+    """vmctl's stock operations, and with a cloud the transaction deadlines and the service
+    state's changes with time; hourly pruning."""
+    remote = cloud.remote if cloud is not None else None
     loop = asyncio.get_running_loop()
     pruned = loop.time()
-    remote.prune()
+    _prune(remote, local_ops)
     while True:
         await asyncio.sleep(TICK_S)
-        remote.tick()
-        service.tick()
+        local_ops.serve()
+        if cloud is not None:
+            cloud.remote.tick()
+            cloud.service.tick()
         if loop.time() - pruned > PRUNE_EVERY_S:
             pruned = loop.time()
-            remote.prune()
+            _prune(remote, local_ops)
+
+
+def _prune(remote: RemoteVending | None, local_ops: LocalOps) -> None:
+    local_ops.prune()
+    if remote is not None:
+        remote.prune()
 
 
 async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:
@@ -302,8 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vmcd: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.daemon.log_level)
-    return asyncio.run(run_daemon(config))
+    try:
+        lock = hold(config.daemon.state_dir, LOCK_WAIT_S)
+    except StateDirBusyError as exc:
+        print(f"vmcd: {exc}", file=sys.stderr)
+        return 2
+    with lock:
+        configure_logging(config.daemon.log_level)
+        return asyncio.run(run_daemon(config))
 
 
 if __name__ == "__main__":

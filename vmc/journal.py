@@ -16,6 +16,10 @@
 - ``sales`` holds one row per product that left the machine (UTC time, selection, price,
   payment, vend type), written in the same commit as the sale's event and pruned after
   ``[daemon] sales_retention_days``; ``sales.query`` reports from it.
+- ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
+  as the cloud would send it) under its id, and the reply, written in the same commit as the
+  operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
+  it returns the first reply.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -32,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
 from vmc.planogram import Planogram
 from vmc.sales import Payment, SaleRow
@@ -119,9 +124,23 @@ CREATE TABLE IF NOT EXISTS sales (
     vend_type TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sales_at ON sales (at);
+CREATE TABLE IF NOT EXISTS local_inbox (
+    id TEXT PRIMARY KEY,
+    command BLOB NOT NULL,
+    reply BLOB,
+    created REAL NOT NULL,
+    answered REAL
+);
+CREATE INDEX IF NOT EXISTS local_inbox_waiting ON local_inbox (created) WHERE reply IS NULL;
 """
+JOURNAL_NAME = "journal.sqlite3"
+"""The journal's file in the state directory."""
 STOCK_META = "stock"
 """The ``state`` key of what the stock keeps besides levels: sales since refill, timestamps."""
+
+
+class WithdrawnError(VmcError):
+    """A local operation's inbox row was withdrawn (or answered) before its commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +230,15 @@ class Journal:
             self._sync = mode
 
     @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Several reads that see one commit, while another process may write (vmcd, vmctl)."""
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            self._db.execute("COMMIT")
+
+    @contextmanager
     def _transaction(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
         self._set_sync(durable=durable)
         self._db.execute("BEGIN IMMEDIATE")
@@ -223,23 +251,9 @@ class Journal:
 
     # --- local-policy bookings ---------------------------------------------------------------
 
-    def append(self, record: JournalRecord, *, durable: bool = False) -> int:
+    def append(self, record: JournalRecord, *, durable: bool = False) -> None:
         """Write one local-policy record; ``durable`` ones are fsynced."""
-        with self._transaction(durable=durable) as db:
-            cur = db.execute(
-                "INSERT INTO bus_events (at, kind, vend_id, item, amount, vend_type, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    time.time(),
-                    record.kind,
-                    record.vend_id,
-                    record.item,
-                    record.amount,
-                    None if record.vend_type is None else record.vend_type.value,
-                    record.detail,
-                ),
-            )
-        return int(cur.lastrowid or 0)
+        self.commit([], [], record=record, durable=durable)
 
     def records(self, kind: str | None = None) -> list[JournalRecord]:
         sql = "SELECT kind, vend_id, item, amount, vend_type, detail FROM bus_events"
@@ -261,15 +275,32 @@ class Journal:
         outbox: Iterable[NewMessage],
         *,
         command: tuple[str, bytes] | None = None,
+        local_reply: tuple[str, bytes] | None = None,
+        record: JournalRecord | None = None,
         state: dict[str, bytes] | None = None,
         stock: Sequence[StockWrite] = (),
         sales: Sequence[tuple[str, SaleRow]] = (),
         durable: bool,
     ) -> None:
-        """Record transitions, their messages, a command's reply, state, stock and sales (each
-        with its operation id: a sale counted before is not counted again) in one commit."""
+        """Record transitions, their messages, a command's reply (a cloud one, or a local one
+        into its inbox row), a local-policy record, state, stock and sales (each with its
+        operation id: a sale counted before is not counted again) in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
+            if record is not None:
+                db.execute(
+                    "INSERT INTO bus_events (at, kind, vend_id, item, amount, vend_type, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        now,
+                        record.kind,
+                        record.vend_id,
+                        record.item,
+                        record.amount,
+                        None if record.vend_type is None else record.vend_type.value,
+                        record.detail,
+                    ),
+                )
             db.executemany(
                 "INSERT OR IGNORE INTO sales (op_id, at, selection, price, payment, vend_type)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -307,6 +338,13 @@ class Journal:
                     "INSERT OR IGNORE INTO commands (id, reply, at) VALUES (?, ?, ?)",
                     (command[0], command[1], now),
                 )
+            if local_reply is not None:
+                cur = db.execute(
+                    "UPDATE local_inbox SET reply = ?, answered = ? WHERE id = ? AND reply IS NULL",
+                    (local_reply[1], now, local_reply[0]),
+                )
+                if cur.rowcount != 1:  # its vmctl gave up on it: nothing of this commit stays
+                    raise WithdrawnError(local_reply[0])
             db.executemany(
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -322,15 +360,17 @@ class Journal:
 
     def load_stock(self) -> Stock:
         """The stock as last committed: the planogram, levels, conditions and counters."""
-        row = self._db.execute("SELECT document FROM planogram WHERE id = 1").fetchone()
+        with self._snapshot() as db:
+            row = db.execute("SELECT document FROM planogram WHERE id = 1").fetchone()
+            stored = db.execute("SELECT key, level, condition FROM stock_levels").fetchall()
+            meta = json.loads(self.state(STOCK_META) or b"{}")
         planogram = None if row is None else Planogram.from_mapping(json.loads(row[0]))
         levels: dict[StockKey, int] = {}
         conditions: dict[StockKey, Condition] = {}
-        for text, level, cond in self._db.execute("SELECT key, level, condition FROM stock_levels"):
+        for text, level, cond in stored:
             key = key_from_text(text)
             levels[key] = int(level)
             conditions[key] = Condition(cond)
-        meta = json.loads(self.state(STOCK_META) or b"{}")
         return Stock.restore(
             planogram,
             levels,
@@ -413,6 +453,42 @@ class Journal:
         with self._transaction(durable=False) as db:
             cur = db.execute("DELETE FROM sales WHERE at < ?", (older_than,))
         return cur.rowcount
+
+    # --- the local inbox (vmctl -> vmcd) ----------------------------------------------------------
+
+    def local_submit(self, op_id: str, command: bytes) -> bool:
+        """Queue a local operation; False when its id is known (answered or still waiting)."""
+        with self._transaction(durable=False) as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO local_inbox (id, command, created) VALUES (?, ?, ?)",
+                (op_id, command, time.time()),
+            )
+        return cur.rowcount == 1
+
+    def local_waiting(self, limit: int) -> list[tuple[str, bytes]]:
+        """The oldest operations still waiting for their reply (a cheap, indexed query)."""
+        rows = self._db.execute(
+            "SELECT id, command FROM local_inbox WHERE reply IS NULL ORDER BY created LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(i), bytes(c)) for i, c in rows]
+
+    def local_reply(self, op_id: str) -> bytes | None:
+        row = self._db.execute("SELECT reply FROM local_inbox WHERE id = ?", (op_id,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    def local_withdraw(self, op_id: str) -> bool:
+        """Take back an operation nobody answered; False if it was answered meanwhile."""
+        with self._transaction(durable=False) as db:
+            cur = db.execute("DELETE FROM local_inbox WHERE id = ? AND reply IS NULL", (op_id,))
+        return cur.rowcount == 1
+
+    def prune_local(self, older_than: float) -> None:
+        """Forget answered local operations older than ``older_than``."""
+        with self._transaction(durable=False) as db:
+            db.execute(
+                "DELETE FROM local_inbox WHERE reply IS NOT NULL AND answered < ?", (older_than,)
+            )
 
     def close(self) -> None:
         self._db.close()

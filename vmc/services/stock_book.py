@@ -4,10 +4,14 @@ Order of work for every operation, as for a vend transaction: the core decides
 (:meth:`vmc.stock.Stock.apply`), the journal commits the new levels, their history, the
 operation id, the outbox events and the command's reply in ONE fsynced commit, and only then
 does the state in memory move and the outbox drain wake. A refused operation changes nothing
-and is answered with a code; a repeated command id never gets here (the command table answers
-it with the first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes`
-and written in the same commit as the transaction's vend result or the cash sale; a vend id
+and is answered with a code; a repeated command id never gets here (the command table, or the
+local inbox for a ``vmctl`` operation, answers it with the first reply). The stock a vend takes
+is prepared by :meth:`StockBook.vend_writes` (or :meth:`StockBook.take`) and written in the same
+commit as the transaction's vend result, the cash sale or the local policy's record; a vend id
 counted before (``stock_ops``) is skipped.
+
+Without a cloud (``topics`` None) nothing is queued for one: no consumer would ever drain it,
+and the journal's stock history records every change anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import structlog
 
 from vmc.cloud import messages as m
-from vmc.cloud.codec import CommandError
+from vmc.cloud.codec import CommandError, encode_reply
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
@@ -45,12 +49,16 @@ from vmc.stock import (
 
 log = structlog.get_logger("vmc.stock")
 
+LOCAL_PREFIX = "local:"
+"""The stock operation id of a ``vmctl`` operation is this and its id: the cloud can tell it from
+its own command ids, and a local id can never collide with one."""
+
 
 class StockBook:
     def __init__(
         self,
         journal: Journal,
-        topics: Topics,
+        topics: Topics | None,
         *,
         clock: Callable[[], float] = time.time,
         on_outbox: Callable[[], None] = lambda: None,
@@ -78,19 +86,23 @@ class StockBook:
     ) -> tuple[list[StockWrite], list[NewMessage]]:
         """The stock each product that left the machine takes, for the transaction's commit.
 
-        A cashless success (any vend type: the motor turned) and a cash sale take stock; a vend
-        id counted before is skipped. Nothing moves in memory until :meth:`committed`.
+        A cashless success (any vend type: the motor turned) and a cash sale take stock.
         """
+        vends: list[Vend] = []
+        for event in events:
+            if isinstance(event, m.TxnVend) and event.result == "success":
+                vends.append(Vend(event.txn_id, at, event.selection, event.vend_type))
+            elif isinstance(event, m.Sale):
+                vends.append(Vend(new_id(), at, event.selection, m.VendType.PAID))
+        return self.take(vends)
+
+    def take(self, vends: Iterable[Vend]) -> tuple[list[StockWrite], list[NewMessage]]:
+        """The stock ``vends`` take, for the commit of whatever booked them; a vend id counted
+        before is skipped. Nothing moves in memory until :meth:`committed`."""
         base = self.stock
         writes: list[StockWrite] = []
         messages: list[NewMessage] = []
-        for event in events:
-            if isinstance(event, m.TxnVend) and event.result == "success":
-                op = Vend(event.txn_id, at, event.selection, event.vend_type)
-            elif isinstance(event, m.Sale):
-                op = Vend(new_id(), at, event.selection, m.VendType.PAID)
-            else:
-                continue
+        for op in vends:
             if self.journal.stock_applied(op.op_id):
                 continue
             write, more = self._prepare(base, op)
@@ -107,25 +119,48 @@ class StockBook:
             self.stock = writes[-1].applied.state
             self.on_state()
 
-    def handle_command(self, cmd: m.StockCommand) -> None:
+    def handle_command(self, cmd: m.StockCommand, *, local: bool = False) -> None:
+        """Apply a stock command, or refuse it, and store its reply in the same commit.
+
+        A cloud command's reply goes to the command table and the outbox; a ``local`` one's
+        (from ``vmctl``) into its inbox row only, never to the cloud, and its result also lists
+        the levels it changed. Its stock events go to the cloud either way, when there is one.
+        """
         now = self.clock()
+        writes: list[StockWrite] = []
+        messages: list[NewMessage] = []
         try:
             refusal = m.expired_reply(cmd, now)
             if refusal is not None:
                 raise CommandError(m.ErrorCode.EXPIRED, refusal.message)
-            op = self._operation(cmd, now)
-            self._commit(op, cmd)
+            op_id = LOCAL_PREFIX + cmd.id if local else cmd.id
+            write, messages = self._prepare(self.stock, self._operation(cmd, op_id, now))
+            writes.append(write)
+            reply = m.Reply(cmd.id, True, result=_result(write, detailed=local))
         except CommandError as exc:
-            log.warning("stock_command_refused", command_id=cmd.id, code=exc.code.value)
+            log.warning(
+                "stock_command_refused", command_id=cmd.id, code=exc.code.value, local=local
+            )
             reply = m.Reply(cmd.id, False, exc.code, exc.message)
+        command: tuple[str, bytes] | None = None
+        local_reply: tuple[str, bytes] | None = None
+        if local:
+            local_reply = (cmd.id, encode_reply(reply, at=now))
+        else:
+            assert self.topics is not None  # a cloud command came through the cloud
             message, payload = reply_message(reply, self.topics.replies, now)
-            self.journal.commit([], [message], command=(cmd.id, payload), durable=True)
-            self.on_outbox()
+            messages.append(message)
+            command = (cmd.id, payload)
+        self.journal.commit(
+            [], messages, command=command, local_reply=local_reply, stock=writes, durable=True
+        )
+        self.on_outbox()
+        self.committed(writes)
 
-    def _operation(self, cmd: m.StockCommand, now: float) -> Operation:
+    def _operation(self, cmd: m.StockCommand, op_id: str, now: float) -> Operation:
         if isinstance(cmd, m.SetPlanogram):
             try:
-                return ChangePlanogram(cmd.id, now, Planogram.from_mapping(cmd.document))
+                return ChangePlanogram(op_id, now, Planogram.from_mapping(cmd.document))
             except PlanogramError as exc:
                 error = exc.command_error(cmd.id)
                 raise CommandError(error.code, f"planogram.{error.message}") from None
@@ -134,13 +169,13 @@ class StockBook:
                 m.ErrorCode.NO_PLANOGRAM, "no planogram: push one with planogram.set"
             )
         if isinstance(cmd, m.RestockToPar):
-            return Restock(cmd.id, now)
+            return Restock(op_id, now)
         pairs = tuple(
             (self._key(line, index), line.quantity) for index, line in enumerate(cmd.lines)
         )
         if isinstance(cmd, m.Refill):
-            return Adjust(cmd.id, now, pairs)
-        return Inventory(cmd.id, now, pairs)
+            return Adjust(op_id, now, pairs)
+        return Inventory(op_id, now, pairs)
 
     def _key(self, line: m.StockLine, index: int) -> StockKey:
         key: StockKey = (
@@ -165,26 +200,13 @@ class StockBook:
             applied = base.apply(op)
         except StockError as exc:
             raise CommandError(m.ErrorCode.BAD_AMOUNT, str(exc)) from None
-        messages = [
-            event_message(_event(op.op_id, e), self.topics.events, op.at) for e in applied.events
-        ]
-        return StockWrite(op.op_id, op.at, base, applied), messages
-
-    def _commit(self, op: Operation, cmd: m.StockCommand) -> None:
-        write, messages = self._prepare(self.stock, op)
-        state = write.applied.state
-        result: dict[str, str | int | float | None] = {
-            "planogram_version": None if state.planogram is None else state.planogram.version,
-            "need_loading": state.need_loading,
-            "changed": sum(isinstance(e, LevelChanged) for e in write.applied.events),
-        }
-        message, payload = reply_message(
-            m.Reply(cmd.id, True, result=result), self.topics.replies, op.at
+        topics = self.topics
+        messages = (
+            []
+            if topics is None
+            else [event_message(_event(op.op_id, e), topics.events, op.at) for e in applied.events]
         )
-        messages.append(message)
-        self.journal.commit([], messages, command=(cmd.id, payload), stock=[write], durable=True)
-        self.on_outbox()
-        self.committed([write])
+        return StockWrite(op.op_id, op.at, base, applied), messages
 
     def _log(self, write: StockWrite) -> None:
         log.info(
@@ -193,6 +215,30 @@ class StockBook:
             events=len(write.applied.events),
             need_loading=write.applied.state.need_loading,
         )
+
+
+def _result(write: StockWrite, *, detailed: bool) -> dict[str, object]:
+    """A stock reply's result; ``detailed`` adds each level change (``vmctl`` prints them)."""
+    state = write.applied.state
+    changes = [e for e in write.applied.events if isinstance(e, LevelChanged)]
+    result: dict[str, object] = {
+        "planogram_version": None if state.planogram is None else state.planogram.version,
+        "need_loading": state.need_loading,
+        "changed": len(changes),
+    }
+    if detailed:
+        result["changes"] = [
+            {
+                "selection": selection,
+                "ingredient": ingredient,
+                "before": e.before,
+                "after": e.after,
+                "reason": e.reason.value,
+            }
+            for e in changes
+            for selection, ingredient in [_key_fields(e.key)]
+        ]
+    return result
 
 
 def _key_fields(key: StockKey | None) -> tuple[int | None, str | None]:

@@ -5,6 +5,9 @@ money was collected by anyone, so it must never be counted as paid. On a VMC wit
 always-idle it also offers a session with funds unknown whenever the reader is enabled, as a
 free-vend key would. ``deny`` refuses every vend. Negative vends (refund to card) are always
 refused locally. Cash sales the VMC reports are booked as cash.
+
+A successful vend and a cash sale take stock (:class:`~vmc.services.stock_book.StockBook`) in
+the same journal commit as their record, as the cloud flow's do.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import structlog
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature
 from vmc.cloud.messages import VendType
+from vmc.cloud.outbox import new_id
 from vmc.journal import Journal, JournalRecord
 from vmc.services import bus_messages as msg
+from vmc.services.stock_book import StockBook
+from vmc.stock import Vend
 
 log = structlog.get_logger("vmc.vending")
 
@@ -60,11 +66,16 @@ def _fields(report: object) -> dict[str, object]:
 
 class LocalVending:
     def __init__(
-        self, accept: bool, journal: Journal, send: Callable[[msg.BusCommand], bool]
+        self,
+        accept: bool,
+        journal: Journal,
+        send: Callable[[msg.BusCommand], bool],
+        stock: StockBook,
     ) -> None:
         self.accept = accept
         self.journal = journal
         self.send = send
+        self.stock = stock
         self.always_idle = False
         self.sessions_completed = 0
         self.vends_succeeded = 0
@@ -85,6 +96,7 @@ class LocalVending:
                     item=item,
                     amount=amount,
                     vend_type=VendType.FREE,
+                    sold=VendType.FREE,
                 )
             case ev.VendFailed(vend_id=vend_id, item=item, amount=amount):
                 self._book(
@@ -104,7 +116,14 @@ class LocalVending:
                     detail=why,
                 )
             case ev.CashSaleReported(item=item, price=price):
-                self._book("cash_sale", vend_id=None, item=item, amount=price, vend_type=None)
+                self._book(
+                    "cash_sale",
+                    vend_id=None,
+                    item=item,
+                    amount=price,
+                    vend_type=None,
+                    sold=VendType.PAID,
+                )
             case ev.RevalueRequested():
                 self.send(msg.DecideRevalue(approved=False))
             case ev.FeaturesEnabled(features=features):
@@ -126,7 +145,13 @@ class LocalVending:
         amount: int,
         vend_type: VendType | None,
         detail: str | None = None,
+        sold: VendType | None = None,
     ) -> None:
+        """One record; ``sold`` (the stock's vend type) when a product left the machine."""
         record = JournalRecord(kind, vend_id, item, amount, vend_type, detail)
-        self.journal.append(record, durable=True)
+        at = self.stock.clock()
+        vends = [] if sold is None else [Vend(new_id(), at, item, sold)]
+        writes, messages = self.stock.take(vends)
+        self.journal.commit([], messages, record=record, stock=writes, durable=True)
         log.info(kind, vend_id=vend_id, item=item, amount=amount, vend_type=vend_type)
+        self.stock.committed(writes)
