@@ -33,6 +33,7 @@ from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.collector import Collector
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
 from vmc.services.stock_book import StockBook
@@ -51,6 +52,9 @@ STOP_STEPS_S = STOP_BUDGET_S - 0.5
 """The orderly part of a stop: the bus process voids what is undecided and exits, the cloud
 hears ``offline``. What still runs then is cancelled (the bus process killed) in the rest."""
 PRUNE_EVERY_S = 3600.0
+DAY_S = 86400
+COMMAND_MEMORY_S = 7 * DAY_S
+"""How long a command id is remembered with its reply (its ``expires`` has long passed)."""
 
 
 def _address(text: str) -> int:
@@ -100,6 +104,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 class CloudServices:
     remote: RemoteVending
     sync: CloudSync
+    collector: Collector
 
 
 def _cloud_services(
@@ -135,6 +140,7 @@ def _cloud_services(
     remote: RemoteVending
     topics = Topics(settings.device_id, settings.topic_prefix)
     stock: StockBook
+    collector: Collector
 
     def state() -> dict[str, Any]:
         txn = engine.txn
@@ -146,13 +152,22 @@ def _cloud_services(
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),
             **stock.state(),
+            **collector.state(),
         }
 
     def on_command(payload: bytes) -> None:
         remote.handle_command(payload)  # bound late: the sync must exist first
 
     sync = CloudSync(settings, journal, on_command, state)
-    stock = StockBook(journal, topics, on_outbox=sync.wake, on_state=sync.state_changed)
+    collector = Collector(
+        journal,
+        topics,
+        engine.config.money,
+        reporter,
+        on_outbox=sync.wake,
+        on_state=sync.state_changed,
+    )
+    stock = StockBook(journal, topics, collector, on_outbox=sync.wake, on_state=sync.state_changed)
     remote = RemoteVending(
         engine,
         journal,
@@ -162,11 +177,10 @@ def _cloud_services(
         on_state=sync.state_changed,
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
-        sales_retention_days=config.daemon.sales_retention_days,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
-    return CloudServices(remote, sync)
+    return CloudServices(remote, sync, collector)
 
 
 async def run_daemon(config: Config) -> int:
@@ -215,10 +229,16 @@ async def run_daemon(config: Config) -> int:
         async with asyncio.TaskGroup() as group:
             supervisor = group.create_task(bus.run(), name="bus-supervisor")
             on_link = cloud.sync.state_changed if cloud is not None else lambda: None
-            helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
+            helpers = [
+                group.create_task(_watchdog(bus, on_link), name="watchdog"),
+                group.create_task(
+                    _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
+                ),
+            ]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
                 helpers.append(group.create_task(_ticker(cloud.remote), name="txn-ticker"))
+                helpers.append(group.create_task(cloud.collector.run(), name="collector"))
             if reporter is not None:
                 helpers.append(group.create_task(reporter.run(), name="dex-reporter"))
             notify("READY=1")
@@ -242,15 +262,26 @@ async def run_daemon(config: Config) -> int:
 
 
 async def _ticker(remote: RemoteVending) -> None:
-    loop = asyncio.get_running_loop()
-    pruned = loop.time()
-    remote.prune()
     while True:
         await asyncio.sleep(TICK_S)
         remote.tick()
-        if loop.time() - pruned > PRUNE_EVERY_S:
-            pruned = loop.time()
-            remote.prune()
+
+
+def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str, int]:
+    """Forget command ids after :data:`COMMAND_MEMORY_S` and history after the retention
+    (see :meth:`Journal.prune`); how many rows went, per table."""
+    journal.prune_commands(now - COMMAND_MEMORY_S)
+    pruned = journal.prune(now - retention_days * DAY_S)
+    if any(pruned.values()):
+        log.info("journal_pruned", **pruned)
+    return pruned
+
+
+async def _pruner(journal: Journal, retention_days: int) -> None:
+    """At start and hourly, with or without a cloud: the local policy's book grows too."""
+    while True:
+        prune_journal(journal, time.time(), retention_days)
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:

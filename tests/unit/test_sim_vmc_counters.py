@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protocols.evadts import parse
-from protocols.evadts.records import Sales
+from protocols.evadts.records import CashIn, CashOut, Sales
 from protocols.mdb.commands import PaymentType
 from sim.vmc_counters import SalesCounters, audit_from_counters
 
@@ -26,3 +26,15 @@ def test_stock_sim_audit_counts_paid_vends_per_selection_and_test_free_apart() -
     assert products["12"].free == Sales(2, 0, 2, 0)
     assert audit.paid == Sales(3, 390, 3, 390)
     assert sales.paid.vends == 3
+
+
+def test_stock_sim_audit_counts_cash_sales_in_the_coin_mechanism() -> None:
+    """Cash sales paid with exact coins into the tubes: CA2, CA3 and CA4 say so."""
+    sales = SalesCounters()
+    sales.vended(3, 150, cash=True)
+    sales.vended(4, 200, cash=True)
+    sales.vended(4, 200, cash=False)
+    cash = parse(audit_from_counters(sales)).cash
+    assert cash.sales == Sales(2, 350, 2, 350)
+    assert cash.cash_in == CashIn(350, 0, 350, 0, 350, 0, 350, 0)
+    assert cash.cash_out == CashOut(0, 0, 0, 0)

@@ -2,12 +2,13 @@
 
 Order of work for every operation, as for a vend transaction: the core decides
 (:meth:`vmc.stock.Stock.apply`), the journal commits the new levels, their history, the
-operation id, the outbox events and the command's reply in ONE fsynced commit, and only then
-does the state in memory move and the outbox drain wake. A refused operation changes nothing
-and is answered with a code; a repeated command id never gets here (the command table answers
-it with the first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes`
-and written in the same commit as the transaction's vend result or the cash sale; a vend id
-counted before (``stock_ops``) is skipped.
+operation id, the outbox events and the command's reply (and a restock's cash collection,
+whose report the :class:`~vmc.services.collector.Collector` sends once its audit is read) in
+ONE fsynced commit, and only then does the state in memory move and the outbox drain wake. A
+refused operation changes nothing and is answered with a code; a repeated command id never
+gets here (the command table answers it with the first reply). The stock a vend takes is
+prepared by :meth:`StockBook.vend_writes` and written in the same commit as the transaction's
+vend result or the cash sale; a vend id counted before (``stock_ops``) is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.planogram import Planogram, PlanogramError
+from vmc.services.collector import Collector
 from vmc.stock import (
     Adjust,
     AlarmChanged,
@@ -51,6 +53,7 @@ class StockBook:
         self,
         journal: Journal,
         topics: Topics,
+        collector: Collector,
         *,
         clock: Callable[[], float] = time.time,
         on_outbox: Callable[[], None] = lambda: None,
@@ -58,6 +61,7 @@ class StockBook:
     ) -> None:
         self.journal = journal
         self.topics = topics
+        self.collector = collector
         self.clock = clock
         self.on_outbox = on_outbox
         self.on_state = on_state
@@ -178,13 +182,27 @@ class StockBook:
             "need_loading": state.need_loading,
             "changed": sum(isinstance(e, LevelChanged) for e in write.applied.events),
         }
+        collections = []
+        if isinstance(cmd, m.RestockToPar):
+            if cmd.collect:
+                collections.append(self.collector.prepare(cmd.id, op.at, restock=True))
+            result["collection_id"] = cmd.id if cmd.collect else None
         message, payload = reply_message(
             m.Reply(cmd.id, True, result=result), self.topics.replies, op.at
         )
         messages.append(message)
-        self.journal.commit([], messages, command=(cmd.id, payload), stock=[write], durable=True)
+        self.journal.commit(
+            [],
+            messages,
+            command=(cmd.id, payload),
+            stock=[write],
+            collections=collections,
+            durable=True,
+        )
         self.on_outbox()
         self.committed([write])
+        if collections:
+            self.collector.committed()
 
     def _log(self, write: StockWrite) -> None:
         log.info(
