@@ -6,14 +6,17 @@ Every sale goes through :class:`vmc.services.remote_vend.RemoteVending` as in ``
 ``paid`` command as CBOR, VEND APPROVED, VEND SUCCESS, session end: transitions, txn log,
 outbox events, the command's stored reply, the stock taken and the sales row), the rest as cash
 sales the VMC reports. A planogram is pushed and the machine restocked to par each morning with
-``stock.restock``. The clock is simulated; each evening the outbox counts as delivered (a
-device online) and the daemon's daily prune runs (command ids, sales past the retention).
-Prints one JSON object: the file's bytes after a checkpoint, and the bytes of each table.
+``stock.restock``, every seventh morning with a cash collection (``collect``) and its report
+(no DEX port). The clock is simulated; each evening the outbox counts as delivered (a device
+online) and the daemon's prune runs (command ids after 7 days; sales, closed transactions,
+stock history and op ids, collections after ``--retention-days``). Prints one JSON object: the
+file's bytes after a checkpoint, the bytes of each table and the rows of the growing ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import random
@@ -32,9 +35,11 @@ if str(ROOT) not in sys.path:
 from protocols.mdb import events as ev  # noqa: E402
 from vmc.cloud.outbox import new_id  # noqa: E402
 from vmc.cloud.topics import Topics  # noqa: E402
+from vmc.daemon import DAY_S, prune_journal  # noqa: E402
 from vmc.journal import Journal  # noqa: E402
 from vmc.logs import configure_logging  # noqa: E402
-from vmc.services.remote_vend import DAY_S, RemoteVending  # noqa: E402
+from vmc.services.collector import Collector  # noqa: E402
+from vmc.services.remote_vend import RemoteVending  # noqa: E402
 from vmc.services.stock_book import StockBook  # noqa: E402
 from vmc.transaction import Engine, EngineConfig, Money  # noqa: E402
 
@@ -55,6 +60,10 @@ PLANOGRAM = {
         for n in range(SELECTIONS)
     ],
 }
+
+
+GROWING = ("sales", "txns", "txn_log", "stock_ops", "stock_history", "collections", "commands")
+"""The tables that gain rows with every sale or operation (the prune keeps them bounded)."""
 
 
 class Clock:
@@ -82,10 +91,12 @@ def _cashless(remote: RemoteVending, vend_id: int, item: int, price: int, clock:
 
 def fill(path: Path, args: argparse.Namespace) -> None:
     clock = Clock()
-    journal = Journal(path)
+    journal = Journal(path, clock=clock)
     topics = Topics("bench")
-    stock = StockBook(journal, topics, clock=clock)
-    engine = Engine(EngineConfig(Money(978, 2)), new_id)
+    money = Money(978, 2)
+    collector = Collector(journal, topics, money, None, clock=clock)
+    stock = StockBook(journal, topics, collector, clock=clock)
+    engine = Engine(EngineConfig(money), new_id)
     engine.always_idle = True
     remote = RemoteVending(engine, journal, topics, lambda _command: True, clock=clock, stock=stock)
     remote.handle_command(_command("planogram.set", clock, planogram=PLANOGRAM))
@@ -93,7 +104,8 @@ def fill(path: Path, args: argparse.Namespace) -> None:
     vend_id = 0
     for day in range(args.days):
         clock.now = START + day * DAY_S + 6 * 3600
-        remote.handle_command(_command("stock.restock", clock))
+        remote.handle_command(_command("stock.restock", clock, collect=day % 7 == 0))
+        asyncio.run(collector.report_pending())
         for _ in range(args.per_day):
             clock.now += 12 * 3600 / args.per_day
             item = rng.randrange(SELECTIONS)
@@ -104,7 +116,7 @@ def fill(path: Path, args: argparse.Namespace) -> None:
             else:
                 remote.handle_bus(ev.CashSaleReported(item, price))
         journal.delivered(row.seq for row in journal.pending(10**9))
-        remote.prune()
+        prune_journal(journal, clock.now, args.retention_days)
     journal.close()
 
 
@@ -117,14 +129,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             tables = dict(
                 db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
             )
-            sales = int(db.execute("SELECT COUNT(*) FROM sales").fetchone()[0])
-            txns = int(db.execute("SELECT COUNT(*) FROM txns").fetchone()[0])
+            rows = {
+                table: int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                for table in GROWING
+            }
         return {
             "days": args.days,
             "sales_per_day": args.per_day,
             "cashless_share": args.cashless,
-            "sales_rows": sales,
-            "txns_rows": txns,
+            "retention_days": args.retention_days,
+            "rows": rows,
             "journal_bytes": path.stat().st_size,
             "table_bytes": tables,
         }
@@ -135,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--days", type=int, default=90)
     p.add_argument("--per-day", type=int, default=100)
     p.add_argument("--cashless", type=float, default=0.5, help="share of cashless sales")
+    p.add_argument("--retention-days", type=int, default=90, help="[daemon] sales_retention_days")
     configure_logging("warning")
     print(json.dumps(measure(p.parse_args(argv))))
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protocols.evadts.records import Cash, Product, Sales
+from protocols.evadts.records import Cash, CashIn, CashOut, Product, Sales
 from protocols.mdb.commands import PaymentType
 from sim.checks import Tally
 
@@ -88,7 +88,11 @@ class SalesCounters:
 def audit_from_counters(
     counters: SalesCounters, *, serial: str = "SIMVMC000001", model: str = "vmc-sim"
 ) -> bytes:
-    """The EVA-DTS audit a VMC with these counters would send over DEX."""
+    """The EVA-DTS audit a VMC with these counters would send over DEX.
+
+    The coin mechanism (CA2-CA4) counts the cash sales as paid with the exact money in coins,
+    all of them routed to the change tubes: no bills, nothing to the cash box, no change paid.
+    """
     from protocols.evadts.writer import make_audit, write
 
     products = [
@@ -102,8 +106,20 @@ def audit_from_counters(
         for item, row in sorted(counters.selections.items())
     ]
     tubes = counters.tube_contents
-    cash = Cash(other=() if tubes is None else (("CA15", str(tubes)),))
-    audit = make_audit(serial=serial, model=model, products=products, currency="EUR", cash=cash)
+    cash = counters.cash
+    coins = cash.value
+    audit = make_audit(
+        serial=serial,
+        model=model,
+        products=products,
+        currency="EUR",
+        cash=Cash(
+            sales=Sales(cash.vends, coins, cash.vends, coins),
+            cash_in=CashIn(coins, 0, coins, 0, coins, 0, coins, 0),
+            cash_out=CashOut(0, 0, 0, 0),
+            other=() if tubes is None else (("CA15", str(tubes)),),
+        ),
+    )
     return write(audit)
 
 

@@ -36,6 +36,7 @@ from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.collector import Collector
 from vmc.services.local_ops import LocalOps
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
@@ -60,6 +61,9 @@ PRUNE_EVERY_S = 3600.0
 LOCK_WAIT_S = 3.0
 """How long a starting vmcd waits for the state directory's lock: a vmctl applying a stock
 operation holds it for a moment; another vmcd holds it for good."""
+DAY_S = 86400
+COMMAND_MEMORY_S = 7 * DAY_S
+"""How long a command id is remembered with its reply (its ``expires`` has long passed)."""
 
 
 def _address(text: str) -> int:
@@ -111,6 +115,7 @@ class CloudServices:
     sync: CloudSync
     service: ServiceMonitor
     stock: StockBook
+    collector: Collector
 
 
 def _cloud_services(
@@ -147,6 +152,7 @@ def _cloud_services(
     topics = Topics(settings.device_id, settings.topic_prefix)
     stock: StockBook
     service: ServiceMonitor
+    collector: Collector
 
     def state() -> dict[str, Any]:
         txn = engine.txn
@@ -159,13 +165,22 @@ def _cloud_services(
             **(reporter.timestamps() if reporter is not None else {}),
             **stock.state(),
             **service.state(),
+            **collector.state(),
         }
 
     def on_command(payload: bytes) -> None:
         remote.handle_command(payload)  # bound late: the sync must exist first
 
     sync = CloudSync(settings, journal, on_command, state)
-    stock = StockBook(journal, topics, on_outbox=sync.wake, on_state=sync.state_changed)
+    collector = Collector(
+        journal,
+        topics,
+        engine.config.money,
+        reporter,
+        on_outbox=sync.wake,
+        on_state=sync.state_changed,
+    )
+    stock = StockBook(journal, topics, collector, on_outbox=sync.wake, on_state=sync.state_changed)
     service = ServiceMonitor(
         config.service,
         journal,
@@ -184,11 +199,10 @@ def _cloud_services(
         on_state=sync.state_changed,
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
-        sales_retention_days=config.daemon.sales_retention_days,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
-    return CloudServices(remote, sync, service, stock)
+    return CloudServices(remote, sync, service, stock, collector)
 
 
 async def run_daemon(config: Config) -> int:
@@ -241,11 +255,16 @@ async def run_daemon(config: Config) -> int:
         async with asyncio.TaskGroup() as group:
             supervisor = group.create_task(bus.run(), name="bus-supervisor")
             on_link = cloud.sync.state_changed if cloud is not None else lambda: None
-            helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
-            ticker = _ticker(cloud, local_ops)
-            helpers.append(group.create_task(ticker, name="ticker"))
+            helpers = [
+                group.create_task(_watchdog(bus, on_link), name="watchdog"),
+                group.create_task(
+                    _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
+                ),
+                group.create_task(_ticker(cloud, local_ops), name="ticker"),
+            ]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
+                helpers.append(group.create_task(cloud.collector.run(), name="collector"))
             if reporter is not None:
                 helpers.append(group.create_task(reporter.run(), name="dex-reporter"))
             notify("READY=1")
@@ -270,26 +289,31 @@ async def run_daemon(config: Config) -> int:
 
 async def _ticker(cloud: CloudServices | None, local_ops: LocalOps) -> None:
     """vmctl's stock operations, and with a cloud the transaction deadlines and the service
-    state's changes with time; hourly pruning."""
-    remote = cloud.remote if cloud is not None else None
-    loop = asyncio.get_running_loop()
-    pruned = loop.time()
-    _prune(remote, local_ops)
+    state's changes with time."""
     while True:
         await asyncio.sleep(TICK_S)
         local_ops.serve()
         if cloud is not None:
             cloud.remote.tick()
             cloud.service.tick()
-        if loop.time() - pruned > PRUNE_EVERY_S:
-            pruned = loop.time()
-            _prune(remote, local_ops)
 
 
-def _prune(remote: RemoteVending | None, local_ops: LocalOps) -> None:
-    local_ops.prune()
-    if remote is not None:
-        remote.prune()
+def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str, int]:
+    """Forget command and inbox ids after :data:`COMMAND_MEMORY_S` and history after the
+    retention (see :meth:`Journal.prune`); how many rows went, per table."""
+    journal.prune_commands(now - COMMAND_MEMORY_S)
+    journal.prune_local(now - COMMAND_MEMORY_S)
+    pruned = journal.prune(now - retention_days * DAY_S)
+    if any(pruned.values()):
+        log.info("journal_pruned", **pruned)
+    return pruned
+
+
+async def _pruner(journal: Journal, retention_days: int) -> None:
+    """At start and hourly, with or without a cloud: the local policy's book grows too."""
+    while True:
+        prune_journal(journal, time.time(), retention_days)
+        await asyncio.sleep(PRUNE_EVERY_S)
 
 
 async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:

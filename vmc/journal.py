@@ -14,12 +14,20 @@
   stock operation writes all of them with its outbox events and its command's reply in ONE
   fsynced commit (:class:`StockWrite`), so a power cut leaves the old or the new stock.
 - ``sales`` holds one row per product that left the machine (UTC time, selection, price,
-  payment, vend type), written in the same commit as the sale's event and pruned after
-  ``[daemon] sales_retention_days``; ``sales.query`` reports from it.
+  payment, vend type), written in the same commit as the sale's event; ``sales.query`` reports
+  from it.
 - ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
   as the cloud would send it) under its id, and the reply, written in the same commit as the
   operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
   it returns the first reply.
+- ``collections`` holds each cash collection (its period, whether its report was committed):
+  written with the command that asked for it, marked reported with the report's event.
+
+History grows with every sale and is pruned after ``[daemon] sales_retention_days``
+(:meth:`Journal.prune`): sales rows, closed transactions and their log, stock operation ids
+and history, reported collections (the last one stays: it starts the next period) and the
+local-policy book. What is open or not yet reported is never pruned, and the outbox empties
+itself on PUBACK.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -38,6 +46,7 @@ from pathlib import Path
 
 from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
+from vmc.collection import Collection
 from vmc.planogram import Planogram
 from vmc.sales import Payment, SaleRow
 from vmc.stock import (
@@ -132,6 +141,13 @@ CREATE TABLE IF NOT EXISTS local_inbox (
     answered REAL
 );
 CREATE INDEX IF NOT EXISTS local_inbox_waiting ON local_inbox (created) WHERE reply IS NULL;
+CREATE TABLE IF NOT EXISTS collections (
+    id TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    since REAL,
+    restock INTEGER NOT NULL,
+    reported INTEGER NOT NULL
+);
 """
 JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
@@ -214,9 +230,12 @@ def txn_from_json(text: str) -> Txn:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` stamps the rows that carry no time of their own (transitions, outbox,
+        command ids, the local book): the times the prune goes by."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.clock = clock
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = ""
@@ -280,12 +299,14 @@ class Journal:
         state: dict[str, bytes] | None = None,
         stock: Sequence[StockWrite] = (),
         sales: Sequence[tuple[str, SaleRow]] = (),
+        collections: Sequence[Collection] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
         into its inbox row), a local-policy record, state, stock and sales (each with its
-        operation id: a sale counted before is not counted again) in one commit."""
-        now = time.time()
+        operation id: a sale counted before is not counted again) and collections (new ones, or
+        one now reported) in one commit."""
+        now = self.clock()
         with self._transaction(durable=durable) as db:
             if record is not None:
                 db.execute(
@@ -301,6 +322,11 @@ class Journal:
                         record.detail,
                     ),
                 )
+            db.executemany(
+                "INSERT INTO collections (id, at, since, restock, reported) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET reported = excluded.reported",
+                [(c.collection_id, c.at, c.since, c.restock, c.reported) for c in collections],
+            )
             db.executemany(
                 "INSERT OR IGNORE INTO sales (op_id, at, selection, price, payment, vend_type)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -448,11 +474,60 @@ class Journal:
         ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def prune_sales(self, older_than: float) -> int:
-        """Forget sales rows older than the retention; returns how many went."""
+    def prune(self, older_than: float) -> dict[str, int]:
+        """Forget the history older than the retention; how many rows went, per table.
+
+        A transaction goes (with its log) once it is closed and its last transition is older;
+        an open one never does. A stock operation id or vend id older than that cannot come
+        back: a vend's id is its transaction's, and only the open transaction can report a
+        vend; a cash sale's is fresh; a command id is answered from ``commands`` for 7 days
+        and refused ``expired`` after. The last collection stays (it starts the next period),
+        and one whose report is not committed yet stays whatever its age.
+        """
         with self._transaction(durable=False) as db:
-            cur = db.execute("DELETE FROM sales WHERE at < ?", (older_than,))
-        return cur.rowcount
+            pruned = {
+                table: db.execute(sql, (older_than,)).rowcount
+                for table, sql in (
+                    ("sales", "DELETE FROM sales WHERE at < ?"),
+                    (
+                        "txns",
+                        "DELETE FROM txns WHERE final = 1 AND txn_id IN (SELECT txn_id"
+                        " FROM txn_log GROUP BY txn_id HAVING MAX(at) < ?)",
+                    ),
+                    ("stock_ops", "DELETE FROM stock_ops WHERE at < ?"),
+                    ("stock_history", "DELETE FROM stock_history WHERE at < ?"),
+                    (
+                        "collections",
+                        "DELETE FROM collections WHERE reported = 1 AND at < ?"
+                        " AND at < (SELECT MAX(at) FROM collections)",
+                    ),
+                    ("bus_events", "DELETE FROM bus_events WHERE at < ?"),
+                )
+            }
+            pruned["txn_log"] = db.execute(
+                "DELETE FROM txn_log WHERE txn_id NOT IN (SELECT txn_id FROM txns)"
+            ).rowcount
+        return pruned
+
+    # --- cash collections -----------------------------------------------------------------------
+
+    def last_collection(self) -> float | None:
+        """When the last cash collection was made (POSIX s), if ever."""
+        row = self._db.execute("SELECT MAX(at) FROM collections").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def has_collection(self, collection_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM collections WHERE id = ?", (collection_id,)
+        ).fetchone()
+        return row is not None
+
+    def pending_collections(self) -> list[Collection]:
+        """Collections whose report is not committed yet, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, at, since, restock FROM collections WHERE reported = 0 ORDER BY at"
+        ).fetchall()
+        return [Collection(i, a, s, bool(r)) for i, a, s, r in rows]
 
     # --- the local inbox (vmctl -> vmcd) ----------------------------------------------------------
 
@@ -461,7 +536,7 @@ class Journal:
         with self._transaction(durable=False) as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO local_inbox (id, command, created) VALUES (?, ?, ?)",
-                (op_id, command, time.time()),
+                (op_id, command, self.clock()),
             )
         return cur.rowcount == 1
 

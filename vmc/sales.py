@@ -96,6 +96,17 @@ def _add(bucket: dict[str, int], row: SaleRow) -> None:
     bucket["amount"] += row.price
 
 
+def totals(rows: Iterable[SaleRow]) -> dict[str, Any]:
+    """``{count, amount}`` in all (``total``), by ``payment`` and by ``vend_type``."""
+    payments = {p.value: _bucket() for p in Payment}
+    vend_types = {v.value: _bucket() for v in VendType}
+    total = _bucket()
+    for row in rows:
+        for bucket in (payments[row.payment.value], vend_types[row.vend_type.value], total):
+            _add(bucket, row)
+    return {"total": total, "payment": payments, "vend_type": vend_types}
+
+
 def report(
     rows: Iterable[SaleRow], when: Period, stock: Stock, selection: int | None = None
 ) -> dict[str, Any]:
@@ -106,24 +117,20 @@ def report(
     their value in minor units (seed 002's names), whatever paid for them.
     """
     per_slot: dict[int, dict[str, int]] = {}
-    payments = {p.value: _bucket() for p in Payment}
-    vend_types = {v.value: _bucket() for v in VendType}
     hourly = [_bucket() for _ in range(24)]
     daily = {day: _bucket() for day in when.days()}
-    total = _bucket()
+    kept: list[SaleRow] = []
     for row in rows:
         if selection is not None and row.selection != selection:
             continue
         local = dt.datetime.fromtimestamp(row.at, when.zone)
         if local.date() not in daily:
             continue
+        kept.append(row)
         for bucket in (
             per_slot.setdefault(row.selection, _bucket()),
-            payments[row.payment.value],
-            vend_types[row.vend_type.value],
             hourly[local.hour],
             daily[local.date()],
-            total,
         ):
             _add(bucket, row)
     return {
@@ -135,9 +142,7 @@ def report(
         "selection": selection,
         "planogram_version": None if stock.planogram is None else stock.planogram.version,
         "slots": _slots(per_slot, stock, selection),
-        "total": total,
-        "payment": payments,
-        "vend_type": vend_types,
+        **totals(kept),
         "hourly": [{"hour": hour, **b} for hour, b in enumerate(hourly)],
         "daily": [{"date": day.isoformat(), **b} for day, b in daily.items()],
     }

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
 from protocols.evadts.records import (
     Audit,
+    CashIn,
+    CashOut,
     Event,
     EventCounter,
     JsonObject,
@@ -152,20 +154,10 @@ class _Rule:
 
 def delta(old: Audit, new: Audit) -> AuditDelta:
     """Sales, takings and events between ``old`` and ``new``, two reads of one machine."""
-    warnings: list[str] = []
     old_products = _by_selection(old.products)
     new_products = _by_selection(new.products)
     totals = _totals(old, new)
-    pairs = [(name, before, after) for name, (before, after) in totals.items()]
-    pairs.extend(
-        (f"PA2 {key}", old_products[key].paid, product.paid)
-        for key, product in new_products.items()
-        if key in old_products
-    )
-    reasons = _baseline_reasons(old, new, pairs)
-    if reasons:
-        warnings.append("new baseline: " + "; ".join(reasons))
-    rule = _Rule(bool(reasons), not reasons and _resets_unchanged(old, new))
+    rule, warnings = _rule(old, new, old_products, new_products)
     selections = []
     for key, product in new_products.items():
         previous = old_products.get(key)
@@ -199,7 +191,100 @@ def delta(old: Audit, new: Audit) -> AuditDelta:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class CashDelta:
+    """The coin mechanism between two reads: CA2 cash sales, CA3 money in, CA4 change out.
+
+    Money only (``vends`` is None) except ``sales``; ``bills`` is CA304/CA308 as the file has
+    it (whole units in old US files). Computed by the same rules as :func:`delta`.
+    """
+
+    baseline_reset: bool
+    decimals: int
+    sales: Change
+    inserted: Change
+    to_cashbox: Change
+    to_tubes: Change
+    bills: Change
+    dispensed: Change
+    manual: Change
+    warnings: tuple[str, ...]
+
+    def to_json(self) -> JsonObject:
+        return {
+            "baseline_reset": self.baseline_reset,
+            "decimals": self.decimals,
+            "sales": self.sales.to_json(),
+            "inserted": self.inserted.to_json(),
+            "to_cashbox": self.to_cashbox.to_json(),
+            "to_tubes": self.to_tubes.to_json(),
+            "bills": self.bills.to_json(),
+            "dispensed": self.dispensed.to_json(),
+            "manual": self.manual.to_json(),
+            "warnings": list(self.warnings),
+        }
+
+
+def cash_delta(old: Audit, new: Audit) -> CashDelta:
+    """What the coin mechanism took in and paid out between ``old`` and ``new``.
+
+    Two reads far apart (a cash collection's) may have other reads between them: where a
+    figure comes from since-reset counters and the VMC counted more than one read with reset
+    (EA301) in between, it covers only the time since the last of them, and a warning says so.
+    """
+    rule, warnings = _rule(old, new, _by_selection(old.products), _by_selection(new.products))
+
+    def cash_in(name: str) -> Change:
+        return rule.change(_value(old.cash.cash_in, name), _value(new.cash.cash_in, name))
+
+    def cash_out(name: str) -> Change:
+        return rule.change(_value(old.cash.cash_out, name), _value(new.cash.cash_out, name))
+
+    found = CashDelta(
+        baseline_reset=rule.baseline,
+        decimals=new.currency.decimals,
+        sales=rule.change(old.cash.sales, new.cash.sales),
+        inserted=cash_in("inserted"),
+        to_cashbox=cash_in("to_cashbox"),
+        to_tubes=cash_in("to_tubes"),
+        bills=cash_in("bills"),
+        dispensed=cash_out("dispensed"),
+        manual=cash_out("manual"),
+        warnings=(),
+    )
+    figures = (
+        found.sales,
+        found.inserted,
+        found.to_cashbox,
+        found.to_tubes,
+        found.bills,
+        found.dispensed,
+        found.manual,
+    )
+    resets = _resets_between(old, new)
+    if resets is not None and resets > 1 and any(f.basis is Basis.RESET for f in figures):
+        warnings.append(
+            f"{resets} reads with reset between the two: since-reset figures cover the last only"
+        )
+    return replace(found, warnings=tuple(warnings))
+
+
 _Pair: TypeAlias = tuple[Sales | None, Sales | None]
+
+
+def _rule(
+    old: Audit, new: Audit, old_products: dict[str, Product], new_products: dict[str, Product]
+) -> tuple[_Rule, list[str]]:
+    """How the counters of ``old`` and ``new`` compare, and the warning when they cannot."""
+    pairs = [(name, before, after) for name, (before, after) in _totals(old, new).items()]
+    pairs.extend(
+        (f"PA2 {key}", old_products[key].paid, product.paid)
+        for key, product in new_products.items()
+        if key in old_products
+    )
+    reasons = _baseline_reasons(old, new, pairs)
+    warnings = ["new baseline: " + "; ".join(reasons)] if reasons else []
+    return _Rule(bool(reasons), not reasons and _resets_unchanged(old, new)), warnings
 
 
 def _totals(old: Audit, new: Audit) -> dict[str, _Pair]:
@@ -209,28 +294,22 @@ def _totals(old: Audit, new: Audit) -> dict[str, _Pair]:
         "VA2": (old.test, new.test),
         "VA3": (old.free, new.free),
         "CA2": (old.cash.sales, new.cash.sales),
-        "CA3": (_inserted(old), _inserted(new)),
-        "CA4": (_dispensed(old), _dispensed(new)),
+        "CA3": (_value(old.cash.cash_in, "inserted"), _value(new.cash.cash_in, "inserted")),
+        "CA4": (_value(old.cash.cash_out, "dispensed"), _value(new.cash.cash_out, "dispensed")),
         "DA2": (old.cashless.sales, new.cashless.sales),
         "DB2": (old.cashless2.sales, new.cashless2.sales),
         "TA2": (old.tokens.sales, new.tokens.sales),
     }
 
 
-def _inserted(audit: Audit) -> Sales | None:
-    """CA3's money inserted, as a value-only counter pair."""
-    cash_in = audit.cash.cash_in
-    if cash_in is None:
+def _value(record: CashIn | CashOut | None, name: str) -> Sales | None:
+    """One money counter of CA3 or CA4 (``inserted``, ``to_tubes``, ``dispensed`` ...) as a
+    value-only counter pair."""
+    if record is None:
         return None
-    return Sales(value_init=cash_in.inserted_init, value_reset=cash_in.inserted_reset)
-
-
-def _dispensed(audit: Audit) -> Sales | None:
-    """CA4's change paid out, as a value-only counter pair."""
-    cash_out = audit.cash.cash_out
-    if cash_out is None:
-        return None
-    return Sales(value_init=cash_out.dispensed_init, value_reset=cash_out.dispensed_reset)
+    init: int | None = getattr(record, f"{name}_init")
+    reset: int | None = getattr(record, f"{name}_reset")
+    return Sales(value_init=init, value_reset=reset)
 
 
 def _by_selection(products: Iterable[Product]) -> dict[str, Product]:
@@ -257,6 +336,14 @@ def _baseline_reasons(
     if fallen:
         reasons.append(f"counters since initialisation went down ({', '.join(fallen)})")
     return reasons
+
+
+def _resets_between(old: Audit, new: Audit) -> int | None:
+    """How many reads with reset (EA301) the VMC counted from ``old`` to ``new``, if it says."""
+    if old.reads is None or new.reads is None:
+        return None
+    before, after = old.reads.reads_with_reset, new.reads.reads_with_reset
+    return None if before is None or after is None else after - before
 
 
 def _resets_unchanged(old: Audit, new: Audit) -> bool:

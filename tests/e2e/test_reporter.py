@@ -23,20 +23,35 @@ def _events(rig_backend: object, kind: str) -> list[dict[str, object]]:
 
 
 @contextlib.asynccontextmanager
-async def _machine_with_dex(
-    tmp_path: Path, broker: MosquittoBroker, more_config: str = ""
+async def machine_with_dex(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    more_config: str = "",
+    *,
+    read_at_start: bool = True,
+    serve_from: asyncio.Event | None = None,
 ) -> AsyncIterator[Rig]:
-    """vmcd with the cloud and a DEX port that reads at start, served from the VMC's counters;
-    ``more_config`` is TOML for the other tables."""
+    """vmcd with the cloud and a DEX port served from the VMC's counters (once ``serve_from``
+    is set, if given: until then nothing answers on the port); ``more_config`` is TOML for the
+    other tables."""
     dex_pair = PtyPair()
     config = tmp_path / "vmc.toml"
+    start = "true" if read_at_start else "false"
     config.write_text(
-        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = {start}\nschedule = []\n'
         + more_config
     )
     async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
         source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(rig.vmc.sales))
-        serving = asyncio.create_task(source.serve())
+
+        async def serve() -> None:
+            if serve_from is not None:
+                await serve_from.wait()
+                while dex_pair.master.read_available():
+                    pass  # what reads that nobody answered left on the line
+            await source.serve()
+
+        serving = asyncio.create_task(serve())
         try:
             yield rig
         finally:
@@ -48,7 +63,7 @@ async def _machine_with_dex(
 async def test_reads_report_and_deltas_match_the_bus(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    async with _machine_with_dex(tmp_path, broker) as rig:
+    async with machine_with_dex(tmp_path, broker) as rig:
         backend = rig.backend
         await backend.wait_for(lambda: len(_events(backend, "audit.summary")) >= 1, 15)
         (first,) = _events(backend, "audit.report")
@@ -82,7 +97,7 @@ async def test_stock_reconcile_only_for_vends_the_reader_did_not_see(
     Two cash vends the VMC counted but the reader never saw: one ``stock.reconcile`` for that
     selection, and the stock follows the bus.
     """
-    async with _machine_with_dex(tmp_path, broker) as rig:
+    async with machine_with_dex(tmp_path, broker) as rig:
         backend = rig.backend
         await backend.wait_for(lambda: len(_events(backend, "audit.summary")) >= 1, 15)
         await load_planogram(rig)

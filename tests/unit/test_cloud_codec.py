@@ -16,7 +16,7 @@ from vmc.cloud import messages as m
 BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
 
 
-def decode(**fields: Any) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode(**fields: Any) -> m.AnyCommand:
     return codec.decode_command(cbor2.dumps({**BASE, **fields}))
 
 
@@ -176,6 +176,9 @@ def test_stock_commands() -> None:
         m.TakeInventory("c1", 1e12, (m.StockLine(None, "beans", 40),))
     )
     assert decode(op="stock.restock") == m.RestockToPar("c1", 1e12)
+    assert decode(op="stock.restock", collect=None) == m.RestockToPar("c1", 1e12)
+    assert decode(op="stock.restock", collect=True) == m.RestockToPar("c1", 1e12, collect=True)
+    assert decode(op="cash.collect") == m.CashCollect("c1", 1e12)
     assert decode(op="sales.query", **{"from": "2026-01-01"}) == m.SalesQuery(
         "c1", 1e12, "2026-01-01"
     )
@@ -196,6 +199,8 @@ def test_stock_commands() -> None:
             "selection",
         ),
         ({"op": "planogram.set", "planogram": [1]}, m.ErrorCode.BAD_FIELD, "planogram"),
+        ({"op": "stock.restock", "collect": 1}, m.ErrorCode.BAD_FIELD, "collect"),
+        ({"op": "stock.restock", "collect": "yes"}, m.ErrorCode.BAD_FIELD, "collect"),
         ({"op": "stock.refill", "lines": []}, m.ErrorCode.BAD_FIELD, "lines"),
         ({"op": "stock.refill", "lines": [{"amount": 1}]}, m.ErrorCode.BAD_FIELD, "lines[0]"),
         (

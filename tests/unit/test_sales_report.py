@@ -9,14 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from vmc.cloud.messages import VendType
-from vmc.cloud.outbox import new_id
-from vmc.cloud.topics import Topics
+from vmc.daemon import DAY_S, prune_journal
 from vmc.journal import Journal
 from vmc.planogram import Planogram
 from vmc.sales import MAX_REPORT_DAYS, Payment, PeriodError, SaleRow, period, report
-from vmc.services.remote_vend import DAY_S, RemoteVending
 from vmc.stock import Adjust, ChangePlanogram, SlotKey, Stock, Vend
-from vmc.transaction import Engine, EngineConfig, Money
 
 LIMITS_10 = {"capacity": 10, "par_level": 8, "alarm_level": 2}
 LIMITS_20 = {"capacity": 20, "par_level": 15, "alarm_level": 3}
@@ -164,23 +161,15 @@ def test_journal_keeps_sales_once_and_prunes_old_ones(tmp_path: Path) -> None:
     journal.commit([], [], sales=[("t1", old)], durable=True)  # counted before: ignored
     assert journal.sales(0.0, 1e12) == [old, new]
     assert journal.sales(1000.0, 5000.0) == [old]
-    assert journal.prune_sales(older_than=4000.0) == 1
+    assert journal.prune(older_than=4000.0)["sales"] == 1
     journal.close()
     assert Journal(tmp_path / "journal.sqlite3").sales(0.0, 1e12) == [new]
 
 
-def test_the_ticker_prune_drops_sales_past_the_retention(tmp_path: Path) -> None:
+def test_the_daemon_prune_drops_sales_past_the_retention(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "journal.sqlite3")
     now = 100 * DAY_S
     kept, gone = _sale(now - 10 * DAY_S), _sale(now - 11 * DAY_S)
     journal.commit([], [], sales=[("a", kept), ("b", gone)], durable=True)
-    remote = RemoteVending(
-        Engine(EngineConfig(Money(978, 2)), new_id),
-        journal,
-        Topics("m1"),
-        lambda _command: True,
-        clock=lambda: now,
-        sales_retention_days=10,
-    )
-    remote.prune()
+    assert prune_journal(journal, now, retention_days=10)["sales"] == 1
     assert journal.sales(0.0, 1e12) == [kept]

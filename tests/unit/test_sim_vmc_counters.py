@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from protocols.evadts import parse, tube_contents
-from protocols.evadts.records import Sales
+from protocols.evadts.records import CashIn, CashOut, Sales
 from protocols.mdb.commands import PaymentType
 from sim.vmc_counters import SalesCounters, audit_from_counters
 
@@ -35,3 +35,15 @@ def test_sim_audit_carries_its_coin_tube_contents_as_ca15() -> None:
     assert tube_contents(parse(audit_from_counters(sales)).cash) == 340
     sales.tube_contents = None
     assert parse(audit_from_counters(sales)).cash.other == ()
+
+
+def test_stock_sim_audit_counts_cash_sales_in_the_coin_mechanism() -> None:
+    """Cash sales paid with exact coins into the tubes: CA2, CA3 and CA4 say so."""
+    sales = SalesCounters()
+    sales.vended(3, 150, cash=True)
+    sales.vended(4, 200, cash=True)
+    sales.vended(4, 200, cash=False)
+    cash = parse(audit_from_counters(sales)).cash
+    assert cash.sales == Sales(2, 350, 2, 350)
+    assert cash.cash_in == CashIn(350, 0, 350, 0, 350, 0, 350, 0)
+    assert cash.cash_out == CashOut(0, 0, 0, 0)

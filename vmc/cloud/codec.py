@@ -72,7 +72,7 @@ MAX_STOCK_LINES = 1024
 MAX_QUANTITY = 10**9
 
 
-def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode_command(payload: bytes) -> m.AnyCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -123,7 +123,9 @@ def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
     if op == m.Op.STOCK_INVENTORY:
         return m.TakeInventory(cmd_id, expires, fields.stock_lines("lines", "level", signed=False))
     if op == m.Op.STOCK_RESTOCK:
-        return m.RestockToPar(cmd_id, expires)
+        return m.RestockToPar(cmd_id, expires, fields.flag("collect"))
+    if op == m.Op.CASH_COLLECT:
+        return m.CashCollect(cmd_id, expires)
     if op == m.Op.SALES_QUERY:
         return m.SalesQuery(
             cmd_id,
@@ -185,6 +187,13 @@ class _Fields:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
             raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
         return value
+
+    def flag(self, name: str) -> bool:
+        """An optional boolean; absent (or null) is false."""
+        value = self._get(name, False)
+        if value is not None and not isinstance(value, bool):
+            raise self._bad(name, "true or false")
+        return bool(value)
 
     def mapping(self, name: str) -> dict[str, object]:
         value = self._get(name, True)

@@ -51,6 +51,7 @@ class Op(StrEnum):
     STOCK_REFILL = "stock.refill"
     STOCK_INVENTORY = "stock.inventory"
     STOCK_RESTOCK = "stock.restock"
+    CASH_COLLECT = "cash.collect"
     SALES_QUERY = "sales.query"
 
 
@@ -133,10 +134,12 @@ class TakeInventory:
 
 @dataclass(frozen=True, slots=True)
 class RestockToPar:
-    """Seed 004 ``restock_only``: every selection and ingredient to its par level."""
+    """Seed 004 ``restock_only``: every selection and ingredient to its par level; with
+    ``collect``, seed 004 ``restock``: the same plus a cash collection in the same commit."""
 
     id: str
     expires: float
+    collect: bool = False
 
 
 StockCommand = SetPlanogram | Refill | TakeInventory | RestockToPar
@@ -154,7 +157,15 @@ class SalesQuery:
     selection: int | None = None
 
 
-AnyCommand = Command | StockCommand | SalesQuery
+@dataclass(frozen=True, slots=True)
+class CashCollect:
+    """A cash collection without a restock (a route visit that only empties the cash box)."""
+
+    id: str
+    expires: float
+
+
+AnyCommand = Command | StockCommand | SalesQuery | CashCollect
 
 
 def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:
@@ -366,6 +377,26 @@ class StockReconcile:
     bus_vends: int
 
 
+@dataclass(frozen=True, slots=True)
+class CollectionReport:
+    """Seed 004's collection report: the takings between the previous collection and this one.
+
+    ``sales`` comes from the journal's sales rows in ``[since, until)``; ``audit`` holds the
+    coin mechanism's counters of an audit read for this collection and their change since the
+    audit of the previous collection, or is null with ``audit_error`` saying why.
+    """
+
+    collection_id: str
+    restock: bool
+    since: float | None
+    until: float
+    currency: int
+    decimals: int
+    sales: Mapping[str, object]
+    audit: Mapping[str, object] | None
+    audit_error: Mapping[str, object] | None
+
+
 Event = (
     TxnRequest
     | TxnVend
@@ -382,6 +413,7 @@ Event = (
     | StockDiscrepancy
     | PlanogramChanged
     | StockReconcile
+    | CollectionReport
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -400,4 +432,5 @@ EVENT_TYPES: dict[type, str] = {
     StockDiscrepancy: "stock.discrepancy",
     PlanogramChanged: "planogram.changed",
     StockReconcile: "stock.reconcile",
+    CollectionReport: "collection.report",
 }

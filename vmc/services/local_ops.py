@@ -46,8 +46,6 @@ log = structlog.get_logger("vmc.local_ops")
 
 BATCH = 8
 """Operations answered per tick at most: a burst never holds the event loop for long."""
-MEMORY_S = 7 * 86400
-"""How long an answered operation's id and reply are kept (a retry after that is new)."""
 POLL_S = 0.05
 STOCK_COMMANDS = (m.SetPlanogram, m.Refill, m.TakeInventory, m.RestockToPar)
 
@@ -70,9 +68,6 @@ class LocalOps:
                 self._answer(op_id, payload)
             except WithdrawnError:
                 log.info("local_op_withdrawn", op_id=op_id)
-
-    def prune(self) -> None:
-        self.journal.prune_local(self.stock.clock() - MEMORY_S)
 
     def _answer(self, op_id: str, payload: bytes) -> None:
         try:

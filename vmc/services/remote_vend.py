@@ -31,9 +31,6 @@ from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
 
-COMMAND_MEMORY_S = 7 * 86400
-DAY_S = 86400
-
 
 class RemoteVending:
     def __init__(
@@ -48,7 +45,6 @@ class RemoteVending:
         on_state: Callable[[], None] = lambda: None,
         stock: StockBook | None = None,
         zone: ZoneInfo | None = None,
-        sales_retention_days: int = 90,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -59,7 +55,6 @@ class RemoteVending:
         self.on_state = on_state
         self.stock = stock
         self.zone = zone or ZoneInfo("UTC")
-        self.sales_keep_s = sales_retention_days * DAY_S
 
     def recover(self) -> None:
         fx = self.engine.recover(self.journal.open_txn(), self.clock())
@@ -76,15 +71,6 @@ class RemoteVending:
         self._apply(self.engine.on_bus(report, self.clock()))
         if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
-
-    def prune(self, keep_s: float = COMMAND_MEMORY_S) -> None:
-        """Forget command ids older than ``keep_s`` (their ``expires`` has long passed) and
-        sales rows older than the retention."""
-        now = self.clock()
-        self.journal.prune_commands(now - keep_s)
-        pruned = self.journal.prune_sales(now - self.sales_keep_s)
-        if pruned:
-            log.info("sales_pruned", rows=pruned)
 
     def tick(self) -> None:
         self._apply(self.engine.tick(self.clock()))
@@ -109,10 +95,16 @@ class RemoteVending:
             return
         if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
             if self.stock is None:
-                refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
-                self._apply(Effects(reply=refusal), command_id=cmd.id)
+                self._no_stock(cmd)
             else:
                 self.stock.handle_command(cmd)
+            return
+        if isinstance(cmd, m.CashCollect):
+            collector = None if self.stock is None else self.stock.collector
+            if collector is None:
+                self._no_stock(cmd)
+            else:
+                collector.handle_command(cmd)
             return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
@@ -123,6 +115,10 @@ class RemoteVending:
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
         self._apply(fx, command_id=cmd.id)
+
+    def _no_stock(self, cmd: m.StockCommand | m.CashCollect) -> None:
+        refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
+        self._apply(Effects(reply=refusal), command_id=cmd.id)
 
     def _sales_reply(self, cmd: m.SalesQuery) -> m.Reply:
         refusal = m.expired_reply(cmd, self.clock())

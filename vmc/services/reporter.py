@@ -78,12 +78,22 @@ class ReadContext:
 
 @dataclass(frozen=True, slots=True)
 class ReadOutcome:
+    """One read: ``ok`` when an audit was received and parsed; else the ``step`` that failed."""
+
     read_id: str
+    at: float
+    """When the read started (the ``read_at`` of its ``audit.report`` or ``audit.failed``)."""
     ok: bool
     valid: bool = False
-    detail: str = ""
+    step: str = ""
+    reason: str = ""
     audit: Audit | None = None
     delta: AuditDelta | None = None
+    raw: bytes = b""
+
+    @property
+    def detail(self) -> str:
+        return f"{self.step}: {self.reason}" if self.step else ""
 
 
 class Reporter:
@@ -221,7 +231,7 @@ class Reporter:
             bytes=len(raw),
             baseline_reset=None if change is None else change.baseline_reset,
         )
-        return ReadOutcome(read_id, True, valid, "", audit, change)
+        return ReadOutcome(read_id, at, True, valid, audit=audit, delta=change, raw=raw)
 
     def _bus_vends(self) -> dict[int, int]:
         return dict(self.journal.load_stock().paid_vends)
@@ -344,7 +354,7 @@ class Reporter:
         )
         failed = m.AuditFailed(ctx.read_id, ctx.at, ctx.trigger, step, reason, received)
         self._commit([failed], {})
-        return ReadOutcome(ctx.read_id, False, detail=f"{step}: {reason}")
+        return ReadOutcome(ctx.read_id, ctx.at, False, step=step, reason=reason)
 
     def _commit(self, events: list[m.Event], state: dict[str, bytes]) -> None:
         topics, at = self.topics, self.clock()

@@ -2,16 +2,18 @@
 
 Order of work for every operation, as for a vend transaction: the core decides
 (:meth:`vmc.stock.Stock.apply`), the journal commits the new levels, their history, the
-operation id, the outbox events and the command's reply in ONE fsynced commit, and only then
-does the state in memory move and the outbox drain wake. A refused operation changes nothing
-and is answered with a code; a repeated command id never gets here (the command table, or the
-local inbox for a ``vmctl`` operation, answers it with the first reply). The stock a vend takes
-is prepared by :meth:`StockBook.vend_writes` (or :meth:`StockBook.take`) and written in the same
-commit as the transaction's vend result, the cash sale or the local policy's record; a vend id
-counted before (``stock_ops``) is skipped.
+operation id, the outbox events and the command's reply (and a restock's cash collection,
+whose report the :class:`~vmc.services.collector.Collector` sends once its audit is read) in
+ONE fsynced commit, and only then does the state in memory move and the outbox drain wake. A
+refused operation changes nothing and is answered with a code; a repeated command id never
+gets here (the command table, or the local inbox for a ``vmctl`` operation, answers it with the
+first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes` (or
+:meth:`StockBook.take`) and written in the same commit as the transaction's vend result, the
+cash sale or the local policy's record; a vend id counted before (``stock_ops``) is skipped.
 
 Without a cloud (``topics`` None) nothing is queued for one: no consumer would ever drain it,
-and the journal's stock history records every change anyway.
+and the journal's stock history records every change anyway. Cash collections are reported to
+the cloud, so they need one too.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from vmc.cloud import messages as m
 from vmc.cloud.codec import CommandError, encode_reply
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
+from vmc.collection import Collection
 from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.planogram import Planogram, PlanogramError
+from vmc.services.collector import Collector
 from vmc.stock import (
     Adjust,
     AlarmChanged,
@@ -59,6 +63,7 @@ class StockBook:
         self,
         journal: Journal,
         topics: Topics | None,
+        collector: Collector | None = None,
         *,
         clock: Callable[[], float] = time.time,
         on_outbox: Callable[[], None] = lambda: None,
@@ -66,6 +71,7 @@ class StockBook:
     ) -> None:
         self.journal = journal
         self.topics = topics
+        self.collector = collector
         self.clock = clock
         self.on_outbox = on_outbox
         self.on_state = on_state
@@ -129,14 +135,25 @@ class StockBook:
         now = self.clock()
         writes: list[StockWrite] = []
         messages: list[NewMessage] = []
+        collections: list[Collection] = []
         try:
             refusal = m.expired_reply(cmd, now)
             if refusal is not None:
                 raise CommandError(m.ErrorCode.EXPIRED, refusal.message)
             op_id = LOCAL_PREFIX + cmd.id if local else cmd.id
+            if self.journal.stock_applied(op_id):
+                # The command table forgets ids after 7 days, the stock's op ids stay for the
+                # retention: an id reused in between must not apply twice.
+                raise CommandError(
+                    m.ErrorCode.BAD_FIELD, f"id: operation {cmd.id!r} was applied before"
+                )
             write, messages = self._prepare(self.stock, self._operation(cmd, op_id, now))
+            result = _result(write, detailed=local)
+            if isinstance(cmd, m.RestockToPar):
+                collections = self._collections(cmd, op_id, now)
+                result["collection_id"] = op_id if collections else None
             writes.append(write)
-            reply = m.Reply(cmd.id, True, result=_result(write, detailed=local))
+            reply = m.Reply(cmd.id, True, result=result)
         except CommandError as exc:
             log.warning(
                 "stock_command_refused", command_id=cmd.id, code=exc.code.value, local=local
@@ -152,10 +169,29 @@ class StockBook:
             messages.append(message)
             command = (cmd.id, payload)
         self.journal.commit(
-            [], messages, command=command, local_reply=local_reply, stock=writes, durable=True
+            [],
+            messages,
+            command=command,
+            local_reply=local_reply,
+            stock=writes,
+            collections=collections,
+            durable=True,
         )
         self.on_outbox()
         self.committed(writes)
+        if collections and self.collector is not None:
+            self.collector.committed()
+
+    def _collections(self, cmd: m.RestockToPar, op_id: str, now: float) -> list[Collection]:
+        """The cash collection a restock with ``collect`` makes (seed 004 ``restock``)."""
+        if not cmd.collect:
+            return []
+        if self.collector is None:
+            raise CommandError(
+                m.ErrorCode.BAD_FIELD,
+                "collect: a cash collection is reported to a cloud: none here",
+            )
+        return [self.collector.prepare(op_id, now, restock=True)]
 
     def _operation(self, cmd: m.StockCommand, op_id: str, now: float) -> Operation:
         if isinstance(cmd, m.SetPlanogram):
