@@ -206,3 +206,22 @@ def test_local_policy_vend_and_cash_sale_take_stock_with_their_record(
     assert stock.stock.levels == journal.load_stock().levels
     assert stock.stock.sales_since_refill == {2: 1}  # the free vend is no sale
     assert journal.outbox_size() == 0
+
+
+def test_stock_command_id_reused_after_the_command_table_forgot_it_is_refused(
+    journal: Journal,
+) -> None:
+    """Command ids are answered from the command table for 7 days; the stock's op ids stay
+    for the retention. A cloud command id reused in between is refused, never applied twice
+    (and never a crash on the op id's primary key)."""
+    stock = StockBook(journal, TOPICS)
+    later = time.time() + 3600
+    stock.handle_command(m.SetPlanogram("p1", later, PLANOGRAM))
+    refill = m.Refill("r1", later, (m.StockLine(1, None, 3),))
+    stock.handle_command(refill)
+    journal.prune_commands(time.time() + 1)  # the command table forgot both ids
+    stock.handle_command(refill)
+    reply = cbor2.loads(journal.known_reply("r1") or b"")
+    assert (reply["ok"], reply["code"]) == (False, "bad_field")
+    assert "was applied before" in reply["message"]
+    assert _levels(journal) == {1: 3, 2: 0}
