@@ -16,6 +16,11 @@
 - ``sales`` holds one row per product that left the machine (UTC time, selection, price,
   payment, vend type), written in the same commit as the sale's event and pruned after
   ``[daemon] sales_retention_days``; ``sales.query`` reports from it.
+- ``refunds`` holds each refund recorded against a vend (refund id, txn id, UTC time, amount,
+  and the vend's selection, result and vend type), written in ONE fsynced commit with its
+  ``txn.refund`` event and the command's reply. A closed transaction is kept, with its log and
+  refunds, for ``[daemon] sales_retention_days`` after it closed and after its last refund, so
+  a refund can be judged against it (and never exceed it) after a restart.
 - ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
   as the cloud would send it) under its id, and the reply, written in the same commit as the
   operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
@@ -39,6 +44,7 @@ from pathlib import Path
 from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
 from vmc.planogram import Planogram
+from vmc.refunds import RefundRow
 from vmc.sales import Payment, SaleRow
 from vmc.stock import (
     Applied,
@@ -124,6 +130,18 @@ CREATE TABLE IF NOT EXISTS sales (
     vend_type TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sales_at ON sales (at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id TEXT PRIMARY KEY,
+    txn_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    amount INTEGER NOT NULL,
+    selection INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    vend_type TEXT NOT NULL,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refunds_txn ON refunds (txn_id);
+CREATE INDEX IF NOT EXISTS refunds_at ON refunds (at);
 CREATE TABLE IF NOT EXISTS local_inbox (
     id TEXT PRIMARY KEY,
     command BLOB NOT NULL,
@@ -280,11 +298,12 @@ class Journal:
         state: dict[str, bytes] | None = None,
         stock: Sequence[StockWrite] = (),
         sales: Sequence[tuple[str, SaleRow]] = (),
+        refunds: Sequence[RefundRow] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
-        into its inbox row), a local-policy record, state, stock and sales (each with its
-        operation id: a sale counted before is not counted again) in one commit."""
+        into its inbox row), a local-policy record, state, stock, sales (each with its
+        operation id: a sale counted before is not counted again) and refunds in one commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
             if record is not None:
@@ -307,6 +326,24 @@ class Journal:
                 [
                     (op_id, r.at, r.selection, r.price, r.payment.value, r.vend_type.value)
                     for op_id, r in sales
+                ],
+            )
+            db.executemany(
+                "INSERT INTO refunds"
+                " (refund_id, txn_id, at, amount, selection, result, vend_type, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.refund_id,
+                        r.txn_id,
+                        r.at,
+                        r.amount,
+                        r.selection,
+                        r.result,
+                        r.vend_type.value,
+                        r.reason,
+                    )
+                    for r in refunds
                 ],
             )
             for write in stock:
@@ -452,6 +489,44 @@ class Journal:
         """Forget sales rows older than the retention; returns how many went."""
         with self._transaction(durable=False) as db:
             cur = db.execute("DELETE FROM sales WHERE at < ?", (older_than,))
+        return cur.rowcount
+
+    # --- refunds and the closed transactions they are judged against ---------------------------
+
+    def refund(self, refund_id: str) -> RefundRow | None:
+        rows = self._refund_rows("refund_id = ?", (refund_id,))
+        return rows[0] if rows else None
+
+    def refunds_of(self, txn_id: str) -> list[RefundRow]:
+        """Every refund recorded against one transaction, oldest first."""
+        return self._refund_rows("txn_id = ?", (txn_id,))
+
+    def refunds(self, since: float, until: float) -> list[RefundRow]:
+        """The refunds made with ``since <= at < until``, oldest first."""
+        return self._refund_rows("at >= ? AND at < ?", (since, until))
+
+    def _refund_rows(self, where: str, args: tuple[object, ...]) -> list[RefundRow]:
+        rows = self._db.execute(
+            "SELECT refund_id, txn_id, at, amount, selection, result, vend_type, reason"
+            f" FROM refunds WHERE {where} ORDER BY at, refund_id",
+            args,
+        ).fetchall()
+        return [RefundRow(i, t, a, n, s, r, VendType(v), why) for i, t, a, n, s, r, v, why in rows]
+
+    def prune_txns(self, older_than: float) -> int:
+        """Forget closed transactions (their log and refunds with them) that closed, and were
+        last refunded, before ``older_than``; returns how many went. A refund is never
+        forgotten while its transaction is kept, so the refundable rest stays exact."""
+        with self._transaction(durable=False) as db:
+            cur = db.execute(
+                "DELETE FROM txns WHERE final = 1"
+                " AND json_extract(data, '$.updated_at') < ?"
+                " AND NOT EXISTS (SELECT 1 FROM refunds r"
+                " WHERE r.txn_id = txns.txn_id AND r.at >= ?)",
+                (older_than, older_than),
+            )
+            db.execute("DELETE FROM refunds WHERE txn_id NOT IN (SELECT txn_id FROM txns)")
+            db.execute("DELETE FROM txn_log WHERE txn_id NOT IN (SELECT txn_id FROM txns)")
         return cur.rowcount
 
     # --- the local inbox (vmctl -> vmcd) ----------------------------------------------------------

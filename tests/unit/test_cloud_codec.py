@@ -16,7 +16,7 @@ from vmc.cloud import messages as m
 BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
 
 
-def decode(**fields: Any) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode(**fields: Any) -> m.AnyCommand:
     return codec.decode_command(cbor2.dumps({**BASE, **fields}))
 
 

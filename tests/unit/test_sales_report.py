@@ -84,6 +84,9 @@ def test_local_day_boundaries_follow_the_time_zone() -> None:
         "capacity": 10,
         "sales": 1,
         "cash": 150,
+        "refunds": 0,
+        "refunded": 0,
+        "net": 150,
     }
     assert (gum["slotId"], gum["sales"], gum["cash"], gum["capacity"]) == (2, 1, 80, 20)
 
@@ -131,6 +134,9 @@ def test_an_empty_range_reports_zeros_and_unknown_selections_have_null_stock() -
         "capacity": None,
         "sales": 1,
         "cash": 50,
+        "refunds": 0,
+        "refunded": 0,
+        "net": 50,
     }
 
 

@@ -72,7 +72,7 @@ MAX_STOCK_LINES = 1024
 MAX_QUANTITY = 10**9
 
 
-def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode_command(payload: bytes) -> m.AnyCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -132,6 +132,15 @@ def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
             fields.text("to", required=False),
             fields.selection("selection"),
         )
+    if op == m.Op.REFUND:
+        return m.Refund(
+            cmd_id,
+            expires,
+            fields.text("txn_id"),
+            amount=fields.amount("amount", required=False, least=1),
+            reason=fields.text("reason", required=False) or "",
+            refund_id=fields.ident("refund_id"),
+        )
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
 
@@ -178,12 +187,25 @@ class _Fields:
             raise self._bad(name, "a number of seconds in (0, 86400]")
         return value  # type: ignore[no-any-return]
 
-    def amount(self, name: str, required: bool = True) -> int | None:
+    def amount(self, name: str, required: bool = True, least: int = 0) -> int | None:
         value = self._get(name, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
-            raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not least <= value <= MAX_AMOUNT
+        ):
+            raise self._bad(name, f"an integer count of minor units in {least}..{MAX_AMOUNT}")
+        return value
+
+    def ident(self, name: str) -> str | None:
+        """An optional id the backend chose, bounded as a command id is."""
+        value = self._get(name, False)
+        if value is not None and (
+            not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH
+        ):
+            raise self._bad(name, f"a string of 1..{MAX_ID_LENGTH} characters")
         return value
 
     def mapping(self, name: str) -> dict[str, object]:
