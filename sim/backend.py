@@ -304,7 +304,8 @@ class SimBackend:
         """Refund a vend (all that is left when ``amount`` is None) and book it once; a refused
         refund raises ``RefundRefusedError`` with its code and message."""
         fields = {"txn_id": txn_id, "amount": amount, "reason": reason, "refund_id": refund_id}
-        reply = await self.command(device, "refund", **{k: v for k, v in fields.items() if v})
+        given = {k: v for k, v in fields.items() if v is not None}
+        reply = await self.command(device, "refund", **given)
         if not reply["ok"]:
             raise RefundRefusedError(f"refund refused: {reply['code']}: {reply['message']}")
         result = reply["result"]

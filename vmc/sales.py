@@ -115,8 +115,8 @@ def report(
     """The ``sales.query`` reply's result; ``rows`` and ``refunds`` are those made in
     ``[when.since, when.until)``.
 
-    Slots are the planogram's selections (or the one asked for) plus any selection sold or
-    refunded in the period that the planogram no longer has. ``sales`` counts vends of every
+    Slots are the planogram's selections (or the one asked for) plus any selection sold, or with
+    a sale refunded, in the period that the planogram no longer has. ``sales`` counts vends of every
     type, ``cash`` is their value in minor units (seed 002's names), whatever paid for them;
     ``refunds``/``refunded`` count the refunds of the slot's sales and ``net`` is ``cash`` less
     them.
