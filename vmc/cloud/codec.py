@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 import cbor2
 
@@ -83,7 +83,7 @@ def decode_command(payload: bytes) -> m.AnyCommand:
     if not isinstance(obj, dict):
         raise CommandError(m.ErrorCode.MALFORMED, "a command is a CBOR map")
     raw_id = obj.get("id")
-    cmd_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH else None
+    cmd_id = raw_id if _is_id(raw_id) else None
     fields = _Fields(obj, cmd_id)
     if cmd_id is None:
         raise CommandError(
@@ -144,6 +144,11 @@ def decode_command(payload: bytes) -> m.AnyCommand:
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
 
+def _is_id(value: object) -> TypeGuard[str]:
+    """A command id, or another id the backend chooses: text of 1..MAX_ID_LENGTH characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
 class _Fields:
     """Typed access to a command's fields; errors name the field."""
 
@@ -202,9 +207,7 @@ class _Fields:
     def ident(self, name: str) -> str | None:
         """An optional id the backend chose, bounded as a command id is."""
         value = self._get(name, False)
-        if value is not None and (
-            not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH
-        ):
+        if value is not None and not _is_id(value):
             raise self._bad(name, f"a string of 1..{MAX_ID_LENGTH} characters")
         return value
 
