@@ -6,6 +6,10 @@ balance is checked at the request and charged when the vend succeeds) and **refe
 fails). It deduplicates events by id, as the contract asks of a backend, and counts the
 duplicates it dropped.
 
+It refunds vends by transaction id (seed 004): the machine records the refund against the
+vend; the backend moves the money (a member's balance is credited back) and books it once per
+refund id, from the reply or from the ``txn.refund`` event, whichever comes first.
+
 It also pushes a planogram and refills or restocks it, and keeps the stock it expects per
 selection from what it loaded and what was sold (vends that succeeded, cash sales), so the
 machine's reported levels can be checked against an independent count.
@@ -39,6 +43,10 @@ class StockRefusedError(VmcError):
     """The device refused a planogram or stock command."""
 
 
+class RefundRefusedError(VmcError):
+    """The device refused a refund (unknown or unfinished transaction, amount over the rest)."""
+
+
 class Policy(StrEnum):
     POST_BILLING = "post_billing"
     REFERENCE_PAYMENT = "reference_payment"
@@ -59,6 +67,7 @@ class Entry:
     states: list[str] = field(default_factory=list)
     result: str | None = None
     vend_type: str = "paid"
+    refunded: int = 0
 
 
 @dataclass
@@ -107,6 +116,19 @@ class Books:
     events: int = 0
     sales: list[dict[str, Any]] = field(default_factory=list)
     stock: StockBooks = field(default_factory=StockBooks)
+    refunds: dict[str, int] = field(default_factory=dict)
+    """Booked refunds: refund id -> amount (minor units)."""
+
+    def refund(self, device: str, txn_id: str, refund_id: str, amount: int) -> None:
+        """Give money back once per refund id: to the member's balance under post billing, to
+        the payment method otherwise."""
+        if refund_id in self.refunds:
+            return
+        self.refunds[refund_id] = amount
+        entry = self.entries.setdefault(txn_id, Entry(txn_id, device))
+        entry.refunded += amount
+        if entry.member is not None and entry.member in self.balances:
+            self.balances[entry.member] += amount
 
     def vended_by_type(self) -> Counter[str]:
         """Successful cashless vends per vend type (paid, free, test)."""
@@ -115,13 +137,17 @@ class Books:
     def summary(self) -> dict[str, Any]:
         results = Counter(e.result for e in self.entries.values() if e.result)
         ends = Counter(e.states[-1] for e in self.entries.values() if e.result is None and e.states)
+        charged = sum(e.charged for e in self.entries.values())
+        refunded = sum(e.refunded for e in self.entries.values())
         return {
             "transactions": len(self.entries),
             "vended": results.get("success", 0),
             "failed": results.get("failure", 0),
             "unknown": results.get("unknown", 0),
             "ended_without_vend": dict(ends),
-            "charged": sum(e.charged for e in self.entries.values()),
+            "charged": charged,
+            "refunded": refunded,
+            "net": charged - refunded,
             "cash_sales": len(self.sales),
             "events": self.events,
             "duplicates_dropped": self.duplicates,
@@ -266,6 +292,26 @@ class SimBackend:
             stock.expected.update({line["selection"]: line["level"] for line in fields["lines"]})
         return reply
 
+    async def refund(
+        self,
+        device: str,
+        txn_id: str,
+        amount: int | None = None,
+        *,
+        reason: str | None = None,
+        refund_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Refund a vend (all that is left when ``amount`` is None) and book it once; a refused
+        refund raises ``RefundRefusedError`` with its code and message."""
+        fields = {"txn_id": txn_id, "amount": amount, "reason": reason, "refund_id": refund_id}
+        given = {k: v for k, v in fields.items() if v is not None}
+        reply = await self.command(device, "refund", **given)
+        if not reply["ok"]:
+            raise RefundRefusedError(f"refund refused: {reply['code']}: {reply['message']}")
+        result = reply["result"]
+        self.books.refund(device, txn_id, str(result["refund_id"]), int(result["amount"]))
+        return reply
+
     def malformed_replies(self) -> list[dict[str, Any]]:
         """Replies to commands the device could not read at all (they carry no id)."""
         return self.uncorrelated
@@ -338,7 +384,9 @@ class SimBackend:
         elif kind == "txn.status":
             entry.states.append(body["state"])
             if body["state"] in ("void", "expired", "cancelled", "denied"):
-                self._refund(entry)  # nothing was dispensed
+                self._release(entry)  # nothing was dispensed
+        elif kind == "txn.refund":
+            self.books.refund(device, txn_id, str(body["refund_id"]), int(body["amount"]))
 
     async def _decide(self, device: str, entry: Entry, request: dict[str, Any]) -> None:
         if self.policy is Policy.SILENT:
@@ -377,9 +425,10 @@ class SimBackend:
                     self.books.balances.get(entry.member, 0) - entry.paid
                 )
         elif self.policy is Policy.REFERENCE_PAYMENT and result == "failure":
-            self._refund(entry)
+            self._release(entry)
 
-    def _refund(self, entry: Entry) -> None:
+    def _release(self, entry: Entry) -> None:
+        """Return a reference payment taken at the request: nothing was dispensed."""
         if self.policy is Policy.REFERENCE_PAYMENT:
             entry.charged = 0
 

@@ -43,6 +43,8 @@ class DaemonConfig:
     timezone: str = "UTC"
     """The machine's IANA time zone: sales reports' days and hours are local to it."""
     sales_retention_days: int = 90
+    """Days the journal keeps sales rows, and closed transactions with their refunds (a refund
+    is judged against the transaction: one closed longer ago is unknown to ``refund``)."""
 
 
 @dataclass(frozen=True, slots=True)

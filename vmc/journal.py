@@ -16,6 +16,11 @@
 - ``sales`` holds one row per product that left the machine (UTC time, selection, price,
   payment, vend type), written in the same commit as the sale's event; ``sales.query`` reports
   from it.
+- ``refunds`` holds each refund recorded against a vend (refund id, txn id, UTC time, amount,
+  and the vend's selection, result and vend type), written in ONE fsynced commit with its
+  ``txn.refund`` event and the command's reply. A closed transaction is kept, with its log and
+  refunds, for ``[daemon] sales_retention_days`` after it closed and after its last refund, so
+  a refund can be judged against it (and never exceed it) after a restart.
 - ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
   as the cloud would send it) under its id, and the reply, written in the same commit as the
   operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
@@ -48,6 +53,7 @@ from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
 from vmc.collection import Collection
 from vmc.planogram import Planogram
+from vmc.refunds import RefundRow
 from vmc.sales import Payment, SaleRow
 from vmc.stock import (
     Applied,
@@ -133,6 +139,18 @@ CREATE TABLE IF NOT EXISTS sales (
     vend_type TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sales_at ON sales (at);
+CREATE TABLE IF NOT EXISTS refunds (
+    refund_id TEXT PRIMARY KEY,
+    txn_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    amount INTEGER NOT NULL,
+    selection INTEGER NOT NULL,
+    result TEXT NOT NULL,
+    vend_type TEXT NOT NULL,
+    reason TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refunds_txn ON refunds (txn_id);
+CREATE INDEX IF NOT EXISTS refunds_at ON refunds (at);
 CREATE TABLE IF NOT EXISTS local_inbox (
     id TEXT PRIMARY KEY,
     command BLOB NOT NULL,
@@ -300,12 +318,13 @@ class Journal:
         stock: Sequence[StockWrite] = (),
         sales: Sequence[tuple[str, SaleRow]] = (),
         collections: Sequence[Collection] = (),
+        refunds: Sequence[RefundRow] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
-        into its inbox row), a local-policy record, state, stock and sales (each with its
-        operation id: a sale counted before is not counted again) and collections (new ones, or
-        one now reported) in one commit."""
+        into its inbox row), a local-policy record, state, stock, sales (each with its
+        operation id: a sale counted before is not counted again), collections (new ones, or
+        one now reported) and refunds in one commit."""
         now = self.clock()
         with self._transaction(durable=durable) as db:
             if record is not None:
@@ -333,6 +352,24 @@ class Journal:
                 [
                     (op_id, r.at, r.selection, r.price, r.payment.value, r.vend_type.value)
                     for op_id, r in sales
+                ],
+            )
+            db.executemany(
+                "INSERT INTO refunds"
+                " (refund_id, txn_id, at, amount, selection, result, vend_type, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.refund_id,
+                        r.txn_id,
+                        r.at,
+                        r.amount,
+                        r.selection,
+                        r.result,
+                        r.vend_type.value,
+                        r.reason,
+                    )
+                    for r in refunds
                 ],
             )
             for write in stock:
@@ -477,36 +514,41 @@ class Journal:
     def prune(self, older_than: float) -> dict[str, int]:
         """Forget the history older than the retention; how many rows went, per table.
 
-        A transaction goes (with its log) once it is closed and its last transition is older;
-        an open one never does. A stock operation id or vend id older than that cannot come
-        back: a vend's id is its transaction's, and only the open transaction can report a
-        vend; a cash sale's is fresh; a command id is answered from ``commands`` for 7 days
-        and refused ``expired`` after. The last collection stays (it starts the next period),
-        and one whose report is not committed yet stays whatever its age.
+        A transaction goes (with its log and refunds) once it is closed and its last transition
+        and last refund are older; an open one never does, and a refund is never forgotten
+        while its transaction is kept, so the refundable rest stays exact. A stock operation id
+        or vend id older than that cannot come back: a vend's id is its transaction's, and only
+        the open transaction can report a vend; a cash sale's is fresh; a command id is
+        answered from ``commands`` for 7 days and refused ``expired`` after (and a stock one
+        ``bad_field`` while its operation id is kept). The last collection stays (it starts the
+        next period), and one whose report is not committed yet stays whatever its age.
         """
         with self._transaction(durable=False) as db:
             pruned = {
-                table: db.execute(sql, (older_than,)).rowcount
+                table: db.execute(sql, {"cut": older_than}).rowcount
                 for table, sql in (
-                    ("sales", "DELETE FROM sales WHERE at < ?"),
+                    ("sales", "DELETE FROM sales WHERE at < :cut"),
                     (
                         "txns",
                         "DELETE FROM txns WHERE final = 1 AND txn_id IN (SELECT txn_id"
-                        " FROM txn_log GROUP BY txn_id HAVING MAX(at) < ?)",
+                        " FROM txn_log GROUP BY txn_id HAVING MAX(at) < :cut)"
+                        " AND NOT EXISTS (SELECT 1 FROM refunds r"
+                        " WHERE r.txn_id = txns.txn_id AND r.at >= :cut)",
                     ),
-                    ("stock_ops", "DELETE FROM stock_ops WHERE at < ?"),
-                    ("stock_history", "DELETE FROM stock_history WHERE at < ?"),
+                    ("stock_ops", "DELETE FROM stock_ops WHERE at < :cut"),
+                    ("stock_history", "DELETE FROM stock_history WHERE at < :cut"),
                     (
                         "collections",
-                        "DELETE FROM collections WHERE reported = 1 AND at < ?"
+                        "DELETE FROM collections WHERE reported = 1 AND at < :cut"
                         " AND at < (SELECT MAX(at) FROM collections)",
                     ),
-                    ("bus_events", "DELETE FROM bus_events WHERE at < ?"),
+                    ("bus_events", "DELETE FROM bus_events WHERE at < :cut"),
                 )
             }
-            pruned["txn_log"] = db.execute(
-                "DELETE FROM txn_log WHERE txn_id NOT IN (SELECT txn_id FROM txns)"
-            ).rowcount
+            for table in ("txn_log", "refunds"):
+                pruned[table] = db.execute(
+                    f"DELETE FROM {table} WHERE txn_id NOT IN (SELECT txn_id FROM txns)"
+                ).rowcount
         return pruned
 
     # --- cash collections -----------------------------------------------------------------------
@@ -528,6 +570,28 @@ class Journal:
             "SELECT id, at, since, restock FROM collections WHERE reported = 0 ORDER BY at"
         ).fetchall()
         return [Collection(i, a, s, bool(r)) for i, a, s, r in rows]
+
+    # --- refunds and the closed transactions they are judged against ---------------------------
+
+    def refund(self, refund_id: str) -> RefundRow | None:
+        rows = self._refund_rows("refund_id = ?", (refund_id,))
+        return rows[0] if rows else None
+
+    def refunds_of(self, txn_id: str) -> list[RefundRow]:
+        """Every refund recorded against one transaction, oldest first."""
+        return self._refund_rows("txn_id = ?", (txn_id,))
+
+    def refunds(self, since: float, until: float) -> list[RefundRow]:
+        """The refunds made with ``since <= at < until``, oldest first."""
+        return self._refund_rows("at >= ? AND at < ?", (since, until))
+
+    def _refund_rows(self, where: str, args: tuple[object, ...]) -> list[RefundRow]:
+        rows = self._db.execute(
+            "SELECT refund_id, txn_id, at, amount, selection, result, vend_type, reason"
+            f" FROM refunds WHERE {where} ORDER BY at, refund_id",
+            args,
+        ).fetchall()
+        return [RefundRow(i, t, a, n, s, r, VendType(v), why) for i, t, a, n, s, r, v, why in rows]
 
     # --- the local inbox (vmctl -> vmcd) ----------------------------------------------------------
 

@@ -3,6 +3,10 @@
 Pure: rows in, a report mapping out. Rows are stored with UTC POSIX times; days and hours are
 the machine's local ones (``[daemon] timezone``), so a DST day has 23 or 25 hours and its
 buckets follow the wall clock.
+
+Sales figures are gross: what left the machine, at the price approved. Refunds are counted in
+the period they were made, by the vend's result; only a refund of a vend that succeeded (a sale)
+makes the net lower, since a failed or unknown vend was never counted as a sale.
 """
 
 from __future__ import annotations
@@ -15,7 +19,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from vmc.cloud.messages import VendType
+from vmc.refunds import RefundRow
 from vmc.stock import SlotKey, Stock
+from vmc.transaction import VEND_RESULT, TxnState
+
+SOLD = VEND_RESULT[TxnState.VENDED]
+"""The vend result of a sale: its refunds are the ones the net subtracts."""
 
 MAX_REPORT_DAYS = 92
 """A report covers at most this many local days: it bounds the reply (one daily bucket each)."""
@@ -91,9 +100,9 @@ def _bucket() -> dict[str, int]:
     return {"count": 0, "amount": 0}
 
 
-def _add(bucket: dict[str, int], row: SaleRow) -> None:
+def _add(bucket: dict[str, int], amount: int) -> None:
     bucket["count"] += 1
-    bucket["amount"] += row.price
+    bucket["amount"] += amount
 
 
 def totals(rows: Iterable[SaleRow]) -> dict[str, Any]:
@@ -103,28 +112,42 @@ def totals(rows: Iterable[SaleRow]) -> dict[str, Any]:
     total = _bucket()
     for row in rows:
         for bucket in (payments[row.payment.value], vend_types[row.vend_type.value], total):
-            _add(bucket, row)
+            _add(bucket, row.price)
     return {"total": total, "payment": payments, "vend_type": vend_types}
 
 
 def report(
-    rows: Iterable[SaleRow], when: Period, stock: Stock, selection: int | None = None
+    rows: Iterable[SaleRow],
+    when: Period,
+    stock: Stock,
+    selection: int | None = None,
+    refunds: Iterable[RefundRow] = (),
 ) -> dict[str, Any]:
-    """The ``sales.query`` reply's result; ``rows`` are those in ``[when.since, when.until)``.
+    """The ``sales.query`` reply's result; ``rows`` and ``refunds`` are those made in
+    ``[when.since, when.until)``.
 
-    Slots are the planogram's selections (or the one asked for) plus any selection sold in the
-    period that the planogram no longer has. ``sales`` counts vends of every type, ``cash`` is
-    their value in minor units (seed 002's names), whatever paid for them.
+    Slots are the planogram's selections (or the one asked for) plus any selection sold, or with
+    a sale refunded, in the period that the planogram no longer has. ``sales`` counts vends of
+    every type, ``cash`` is their value in minor units (seed 002's names), whatever paid for
+    them; ``refunds``/``refunded`` count the refunds of the slot's sales and ``net`` is ``cash``
+    less them.
     """
     per_slot: dict[int, dict[str, int]] = {}
+    refunded: dict[int, dict[str, int]] = {}
+    results = {r: _bucket() for r in VEND_RESULT.values()}
     hourly = [_bucket() for _ in range(24)]
     daily = {day: _bucket() for day in when.days()}
     kept: list[SaleRow] = []
+
+    def local_time(at: float, number: int) -> dt.datetime | None:
+        """The local time of a row the report counts; None for one it leaves out."""
+        local = dt.datetime.fromtimestamp(at, when.zone)
+        wanted = selection is None or number == selection
+        return local if wanted and local.date() in daily else None
+
     for row in rows:
-        if selection is not None and row.selection != selection:
-            continue
-        local = dt.datetime.fromtimestamp(row.at, when.zone)
-        if local.date() not in daily:
+        local = local_time(row.at, row.selection)
+        if local is None:
             continue
         kept.append(row)
         for bucket in (
@@ -132,7 +155,14 @@ def report(
             hourly[local.hour],
             daily[local.date()],
         ):
-            _add(bucket, row)
+            _add(bucket, row.price)
+    for refund in refunds:
+        if local_time(refund.at, refund.selection) is None:
+            continue
+        _add(results[refund.result], refund.amount)
+        if refund.result == SOLD:
+            _add(refunded.setdefault(refund.selection, _bucket()), refund.amount)
+    summed = totals(kept)
     return {
         "from": when.first.isoformat(),
         "to": when.last.isoformat(),
@@ -141,18 +171,23 @@ def report(
         "until": when.until,
         "selection": selection,
         "planogram_version": None if stock.planogram is None else stock.planogram.version,
-        "slots": _slots(per_slot, stock, selection),
-        **totals(kept),
+        "slots": _slots(per_slot, refunded, stock, selection),
+        **summed,
+        "refunds": results,
+        "net": summed["total"]["amount"] - results[SOLD]["amount"],
         "hourly": [{"hour": hour, **b} for hour, b in enumerate(hourly)],
         "daily": [{"date": day.isoformat(), **b} for day, b in daily.items()],
     }
 
 
 def _slots(
-    per_slot: dict[int, dict[str, int]], stock: Stock, selection: int | None
+    per_slot: dict[int, dict[str, int]],
+    refunded: dict[int, dict[str, int]],
+    stock: Stock,
+    selection: int | None,
 ) -> list[dict[str, Any]]:
     planogram = stock.planogram
-    numbers = set(per_slot)
+    numbers = set(per_slot) | set(refunded)
     if planogram is not None:
         numbers |= {s.number for s in planogram.selections}
     if selection is not None:
@@ -160,12 +195,16 @@ def _slots(
     slots: list[dict[str, Any]] = []
     for number in sorted(numbers):
         sold = per_slot.get(number, _bucket())
+        back = refunded.get(number, _bucket())
         slots.append(
             {
                 "slotId": number,
                 **slot_stock(stock, number),
                 "sales": sold["count"],
                 "cash": sold["amount"],
+                "refunds": back["count"],
+                "refunded": back["amount"],
+                "net": sold["amount"] - back["amount"],
             }
         )
     return slots

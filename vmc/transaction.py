@@ -57,6 +57,8 @@ FINAL = frozenset({S.VENDED, S.FAILED, S.UNKNOWN, S.DENIED, S.EXPIRED, S.CANCELL
 # Steps that move money: journaled with fsync before anything else happens.
 DURABLE = frozenset({S.APPROVING, S.DISPENSING, S.VENDED, S.FAILED, S.UNKNOWN})
 _ENDS = frozenset({S.DENIED, S.EXPIRED, S.CANCELLED})
+VEND_RESULT = {S.VENDED: "success", S.FAILED: "failure", S.UNKNOWN: "unknown"}
+"""The final states that tried to dispense, and the ``result`` their ``txn.vend`` reported."""
 LEGAL: dict[TxnState | None, frozenset[TxnState]] = {
     None: frozenset({S.LOCKED, S.REQUESTED}),
     S.LOCKED: frozenset({S.REQUESTED}) | _ENDS,
@@ -244,7 +246,7 @@ class Engine:
         closed = self.closed.get(txn_id)
         if closed is None:
             fx.reply = _refuse(cmd, m.ErrorCode.NO_SUCH_TXN, f"transaction {txn_id} is unknown")
-        elif closed in (S.VENDED, S.FAILED, S.UNKNOWN):
+        elif closed in VEND_RESULT:
             fx.reply = _refuse(cmd, m.ErrorCode.WRONG_STATE, f"transaction is {closed}")
         else:
             fx.reply = _refuse(cmd, m.ErrorCode.TOO_LATE, f"transaction {txn_id} is {closed}")
@@ -396,12 +398,11 @@ class Engine:
         assert txn is not None
         self._move(fx, dataclasses.replace(txn, state=state, reason=detail, updated_at=now))
         money = self.config.money
-        result = {S.VENDED: "success", S.FAILED: "failure"}.get(state, "unknown")
         fx.events.append(
             m.TxnVend(
                 txn.txn_id,
                 txn.ref,
-                result,
+                VEND_RESULT[state],
                 txn.selection or 0,
                 txn.amount or 0,
                 money.currency,

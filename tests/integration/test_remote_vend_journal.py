@@ -91,3 +91,62 @@ def test_restart_after_approval_reports_unknown_once(tmp_path: Path) -> None:
         TxnState.APPROVING,
         TxnState.UNKNOWN,
     ]
+
+
+def _bodies(remote: RemoteVending, leaf: str) -> list[dict[str, object]]:
+    rows = remote.journal.pending(100)
+    return [cbor2.loads(r.payload) for r in rows if r.topic.endswith(leaf)]
+
+
+def test_refund_is_judged_from_the_journal_after_a_restart(tmp_path: Path) -> None:
+    """The engine forgets closed transactions on a restart; the refund reads the journal."""
+    path = tmp_path / "j.sqlite3"
+    remote = _rig(path, [])
+    remote.handle_command(_command("lock", "L1"))
+    remote.handle_bus(ev.VendRequested(1, 9, 200))
+    remote.handle_command(_command("paid", "P1", txn_id="txn1", amount=180))
+    remote.handle_bus(ev.VendApprovedSent(1, 180))
+    remote.handle_bus(ev.VendSucceeded(1, 9, 180))
+    remote.handle_command(_command("lock", "L2"))  # open: not refundable
+    remote.journal.close()
+
+    restarted = _rig(path, [])
+    assert "txn1" not in restarted.engine.closed
+    restarted.handle_command(_command("refund", "R1", txn_id="txn1", amount=80, reason="dented"))
+    restarted.handle_command(_command("refund", "R2", txn_id="txn1", amount=101))
+    restarted.handle_command(_command("refund", "R3", txn_id="txn2"))  # cancelled at restart
+    restarted.handle_command(_command("refund", "R4", txn_id="nope"))
+    restarted.handle_command(_command("refund", "R1", txn_id="txn1", amount=80))
+    replies = {str(b["id"]): b for b in _bodies(restarted, "/reply")}
+    assert replies["R1"]["ok"]
+    assert replies["R1"]["result"] == {
+        "refund_id": "R1",
+        "txn_id": "txn1",
+        "amount": 80,
+        "charged": 180,
+        "refunded": 80,
+        "duplicate": False,
+    }
+    assert [replies[i]["code"] for i in ("R2", "R3", "R4")] == [
+        "amount_mismatch",
+        "wrong_state",
+        "no_such_txn",
+    ]
+    refunds = [b for b in _bodies(restarted, "/events") if b["type"] == "txn.refund"]
+    assert len(refunds) == 1  # the repeated R1 recorded nothing
+    assert {k: refunds[0][k] for k in ("txn_id", "refund_id", "amount", "result", "selection")} == {
+        "txn_id": "txn1",
+        "refund_id": "R1",
+        "amount": 80,
+        "result": "success",
+        "selection": 9,
+    }
+    assert restarted.journal.refunds_of("txn1")[0].reason == "dented"
+
+    restarted.handle_command(_command("sales.query", "Q1", **{"from": "1970-01-01"}))
+    query = _bodies(restarted, "/reply")[-1]
+    result = query["result"]
+    assert isinstance(result, dict)
+    assert result["total"] == {"count": 1, "amount": 180}
+    assert result["refunds"]["success"] == {"count": 1, "amount": 80}
+    assert result["net"] == 100

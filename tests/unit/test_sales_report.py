@@ -9,11 +9,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from vmc.cloud.messages import VendType
+from vmc.cloud.outbox import new_id
 from vmc.daemon import DAY_S, prune_journal
 from vmc.journal import Journal
 from vmc.planogram import Planogram
+from vmc.refunds import RefundRow
 from vmc.sales import MAX_REPORT_DAYS, Payment, PeriodError, SaleRow, period, report
 from vmc.stock import Adjust, ChangePlanogram, SlotKey, Stock, Vend
+from vmc.transaction import Txn, TxnState
 
 LIMITS_10 = {"capacity": 10, "par_level": 8, "alarm_level": 2}
 LIMITS_20 = {"capacity": 20, "par_level": 15, "alarm_level": 3}
@@ -81,6 +84,9 @@ def test_local_day_boundaries_follow_the_time_zone() -> None:
         "capacity": 10,
         "sales": 1,
         "cash": 150,
+        "refunds": 0,
+        "refunded": 0,
+        "net": 150,
     }
     assert (gum["slotId"], gum["sales"], gum["cash"], gum["capacity"]) == (2, 1, 80, 20)
 
@@ -95,6 +101,50 @@ def test_dst_days_have_23_and_25_hours() -> None:
     result = report(rows, autumn, _stock())
     assert result["total"]["count"] == 2
     assert result["hourly"][2]["count"] == 2
+
+
+def _refund(at: float, selection: int, amount: int, result: str = "success") -> RefundRow:
+    return RefundRow(new_id(), "t", at, amount, selection, result, VendType.PAID, "")
+
+
+def test_refunds_count_in_the_period_they_were_made_and_only_refunded_sales_lower_the_net() -> None:
+    when = period("2026-06-10", None, BERLIN)
+    day, next_day = _at(BERLIN, "2026-06-10 12:00"), _at(BERLIN, "2026-06-11 00:30")
+    rows = [_sale(day), _sale(day, 2, 80, payment=Payment.CASH)]
+    refunds = [
+        _refund(day, 1, 50),
+        _refund(next_day, 1, 100),  # the next day's: out of this report
+        _refund(day, 2, 80, "failure"),  # a vend that was never a sale
+        _refund(day, 9, 30, "unknown"),
+        _refund(day, 7, 20),  # a sale of another period, of a slot the planogram lost
+    ]
+    result = report(rows, when, _stock(), refunds=refunds)
+    assert result["refunds"] == {
+        "success": {"count": 2, "amount": 70},
+        "failure": {"count": 1, "amount": 80},
+        "unknown": {"count": 1, "amount": 30},
+    }
+    assert result["total"] == {"count": 2, "amount": 230}  # gross
+    assert result["net"] == 230 - 70
+    assert result["daily"] == [{"date": "2026-06-10", "count": 2, "amount": 230}]
+    assert sum(h["amount"] for h in result["hourly"]) == 230
+    slots = {s["slotId"]: s for s in result["slots"]}
+    assert set(slots) == {1, 2, 7}
+    assert [slots[1][k] for k in ("sales", "cash", "refunds", "refunded", "net")] == [
+        1,
+        150,
+        1,
+        50,
+        100,
+    ]
+    assert [slots[2][k] for k in ("cash", "refunds", "refunded", "net")] == [80, 0, 0, 80]
+    assert [slots[7][k] for k in ("sales", "refunds", "refunded", "net")] == [0, 1, 20, -20]
+    assert sum(s["net"] for s in slots.values()) == result["net"]
+
+    gum = report(rows, when, _stock(), selection=2, refunds=refunds)
+    assert gum["refunds"]["failure"] == {"count": 1, "amount": 80}
+    assert gum["refunds"]["success"] == {"count": 0, "amount": 0}
+    assert gum["net"] == 80
 
 
 def test_a_range_has_one_daily_bucket_per_day_and_one_slot_filter() -> None:
@@ -128,6 +178,9 @@ def test_an_empty_range_reports_zeros_and_unknown_selections_have_null_stock() -
         "capacity": None,
         "sales": 1,
         "cash": 50,
+        "refunds": 0,
+        "refunded": 0,
+        "net": 50,
     }
 
 
@@ -166,10 +219,18 @@ def test_journal_keeps_sales_once_and_prunes_old_ones(tmp_path: Path) -> None:
     assert Journal(tmp_path / "journal.sqlite3").sales(0.0, 1e12) == [new]
 
 
-def test_the_daemon_prune_drops_sales_past_the_retention(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
+def test_the_daemon_prune_drops_sales_and_closed_txns_past_the_retention(tmp_path: Path) -> None:
+    clock = [0.0]
+    journal = Journal(tmp_path / "journal.sqlite3", clock=lambda: clock[0])
     now = 100 * DAY_S
     kept, gone = _sale(now - 10 * DAY_S), _sale(now - 11 * DAY_S)
     journal.commit([], [], sales=[("a", kept), ("b", gone)], durable=True)
+    closed = [
+        Txn(t, TxnState.VENDED, at, at, amount=1) for t, at in (("k", kept.at), ("g", gone.at))
+    ]
+    for txn in closed:
+        clock[0] = txn.updated_at  # the journal stamps each transition when it commits it
+        journal.commit([txn], [], durable=True)
     assert prune_journal(journal, now, retention_days=10)["sales"] == 1
     assert journal.sales(0.0, 1e12) == [kept]
+    assert (journal.txn("k"), journal.txn("g")) == (closed[0], None)  # refundable as long

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 import cbor2
 
@@ -83,7 +83,7 @@ def decode_command(payload: bytes) -> m.AnyCommand:
     if not isinstance(obj, dict):
         raise CommandError(m.ErrorCode.MALFORMED, "a command is a CBOR map")
     raw_id = obj.get("id")
-    cmd_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_ID_LENGTH else None
+    cmd_id = raw_id if _is_id(raw_id) else None
     fields = _Fields(obj, cmd_id)
     if cmd_id is None:
         raise CommandError(
@@ -134,7 +134,21 @@ def decode_command(payload: bytes) -> m.AnyCommand:
             fields.text("to", required=False),
             fields.selection("selection"),
         )
+    if op == m.Op.REFUND:
+        return m.Refund(
+            cmd_id,
+            expires,
+            fields.text("txn_id"),
+            amount=fields.amount("amount", required=False, least=1),
+            reason=fields.text("reason", required=False) or "",
+            refund_id=fields.ident("refund_id"),
+        )
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
+
+
+def _is_id(value: object) -> TypeGuard[str]:
+    """A command id, or another id the backend chooses: text of 1..MAX_ID_LENGTH characters."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
 class _Fields:
@@ -180,12 +194,23 @@ class _Fields:
             raise self._bad(name, "a number of seconds in (0, 86400]")
         return value  # type: ignore[no-any-return]
 
-    def amount(self, name: str, required: bool = True) -> int | None:
+    def amount(self, name: str, required: bool = True, least: int = 0) -> int | None:
         value = self._get(name, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
-            raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not least <= value <= MAX_AMOUNT
+        ):
+            raise self._bad(name, f"an integer count of minor units in {least}..{MAX_AMOUNT}")
+        return value
+
+    def ident(self, name: str) -> str | None:
+        """An optional id the backend chose, bounded as a command id is."""
+        value = self._get(name, False)
+        if value is not None and not _is_id(value):
+            raise self._bad(name, f"a string of 1..{MAX_ID_LENGTH} characters")
         return value
 
     def flag(self, name: str) -> bool:

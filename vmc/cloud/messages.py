@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     NO_PLANOGRAM = "no_planogram"
     UNKNOWN_KEY = "unknown_key"
     BAD_AMOUNT = "bad_amount"
+    DUPLICATE = "duplicate"
 
 
 class VendType(StrEnum):
@@ -53,6 +54,7 @@ class Op(StrEnum):
     STOCK_RESTOCK = "stock.restock"
     CASH_COLLECT = "cash.collect"
     SALES_QUERY = "sales.query"
+    REFUND = "refund"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -165,7 +167,28 @@ class CashCollect:
     expires: float
 
 
-AnyCommand = Command | StockCommand | SalesQuery | CashCollect
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """Seed 004 ``refund``: record a refund against a finished vend. The backend moves the
+    money; the machine keeps the record so its sales reports net it out as the books do.
+
+    ``amount`` None refunds what is left; ``refund_id`` None makes the command id the refund's.
+    """
+
+    id: str
+    expires: float
+    txn_id: str
+    amount: int | None = None
+    reason: str = ""
+    refund_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The refund's id: a refund id seen before is a duplicate, not a second refund."""
+        return self.id if self.refund_id is None else self.refund_id
+
+
+AnyCommand = Command | StockCommand | SalesQuery | CashCollect | Refund
 
 
 def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:
@@ -219,6 +242,27 @@ class TxnVend:
     decimals: int
     vend_type: VendType
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRefund:
+    """A refund recorded against a vend: ``amount`` now, ``refunded`` in all of ``charged``.
+
+    ``result`` is the vend's (``success``, ``failure``, ``unknown``): only a success was a sale.
+    """
+
+    txn_id: str
+    ref: str | None
+    refund_id: str
+    result: str
+    selection: int
+    amount: int
+    charged: int
+    refunded: int
+    currency: int
+    decimals: int
+    vend_type: VendType
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +445,7 @@ Event = (
     TxnRequest
     | TxnVend
     | TxnStatus
+    | TxnRefund
     | Sale
     | AuditReport
     | AuditSummary
@@ -420,6 +465,7 @@ EVENT_TYPES: dict[type, str] = {
     TxnRequest: "txn.request",
     TxnVend: "txn.vend",
     TxnStatus: "txn.status",
+    TxnRefund: "txn.refund",
     Sale: "sale",
     AuditReport: "audit.report",
     AuditSummary: "audit.summary",

@@ -5,13 +5,15 @@ their outbox messages, the command's reply and the stock a vend took (fsynced wh
 stock moves), and only then are the bus commands sent and the outbox drain woken. A command
 id seen before is answered with the stored reply and changes nothing. Every product that left
 the machine (a cashless success of any vend type, a cash sale) is a ``sales`` row in that same
-commit; ``sales.query`` is answered from those rows in the reply.
+commit; ``sales.query`` is answered from those rows, and the refunds, in the reply. A ``refund``
+is judged against the journal's record of the transaction (:mod:`vmc.refunds`), not the
+engine's memory, so it holds across restarts for as long as the transaction is kept.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -22,6 +24,7 @@ from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
+from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
 from vmc.services.stock_book import StockBook
@@ -93,6 +96,9 @@ class RemoteVending:
         if isinstance(cmd, m.SalesQuery):
             self._apply(Effects(reply=self._sales_reply(cmd)), command_id=cmd.id)
             return
+        if isinstance(cmd, m.Refund):
+            self._refund(cmd)
+            return
         if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
             if self.stock is None:
                 self._no_stock(cmd)
@@ -131,7 +137,13 @@ class RemoteVending:
             return m.Reply(cmd.id, False, m.ErrorCode.BAD_FIELD, str(exc))
         stock = self.stock.stock if self.stock is not None else Stock()
         money = self.engine.config.money
-        result = report(self.journal.sales(when.since, when.until), when, stock, cmd.selection)
+        result = report(
+            self.journal.sales(when.since, when.until),
+            when,
+            stock,
+            cmd.selection,
+            self.journal.refunds(when.since, when.until),
+        )
         log.info(
             "sales_query", command_id=cmd.id, since=when.first.isoformat(), sales=result["total"]
         )
@@ -139,7 +151,34 @@ class RemoteVending:
             cmd.id, True, result={**result, "currency": money.currency, "decimals": money.decimals}
         )
 
-    def _apply(self, fx: Effects, command_id: str | None = None) -> None:
+    def _refund(self, cmd: m.Refund) -> None:
+        """Record a refund against a finished vend, or refuse it with a code."""
+        journal = self.journal
+        decision = decide(
+            cmd,
+            journal.txn(cmd.txn_id),
+            journal.refunds_of(cmd.txn_id),
+            same_id=journal.refund(cmd.key),
+            money=self.engine.config.money,
+            now=self.clock(),
+        )
+        reply = decision.reply
+        log.info(
+            "refund",
+            command_id=cmd.id,
+            txn_id=cmd.txn_id,
+            refund_id=cmd.key,
+            ok=reply.ok,
+            code=None if reply.code is None else reply.code.value,
+            amount=None if decision.row is None else decision.row.amount,
+        )
+        events: list[m.Event] = [] if decision.event is None else [decision.event]
+        rows = [] if decision.row is None else [decision.row]
+        self._apply(Effects(events=events, reply=reply), command_id=cmd.id, refunds=rows)
+
+    def _apply(
+        self, fx: Effects, command_id: str | None = None, refunds: Sequence[RefundRow] = ()
+    ) -> None:
         at = self.clock()
         messages = [event_message(event, self.topics.events, at) for event in fx.events]
         stored: tuple[str, bytes] | None = None
@@ -164,6 +203,7 @@ class RemoteVending:
             command=stored,
             stock=writes,
             sales=list(_sales(fx.events, at)),
+            refunds=refunds,
             durable=durable,
         )
         for command in fx.bus:
