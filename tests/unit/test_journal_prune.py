@@ -103,6 +103,7 @@ def test_stock_history_and_closed_transactions_past_the_retention_are_pruned(
         "sales": 1,
         "txns": 1,
         "txn_log": 3,
+        "refunds": 0,
         "stock_ops": 2,
         "stock_history": 1,
         "collections": 1,  # c-new holds its own start: c-old is not needed any more
