@@ -45,7 +45,7 @@ from vmc.journal import JOURNAL_NAME, Journal
 from vmc.logs import configure_logging
 from vmc.services.dex_read import read_audit
 from vmc.services.local_ops import Answer, NoAnswerError, request
-from vmc.stock import IngredientKey, SlotKey, Stock, StockKey, condition, stock_limits
+from vmc.stock_view import stock_view
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 SubCommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -384,7 +384,7 @@ def _stock_show(args: argparse.Namespace) -> int:
     config = _config(args)
     with _journal(config) as journal:
         stock = journal.load_stock()
-    view = _stock_view(stock)
+    view = stock_view(stock)
     if args.json:
         print(json.dumps(view))
         return 0
@@ -428,54 +428,6 @@ def _stock_show(args: argparse.Namespace) -> int:
         )
         _print_table(kept)
     return 0
-
-
-def _stock_view(stock: Stock) -> dict[str, Any]:
-    """What ``stock show --json`` prints: the flags, then each selection and ingredient."""
-    planogram = stock.planogram
-    limits = {} if planogram is None else stock_limits(planogram)
-
-    def counted(key: StockKey) -> dict[str, Any]:
-        lim = limits.get(key)
-        level = stock.levels.get(key)
-        return {
-            "level": level,
-            "capacity": None if lim is None else lim.capacity,
-            "par_level": None if lim is None else lim.par_level,
-            "alarm_level": None if lim is None else lim.alarm_level,
-            "condition": None if lim is None or level is None else condition(level, lim).value,
-        }
-
-    selections = []
-    ingredients = []
-    if planogram is not None:
-        for sel in planogram.selections:
-            product = planogram.product(sel.product)
-            selections.append(
-                {
-                    "selection": sel.number,
-                    "product": sel.product,
-                    "name": product.name,
-                    "price": sel.price,
-                    **counted(SlotKey(sel.number)),
-                    "sales_since_refill": stock.sales_since_refill.get(sel.number, 0),
-                    "recipe": [
-                        {"ingredient": r.ingredient, "amount": r.amount} for r in product.recipe
-                    ],
-                }
-            )
-        ingredients = [
-            {"ingredient": i.id, "unit": i.unit, **counted(IngredientKey(i.id))}
-            for i in planogram.ingredients
-        ]
-    return {
-        "planogram_version": None if planogram is None else planogram.version,
-        "need_loading": stock.need_loading,
-        "last_loading": stock.last_loading_at,
-        "last_sale": stock.last_sale_at,
-        "selections": selections,
-        "ingredients": ingredients,
-    }
 
 
 def _planogram_show(args: argparse.Namespace) -> int:

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS txns (
     final INTEGER NOT NULL,
     data TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS txns_created ON txns (json_extract(data, '$.created_at'));
 CREATE INDEX IF NOT EXISTS txns_open ON txns (final) WHERE final = 0;
 CREATE TABLE IF NOT EXISTS txn_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -460,6 +461,30 @@ class Journal:
     def txn(self, txn_id: str) -> Txn | None:
         row = self._db.execute("SELECT data FROM txns WHERE txn_id = ?", (txn_id,)).fetchone()
         return None if row is None else txn_from_json(row[0])
+
+    def txns_created(
+        self, since: float, until: float, after: str | None, limit: int, selection: int | None
+    ) -> list[tuple[Txn, int]]:
+        """Transactions created in ``[since, until)`` (of one ``selection`` if given), oldest
+        first, each with what was refunded of it; ``limit`` of them after the ``after`` one (a
+        cursor: its id)."""
+        created = "json_extract(t.data, '$.created_at')"
+        cursor = ""
+        args: list[object] = [since, until]
+        start = None if after is None else self.txn(after)
+        if start is not None:
+            cursor = f" AND ({created}, t.txn_id) > (?, ?)"
+            args += [start.created_at, start.txn_id]
+        if selection is not None:
+            cursor += " AND json_extract(t.data, '$.selection') = ?"
+            args.append(selection)
+        rows = self._db.execute(
+            f"SELECT t.data, (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r"
+            f" WHERE r.txn_id = t.txn_id) FROM txns t WHERE {created} >= ? AND {created} < ?"
+            f"{cursor} ORDER BY {created}, t.txn_id LIMIT ?",
+            (*args, limit),
+        ).fetchall()
+        return [(txn_from_json(data), int(refunded)) for data, refunded in rows]
 
     def txn_history(self, txn_id: str) -> list[TxnState]:
         rows = self._db.execute(

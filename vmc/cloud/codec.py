@@ -69,6 +69,9 @@ def encode_map(payload: dict[str, Any]) -> bytes:
 
 
 MAX_STOCK_LINES = 1024
+TXN_PAGE = 100
+MAX_TXN_PAGE = 500
+"""Transactions per ``txn.query`` reply: by default, and at most (about 400 bytes each)."""
 MAX_QUANTITY = 10**9
 
 
@@ -133,6 +136,18 @@ def decode_command(payload: bytes) -> m.AnyCommand:
             fields.text("from"),
             fields.text("to", required=False),
             fields.selection("selection"),
+        )
+    if op == m.Op.STOCK_QUERY:
+        return m.StockQuery(cmd_id, expires, fields.conditions("conditions"))
+    if op == m.Op.TXN_QUERY:
+        return m.TxnQuery(
+            cmd_id,
+            expires,
+            fields.text("from"),
+            fields.text("to", required=False),
+            fields.selection("selection"),
+            fields.ident("after"),
+            fields.count("limit", default=TXN_PAGE, most=MAX_TXN_PAGE),
         )
     if op == m.Op.REFUND:
         return m.Refund(
@@ -257,6 +272,25 @@ class _Fields:
                 raise self._bad(f"{at}.{quantity}", f"an integer in {low}..{MAX_QUANTITY}")
             lines.append(m.StockLine(selection, ingredient, count))
         return tuple(lines)
+
+    def conditions(self, name: str) -> frozenset[str] | None:
+        """An optional list of stock conditions (``ok``, ``low``, ``empty``)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        allowed = {"ok", "low", "empty"}
+        if not isinstance(value, list) or not value or not set(value) <= allowed:
+            raise self._bad(name, "a non-empty list of ok, low, empty")
+        return frozenset(value)
+
+    def count(self, name: str, *, default: int, most: int) -> int:
+        """An optional count in 1..``most``; absent is ``default``."""
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if type(value) is not int or not 1 <= value <= most:
+            raise self._bad(name, f"an integer in 1..{most}")
+        return value
 
     def selection(self, name: str) -> int | None:
         value = self._get(name, False)

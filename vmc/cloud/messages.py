@@ -54,6 +54,8 @@ class Op(StrEnum):
     STOCK_RESTOCK = "stock.restock"
     CASH_COLLECT = "cash.collect"
     SALES_QUERY = "sales.query"
+    STOCK_QUERY = "stock.query"
+    TXN_QUERY = "txn.query"
     REFUND = "refund"
 
 
@@ -160,6 +162,30 @@ class SalesQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class StockQuery:
+    """Seed 004's coils and coil alarms: the stock as :func:`vmc.stock_view.stock_view` shows
+    it, only the keys in ``conditions`` when given (``low``/``empty``: the alarms)."""
+
+    id: str
+    expires: float
+    conditions: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TxnQuery:
+    """Seed 004's transaction list: the journal's transactions created on local days
+    ``since_date``..``to_date``, ``limit`` at a time, after the ``after`` one (a cursor)."""
+
+    id: str
+    expires: float
+    since_date: str
+    to_date: str | None = None
+    selection: int | None = None
+    after: str | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class CashCollect:
     """A cash collection without a restock (a route visit that only empties the cash box)."""
 
@@ -188,7 +214,7 @@ class Refund:
         return self.id if self.refund_id is None else self.refund_id
 
 
-AnyCommand = Command | StockCommand | SalesQuery | CashCollect | Refund
+AnyCommand = Command | StockCommand | SalesQuery | StockQuery | TxnQuery | CashCollect | Refund
 
 
 def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:

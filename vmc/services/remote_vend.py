@@ -12,8 +12,10 @@ engine's memory, so it holds across restarts for as long as the transaction is k
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -23,13 +25,14 @@ from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
-from vmc.journal import Journal, NewMessage, StockWrite
+from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
 from vmc.refunds import RefundRow, decide
-from vmc.sales import Payment, PeriodError, SaleRow, period, report
+from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
-from vmc.stock import Stock
+from vmc.stock import Condition, Stock
+from vmc.stock_view import stock_view
 from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
@@ -93,8 +96,10 @@ class RemoteVending:
             log.info("command_repeated", command_id=cmd.id)
             self._store_reply_again(stored)
             return
-        if isinstance(cmd, m.SalesQuery):
-            self._apply(Effects(reply=self._sales_reply(cmd)), command_id=cmd.id)
+        if isinstance(cmd, m.SalesQuery | m.StockQuery | m.TxnQuery):
+            refusal = m.expired_reply(cmd, self.clock())
+            reply = refusal if refusal is not None else self._query_reply(cmd)
+            self._apply(Effects(reply=reply), command_id=cmd.id)
             return
         if isinstance(cmd, m.Refund):
             self._refund(cmd)
@@ -126,16 +131,19 @@ class RemoteVending:
         refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
         self._apply(Effects(reply=refusal), command_id=cmd.id)
 
-    def _sales_reply(self, cmd: m.SalesQuery) -> m.Reply:
-        refusal = m.expired_reply(cmd, self.clock())
-        if refusal is not None:
-            return refusal
+    def _query_reply(self, cmd: m.SalesQuery | m.StockQuery | m.TxnQuery) -> m.Reply:
+        """A read-only query, answered from the journal and the stock; it changes nothing."""
+        stock = self.stock.stock if self.stock is not None else Stock()
+        if isinstance(cmd, m.StockQuery):
+            wanted = None if cmd.conditions is None else {Condition(c) for c in cmd.conditions}
+            return m.Reply(cmd.id, True, result=stock_view(stock, wanted))
         try:
             when = period(cmd.since_date, cmd.to_date, self.zone)
         except PeriodError as exc:
-            log.warning("sales_query_refused", command_id=cmd.id, field=exc.field)
+            log.warning("query_refused", command_id=cmd.id, field=exc.field)
             return m.Reply(cmd.id, False, m.ErrorCode.BAD_FIELD, str(exc))
-        stock = self.stock.stock if self.stock is not None else Stock()
+        if isinstance(cmd, m.TxnQuery):
+            return m.Reply(cmd.id, True, result=self._txn_page(cmd, when))
         money = self.engine.config.money
         result = report(
             self.journal.sales(when.since, when.until),
@@ -150,6 +158,23 @@ class RemoteVending:
         return m.Reply(
             cmd.id, True, result={**result, "currency": money.currency, "decimals": money.decimals}
         )
+
+    def _txn_page(self, cmd: m.TxnQuery, when: Period) -> dict[str, Any]:
+        """One page of the transaction list; ``next`` is the cursor for the following one."""
+        rows = self.journal.txns_created(
+            when.since, when.until, cmd.after, cmd.limit + 1, cmd.selection
+        )
+        page = rows[: cmd.limit]
+        money = self.engine.config.money
+        return {
+            "from": when.first.isoformat(),
+            "to": when.last.isoformat(),
+            "timezone": when.zone.key,
+            "currency": money.currency,
+            "decimals": money.decimals,
+            "txns": [{**json.loads(txn_to_json(t)), "refunded": r} for t, r in page],
+            "next": page[-1][0].txn_id if len(rows) > cmd.limit else None,
+        }
 
     def _refund(self, cmd: m.Refund) -> None:
         """Record a refund against a finished vend, or refuse it with a code."""
