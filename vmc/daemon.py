@@ -30,12 +30,14 @@ from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
+from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.data_service import DataService, machine_config
 from vmc.services.local_ops import LocalOps
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
@@ -119,6 +121,8 @@ def _cloud_services(
     send: Callable[[BusCommand], bool],
     reporter: Reporter | None,
     link_up: Callable[[], bool],
+    *,
+    data: DataService,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -164,6 +168,15 @@ def _cloud_services(
     def on_command(payload: bytes) -> None:
         remote.handle_command(payload)  # bound late: the sync must exist first
 
+    def machine() -> Machine:
+        txn = engine.txn
+        return Machine(
+            link_up(),
+            engine.reader_state,
+            None if txn is None else txn.txn_id,
+            None if txn is None else txn.state.value,
+        )
+
     sync = CloudSync(settings, journal, on_command, state)
     stock = StockBook(journal, topics, on_outbox=sync.wake, on_state=sync.state_changed)
     service = ServiceMonitor(
@@ -185,9 +198,11 @@ def _cloud_services(
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
         sales_retention_days=config.daemon.sales_retention_days,
+        data=data,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
+    data.attach(remote.topics, sync.wake, machine)
     return CloudServices(remote, sync, service, stock)
 
 
@@ -211,11 +226,21 @@ async def run_daemon(config: Config) -> int:
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
         zone = ZoneInfo(config.daemon.timezone)
         reporter = Reporter(config.dex, journal, store, None, zone=zone)
-    cloud = _cloud_services(config, journal, send, reporter, link_up) if config.cloud.url else None
+    stock: StockBook
+
+    def describe() -> dict[str, Any]:
+        return machine_config(config, stock.stock.planogram)  # bound late: the stock comes next
+
+    data = DataService(journal, reporter, describe)
+    cloud = (
+        _cloud_services(config, journal, send, reporter, link_up, data=data)
+        if config.cloud.url
+        else None
+    )
     # Without a cloud the stock is kept all the same; nothing is queued for a cloud then.
     stock = cloud.stock if cloud is not None else StockBook(journal, None)
     local = LocalVending(config.mdb.local_approval == "accept", journal, send, stock)
-    local_ops = LocalOps(journal, stock)
+    local_ops = LocalOps(journal, stock, data)
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
@@ -224,6 +249,7 @@ async def run_daemon(config: Config) -> int:
     )
     if cloud is not None:
         cloud.remote.recover()
+    data.recover()
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
     log.info(
@@ -242,7 +268,7 @@ async def run_daemon(config: Config) -> int:
             supervisor = group.create_task(bus.run(), name="bus-supervisor")
             on_link = cloud.sync.state_changed if cloud is not None else lambda: None
             helpers = [group.create_task(_watchdog(bus, on_link), name="watchdog")]
-            ticker = _ticker(cloud, local_ops)
+            ticker = _ticker(cloud, local_ops, data)
             helpers.append(group.create_task(ticker, name="ticker"))
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
@@ -268,13 +294,13 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(cloud: CloudServices | None, local_ops: LocalOps) -> None:
-    """vmctl's stock operations, and with a cloud the transaction deadlines and the service
-    state's changes with time; hourly pruning."""
+async def _ticker(cloud: CloudServices | None, local_ops: LocalOps, data: DataService) -> None:
+    """vmctl's operations, and with a cloud the transaction deadlines and the service state's
+    changes with time; hourly pruning."""
     remote = cloud.remote if cloud is not None else None
     loop = asyncio.get_running_loop()
     pruned = loop.time()
-    _prune(remote, local_ops)
+    _prune(remote, local_ops, data)
     while True:
         await asyncio.sleep(TICK_S)
         local_ops.serve()
@@ -283,11 +309,12 @@ async def _ticker(cloud: CloudServices | None, local_ops: LocalOps) -> None:
             cloud.service.tick()
         if loop.time() - pruned > PRUNE_EVERY_S:
             pruned = loop.time()
-            _prune(remote, local_ops)
+            _prune(remote, local_ops, data)
 
 
-def _prune(remote: RemoteVending | None, local_ops: LocalOps) -> None:
+def _prune(remote: RemoteVending | None, local_ops: LocalOps, data: DataService) -> None:
     local_ops.prune()
+    data.prune()
     if remote is not None:
         remote.prune()
 

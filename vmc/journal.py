@@ -20,6 +20,10 @@
   as the cloud would send it) under its id, and the reply, written in the same commit as the
   operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
   it returns the first reply.
+- ``data_requests`` holds each data request (seed 003 report/config, from the cloud or
+  ``vmctl dex read``) while it is pending, so a restart settles it, and once done: the progress
+  of its read and, for a ``vmctl`` one, its result, for the waiting ``vmctl`` to read. Its
+  completion is committed with the read's own audit events.
 
 Commits that move money run with ``synchronous=FULL``: the WAL is fsynced before the commit
 returns, so a transition that was acted upon survives ``kill -9`` and power loss.
@@ -38,6 +42,7 @@ from pathlib import Path
 
 from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
+from vmc.data_request import Request
 from vmc.planogram import Planogram
 from vmc.sales import Payment, SaleRow
 from vmc.stock import (
@@ -132,6 +137,19 @@ CREATE TABLE IF NOT EXISTS local_inbox (
     answered REAL
 );
 CREATE INDEX IF NOT EXISTS local_inbox_waiting ON local_inbox (created) WHERE reply IS NULL;
+CREATE TABLE IF NOT EXISTS data_requests (
+    request_id TEXT PRIMARY KEY,
+    report INTEGER NOT NULL,
+    config INTEGER NOT NULL,
+    local INTEGER NOT NULL,
+    created REAL NOT NULL,
+    read_id TEXT,
+    received INTEGER NOT NULL,
+    blocks INTEGER NOT NULL,
+    result BLOB,
+    done REAL
+);
+CREATE INDEX IF NOT EXISTS data_requests_pending ON data_requests (created) WHERE done IS NULL;
 """
 JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
@@ -180,6 +198,28 @@ class StockWrite:
     at: float
     before: Stock
     applied: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class RequestWrite:
+    """A data request's row: pending, its read's progress, or ``done`` (with a ``result`` for
+    the ``vmctl`` that waits for it; a cloud request's result is its event)."""
+
+    request: Request
+    received: int = 0
+    blocks: int = 0
+    done: bool = False
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """What a waiting ``vmctl`` reads of its data request."""
+
+    received: int
+    blocks: int
+    done: bool
+    result: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,11 +320,13 @@ class Journal:
         state: dict[str, bytes] | None = None,
         stock: Sequence[StockWrite] = (),
         sales: Sequence[tuple[str, SaleRow]] = (),
+        requests: Sequence[RequestWrite] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
-        into its inbox row), a local-policy record, state, stock and sales (each with its
-        operation id: a sale counted before is not counted again) in one commit."""
+        into its inbox row), a local-policy record, state, stock, sales (each with its
+        operation id: a sale counted before is not counted again) and data requests in one
+        commit."""
         now = time.time()
         with self._transaction(durable=durable) as db:
             if record is not None:
@@ -349,6 +391,26 @@ class Journal:
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list((state or {}).items()),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO data_requests (request_id, report, config, local,"
+                " created, read_id, received, blocks, result, done)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        w.request.request_id,
+                        int(w.request.report),
+                        int(w.request.config),
+                        int(w.request.local),
+                        w.request.created,
+                        w.request.read_id,
+                        w.received,
+                        w.blocks,
+                        w.result,
+                        now if w.done else None,
+                    )
+                    for w in requests
+                ],
             )
 
     # --- stock ----------------------------------------------------------------------------------
@@ -489,6 +551,33 @@ class Journal:
             db.execute(
                 "DELETE FROM local_inbox WHERE reply IS NOT NULL AND answered < ?", (older_than,)
             )
+
+    # --- data requests ----------------------------------------------------------------------------
+
+    def pending_requests(self) -> list[Request]:
+        """The data requests not yet completed, oldest first."""
+        rows = self._db.execute(
+            "SELECT request_id, report, config, local, created, read_id FROM data_requests"
+            " WHERE done IS NULL ORDER BY created"
+        ).fetchall()
+        return [Request(i, bool(r), bool(c), bool(lo), t, d) for i, r, c, lo, t, d in rows]
+
+    def data_request(self, request_id: str) -> RequestRow | None:
+        row = self._db.execute(
+            "SELECT received, blocks, done, result FROM data_requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        received, blocks, done, result = row
+        return RequestRow(
+            received, blocks, done is not None, None if result is None else bytes(result)
+        )
+
+    def prune_requests(self, older_than: float) -> None:
+        """Forget data requests completed before ``older_than``."""
+        with self._transaction(durable=False) as db:
+            db.execute("DELETE FROM data_requests WHERE done < ?", (older_than,))
 
     def close(self) -> None:
         self._db.close()

@@ -16,7 +16,7 @@ from vmc.cloud import messages as m
 BASE: dict[str, Any] = {"v": 1, "id": "c1", "expires": 1e12}
 
 
-def decode(**fields: Any) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode(**fields: Any) -> m.AnyCommand:
     return codec.decode_command(cbor2.dumps({**BASE, **fields}))
 
 
@@ -28,6 +28,33 @@ def test_valid_commands() -> None:
     assert decode(op="unlock", txn_id="t") == m.Unlock("c1", 1e12, "t")
     assert decode(op="paid", txn_id="t", amount=150) == m.Paid("c1", 1e12, "t", 150)
     assert decode(op="deny", txn_id="t") == m.Deny("c1", 1e12, "t", "")
+
+
+def test_data_request_and_check_status_commands() -> None:
+    assert decode(op="data.request", report=True) == m.DataRequest("c1", 1e12, "c1", True, False)
+    assert decode(op="data.request", config=True, report=False, request_id="r9") == m.DataRequest(
+        "c1", 1e12, "r9", False, True
+    )
+    assert decode(op="status.check") == m.CheckStatus("c1", 1e12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"op": "data.request"}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "data.request", "report": False, "config": False}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "data.request", "report": 1}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": ""}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": 7}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": "local:x"}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": "r" * 129}, m.ErrorCode.BAD_FIELD),
+        ({"op": "status.check", "expires": None}, m.ErrorCode.MISSING_FIELD),
+    ],
+)
+def test_data_request_refusals(fields: dict[str, Any], code: m.ErrorCode) -> None:
+    with pytest.raises(codec.CommandError) as info:
+        decode(**fields)
+    assert info.value.code is code
 
 
 @pytest.mark.parametrize(

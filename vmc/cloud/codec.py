@@ -72,7 +72,7 @@ MAX_STOCK_LINES = 1024
 MAX_QUANTITY = 10**9
 
 
-def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode_command(payload: bytes) -> m.AnyCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -132,6 +132,15 @@ def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
             fields.text("to", required=False),
             fields.selection("selection"),
         )
+    if op == m.Op.DATA_REQUEST:
+        report, config = fields.flag("report"), fields.flag("config")
+        if not (report or config):
+            raise CommandError(
+                m.ErrorCode.MISSING_FIELD, "report or config must be true (or both)", cmd_id
+            )
+        return m.DataRequest(cmd_id, expires, fields.request_id() or cmd_id, report, config)
+    if op == m.Op.STATUS_CHECK:
+        return m.CheckStatus(cmd_id, expires)
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
 
@@ -223,6 +232,24 @@ class _Fields:
                 raise self._bad(f"{at}.{quantity}", f"an integer in {low}..{MAX_QUANTITY}")
             lines.append(m.StockLine(selection, ingredient, count))
         return tuple(lines)
+
+    def flag(self, name: str) -> bool:
+        value = self._get(name, False)
+        if value is not None and not isinstance(value, bool):
+            raise self._bad(name, "true or false")
+        return bool(value)
+
+    def request_id(self) -> str | None:
+        """A data request's id, the backend's; ``local:`` ones are ``vmctl``'s."""
+        value = self._get("request_id", False)
+        if value is not None and (
+            not isinstance(value, str)
+            or not 0 < len(value) <= MAX_ID_LENGTH
+            or value.startswith(m.LOCAL_PREFIX)
+        ):
+            wanted = f"a string of 1..{MAX_ID_LENGTH} characters not starting {m.LOCAL_PREFIX}"
+            raise self._bad("request_id", wanted)
+        return value
 
     def selection(self, name: str) -> int | None:
         value = self._get(name, False)

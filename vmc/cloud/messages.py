@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 CONTRACT_VERSION = 1
+LOCAL_PREFIX = "local:"
+"""The id of an operation made with ``vmctl`` (a stock operation, a data request) is this and
+its local id: the cloud can tell it from its own ids, and the codec refuses cloud data request
+ids that start with it, so the two never collide."""
 
 
 class ErrorCode(StrEnum):
@@ -32,6 +36,7 @@ class ErrorCode(StrEnum):
     NO_PLANOGRAM = "no_planogram"
     UNKNOWN_KEY = "unknown_key"
     BAD_AMOUNT = "bad_amount"
+    NO_DEX_PORT = "no_dex_port"
 
 
 class VendType(StrEnum):
@@ -52,6 +57,8 @@ class Op(StrEnum):
     STOCK_INVENTORY = "stock.inventory"
     STOCK_RESTOCK = "stock.restock"
     SALES_QUERY = "sales.query"
+    DATA_REQUEST = "data.request"
+    STATUS_CHECK = "status.check"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -154,7 +161,27 @@ class SalesQuery:
     selection: int | None = None
 
 
-AnyCommand = Command | StockCommand | SalesQuery
+@dataclass(frozen=True, slots=True)
+class DataRequest:
+    """Seed 003's data request (``report``: an audit read now, ``config``: what vmc holds of the
+    machine's configuration), seed 004's ``dex``; ``request_id`` defaults to the command id."""
+
+    id: str
+    expires: float
+    request_id: str
+    report: bool
+    config: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStatus:
+    """Seed 004's ``check_status``: idle or busy, and why, answered at once in the reply."""
+
+    id: str
+    expires: float
+
+
+AnyCommand = Command | StockCommand | SalesQuery | DataRequest | CheckStatus
 
 
 def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:
@@ -366,6 +393,28 @@ class StockReconcile:
     bus_vends: int
 
 
+@dataclass(frozen=True, slots=True)
+class DataProgress:
+    """A DEX read that answers data requests received more: bytes and blocks so far."""
+
+    request_ids: list[str]
+    read_id: str
+    received: int
+    blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataResult:
+    """The one completion of a data request: the report's read, the config, or the error."""
+
+    request_id: str
+    ok: bool
+    read_id: str | None
+    report: Mapping[str, object] | None
+    config: Mapping[str, object] | None
+    error: Mapping[str, object] | None
+
+
 Event = (
     TxnRequest
     | TxnVend
@@ -382,6 +431,8 @@ Event = (
     | StockDiscrepancy
     | PlanogramChanged
     | StockReconcile
+    | DataProgress
+    | DataResult
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -400,4 +451,6 @@ EVENT_TYPES: dict[type, str] = {
     StockDiscrepancy: "stock.discrepancy",
     PlanogramChanged: "planogram.changed",
     StockReconcile: "stock.reconcile",
+    DataProgress: "data.progress",
+    DataResult: "data.result",
 }

@@ -24,6 +24,7 @@ from vmc.cloud.topics import Topics
 from vmc.journal import Journal, NewMessage, StockWrite
 from vmc.sales import Payment, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
+from vmc.services.data_service import DataService
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
 from vmc.stock import Stock
@@ -49,6 +50,7 @@ class RemoteVending:
         stock: StockBook | None = None,
         zone: ZoneInfo | None = None,
         sales_retention_days: int = 90,
+        data: DataService | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -58,6 +60,7 @@ class RemoteVending:
         self.on_outbox = on_outbox
         self.on_state = on_state
         self.stock = stock
+        self.data = data
         self.zone = zone or ZoneInfo("UTC")
         self.sales_keep_s = sales_retention_days * DAY_S
 
@@ -109,10 +112,15 @@ class RemoteVending:
             return
         if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
             if self.stock is None:
-                refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
-                self._apply(Effects(reply=refusal), command_id=cmd.id)
+                self._not_here(cmd, "stock")
             else:
                 self.stock.handle_command(cmd)
+            return
+        if isinstance(cmd, m.DataRequest | m.CheckStatus):
+            if self.data is None:
+                self._not_here(cmd, "data requests")
+            else:
+                self.data.handle_command(cmd)
             return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
@@ -123,6 +131,10 @@ class RemoteVending:
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
         self._apply(fx, command_id=cmd.id)
+
+    def _not_here(self, cmd: m.AnyCommand, what: str) -> None:
+        refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, f"no {what} on this device")
+        self._apply(Effects(reply=refusal), command_id=cmd.id)
 
     def _sales_reply(self, cmd: m.SalesQuery) -> m.Reply:
         refusal = m.expired_reply(cmd, self.clock())

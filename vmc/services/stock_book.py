@@ -49,10 +49,6 @@ from vmc.stock import (
 
 log = structlog.get_logger("vmc.stock")
 
-LOCAL_PREFIX = "local:"
-"""The stock operation id of a ``vmctl`` operation is this and its id: the cloud can tell it from
-its own command ids, and a local id can never collide with one."""
-
 
 class StockBook:
     def __init__(
@@ -133,7 +129,7 @@ class StockBook:
             refusal = m.expired_reply(cmd, now)
             if refusal is not None:
                 raise CommandError(m.ErrorCode.EXPIRED, refusal.message)
-            op_id = LOCAL_PREFIX + cmd.id if local else cmd.id
+            op_id = m.LOCAL_PREFIX + cmd.id if local else cmd.id
             write, messages = self._prepare(self.stock, self._operation(cmd, op_id, now))
             writes.append(write)
             reply = m.Reply(cmd.id, True, result=_result(write, detailed=local))
