@@ -3,17 +3,13 @@ the backend receives the report, the summary, and after sales the delta that mat
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker
-from sim.dex_source import DexSource
-from sim.vmc_counters import audit_from_counters
-from tests.e2e.cloud_rig import DEVICE, Rig, machine
+from tests.e2e.cloud_rig import DEVICE, Rig, machine_with_dex
 from tests.e2e.test_stock_flow import load_planogram, wait_levels
 
 
@@ -28,21 +24,8 @@ async def _machine_with_dex(
 ) -> AsyncIterator[Rig]:
     """vmcd with the cloud and a DEX port that reads at start, served from the VMC's counters;
     ``more_config`` is TOML for the other tables."""
-    dex_pair = PtyPair()
-    config = tmp_path / "vmc.toml"
-    config.write_text(
-        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
-        + more_config
-    )
-    async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
-        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(rig.vmc.sales))
-        serving = asyncio.create_task(source.serve())
-        try:
-            yield rig
-        finally:
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            dex_pair.close()
+    async with machine_with_dex(tmp_path, broker, more_config) as (rig, _line):
+        yield rig
 
 
 async def test_reads_report_and_deltas_match_the_bus(
