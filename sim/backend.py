@@ -12,7 +12,9 @@ refund id, from the reply or from the ``txn.refund`` event, whichever comes firs
 
 It also pushes a planogram and refills or restocks it, and keeps the stock it expects per
 selection from what it loaded and what was sold (vends that succeeded, cash sales), so the
-machine's reported levels can be checked against an independent count.
+machine's reported levels can be checked against an independent count. It asks a machine for
+data (an audit read now, its configuration) and collects the read's progress and the one
+result, and asks whether it is idle or busy.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class StockRefusedError(VmcError):
 
 class RefundRefusedError(VmcError):
     """The device refused a refund (unknown or unfinished transaction, amount over the rest)."""
+
+
+class CommandRefusedError(VmcError):
+    """The device refused a command that should not be refused (``status.check``)."""
 
 
 class Policy(StrEnum):
@@ -106,6 +112,16 @@ class StockBooks:
     def machine_levels(self) -> dict[int, int]:
         """The machine's levels for the planogram's selections (0 until it reported one)."""
         return {n: self.reported.get(n, 0) for n in self.expected}
+
+
+@dataclass
+class DataAnswer:
+    """A data request as the backend saw it: the reply, the read's progress, the result
+    (None when the request was refused, or the result did not come in time)."""
+
+    reply: dict[str, Any]
+    progress: list[dict[str, Any]]
+    result: dict[str, Any] | None
 
 
 @dataclass
@@ -323,6 +339,56 @@ class SimBackend:
         txn_id: str = reply["result"]["txn_id"]
         self.books.entries[txn_id] = Entry(txn_id, device, member)
         return txn_id
+
+    async def data_request(
+        self,
+        device: str,
+        *,
+        report: bool = False,
+        config: bool = False,
+        request_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> DataAnswer:
+        """Ask for a report (a DEX read now) and/or the configuration; wait for its result."""
+        fields: dict[str, Any] = {"report": report, "config": config}
+        if request_id is not None:
+            fields["request_id"] = request_id
+        answered = len(self.data_results(request_id)) if request_id is not None else 0
+        reply = await self.command(device, "data.request", **fields)
+        if not reply["ok"]:
+            return DataAnswer(reply, [], None)
+        wanted = reply["result"]["request_id"]
+        result = await self.wait_for(
+            lambda: found[-1] if len(found := self.data_results(wanted)) > answered else None,
+            timeout,
+        )
+        progress = [p for p in self.data_progress(wanted) if p["read_id"] == result["read_id"]]
+        return DataAnswer(reply, progress, result)
+
+    def data_results(self, request_id: str) -> list[dict[str, Any]]:
+        """The ``data.result`` events of a request id (one per request; an id may be used
+        again once its request is done)."""
+        return [
+            e
+            for e in self.event_log
+            if e["type"] == "data.result" and e["request_id"] == request_id
+        ]
+
+    def data_progress(self, request_id: str) -> list[dict[str, Any]]:
+        """The ``data.progress`` events of the reads that answer a request id, in order."""
+        return [
+            e
+            for e in self.event_log
+            if e["type"] == "data.progress" and request_id in e["request_ids"]
+        ]
+
+    async def check_status(self, device: str) -> dict[str, Any]:
+        """``status.check``'s result: ``status`` idle or busy, and the ``reasons``."""
+        reply = await self.command(device, "status.check")
+        if not reply["ok"]:
+            raise CommandRefusedError(f"status.check refused: {reply['code']}: {reply['message']}")
+        result: dict[str, Any] = reply["result"]
+        return result
 
     async def wait_for(self, probe: Any, timeout: float) -> Any:
         async with asyncio.timeout(timeout), self._changed:

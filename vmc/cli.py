@@ -1,6 +1,7 @@
 """vmctl: the field technician's command line.
 
-``vmctl dex read`` reads the machine's audit over its DEX port now and saves it; ``vmctl dex
+``vmctl dex read`` reads the machine's audit over its DEX port now and saves it (through vmcd
+when it runs, which owns the port then: :func:`vmc.services.local_ops.follow`); ``vmctl dex
 parse FILE`` summarises an EVA-DTS audit saved from a machine; ``vmctl dex delta OLD NEW`` says
 what was sold between two such reads. With ``--json`` each prints exactly one
 JSON object, a contract other tools rely on (keys are added, never renamed); without it, a short
@@ -44,7 +45,8 @@ from vmc.config import Config, load_config
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.logs import configure_logging
 from vmc.services.dex_read import read_audit
-from vmc.services.local_ops import Answer, NoAnswerError, request
+from vmc.services.local_ops import Answer, NoAnswerError, Progress, follow, request
+from vmc.state_lock import try_lock
 from vmc.stock_view import stock_view
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -95,6 +97,11 @@ def add_dex_commands(commands: SubCommands) -> SubCommands:
     )
     read.add_argument("--protocol", choices=("ucs", "ddcmp"), help="default: ucs or dex.protocol")
     read.add_argument("--config", type=Path, help="vmcd's TOML configuration, for the defaults")
+    read.add_argument(
+        "--state-dir",
+        help="vmcd's state directory (default: daemon.state_dir of --config); while vmcd runs"
+        " there, it makes the read",
+    )
     read.add_argument(
         "--out", type=Path, help="where to save the audit; default: ./audit-<UTC time>.dex"
     )
@@ -236,40 +243,18 @@ def _dex_parse(args: argparse.Namespace) -> int:
 
 
 def _dex_read(args: argparse.Namespace) -> int:
-    """Read over DEX now: a progress line on a terminal, the raw audit saved, a summary."""
-    try:
-        dex = load_config(args.config).dex
-    except ConfigError as exc:
-        raise _CliError(str(exc)) from exc
-    url = args.port or dex.port
-    if url is None:
-        raise _CliError("no DEX port: give --port URL or set dex.port in --config")
-    protocol = args.protocol or dex.protocol
+    """Read over DEX now: a progress line on a terminal, the raw audit saved, a summary.
+
+    While vmcd runs on the state directory it owns the DEX port: it makes the read (one read
+    for the technician and the cloud) unless it has no DEX port; otherwise vmctl reads.
+    """
+    config = _config(args)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or Path(f"audit-{stamp}.dex")
     _check_writable(out)  # before the read: a technician should not wait for nothing
-    show = sys.stderr.isatty()
-
-    def progress(received: int) -> None:
-        if show:
-            print(f"\rreading {url} ({protocol}): {received} bytes", end="", file=sys.stderr)
-
-    try:
-        port = open_dex_port(url)
-    except PortError as exc:
-        raise _CliError(str(exc)) from exc
-    try:
-        raw = asyncio.run(
-            read_audit(port, protocol=protocol, comm_id=dex.comm_id, on_progress=progress)
-        )
-    except DexError as exc:
-        raise _CliError(f"read failed at {exc.step}: {exc.reason}") from exc
-    except PortError as exc:
-        raise _CliError(str(exc)) from exc
-    finally:
-        port.close()
-        if show:
-            print(file=sys.stderr)
+    raw = _read_by_vmcd(config)
+    if raw is None:
+        raw = _read_port(args, config)
     try:
         out.write_bytes(raw)
     except OSError as exc:
@@ -277,6 +262,93 @@ def _dex_read(args: argparse.Namespace) -> int:
     print(f"saved {len(raw)} bytes to {out}", file=sys.stderr)
     args.file = out
     return _dex_parse(args)
+
+
+@contextmanager
+def _progress_line() -> Iterator[Callable[[str], None]]:
+    """``show(text)`` rewrites one progress line on a terminal (nothing otherwise)."""
+    shown = sys.stderr.isatty()
+
+    def show(text: str) -> None:
+        if shown:
+            print(f"\r{text}", end="", file=sys.stderr)
+
+    try:
+        yield show
+    finally:
+        if shown:
+            print(file=sys.stderr)
+
+
+def _read_port(args: argparse.Namespace, config: Config) -> bytes:
+    dex = config.dex
+    url = args.port or dex.port
+    if url is None:
+        raise _CliError("no DEX port: give --port URL or set dex.port in --config")
+    protocol = args.protocol or dex.protocol
+    try:
+        port = open_dex_port(url)
+    except PortError as exc:
+        raise _CliError(str(exc)) from exc
+    try:
+        with _progress_line() as show:
+            return asyncio.run(
+                read_audit(
+                    port,
+                    protocol=protocol,
+                    comm_id=dex.comm_id,
+                    on_progress=lambda received: show(
+                        f"reading {url} ({protocol}): {received} bytes"
+                    ),
+                )
+            )
+    except DexError as exc:
+        raise _CliError(f"read failed at {exc.step}: {exc.reason}") from exc
+    except PortError as exc:
+        raise _CliError(str(exc)) from exc
+    finally:
+        port.close()
+
+
+def _read_by_vmcd(config: Config) -> bytes | None:
+    """The audit as a running vmcd read it for us; None when no vmcd runs on the state
+    directory, or it reads no DEX port (then we read the port ourselves)."""
+    state_dir = config.daemon.state_dir
+    if not (state_dir / JOURNAL_NAME).is_file():
+        return None
+    try:
+        lock = try_lock(state_dir)
+    except PermissionError as exc:
+        raise _CliError(f"{exc.filename}: {exc.strerror}; run vmctl as vmcd's user") from exc
+    if lock is not None:
+        lock.release()
+        return None
+    command = {"id": new_id(), "op": m.Op.DATA_REQUEST.value, "report": True}
+    with _journal(config) as journal:
+        try:
+            reply = request(state_dir, journal, command, topics=lambda: None, wait_s=WAIT_S).reply
+            if not reply["ok"]:
+                if reply["code"] == m.ErrorCode.NO_DEX_PORT:
+                    return None
+                raise _CliError(f"vmcd refused the read ({reply['code']}): {reply['message']}")
+
+            def told(now: Progress) -> str:
+                return f"vmcd reads its DEX port: {now.received} bytes, {now.blocks} blocks"
+
+            with _progress_line() as show:
+                request_id = reply["result"]["request_id"]
+                result = follow(state_dir, journal, request_id, lambda now: show(told(now)))
+        except PermissionError as exc:
+            raise _CliError(f"{exc.filename}: {exc.strerror}; run vmctl as vmcd's user") from exc
+        except sqlite3.Error as exc:
+            raise _CliError(f"{journal.path}: {exc}; run vmctl as vmcd's user") from exc
+    if not result["ok"]:
+        error = result["error"]
+        raise _CliError(f"read failed at {error['step']}: {error['reason']}")
+    try:
+        return Path(result["file"]).read_bytes()
+    except OSError as exc:
+        raise _CliError(f"cannot read vmcd's audit {result['file']}: {exc.strerror}") from exc
 
 
 def _check_writable(out: Path) -> None:
@@ -355,6 +427,7 @@ def _money(minor: int | None, decimals: int) -> str:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    """vmcd's configuration (``--config``), its state directory from ``--state-dir`` if given."""
     try:
         return load_config(args.config, {"daemon.state_dir": args.state_dir})
     except ConfigError as exc:

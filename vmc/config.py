@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
+from vmc.logs import MASK, is_secret
 
 APPROVAL_POLICIES = ("accept", "deny")
 MIN_APPROVAL_TIMEOUT_S = 1.0
@@ -97,6 +98,27 @@ class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     dex: DexConfig = field(default_factory=DexConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The configuration in force as plain data, one map per table (paths as text), every
+    value set under a secret-looking key masked as the logs mask it: what a data request's
+    ``config`` reports."""
+
+    def plain(key: str, value: Any) -> Any:
+        if value is not None and is_secret(key):
+            return MASK
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    tables = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {
+        table: {k: plain(k, v) for k, v in dataclasses.asdict(section).items()}
+        for table, section in tables.items()
+    }
 
 
 # Keys of [reader] that the file may set; address and level come from [mdb].

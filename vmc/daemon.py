@@ -30,6 +30,7 @@ from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
+from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
@@ -37,6 +38,8 @@ from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
 from vmc.services.collector import Collector
+from vmc.services.data_service import KEEP_S as DATA_REQUEST_KEEP_S
+from vmc.services.data_service import DataService, machine_config
 from vmc.services.local_ops import LocalOps
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
@@ -124,6 +127,8 @@ def _cloud_services(
     send: Callable[[BusCommand], bool],
     reporter: Reporter | None,
     link_up: Callable[[], bool],
+    *,
+    data: DataService,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -171,6 +176,15 @@ def _cloud_services(
     def on_command(payload: bytes) -> None:
         remote.handle_command(payload)  # bound late: the sync must exist first
 
+    def machine() -> Machine:
+        txn = engine.txn
+        return Machine(
+            link_up(),
+            engine.reader_state,
+            None if txn is None else txn.txn_id,
+            None if txn is None else txn.state.value,
+        )
+
     sync = CloudSync(settings, journal, on_command, state)
     collector = Collector(
         journal,
@@ -199,9 +213,11 @@ def _cloud_services(
         on_state=sync.state_changed,
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
+        data=data,
     )
     if reporter is not None:
         reporter.attach(remote.topics, sync.wake, sync.state_changed)
+    data.attach(remote.topics, sync.wake, machine)
     return CloudServices(remote, sync, service, stock, collector)
 
 
@@ -225,11 +241,21 @@ async def run_daemon(config: Config) -> int:
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
         zone = ZoneInfo(config.daemon.timezone)
         reporter = Reporter(config.dex, journal, store, None, zone=zone)
-    cloud = _cloud_services(config, journal, send, reporter, link_up) if config.cloud.url else None
+    stock: StockBook
+
+    def describe() -> dict[str, Any]:
+        return machine_config(config, stock.stock.planogram)  # bound late: the stock comes next
+
+    data = DataService(journal, reporter, describe)
+    cloud = (
+        _cloud_services(config, journal, send, reporter, link_up, data=data)
+        if config.cloud.url
+        else None
+    )
     # Without a cloud the stock is kept all the same; nothing is queued for a cloud then.
     stock = cloud.stock if cloud is not None else StockBook(journal, None)
     local = LocalVending(config.mdb.local_approval == "accept", journal, send, stock)
-    local_ops = LocalOps(journal, stock)
+    local_ops = LocalOps(journal, stock, data)
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
@@ -238,6 +264,7 @@ async def run_daemon(config: Config) -> int:
     )
     if cloud is not None:
         cloud.remote.recover()
+    data.recover()
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
     log.info(
@@ -303,6 +330,7 @@ def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str
     retention (see :meth:`Journal.prune`); how many rows went, per table."""
     journal.prune_commands(now - COMMAND_MEMORY_S)
     journal.prune_local(now - COMMAND_MEMORY_S)
+    journal.prune_requests(now - DATA_REQUEST_KEEP_S)
     pruned = journal.prune(now - retention_days * DAY_S)
     if any(pruned.values()):
         log.info("journal_pruned", **pruned)

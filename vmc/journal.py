@@ -27,6 +27,10 @@
   it returns the first reply.
 - ``collections`` holds each cash collection (its period, whether its report was committed):
   written with the command that asked for it, marked reported with the report's event.
+- ``data_requests`` holds each data request (seed 003 report/config, from the cloud or
+  ``vmctl dex read``) while it is pending, so a restart settles it, and once done: the progress
+  of its read and, for a ``vmctl`` one, its result, for the waiting ``vmctl`` to read. Its
+  completion is committed with the read's own audit events.
 
 History grows with every sale and is pruned after ``[daemon] sales_retention_days``
 (:meth:`Journal.prune`): sales rows, closed transactions and their log, stock operation ids
@@ -52,6 +56,7 @@ from pathlib import Path
 from protocols.errors import VmcError
 from vmc.cloud.messages import VendType
 from vmc.collection import Collection
+from vmc.data_request import Request
 from vmc.planogram import Planogram
 from vmc.refunds import RefundRow
 from vmc.sales import Payment, SaleRow
@@ -167,6 +172,19 @@ CREATE TABLE IF NOT EXISTS collections (
     restock INTEGER NOT NULL,
     reported INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS data_requests (
+    request_id TEXT PRIMARY KEY,
+    report INTEGER NOT NULL,
+    config INTEGER NOT NULL,
+    local INTEGER NOT NULL,
+    created REAL NOT NULL,
+    read_id TEXT,
+    received INTEGER NOT NULL,
+    blocks INTEGER NOT NULL,
+    result BLOB,
+    done REAL
+);
+CREATE INDEX IF NOT EXISTS data_requests_pending ON data_requests (created) WHERE done IS NULL;
 """
 JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
@@ -215,6 +233,28 @@ class StockWrite:
     at: float
     before: Stock
     applied: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class RequestWrite:
+    """A data request's row: pending, its read's progress, or ``done`` (with a ``result`` for
+    the ``vmctl`` that waits for it; a cloud request's result is its event)."""
+
+    request: Request
+    received: int = 0
+    blocks: int = 0
+    done: bool = False
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """What a waiting ``vmctl`` reads of its data request."""
+
+    received: int
+    blocks: int
+    done: bool
+    result: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,12 +360,13 @@ class Journal:
         sales: Sequence[tuple[str, SaleRow]] = (),
         collections: Sequence[Collection] = (),
         refunds: Sequence[RefundRow] = (),
+        requests: Sequence[RequestWrite] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
         into its inbox row), a local-policy record, state, stock, sales (each with its
         operation id: a sale counted before is not counted again), collections (new ones, or
-        one now reported) and refunds in one commit."""
+        one now reported), refunds and data requests in one commit."""
         now = self.clock()
         with self._transaction(durable=durable) as db:
             if record is not None:
@@ -413,6 +454,26 @@ class Journal:
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 list((state or {}).items()),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO data_requests (request_id, report, config, local,"
+                " created, read_id, received, blocks, result, done)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        w.request.request_id,
+                        int(w.request.report),
+                        int(w.request.config),
+                        int(w.request.local),
+                        w.request.created,
+                        w.request.read_id,
+                        w.received,
+                        w.blocks,
+                        w.result,
+                        now if w.done else None,
+                    )
+                    for w in requests
+                ],
             )
 
     # --- stock ----------------------------------------------------------------------------------
@@ -653,6 +714,33 @@ class Journal:
             db.execute(
                 "DELETE FROM local_inbox WHERE reply IS NOT NULL AND answered < ?", (older_than,)
             )
+
+    # --- data requests ----------------------------------------------------------------------------
+
+    def pending_requests(self) -> list[Request]:
+        """The data requests not yet completed, oldest first."""
+        rows = self._db.execute(
+            "SELECT request_id, report, config, local, created, read_id FROM data_requests"
+            " WHERE done IS NULL ORDER BY created"
+        ).fetchall()
+        return [Request(i, bool(r), bool(c), bool(lo), t, d) for i, r, c, lo, t, d in rows]
+
+    def data_request(self, request_id: str) -> RequestRow | None:
+        row = self._db.execute(
+            "SELECT received, blocks, done, result FROM data_requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        received, blocks, done, result = row
+        return RequestRow(
+            received, blocks, done is not None, None if result is None else bytes(result)
+        )
+
+    def prune_requests(self, older_than: float) -> None:
+        """Forget data requests completed before ``older_than``."""
+        with self._transaction(durable=False) as db:
+            db.execute("DELETE FROM data_requests WHERE done < ?", (older_than,))
 
     def close(self) -> None:
         self._db.close()

@@ -15,10 +15,18 @@ import structlog
 SECRET_KEYS = ("password", "secret", "token", "key_file", "passphrase")
 
 
+MASK = "***"
+
+
+def is_secret(key: str) -> bool:
+    """Whether a value under this key may be a secret (logs and reports mask it)."""
+    return any(part in key.lower() for part in SECRET_KEYS)
+
+
 def redact(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Any:
     for key in event:
-        if any(part in key.lower() for part in SECRET_KEYS):
-            event[key] = "***"
+        if is_secret(key):
+            event[key] = MASK
     return event
 
 

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from drivers.pty import PtyPair
+from protocols.dex.ucs import MAX_BLOCK
 from sim.backend import Policy, SimBackend
 from sim.broker import MosquittoBroker
 from sim.daemon_proc import DaemonProcess
+from sim.dex_source import DexSource, SourceFaults
 from sim.scenarios import Customers
+from sim.vmc_counters import audit_from_counters
 from sim.vmc_master import VmcMaster
 
 DEVICE = "m1"
@@ -93,3 +96,67 @@ async def machine(
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await backend_task
         pair.close()
+
+
+@dataclass
+class DexLine:
+    """The simulated VMC's DEX port: the source serving it, the pty pair, the serving task."""
+
+    source: DexSource
+    pair: PtyPair
+    serving: asyncio.Task[None]
+    closed: bool = False
+
+    async def hang_up(self) -> None:
+        """The cable is pulled: the reader's end of the line hangs up."""
+        if not self.closed:
+            self.closed = True
+            self.serving.cancel()
+            await asyncio.gather(self.serving, return_exceptions=True)
+            self.pair.close()
+
+
+@contextlib.asynccontextmanager
+async def machine_with_dex(
+    tmp_path: Path,
+    broker: MosquittoBroker,
+    more_config: str = "",
+    *,
+    read_at_start: bool = True,
+    block_size: int = MAX_BLOCK,
+    baud: int | None = None,
+    faults: SourceFaults | None = None,
+    serve_from: asyncio.Event | None = None,
+) -> AsyncIterator[tuple[Rig, DexLine]]:
+    """vmcd with the cloud and a DEX port (read at start unless not ``read_at_start``), served
+    from the VMC's counters by a simulated VMC (in blocks of ``block_size``, paced at ``baud``,
+    spoilt by ``faults``; silent until ``serve_from`` is set, if given); ``more_config`` is
+    TOML for the other tables."""
+    dex_pair = PtyPair()
+    config = tmp_path / "vmc.toml"
+    start = "true" if read_at_start else "false"
+    config.write_text(
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = {start}\nschedule = []\n'
+        + more_config
+    )
+    async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
+        source = DexSource(
+            dex_pair.master.fileno(),
+            lambda: audit_from_counters(rig.vmc.sales),
+            block_size=block_size,
+            baud=baud,
+            faults=faults,
+        )
+
+        async def serve() -> None:
+            if serve_from is not None:
+                await serve_from.wait()
+                while dex_pair.master.read_available():
+                    pass  # what reads that nobody answered left on the line
+            await source.serve()
+
+        line = DexLine(source, dex_pair, asyncio.create_task(serve()))
+        try:
+            yield rig, line
+        finally:
+            await line.hang_up()

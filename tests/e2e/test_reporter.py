@@ -3,17 +3,13 @@ the backend receives the report, the summary, and after sales the delta that mat
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from drivers.pty import PtyPair
 from sim.broker import MosquittoBroker
-from sim.dex_source import DexSource
-from sim.vmc_counters import audit_from_counters
-from tests.e2e.cloud_rig import DEVICE, Rig, machine
+from tests.e2e.cloud_rig import DEVICE, Rig, machine_with_dex
 from tests.e2e.test_stock_flow import load_planogram, wait_levels
 
 
@@ -23,47 +19,19 @@ def _events(rig_backend: object, kind: str) -> list[dict[str, object]]:
 
 
 @contextlib.asynccontextmanager
-async def machine_with_dex(
-    tmp_path: Path,
-    broker: MosquittoBroker,
-    more_config: str = "",
-    *,
-    read_at_start: bool = True,
-    serve_from: asyncio.Event | None = None,
+async def _machine_with_dex(
+    tmp_path: Path, broker: MosquittoBroker, more_config: str = ""
 ) -> AsyncIterator[Rig]:
-    """vmcd with the cloud and a DEX port served from the VMC's counters (once ``serve_from``
-    is set, if given: until then nothing answers on the port); ``more_config`` is TOML for the
-    other tables."""
-    dex_pair = PtyPair()
-    config = tmp_path / "vmc.toml"
-    start = "true" if read_at_start else "false"
-    config.write_text(
-        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = {start}\nschedule = []\n'
-        + more_config
-    )
-    async with machine(tmp_path, broker, extra=("--config", str(config))) as rig:
-        source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(rig.vmc.sales))
-
-        async def serve() -> None:
-            if serve_from is not None:
-                await serve_from.wait()
-                while dex_pair.master.read_available():
-                    pass  # what reads that nobody answered left on the line
-            await source.serve()
-
-        serving = asyncio.create_task(serve())
-        try:
-            yield rig
-        finally:
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-            dex_pair.close()
+    """vmcd with the cloud and a DEX port that reads at start, served from the VMC's counters;
+    ``more_config`` is TOML for the other tables."""
+    async with machine_with_dex(tmp_path, broker, more_config) as (rig, _line):
+        yield rig
 
 
 async def test_reads_report_and_deltas_match_the_bus(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    async with machine_with_dex(tmp_path, broker) as rig:
+    async with _machine_with_dex(tmp_path, broker) as rig:
         backend = rig.backend
         await backend.wait_for(lambda: len(_events(backend, "audit.summary")) >= 1, 15)
         (first,) = _events(backend, "audit.report")
@@ -97,7 +65,7 @@ async def test_stock_reconcile_only_for_vends_the_reader_did_not_see(
     Two cash vends the VMC counted but the reader never saw: one ``stock.reconcile`` for that
     selection, and the stock follows the bus.
     """
-    async with machine_with_dex(tmp_path, broker) as rig:
+    async with _machine_with_dex(tmp_path, broker) as rig:
         backend = rig.backend
         await backend.wait_for(lambda: len(_events(backend, "audit.summary")) >= 1, 15)
         await load_planogram(rig)

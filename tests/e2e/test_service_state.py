@@ -16,8 +16,7 @@ from typing import Any
 
 from sim.broker import MosquittoBroker
 from sim.vmc_master import VmcMaster
-from tests.e2e.cloud_rig import DEVICE, machine
-from tests.e2e.test_reporter import machine_with_dex
+from tests.e2e.cloud_rig import DEVICE, machine, machine_with_dex
 from tests.e2e.test_stock_flow import load_planogram
 from tests.e2e.test_stops import background
 from vmc.services.bus import MDB_SILENT_S
@@ -73,7 +72,7 @@ async def test_service_flags_low_change_no_recent_sales_and_last_service_after_a
     # 0.002 h: 7.2 s without a sale is "no recent sales" (long enough that a busy machine
     # still publishes the sale's "false" before time alone turns it back).
     service = "[service]\nlow_change_below = 1000\nno_sales_window_h = 0.002\n"
-    async with machine_with_dex(tmp_path, broker, service) as rig:
+    async with machine_with_dex(tmp_path, broker, service) as (rig, _line):
         backend = rig.backend
 
         def state() -> dict[str, Any]:

@@ -12,8 +12,7 @@ from typing import Any
 
 from sim.backend import SimBackend
 from sim.broker import MosquittoBroker
-from tests.e2e.cloud_rig import DEVICE, Rig, machine
-from tests.e2e.test_reporter import machine_with_dex
+from tests.e2e.cloud_rig import DEVICE, Rig, machine, machine_with_dex
 from tests.e2e.test_stock_flow import load_planogram, wait_levels
 
 
@@ -54,7 +53,7 @@ def _count(bucket: dict[str, int]) -> tuple[int, int]:
 async def test_restock_with_collect_reports_sales_and_audit_cash_counters_once(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    async with machine_with_dex(tmp_path, broker, read_at_start=False) as rig:
+    async with machine_with_dex(tmp_path, broker, read_at_start=False) as (rig, _line):
         backend = rig.backend
         await load_planogram(rig)
         assert await rig.customers.purchase(item=1) == "vended"
@@ -145,7 +144,10 @@ async def test_restock_collect_with_a_failed_dex_read_names_the_step(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     silent = asyncio.Event()  # never set: nothing answers on the DEX port
-    async with machine_with_dex(tmp_path, broker, read_at_start=False, serve_from=silent) as rig:
+    async with machine_with_dex(tmp_path, broker, read_at_start=False, serve_from=silent) as (
+        rig,
+        _line,
+    ):
         backend = rig.backend
         await load_planogram(rig)
         reply = await _send(rig, {"id": "visit-x", "op": "stock.restock", "collect": True})
@@ -168,7 +170,10 @@ async def test_restock_collection_journaled_before_kill_9_is_reported_once_after
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     serve = asyncio.Event()  # the DEX port stays silent until the restart: the read hangs
-    async with machine_with_dex(tmp_path, broker, read_at_start=False, serve_from=serve) as rig:
+    async with machine_with_dex(tmp_path, broker, read_at_start=False, serve_from=serve) as (
+        rig,
+        _line,
+    ):
         backend = rig.backend
         await load_planogram(rig)
         assert (await rig.vmc.cash_sale(rig.vmc.money(200), 2)).is_ack

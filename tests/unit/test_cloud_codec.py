@@ -30,6 +30,33 @@ def test_valid_commands() -> None:
     assert decode(op="deny", txn_id="t") == m.Deny("c1", 1e12, "t", "")
 
 
+def test_data_request_and_check_status_commands() -> None:
+    assert decode(op="data.request", report=True) == m.DataRequest("c1", 1e12, "c1", True, False)
+    assert decode(op="data.request", config=True, report=False, request_id="r9") == m.DataRequest(
+        "c1", 1e12, "r9", False, True
+    )
+    assert decode(op="status.check") == m.CheckStatus("c1", 1e12)
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"op": "data.request"}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "data.request", "report": False, "config": False}, m.ErrorCode.MISSING_FIELD),
+        ({"op": "data.request", "report": 1}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": ""}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": 7}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": "local:x"}, m.ErrorCode.BAD_FIELD),
+        ({"op": "data.request", "report": True, "request_id": "r" * 129}, m.ErrorCode.BAD_FIELD),
+        ({"op": "status.check", "expires": None}, m.ErrorCode.MISSING_FIELD),
+    ],
+)
+def test_data_request_refusals(fields: dict[str, Any], code: m.ErrorCode) -> None:
+    with pytest.raises(codec.CommandError) as info:
+        decode(**fields)
+    assert info.value.code is code
+
+
 @pytest.mark.parametrize(
     ("fields", "code"),
     [

@@ -137,6 +137,15 @@ def decode_command(payload: bytes) -> m.AnyCommand:
             fields.text("to", required=False),
             fields.selection("selection"),
         )
+    if op == m.Op.DATA_REQUEST:
+        report, config = fields.flag("report"), fields.flag("config")
+        if not (report or config):
+            raise CommandError(
+                m.ErrorCode.MISSING_FIELD, "report or config must be true (or both)", cmd_id
+            )
+        return m.DataRequest(cmd_id, expires, fields.request_id() or cmd_id, report, config)
+    if op == m.Op.STATUS_CHECK:
+        return m.CheckStatus(cmd_id, expires)
     if op == m.Op.STOCK_QUERY:
         return m.StockQuery(cmd_id, expires, fields.conditions("conditions"))
     if op == m.Op.TXN_QUERY:
@@ -290,6 +299,18 @@ class _Fields:
             return default
         if type(value) is not int or not 1 <= value <= most:
             raise self._bad(name, f"an integer in 1..{most}")
+        return value
+
+    def request_id(self) -> str | None:
+        """A data request's id, the backend's; ``local:`` ones are ``vmctl``'s."""
+        value = self._get("request_id", False)
+        if value is not None and (
+            not isinstance(value, str)
+            or not 0 < len(value) <= MAX_ID_LENGTH
+            or value.startswith(m.LOCAL_PREFIX)
+        ):
+            wanted = f"a string of 1..{MAX_ID_LENGTH} characters not starting {m.LOCAL_PREFIX}"
+            raise self._bad("request_id", wanted)
         return value
 
     def selection(self, name: str) -> int | None:

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 CONTRACT_VERSION = 1
+LOCAL_PREFIX = "local:"
+"""The id of an operation made with ``vmctl`` (a stock operation, a data request) is this and
+its local id: the cloud can tell it from its own ids, and the codec refuses cloud data request
+ids that start with it, so the two never collide."""
 
 
 class ErrorCode(StrEnum):
@@ -33,6 +37,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     BAD_AMOUNT = "bad_amount"
     DUPLICATE = "duplicate"
+    NO_DEX_PORT = "no_dex_port"
 
 
 class VendType(StrEnum):
@@ -57,6 +62,8 @@ class Op(StrEnum):
     STOCK_QUERY = "stock.query"
     TXN_QUERY = "txn.query"
     REFUND = "refund"
+    DATA_REQUEST = "data.request"
+    STATUS_CHECK = "status.check"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -162,6 +169,26 @@ class SalesQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class DataRequest:
+    """Seed 003's data request (``report``: an audit read now, ``config``: what vmc holds of the
+    machine's configuration), seed 004's ``dex``; ``request_id`` defaults to the command id."""
+
+    id: str
+    expires: float
+    request_id: str
+    report: bool
+    config: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CheckStatus:
+    """Seed 004's ``check_status``: idle or busy, and why, answered at once in the reply."""
+
+    id: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
 class StockQuery:
     """Seed 004's coils and coil alarms: the stock as :func:`vmc.stock_view.stock_view` shows
     it, only the keys in ``conditions`` when given (``low``/``empty``: the alarms)."""
@@ -214,7 +241,17 @@ class Refund:
         return self.id if self.refund_id is None else self.refund_id
 
 
-AnyCommand = Command | StockCommand | SalesQuery | StockQuery | TxnQuery | CashCollect | Refund
+AnyCommand = (
+    Command
+    | StockCommand
+    | SalesQuery
+    | StockQuery
+    | TxnQuery
+    | CashCollect
+    | Refund
+    | DataRequest
+    | CheckStatus
+)
 
 
 def expired_reply(cmd: AnyCommand, now: float) -> Reply | None:
@@ -467,6 +504,28 @@ class CollectionReport:
     audit_error: Mapping[str, object] | None
 
 
+@dataclass(frozen=True, slots=True)
+class DataProgress:
+    """A DEX read that answers data requests received more: bytes and blocks so far."""
+
+    request_ids: list[str]
+    read_id: str
+    received: int
+    blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataResult:
+    """The one completion of a data request: the report's read, the config, or the error."""
+
+    request_id: str
+    ok: bool
+    read_id: str | None
+    report: Mapping[str, object] | None
+    config: Mapping[str, object] | None
+    error: Mapping[str, object] | None
+
+
 Event = (
     TxnRequest
     | TxnVend
@@ -485,6 +544,8 @@ Event = (
     | PlanogramChanged
     | StockReconcile
     | CollectionReport
+    | DataProgress
+    | DataResult
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -505,4 +566,6 @@ EVENT_TYPES: dict[type, str] = {
     PlanogramChanged: "planogram.changed",
     StockReconcile: "stock.reconcile",
     CollectionReport: "collection.report",
+    DataProgress: "data.progress",
+    DataResult: "data.result",
 }

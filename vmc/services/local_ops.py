@@ -1,4 +1,5 @@
-"""Stock operations asked for on the machine (``vmctl``), applied by the stock's one writer.
+"""Operations asked for on the machine (``vmctl``): stock operations, applied by the stock's
+one writer, and DEX reads, made by the running vmcd's reporter.
 
 vmcd keeps the stock in memory and is the only writer of the journal's stock while it runs: a
 ``vmctl`` writing behind its back would be overwritten by vmcd's next commit. vmcd holds
@@ -19,8 +20,15 @@ retried vmctl a duplicate, answered with the first reply and changing nothing ag
 never goes to the cloud; the stock events do, whenever a cloud is configured (queued in the
 outbox until vmcd sends them).
 
-This module is the inbox's one interface: :class:`LocalOps` serves and :func:`request` asks.
-A control socket (issue 10) replaces the two without touching the stock code.
+A DEX read (``vmctl dex read``) is the contract's ``data.request`` for a report: vmcd's reply in
+the inbox row means it took it (its request id is ``local:`` and the operation id), and
+:func:`follow` then watches its ``data_requests`` row for the read's progress and result (see
+:mod:`vmc.services.data_service`): one read for the technician and the cloud, and one owner of
+the DEX port. Only a running vmcd serves it; vmctl reads the port itself when none runs.
+
+This module is the inbox's one interface: :class:`LocalOps` serves, :func:`request` asks and
+:func:`follow` waits for a read. A control socket (issue 10) replaces them without touching the
+stock or reporter code.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal, WithdrawnError
+from vmc.services.data_service import DataService
 from vmc.services.stock_book import StockBook
 from vmc.state_lock import try_lock
 
@@ -47,19 +56,24 @@ log = structlog.get_logger("vmc.local_ops")
 BATCH = 8
 """Operations answered per tick at most: a burst never holds the event loop for long."""
 POLL_S = 0.05
-STOCK_COMMANDS = (m.SetPlanogram, m.Refill, m.TakeInventory, m.RestockToPar)
+LOCAL_COMMANDS = (m.SetPlanogram, m.Refill, m.TakeInventory, m.RestockToPar, m.DataRequest)
 
 
 class NoAnswerError(VmcError):
     """vmcd did not take the operation in time; it was withdrawn and nothing changed."""
 
 
+class VmcdStoppedError(NoAnswerError):
+    """vmcd stopped before the read it took had finished (it answers it failed at its start)."""
+
+
 class LocalOps:
     """Answers the operations waiting in the inbox, as the stock's writer."""
 
-    def __init__(self, journal: Journal, stock: StockBook) -> None:
+    def __init__(self, journal: Journal, stock: StockBook, data: DataService | None = None) -> None:
         self.journal = journal
         self.stock = stock
+        self.data = data
 
     def serve(self) -> None:
         """Apply or refuse what waits (nothing waiting costs one indexed query)."""
@@ -72,8 +86,10 @@ class LocalOps:
     def _answer(self, op_id: str, payload: bytes) -> None:
         try:
             cmd = codec.decode_command(payload)
-            if not isinstance(cmd, STOCK_COMMANDS) or cmd.id != op_id:
-                raise codec.CommandError(m.ErrorCode.UNKNOWN_OP, "not a local stock operation")
+            if not isinstance(cmd, LOCAL_COMMANDS) or cmd.id != op_id:
+                raise codec.CommandError(m.ErrorCode.UNKNOWN_OP, "not a local operation")
+            if isinstance(cmd, m.DataRequest) and self.data is None:
+                raise codec.CommandError(m.ErrorCode.NO_DEX_PORT, "vmcd does not run to read")
         except codec.CommandError as exc:
             log.warning("local_op_refused", op_id=op_id, code=exc.code.value, error=exc.message)
             reply = m.Reply(op_id, False, exc.code, exc.message)
@@ -81,7 +97,11 @@ class LocalOps:
             self.journal.commit([], [], local_reply=answer, durable=True)
             return
         log.info("local_op", op_id=op_id, op=type(cmd).__name__.lower())
-        self.stock.handle_command(cmd, local=True)
+        if isinstance(cmd, m.DataRequest):
+            assert self.data is not None
+            self.data.handle_command(cmd, local=True)
+        else:
+            self.stock.handle_command(cmd, local=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +145,41 @@ def request(
         journal.local_withdraw(op_id)  # unless vmcd has it already: then it stands
         raise
     return Answer(cbor2.loads(reply), repeated=not fresh)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    received: int
+    blocks: int
+
+
+def follow(
+    state_dir: Path,
+    journal: Journal,
+    request_id: str,
+    on_progress: Callable[[Progress], None],
+) -> dict[str, Any]:
+    """The result of a data request vmcd took (its ``data.result`` fields and ``file``, the raw
+    audit kept by vmcd), telling each progress as vmcd records it (at most once a second).
+
+    Raises :class:`VmcdStoppedError` when vmcd stops first: it answers the request at its next
+    start (failed, step ``restart``), nobody waits for that.
+    """
+    shown: Progress | None = None
+    while True:
+        row = journal.data_request(request_id)
+        if row is not None and row.done:
+            assert row.result is not None  # a local request's result is always kept
+            result: dict[str, Any] = cbor2.loads(row.result)
+            return result
+        if row is not None and Progress(row.received, row.blocks) != shown:
+            shown = Progress(row.received, row.blocks)
+            on_progress(shown)
+        lock = try_lock(state_dir)
+        if lock is not None:
+            lock.release()
+            row = journal.data_request(request_id)
+            if row is None or not row.done:
+                raise VmcdStoppedError("vmcd stopped before the read finished")
+            continue
+        time.sleep(POLL_S)

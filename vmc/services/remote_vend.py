@@ -29,6 +29,7 @@ from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
+from vmc.services.data_service import DataService
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
 from vmc.stock import Condition, Stock
@@ -51,6 +52,7 @@ class RemoteVending:
         on_state: Callable[[], None] = lambda: None,
         stock: StockBook | None = None,
         zone: ZoneInfo | None = None,
+        data: DataService | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -60,6 +62,7 @@ class RemoteVending:
         self.on_outbox = on_outbox
         self.on_state = on_state
         self.stock = stock
+        self.data = data
         self.zone = zone or ZoneInfo("UTC")
 
     def recover(self) -> None:
@@ -106,16 +109,22 @@ class RemoteVending:
             return
         if isinstance(cmd, m.SetPlanogram | m.Refill | m.TakeInventory | m.RestockToPar):
             if self.stock is None:
-                self._no_stock(cmd)
+                self._not_here(cmd, "stock")
             else:
                 self.stock.handle_command(cmd)
             return
         if isinstance(cmd, m.CashCollect):
             collector = None if self.stock is None else self.stock.collector
             if collector is None:
-                self._no_stock(cmd)
+                self._not_here(cmd, "stock")
             else:
                 collector.handle_command(cmd)
+            return
+        if isinstance(cmd, m.DataRequest | m.CheckStatus):
+            if self.data is None:
+                self._not_here(cmd, "data requests")
+            else:
+                self.data.handle_command(cmd)
             return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
@@ -127,8 +136,8 @@ class RemoteVending:
         )
         self._apply(fx, command_id=cmd.id)
 
-    def _no_stock(self, cmd: m.StockCommand | m.CashCollect) -> None:
-        refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, "no stock on this device")
+    def _not_here(self, cmd: m.AnyCommand, what: str) -> None:
+        refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, f"no {what} on this device")
         self._apply(Effects(reply=refusal), command_id=cmd.id)
 
     def _query_reply(self, cmd: m.SalesQuery | m.StockQuery | m.TxnQuery) -> m.Reply:

@@ -23,6 +23,10 @@ interval), for a baseline kept before the bus count existed, or for an audit wit
 A valid read also commits, with its baseline, what the service flags take from it: the coin
 tube contents (``low_change``) and the last door opening (``last_service``); see
 :mod:`vmc.services.service_monitor`.
+
+A :class:`ReadWatcher` (the data requests, :mod:`vmc.services.data_service`) hears when a read
+starts and each block it receives, and adds the completions of the requests a read answers to
+that read's own commit: a request is answered exactly when its read's events are.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -48,7 +54,7 @@ from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id
 from vmc.cloud.topics import Topics
 from vmc.config import DexConfig
-from vmc.journal import Journal
+from vmc.journal import Journal, RequestWrite
 from vmc.sales import slot_stock
 from vmc.services.audit_store import AuditStore, next_read
 from vmc.services.dex_read import read_audit
@@ -85,15 +91,35 @@ class ReadOutcome:
     """When the read started (the ``read_at`` of its ``audit.report`` or ``audit.failed``)."""
     ok: bool
     valid: bool = False
-    step: str = ""
-    reason: str = ""
     audit: Audit | None = None
     delta: AuditDelta | None = None
+    size: int = 0
+    """Bytes received (before the failure, for one that failed)."""
+    file: Path | None = None
+    """The raw audit as kept on disk."""
     raw: bytes = b""
+    step: str = ""
+    reason: str = ""
 
     @property
     def detail(self) -> str:
         return f"{self.step}: {self.reason}" if self.step else ""
+
+
+class ReadWatcher(Protocol):
+    """Told of each read as it runs; adds to the commit that reports it."""
+
+    def read_started(self, read_id: str) -> None: ...
+
+    def read_block(self, read_id: str, received: int) -> None: ...
+
+    def read_finishing(self, outcome: ReadOutcome) -> tuple[list[m.Event], list[RequestWrite]]:
+        """Events and data request rows to commit with the read's own events."""
+        ...
+
+    def read_committed(self, read_id: str) -> None:
+        """The read's commit is on disk."""
+        ...
 
 
 class Reporter:
@@ -120,6 +146,7 @@ class Reporter:
         self._wanted = asyncio.Event()
         self._trigger = "request"
         self._lock = asyncio.Lock()
+        self.watcher: ReadWatcher | None = None
 
     def attach(
         self, topics: Topics, on_outbox: Callable[[], None], on_state: Callable[[], None]
@@ -132,7 +159,9 @@ class Reporter:
     # --- when to read -------------------------------------------------------------------------
 
     def request_read(self, trigger: str = "request") -> None:
-        """Read as soon as the current read (if any) is over."""
+        """Read now; while a read runs, that read is the answer (nothing more is read)."""
+        if self._lock.locked():
+            return
         self._trigger = trigger
         self._wanted.set()
 
@@ -141,7 +170,6 @@ class Reporter:
             await self.read("start")
         while True:
             wait, trigger = self._next_wait()
-            self._wanted.clear()
             try:
                 await asyncio.wait_for(self._wanted.wait(), wait)
                 trigger = self._trigger
@@ -166,12 +194,17 @@ class Reporter:
     async def read(self, trigger: str) -> ReadOutcome:
         """Read the machine now over the configured DEX port and report what came back."""
         async with self._lock:
+            self._wanted.clear()  # this read answers whoever asked for one
             ctx = ReadContext(new_id(), self.clock(), trigger, self._bus_vends())
+            if self.watcher is not None:
+                self.watcher.read_started(ctx.read_id)
             received = 0
 
             def progress(count: int) -> None:
                 nonlocal received
                 received = count
+                if self.watcher is not None:
+                    self.watcher.read_block(ctx.read_id, count)
 
             if self.config.port is None:
                 return self._failed(ctx, "open", "no DEX port configured", 0)
@@ -198,7 +231,7 @@ class Reporter:
     def process(self, raw: bytes, ctx: ReadContext) -> ReadOutcome:
         """Keep, parse and report one audit; move the baseline only for a valid one."""
         read_id, at = ctx.read_id, ctx.at
-        self.store.save(raw, read_id, at)
+        file = self.store.save(raw, read_id, at)
         try:
             audit = parse(raw)
         except ParseError as exc:
@@ -221,7 +254,10 @@ class Reporter:
                 LAST_REPORT: _stamp(at),
                 **audit_state(self.journal, audit, change, at, self.zone),
             }
-        self._commit(events, state)
+        outcome = ReadOutcome(
+            read_id, at, True, valid, audit=audit, delta=change, size=len(raw), file=file, raw=raw
+        )
+        self._commit(events, state, outcome)
         log.info(
             "dex_report",
             read_id=read_id,
@@ -231,7 +267,7 @@ class Reporter:
             bytes=len(raw),
             baseline_reset=None if change is None else change.baseline_reset,
         )
-        return ReadOutcome(read_id, at, True, valid, audit=audit, delta=change, raw=raw)
+        return outcome
 
     def _bus_vends(self) -> dict[int, int]:
         return dict(self.journal.load_stock().paid_vends)
@@ -353,13 +389,20 @@ class Reporter:
             "dex_read_failed", read_id=ctx.read_id, step=step, reason=reason, received=received
         )
         failed = m.AuditFailed(ctx.read_id, ctx.at, ctx.trigger, step, reason, received)
-        self._commit([failed], {})
-        return ReadOutcome(ctx.read_id, ctx.at, False, step=step, reason=reason)
+        outcome = ReadOutcome(ctx.read_id, ctx.at, False, size=received, step=step, reason=reason)
+        self._commit([failed], {}, outcome)
+        return outcome
 
-    def _commit(self, events: list[m.Event], state: dict[str, bytes]) -> None:
+    def _commit(self, events: list[m.Event], state: dict[str, bytes], outcome: ReadOutcome) -> None:
         topics, at = self.topics, self.clock()
+        requests: list[RequestWrite] = []
+        if self.watcher is not None:
+            answers, requests = self.watcher.read_finishing(outcome)
+            events = [*events, *answers]
         messages = [] if topics is None else [event_message(e, topics.events, at) for e in events]
-        self.journal.commit([], messages, state=state, durable=True)
+        self.journal.commit([], messages, state=state, requests=requests, durable=True)
+        if self.watcher is not None:
+            self.watcher.read_committed(outcome.read_id)
         if messages:
             self.on_outbox()
         if state:

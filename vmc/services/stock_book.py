@@ -53,10 +53,6 @@ from vmc.stock import (
 
 log = structlog.get_logger("vmc.stock")
 
-LOCAL_PREFIX = "local:"
-"""The stock operation id of a ``vmctl`` operation is this and its id: the cloud can tell it from
-its own command ids, and a local id can never collide with one."""
-
 
 class StockBook:
     def __init__(
@@ -140,7 +136,7 @@ class StockBook:
             refusal = m.expired_reply(cmd, now)
             if refusal is not None:
                 raise CommandError(m.ErrorCode.EXPIRED, refusal.message)
-            op_id = LOCAL_PREFIX + cmd.id if local else cmd.id
+            op_id = m.LOCAL_PREFIX + cmd.id if local else cmd.id
             if self.journal.stock_applied(op_id):
                 # The command table forgets ids after 7 days, the stock's op ids stay for the
                 # retention: an id reused in between must not apply twice.
