@@ -1,4 +1,5 @@
-"""Sales reports from the journal's rows: per slot, payment and vend type, by hour and day.
+"""Sales reports from the journal's rows: per slot, payment, vend type and payment medium, by
+hour and day.
 
 Pure: rows in, a report mapping out. Rows are stored with UTC POSIX times; days and hours are
 the machine's local ones (``[daemon] timezone``), so a DST day has 23 or 25 hours and its
@@ -14,11 +15,14 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vmc.cloud.messages import VendType
+from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.stock import SlotKey, Stock
 
 MAX_REPORT_DAYS = 92
 """A report covers at most this many local days: it bounds the reply (one daily bucket each)."""
+NO_MEDIUM = "none"
+"""The ``medium`` bucket of sales that named none (cash sales, and vends whose lock, voucher or
+credit carried no medium)."""
 
 
 class Payment(StrEnum):
@@ -28,13 +32,19 @@ class Payment(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SaleRow:
-    """One product that left the machine: ``price`` in minor units, ``at`` in UTC seconds."""
+    """One product that left the machine: ``price`` in minor units, ``at`` in UTC seconds.
+
+    ``surcharge`` is the backend's fee on top of the price (minor units), reported, never
+    charged on the bus.
+    """
 
     at: float
     selection: int
     price: int
     payment: Payment
     vend_type: VendType
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,8 @@ def report(
     per_slot: dict[int, dict[str, int]] = {}
     payments = {p.value: _bucket() for p in Payment}
     vend_types = {v.value: _bucket() for v in VendType}
+    media = {name: _bucket() for name in [*(v.value for v in PaymentMedium), NO_MEDIUM]}
+    surcharge = _bucket()
     hourly = [_bucket() for _ in range(24)]
     daily = {day: _bucket() for day in when.days()}
     total = _bucket()
@@ -123,9 +135,13 @@ def report(
             vend_types[row.vend_type.value],
             hourly[local.hour],
             daily[local.date()],
+            media[NO_MEDIUM if row.medium is None else row.medium.value],
             total,
         ):
             _add(bucket, row)
+        if row.surcharge:
+            surcharge["count"] += 1
+            surcharge["amount"] += row.surcharge
     return {
         "from": when.first.isoformat(),
         "to": when.last.isoformat(),
@@ -138,6 +154,8 @@ def report(
         "total": total,
         "payment": payments,
         "vend_type": vend_types,
+        "medium": media,
+        "surcharge": surcharge,
         "hourly": [{"hour": hour, **b} for hour, b in enumerate(hourly)],
         "daily": [{"date": day.isoformat(), **b} for day, b in daily.items()],
     }

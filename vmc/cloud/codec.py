@@ -69,10 +69,11 @@ def encode_map(payload: dict[str, Any]) -> bytes:
 
 
 MAX_STOCK_LINES = 1024
+MAX_SELECTIONS = 1024
 MAX_QUANTITY = 10**9
 
 
-def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
+def decode_command(payload: bytes) -> m.AnyCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
@@ -107,6 +108,33 @@ def decode_command(payload: bytes) -> m.Command | m.StockCommand | m.SalesQuery:
             limit=fields.amount("limit", required=False),
             timeout_s=fields.positive("timeout_s", required=False),
             vend_type=fields.vend_type(),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
+        )
+    if op == m.Op.VOUCHER:
+        return m.Voucher(
+            cmd_id,
+            expires,
+            fields.text("voucher_id"),
+            selections=fields.selections("selections"),
+            value=fields.amount("value", required=False, low=1),
+            timeout_s=fields.positive("timeout_s", required=False),
+            ref=fields.text("ref", required=False),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
+        )
+    if op == m.Op.CREDIT:
+        amount = fields.amount("amount", low=1)
+        assert amount is not None
+        return m.Credit(
+            cmd_id,
+            expires,
+            fields.text("credit_id"),
+            amount,
+            timeout_s=fields.positive("timeout_s", required=False),
+            ref=fields.text("ref", required=False),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
         )
     if op == m.Op.UNLOCK:
         return m.Unlock(cmd_id, expires, fields.text("txn_id"))
@@ -178,12 +206,12 @@ class _Fields:
             raise self._bad(name, "a number of seconds in (0, 86400]")
         return value  # type: ignore[no-any-return]
 
-    def amount(self, name: str, required: bool = True) -> int | None:
+    def amount(self, name: str, required: bool = True, *, low: int = 0) -> int | None:
         value = self._get(name, required)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
-            raise self._bad(name, f"an integer count of minor units in 0..{MAX_AMOUNT}")
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_AMOUNT:
+            raise self._bad(name, f"an integer count of minor units in {low}..{MAX_AMOUNT}")
         return value
 
     def mapping(self, name: str) -> dict[str, object]:
@@ -229,6 +257,28 @@ class _Fields:
         if value is not None and (type(value) is not int or not 0 <= value <= 65535):
             raise self._bad(name, "an item number in 0..65535")
         return value
+
+    def selections(self, name: str) -> tuple[int, ...] | None:
+        """One item number or a list of them (sorted, each once); absent: every selection."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not 0 < len(items) <= MAX_SELECTIONS or any(
+            type(n) is not int or not 0 <= n <= 65535 for n in items
+        ):
+            raise self._bad(name, f"an item number in 0..65535 or a list of 1..{MAX_SELECTIONS}")
+        return tuple(sorted(set(items)))
+
+    def medium(self) -> m.PaymentMedium | None:
+        value = self.text("medium", required=False)
+        if value is None:
+            return None
+        try:
+            return m.PaymentMedium(value)
+        except ValueError:
+            allowed = ", ".join(v.value for v in m.PaymentMedium)
+            raise self._bad("medium", f"one of {allowed}") from None
 
     def vend_type(self) -> m.VendType:
         value = self.text("vend_type", required=False)

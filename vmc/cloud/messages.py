@@ -42,6 +42,23 @@ class VendType(StrEnum):
     TEST = "test"
 
 
+class PaymentMedium(StrEnum):
+    """How the customer paid the backend (seed 004's card vend types, plus the app).
+
+    A label the backend gives a lock, voucher or credit; the machine reports it with the vend
+    and aggregates its sales by it. It changes nothing on the bus.
+    """
+
+    CONTACTLESS = "contactless"
+    CONTACT = "contact"
+    RFID = "rfid"
+    BALANCE = "balance"
+    MEMBERSHIP = "membership"
+    CARD_ON_FILE = "card_on_file"
+    APP = "app"
+    OTHER = "other"
+
+
 class Op(StrEnum):
     LOCK = "lock"
     UNLOCK = "unlock"
@@ -52,6 +69,8 @@ class Op(StrEnum):
     STOCK_INVENTORY = "stock.inventory"
     STOCK_RESTOCK = "stock.restock"
     SALES_QUERY = "sales.query"
+    VOUCHER = "voucher"
+    CREDIT = "credit"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -67,6 +86,41 @@ class Lock:
     limit: int | None = None
     timeout_s: float | None = None
     vend_type: VendType = VendType.PAID
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """Seed 002: a session the machine pays for itself, for one of ``selections`` (None: any).
+
+    ``value`` None is the planogram price (the highest of the set): resolved when it arrives.
+    """
+
+    id: str
+    expires: float
+    voucher_id: str
+    selections: tuple[int, ...] | None = None
+    value: int | None = None
+    timeout_s: float | None = None
+    ref: str | None = None
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Seed 004 ``remote_credit``: ``amount`` for any selection, several vends on a multi-vend
+    VMC; what is left is reported when the session ends."""
+
+    id: str
+    expires: float
+    credit_id: str
+    amount: int
+    timeout_s: float | None = None
+    ref: str | None = None
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +146,7 @@ class Deny:
     reason: str = ""
 
 
-Command = Lock | Unlock | Paid | Deny
+Command = Lock | Unlock | Paid | Deny | Voucher | Credit
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +247,8 @@ class TxnRequest:
     decimals: int
     deadline: float
     vend_type: VendType
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +264,10 @@ class TxnVend:
     decimals: int
     vend_type: VendType
     detail: str = ""
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+    voucher_id: str | None = None
+    credit_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +278,43 @@ class TxnStatus:
     ref: str | None
     state: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherStatus:
+    """A voucher's one outcome: ``used`` (by ``txn_id``), ``expired`` or ``cancelled``."""
+
+    voucher_id: str
+    ref: str | None
+    state: str
+    reason: str
+    value: int
+    charged: int
+    selection: int | None
+    txn_id: str | None
+    currency: int
+    decimals: int
+    medium: PaymentMedium | None
+    surcharge: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditStatus:
+    """A credit's one outcome, when its session ended: ``rest`` is the backend's to return."""
+
+    credit_id: str
+    ref: str | None
+    state: str
+    reason: str
+    amount: int
+    used: int
+    rest: int
+    vends: int
+    txn_ids: tuple[str, ...]
+    currency: int
+    decimals: int
+    medium: PaymentMedium | None
+    surcharge: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +467,8 @@ Event = (
     TxnRequest
     | TxnVend
     | TxnStatus
+    | VoucherStatus
+    | CreditStatus
     | Sale
     | AuditReport
     | AuditSummary
@@ -388,6 +487,8 @@ EVENT_TYPES: dict[type, str] = {
     TxnRequest: "txn.request",
     TxnVend: "txn.vend",
     TxnStatus: "txn.status",
+    VoucherStatus: "voucher.status",
+    CreditStatus: "credit.status",
     Sale: "sale",
     AuditReport: "audit.report",
     AuditSummary: "audit.summary",
