@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
+import cbor2
 import pytest
 
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature, PaymentType
 from vmc.cloud import messages as m
+from vmc.cloud.topics import Topics
 from vmc.credit import CreditKind, CreditSession, CreditState, from_json, to_json
+from vmc.journal import Journal
 from vmc.services import bus_messages as bus
+from vmc.services.remote_vend import RemoteVending
+from vmc.services.stock_book import StockBook
+from vmc.stock import SlotKey
 from vmc.transaction import SESSION_MARGIN_S, Effects, Engine, EngineConfig, Money, Txn, TxnState
 
 S = TxnState
@@ -434,3 +441,120 @@ def test_a_voucher_round_trips_through_json() -> None:
         {"voucher_id": "v1"},
     )
     assert from_json(to_json(session)) == session
+
+
+class Glue:
+    """RemoteVending on a real journal file, its bus commands kept in a list."""
+
+    def __init__(self, path: Path, prices: Mapping[int, int] | None = PRICES) -> None:
+        self.sent: list[bus.BusCommand] = []
+        self.now = 100.0
+        self.journal = Journal(path)
+        self.stock = StockBook(self.journal, Topics("m1"), clock=lambda: self.now)
+        self.remote = RemoteVending(
+            engine(prices=prices, now=self.now),
+            self.journal,
+            Topics("m1"),
+            self.send,
+            clock=lambda: self.now,
+            stock=self.stock,
+        )
+        self.remote.recover()
+
+    def send(self, command: bus.BusCommand) -> bool:
+        self.sent.append(command)
+        return True
+
+    def command(self, **fields: Any) -> dict[str, Any]:
+        body = {"v": 1, "expires": EXPIRES, **fields}
+        self.remote.handle_command(cbor2.dumps(body))
+        return self.replies()[fields["id"]]
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [cbor2.loads(row.payload) for row in self.journal.pending(1000)]
+
+    def replies(self) -> dict[str, dict[str, Any]]:
+        return {b["id"]: b for b in self.messages() if "ok" in b}
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [b for b in self.messages() if b.get("type") == kind]
+
+
+def test_a_voucher_id_sent_again_gets_the_first_answer_and_nothing_new(tmp_path: Path) -> None:
+    glue = Glue(tmp_path / "journal.sqlite3")
+    first = glue.command(id="c1", op="voucher", voucher_id="v1", selections=[1])
+    assert first["ok"]
+    assert first["result"]["value"] == 150  # the planogram's price
+    assert glue.sent == [bus.BeginSession(150, 0, 30.0 + SESSION_MARGIN_S)]
+    stored = glue.journal.credit(CreditKind.VOUCHER, "v1")
+    assert stored is not None
+    assert stored.state is CreditState.OPEN
+    glue.remote.handle_bus(ev.SessionEnded())  # the customer walked away: cancelled
+    again = glue.command(id="c2", op="voucher", voucher_id="v1", selections=[2], value=999)
+    assert again["ok"]
+    assert again["result"] == first["result"]
+    assert len(glue.sent) == 1  # no second session
+    assert len(glue.events("voucher.status")) == 1
+    other = glue.command(id="c3", op="credit", credit_id="v1", amount=100)  # a credit's ids
+    assert other["ok"]  # are not a voucher's
+
+
+def test_a_restart_reports_the_open_voucher_once(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    glue = Glue(path)
+    glue.command(id="c1", op="voucher", voucher_id="v1", value=200, medium="rfid", surcharge=5)
+    glue.remote.handle_bus(ev.VendRequested(1, 3, 120))
+    assert glue.sent[-1] == bus.ApproveVend(1, 120)
+    approving = glue.journal.open_txn()
+    assert approving is not None
+    assert approving.state is S.APPROVING  # on disk before the reader heard of it
+    glue.journal.close()
+    after = Glue(path)  # kill -9 and start again
+    (txn_vend,) = after.events("txn.vend")
+    (status,) = after.events("voucher.status")
+    assert (txn_vend["result"], txn_vend["voucher_id"], txn_vend["medium"]) == (
+        "unknown",
+        "v1",
+        "rfid",
+    )
+    assert (status["state"], status["charged"], status["surcharge"]) == ("used", 120, 5)
+    after.journal.close()
+    again = Glue(path)
+    assert len(again.events("voucher.status")) == 1  # settled once, not at every start
+    assert again.remote.engine.credit is None
+
+
+def test_a_credit_vend_takes_stock_and_books_its_medium(tmp_path: Path) -> None:
+    glue = Glue(tmp_path / "journal.sqlite3")
+    document = {
+        "version": 1,
+        "products": [{"id": "bar"}],
+        "selections": [
+            {
+                "number": 1,
+                "product": "bar",
+                "price": 150,
+                "capacity": 9,
+                "par_level": 5,
+                "alarm_level": 1,
+            },
+        ],
+    }
+    assert glue.command(id="p", op="planogram.set", planogram=document)["ok"]
+    assert glue.command(id="r", op="stock.refill", lines=[{"selection": 1, "amount": 4}])["ok"]
+    glue.command(id="c1", op="credit", credit_id="k1", amount=500, medium="balance", surcharge=9)
+    for step in (
+        ev.VendRequested(1, 1, 150),
+        ev.VendApprovedSent(1, 150),
+        ev.VendSucceeded(1, 1, 150),
+        ev.SessionEnded(),
+    ):
+        glue.remote.handle_bus(step)
+    assert glue.stock.stock.levels[SlotKey(1)] == 3
+    (row,) = glue.journal.sales(0.0, 1e12)
+    assert (row.price, row.medium, row.surcharge) == (150, m.PaymentMedium.BALANCE, 9)
+    (status,) = glue.events("credit.status")
+    assert (status["used"], status["rest"], status["vends"]) == (150, 350, 1)
+    query = glue.command(id="q", op="sales.query", **{"from": "1970-01-01"})
+    assert query["result"]["medium"]["balance"] == {"count": 1, "amount": 150}
+    assert query["result"]["surcharge"] == {"count": 1, "amount": 9}
