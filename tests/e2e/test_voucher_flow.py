@@ -92,8 +92,8 @@ async def test_voucher_id_sent_twice_is_a_duplicate(
         assert after["result"] == first["result"]
         statuses = [e for e in rig.backend.event_log if e["type"] == "voucher.status"]
         assert len(statuses) == 1
-        busy = await rig.backend.command(DEVICE, "lock")
-        assert busy["ok"] or busy["code"] == "reader_unavailable"  # no voucher is open
+        lock = await rig.backend.command(DEVICE, "lock")
+        assert lock["ok"] or lock["code"] == "reader_unavailable"  # no voucher is open
 
 
 async def test_voucher_with_the_planogram_price(tmp_path: Path, broker: MosquittoBroker) -> None:

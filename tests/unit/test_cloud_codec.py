@@ -262,6 +262,7 @@ def test_voucher_credit_and_the_payment_medium() -> None:
     ("fields", "code", "names"),
     [
         ({"op": "voucher"}, m.ErrorCode.MISSING_FIELD, "voucher_id"),
+        ({"op": "voucher", "voucher_id": ""}, m.ErrorCode.BAD_FIELD, "voucher_id"),
         (
             {"op": "voucher", "voucher_id": "v", "selections": []},
             m.ErrorCode.BAD_FIELD,

@@ -115,7 +115,7 @@ def decode_command(payload: bytes) -> m.AnyCommand:
         return m.Voucher(
             cmd_id,
             expires,
-            fields.text("voucher_id"),
+            fields.name("voucher_id"),
             selections=fields.selections("selections"),
             value=fields.amount("value", required=False, low=1),
             timeout_s=fields.positive("timeout_s", required=False),
@@ -129,7 +129,7 @@ def decode_command(payload: bytes) -> m.AnyCommand:
         return m.Credit(
             cmd_id,
             expires,
-            fields.text("credit_id"),
+            fields.name("credit_id"),
             amount,
             timeout_s=fields.positive("timeout_s", required=False),
             ref=fields.text("ref", required=False),
@@ -185,6 +185,13 @@ class _Fields:
         if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH):
             raise self._bad(name, f"a string of at most {MAX_TEXT_LENGTH} characters")
         return value
+
+    def name(self, name: str) -> str:
+        """A required id the backend chose (a voucher's, a credit's): text, not empty."""
+        value = self.text(name)
+        if not value:
+            raise self._bad(name, f"a string of 1..{MAX_TEXT_LENGTH} characters")
+        return str(value)
 
     def number(self, name: str, required: bool = True) -> Any:
         value = self._get(name, required)
