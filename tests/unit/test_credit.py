@@ -371,8 +371,9 @@ def test_restart_cancels_an_unused_voucher() -> None:
 def test_restart_mid_vend_uses_the_voucher_and_never_approves_again() -> None:
     eng = engine()
     effects = [voucher(eng, value=150), eng.on_bus(ev.VendRequested(1, 1, 150), 2.0)]
+    open_txn, open_credit = _committed(effects)
     fresh = engine()
-    fx = fresh.recover(*_committed(effects)[:1], 9.0, _committed(effects)[1])
+    fx = fresh.recover(open_txn, 9.0, open_credit)
     assert [type(e) for e in fx.events] == [m.TxnVend, m.VoucherStatus]
     txn_vend, status = fx.events
     assert isinstance(txn_vend, m.TxnVend)

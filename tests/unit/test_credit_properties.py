@@ -93,7 +93,10 @@ class Machine:
             self.crash_after_commit = False
             self.crash()
             return
+        life = self.crashes
         for command in fx.bus:
+            if self.crashes != life:
+                return  # the process that was to send them is gone
             self.apply(self._to_reader(command))
         self.pump()
 
@@ -118,15 +121,17 @@ class Machine:
         return Effects()
 
     def pump(self) -> None:
+        life = self.crashes
         for event in self.bus.device.take_events():
+            if self.crashes != life:
+                return  # the old reader's news dies with its process
             self.apply(self.engine.on_bus(event, self.now))
 
     # --- the VMC --------------------------------------------------------------------------
 
     def _send(self, *payload: int, advance: float = 0.01) -> bytes:
-        self.now += advance
-        self.bus.now = self.now - advance
         answer = self.bus.send(*payload, advance=advance)
+        self.now = self.bus.now
         if len(answer) > 1:
             self.bus.ack()
         self.pump()
