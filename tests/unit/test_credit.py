@@ -3,6 +3,7 @@ properties against the real reader core under any interleaving, crashes included
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,15 @@ from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature, PaymentType
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
-from vmc.credit import CreditKind, CreditSession, CreditState, from_json, to_json
+from vmc.credit import (
+    CreditKind,
+    CreditSession,
+    CreditState,
+    Refusal,
+    from_json,
+    to_json,
+    why_refused,
+)
 from vmc.journal import Journal
 from vmc.services import bus_messages as bus
 from vmc.services.remote_vend import RemoteVending
@@ -559,3 +568,20 @@ def test_a_credit_vend_takes_stock_and_books_its_medium(tmp_path: Path) -> None:
     query = glue.command(id="q", op="sales.query", **{"from": "1970-01-01"})
     assert query["result"]["medium"]["balance"] == {"count": 1, "amount": 150}
     assert query["result"]["surcharge"] == {"count": 1, "amount": 9}
+
+
+def test_why_a_selection_is_refused() -> None:
+    open_voucher = CreditSession(
+        CreditKind.VOUCHER, "v1", CreditState.OPEN, 150, 0.0, 0.0, 30.0, (1, 3), used=0
+    )
+    assert why_refused(open_voucher, 1, 150, negative=False) is None
+    assert why_refused(open_voucher, 2, 100, negative=False) is Refusal.NOT_IN_VOUCHER
+    assert why_refused(open_voucher, 3, 151, negative=False) is Refusal.OVER_VALUE
+    assert why_refused(open_voucher, 1, 100, negative=True) is Refusal.NEGATIVE_VEND
+    paid_once = dataclasses.replace(open_voucher, used=100, txn_ids=("t1",))
+    assert why_refused(paid_once, 1, 50, negative=False) is Refusal.OVER_VALUE  # one vend only
+    open_credit = CreditSession(
+        CreditKind.CREDIT, "k1", CreditState.OPEN, 500, 0.0, 0.0, 30.0, used=350
+    )
+    assert why_refused(open_credit, 9, 150, negative=False) is None
+    assert why_refused(open_credit, 9, 151, negative=False) is Refusal.OVER_VALUE
