@@ -15,6 +15,10 @@ selection from what it loaded and what was sold (vends that succeeded, cash sale
 machine's reported levels can be checked against an independent count. It asks a machine for
 data (an audit read now, its configuration) and collects the read's progress and the one
 result, and asks whether it is idle or busy.
+
+And it issues vouchers (seed 002) and remote credits (seed 004): it books each one's outcome
+as the machine reports it (what a voucher charged, what a credit used and has left) next to its
+own count from the ``txn.vend`` events they paid, so the two can be checked against each other.
 """
 
 from __future__ import annotations
@@ -74,6 +78,42 @@ class Entry:
     result: str | None = None
     vend_type: str = "paid"
     refunded: int = 0
+
+
+@dataclass
+class CreditEntry:
+    """The backend's book line for one voucher or credit (``kind``), as the machine accepted it.
+
+    ``vends`` are the ``txn.vend`` events it paid; ``status`` its one outcome
+    (``voucher.status`` or ``credit.status``) once heard.
+    """
+
+    kind: str
+    credit_id: str
+    device: str
+    value: int = 0
+    vends: list[dict[str, Any]] = field(default_factory=list)
+    status: dict[str, Any] | None = None
+
+    @property
+    def spent(self) -> int:
+        """What the vends it paid took, by the backend's own count: a vend that may have
+        dispensed (``unknown``) counts, a failed one does not."""
+        return sum(int(v["amount"]) for v in self.vends if v["result"] != "failure")
+
+    @property
+    def used(self) -> int | None:
+        """What the machine says it used (a voucher's ``charged``); None before its outcome."""
+        if self.status is None:
+            return None
+        return int(self.status["charged" if self.kind == "voucher" else "used"])
+
+    def agrees(self) -> bool:
+        """The machine's outcome and the backend's count say the same."""
+        status = self.status
+        if status is None or self.used != self.spent or self.spent > self.value:
+            return False
+        return self.kind == "voucher" or status["rest"] == self.value - self.spent
 
 
 @dataclass
@@ -145,6 +185,9 @@ class Books:
         entry.refunded += amount
         if entry.member is not None and entry.member in self.balances:
             self.balances[entry.member] += amount
+
+    credits: dict[tuple[str, str], CreditEntry] = field(default_factory=dict)
+    """Vouchers and credits by (kind, id)."""
 
     def vended_by_type(self) -> Counter[str]:
         """Successful cashless vends per vend type (paid, free, test)."""
@@ -390,6 +433,39 @@ class SimBackend:
         result: dict[str, Any] = reply["result"]
         return result
 
+    async def voucher(
+        self, device: str, voucher_id: str, *, value: int | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a voucher (``value`` None: the planogram price) and book it when accepted."""
+        reply = await self.command(device, "voucher", voucher_id=voucher_id, value=value, **fields)
+        if reply["ok"]:
+            self._credit_entry("voucher", voucher_id, device).value = reply["result"]["value"]
+        return reply
+
+    async def credit(
+        self, device: str, credit_id: str, amount: int, **fields: Any
+    ) -> dict[str, Any]:
+        """Send a remote credit and book it when accepted."""
+        reply = await self.command(device, "credit", credit_id=credit_id, amount=amount, **fields)
+        if reply["ok"]:
+            self._credit_entry("credit", credit_id, device).value = reply["result"]["amount"]
+        return reply
+
+    async def wait_credit(self, kind: str, credit_id: str, timeout: float = 15.0) -> CreditEntry:
+        """Until the voucher's or credit's outcome arrived."""
+
+        def done() -> CreditEntry | None:
+            entry = self.books.credits.get((kind, credit_id))
+            return entry if entry is not None and entry.status is not None else None
+
+        entry: CreditEntry = await self.wait_for(done, timeout)
+        return entry
+
+    def _credit_entry(self, kind: str, credit_id: str, device: str) -> CreditEntry:
+        return self.books.credits.setdefault(
+            (kind, credit_id), CreditEntry(kind, credit_id, device)
+        )
+
     async def wait_for(self, probe: Any, timeout: float) -> Any:
         async with asyncio.timeout(timeout), self._changed:
             while (value := probe()) is None or value is False:
@@ -430,6 +506,17 @@ class SimBackend:
             self.books.stock.alarms.append(body)
         elif kind == "stock.discrepancy":
             self.books.stock.discrepancies.append(body)
+        if kind in ("voucher.status", "credit.status"):
+            name = str(kind).split(".")[0]
+            self._credit_entry(name, body[f"{name}_id"], device).status = body
+            return
+        if kind == "txn.vend" and (body.get("voucher_id") or body.get("credit_id")):
+            # Paid from a voucher or credit: its money is in that book, not a transaction's.
+            name = "voucher" if body.get("voucher_id") else "credit"
+            self._credit_entry(name, body[f"{name}_id"], device).vends.append(body)
+            if body["result"] == "success":
+                self.books.stock.sold(body.get("selection"))
+            return
         if not str(kind).startswith("txn."):
             return  # audits and machine events: kept in event_log, not in the books
         txn_id = body["txn_id"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from protocols.mdb import commands as c
@@ -187,6 +187,14 @@ class Customers:
         outcome = await self.select(item=item)
         await self.end_session()
         return outcome
+
+    async def session(self, items: Sequence[int]) -> list[str]:
+        """One session with a selection of each item in turn, as a multi-vend VMC asks for
+        them; the outcome of each ("vended", "denied", ...)."""
+        await self.open_session()
+        outcomes = [await self.select(item=item) for item in items]
+        await self.end_session()
+        return outcomes
 
     async def _vend_failure(self) -> str:
         await self.open_session()

@@ -30,6 +30,7 @@ from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
+from vmc.credit import credit_state
 from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.launch import quiet_early_stops
@@ -152,6 +153,7 @@ def _cloud_services(
             lock_timeout=cloud.lock_timeout,
         ),
         new_id,
+        prices=lambda: None if stock.stock.planogram is None else stock.stock.planogram.prices(),
     )
     remote: RemoteVending
     topics = Topics(settings.device_id, settings.topic_prefix)
@@ -165,6 +167,7 @@ def _cloud_services(
             "reader": engine.reader_state.name.lower(),
             "always_idle": engine.always_idle,
             "txn": None if txn is None else {"txn_id": txn.txn_id, "state": txn.state.value},
+            "credit": None if engine.credit is None else credit_state(engine.credit),
             "mdb_link": "up" if link_up() else "down",
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),

@@ -14,13 +14,17 @@
   stock operation writes all of them with its outbox events and its command's reply in ONE
   fsynced commit (:class:`StockWrite`), so a power cut leaves the old or the new stock.
 - ``sales`` holds one row per product that left the machine (UTC time, selection, price,
-  payment, vend type), written in the same commit as the sale's event; ``sales.query`` reports
-  from it.
+  payment, vend type, payment medium, surcharge), written in the same commit as the sale's
+  event; ``sales.query`` reports from it. A journal from before the medium and surcharge gets
+  the two columns when it is opened.
 - ``refunds`` holds each refund recorded against a vend (refund id, txn id, UTC time, amount,
   and the vend's selection, result and vend type), written in ONE fsynced commit with its
   ``txn.refund`` event and the command's reply. A closed transaction is kept, with its log and
   refunds, for ``[daemon] sales_retention_days`` after it closed and after its last refund, so
   a refund can be judged against it (and never exceed it) after a restart.
+- ``credits`` holds each voucher and remote credit by kind and id (the backend's, so a repeated
+  one is known), open or with its one outcome, written in the same commit as the transitions
+  of the vends it paid.
 - ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
   as the cloud would send it) under its id, and the reply, written in the same commit as the
   operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
@@ -54,8 +58,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocols.errors import VmcError
-from vmc.cloud.messages import VendType
+from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.collection import Collection
+from vmc.credit import CreditKind, CreditSession, CreditState
+from vmc.credit import from_json as credit_from_json
+from vmc.credit import to_json as credit_to_json
 from vmc.data_request import Request
 from vmc.planogram import Planogram
 from vmc.refunds import RefundRow
@@ -142,7 +149,9 @@ CREATE TABLE IF NOT EXISTS sales (
     selection INTEGER NOT NULL,
     price INTEGER NOT NULL,
     payment TEXT NOT NULL,
-    vend_type TEXT NOT NULL
+    vend_type TEXT NOT NULL,
+    medium TEXT,
+    surcharge INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sales_at ON sales (at);
 CREATE TABLE IF NOT EXISTS refunds (
@@ -157,6 +166,14 @@ CREATE TABLE IF NOT EXISTS refunds (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS refunds_txn ON refunds (txn_id);
 CREATE INDEX IF NOT EXISTS refunds_at ON refunds (at);
+CREATE TABLE IF NOT EXISTS credits (
+    kind TEXT NOT NULL,
+    credit_id TEXT NOT NULL,
+    final INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (kind, credit_id)
+);
+CREATE INDEX IF NOT EXISTS credits_open ON credits (final) WHERE final = 0;
 CREATE TABLE IF NOT EXISTS local_inbox (
     id TEXT PRIMARY KEY,
     command BLOB NOT NULL,
@@ -190,6 +207,11 @@ JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
 STOCK_META = "stock"
 """The ``state`` key of what the stock keeps besides levels: sales since refill, timestamps."""
+SALES_COLUMNS_ADDED = (
+    ("medium", "TEXT"),
+    ("surcharge", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns the ``sales`` table gained after its first release: added to an older journal."""
 
 
 class WithdrawnError(VmcError):
@@ -285,6 +307,8 @@ def txn_from_json(text: str) -> Txn:
     data = json.loads(text)
     data["state"] = TxnState(data["state"])
     data["vend_type"] = VendType(data["vend_type"])
+    if data.get("medium") is not None:
+        data["medium"] = PaymentMedium(data["medium"])
     return Txn(**data)
 
 
@@ -300,6 +324,20 @@ class Journal:
         self._sync = ""
         self._set_sync(durable=True)
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an older version up to this schema."""
+        if not self._sales_columns_missing(self._db):
+            return
+        with self._transaction(durable=True) as db:  # vmcd and vmctl may both open it
+            for name, kind in self._sales_columns_missing(db):
+                db.execute(f"ALTER TABLE sales ADD COLUMN {name} {kind}")
+
+    @staticmethod
+    def _sales_columns_missing(db: sqlite3.Connection) -> list[tuple[str, str]]:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(sales)")}
+        return [(name, kind) for name, kind in SALES_COLUMNS_ADDED if name not in columns]
 
     def _set_sync(self, *, durable: bool) -> None:
         mode = "FULL" if durable else "NORMAL"
@@ -361,6 +399,7 @@ class Journal:
         collections: Sequence[Collection] = (),
         refunds: Sequence[RefundRow] = (),
         requests: Sequence[RequestWrite] = (),
+        credits: Sequence[CreditSession] = (),
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
@@ -389,10 +428,20 @@ class Journal:
                 [(c.collection_id, c.at, c.since, c.restock, c.reported) for c in collections],
             )
             db.executemany(
-                "INSERT OR IGNORE INTO sales (op_id, at, selection, price, payment, vend_type)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO sales"
+                " (op_id, at, selection, price, payment, vend_type, medium, surcharge)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (op_id, r.at, r.selection, r.price, r.payment.value, r.vend_type.value)
+                    (
+                        op_id,
+                        r.at,
+                        r.selection,
+                        r.price,
+                        r.payment.value,
+                        r.vend_type.value,
+                        None if r.medium is None else r.medium.value,
+                        r.surcharge,
+                    )
                     for op_id, r in sales
                 ],
             )
@@ -412,6 +461,20 @@ class Journal:
                         r.reason,
                     )
                     for r in refunds
+                ],
+            )
+            db.executemany(
+                "INSERT INTO credits (kind, credit_id, final, data) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (kind, credit_id) DO UPDATE SET final = excluded.final,"
+                " data = excluded.data",
+                [
+                    (
+                        c.kind.value,
+                        c.credit_id,
+                        int(c.state is not CreditState.OPEN),
+                        credit_to_json(c),
+                    )
+                    for c in credits
                 ],
             )
             for write in stock:
@@ -519,6 +582,18 @@ class Journal:
         row = self._db.execute("SELECT data FROM txns WHERE final = 0 LIMIT 1").fetchone()
         return None if row is None else txn_from_json(row[0])
 
+    def open_credit(self) -> CreditSession | None:
+        """The voucher or credit still open, if a crash left one."""
+        row = self._db.execute("SELECT data FROM credits WHERE final = 0 LIMIT 1").fetchone()
+        return None if row is None else credit_from_json(row[0])
+
+    def credit(self, kind: CreditKind, credit_id: str) -> CreditSession | None:
+        """A voucher or credit accepted before under this id, open or ended."""
+        row = self._db.execute(
+            "SELECT data FROM credits WHERE kind = ? AND credit_id = ?", (kind.value, credit_id)
+        ).fetchone()
+        return None if row is None else credit_from_json(row[0])
+
     def txn(self, txn_id: str) -> Txn | None:
         row = self._db.execute("SELECT data FROM txns WHERE txn_id = ?", (txn_id,)).fetchone()
         return None if row is None else txn_from_json(row[0])
@@ -584,11 +659,16 @@ class Journal:
     def sales(self, since: float, until: float) -> list[SaleRow]:
         """The sales rows with ``since <= at < until``, oldest first."""
         rows = self._db.execute(
-            "SELECT at, selection, price, payment, vend_type FROM sales"
+            "SELECT at, selection, price, payment, vend_type, medium, surcharge FROM sales"
             " WHERE at >= ? AND at < ? ORDER BY at",
             (since, until),
         ).fetchall()
-        return [SaleRow(a, s, p, Payment(pay), VendType(v)) for a, s, p, pay, v in rows]
+        return [
+            SaleRow(
+                a, s, p, Payment(pay), VendType(v), None if md is None else PaymentMedium(md), sur
+            )
+            for a, s, p, pay, v, md, sur in rows
+        ]
 
     def last_paid_sale(self) -> float | None:
         """The time of the newest paid sales row (read from the ``sales_at`` index's end)."""

@@ -143,6 +143,10 @@ class Planogram:
     def selection(self, number: int) -> Selection | None:
         return self._by_number.get(number)
 
+    def prices(self) -> dict[int, int]:
+        """Each selection's price (minor units), by number."""
+        return {s.number: s.price for s in self.selections}
+
     def product(self, product_id: str) -> Product:
         return self._by_product[product_id]
 

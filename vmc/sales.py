@@ -1,4 +1,5 @@
-"""Sales reports from the journal's rows: per slot, payment and vend type, by hour and day.
+"""Sales reports from the journal's rows: per slot, payment, vend type and payment medium, by
+hour and day.
 
 Pure: rows in, a report mapping out. Rows are stored with UTC POSIX times; days and hours are
 the machine's local ones (``[daemon] timezone``), so a DST day has 23 or 25 hours and its
@@ -18,7 +19,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vmc.cloud.messages import VendType
+from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.refunds import RefundRow
 from vmc.stock import SlotKey, Stock
 from vmc.transaction import VEND_RESULT, TxnState
@@ -28,6 +29,9 @@ SOLD = VEND_RESULT[TxnState.VENDED]
 
 MAX_REPORT_DAYS = 92
 """A report covers at most this many local days: it bounds the reply (one daily bucket each)."""
+NO_MEDIUM = "none"
+"""The ``medium`` bucket of sales that named none (cash sales, and vends whose lock, voucher or
+credit carried no medium)."""
 
 
 class Payment(StrEnum):
@@ -37,13 +41,19 @@ class Payment(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SaleRow:
-    """One product that left the machine: ``price`` in minor units, ``at`` in UTC seconds."""
+    """One product that left the machine: ``price`` in minor units, ``at`` in UTC seconds.
+
+    ``surcharge`` is the backend's fee on top of the price (minor units), reported, never
+    charged on the bus.
+    """
 
     at: float
     selection: int
     price: int
     payment: Payment
     vend_type: VendType
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +145,8 @@ def report(
     per_slot: dict[int, dict[str, int]] = {}
     refunded: dict[int, dict[str, int]] = {}
     results = {r: _bucket() for r in VEND_RESULT.values()}
+    media = {name: _bucket() for name in [*(v.value for v in PaymentMedium), NO_MEDIUM]}
+    surcharge = _bucket()
     hourly = [_bucket() for _ in range(24)]
     daily = {day: _bucket() for day in when.days()}
     kept: list[SaleRow] = []
@@ -154,8 +166,11 @@ def report(
             per_slot.setdefault(row.selection, _bucket()),
             hourly[local.hour],
             daily[local.date()],
+            media[NO_MEDIUM if row.medium is None else row.medium.value],
         ):
             _add(bucket, row.price)
+        if row.surcharge:
+            _add(surcharge, row.surcharge)
     for refund in refunds:
         if local_time(refund.at, refund.selection) is None:
             continue
@@ -175,6 +190,8 @@ def report(
         **summed,
         "refunds": results,
         "net": summed["total"]["amount"] - results[SOLD]["amount"],
+        "medium": media,
+        "surcharge": surcharge,
         "hourly": [{"hour": hour, **b} for hour, b in enumerate(hourly)],
         "daily": [{"date": day.isoformat(), **b} for day, b in daily.items()],
     }

@@ -10,6 +10,11 @@ the bus commands, and the reply to the command. The caller must commit the first
 journal (one SQLite transaction, fsynced when ``durable``) **before** it sends the bus commands,
 so a crash can never leave a side effect the journal does not know about.
 
+Vouchers and remote credits (:mod:`vmc.credit`) use the same reader and the same rules: while
+one is open no lock is accepted and the other way round. The machine decides their selections
+itself; each vend they pay is a transaction of its own (no ``txn.request``, one ``txn.vend``), and
+the voucher's or credit's own outcome is one ``voucher.status`` or ``credit.status``.
+
 Money safety: the engine's approval deadline is earlier than the reader's own
 (``approval_timeout``), and the reader denies an undecided vend at its deadline by itself, so a
 ``paid`` that arrives late is answered ``too_late`` and reported as void, never dispensed.
@@ -20,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -28,9 +33,21 @@ from protocols.errors import LocalProtocolError
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature, PaymentType
 from vmc.cloud import messages as m
+from vmc.credit import (
+    CreditKind,
+    CreditSession,
+    CreditState,
+    PriceError,
+    outcome,
+    planogram_value,
+    why_refused,
+)
 from vmc.services import bus_messages as bus
 
 APPROVAL_GUARD_S = 0.5
+SESSION_MARGIN_S = 1.0
+"""A voucher's or credit's session is kept this much longer by the reader than by the engine,
+so the engine's own expiry (reported as the outcome) is what ends it."""
 REMEMBERED_CLOSED = 256
 _PAYMENT_TYPES = {
     m.VendType.PAID: PaymentType.NORMAL,
@@ -84,6 +101,15 @@ class Txn:
     deadline: float | None = None
     amount: int | None = None
     reason: str = ""
+    medium: m.PaymentMedium | None = None
+    surcharge: int = 0
+    voucher_id: str | None = None
+    credit_id: str | None = None
+
+    @property
+    def paid_by_credit(self) -> bool:
+        """A vend the machine approved from a voucher or a credit (no backend decision)."""
+        return self.voucher_id is not None or self.credit_id is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +133,31 @@ class Effects:
     events: list[m.Event] = field(default_factory=list)
     bus: list[bus.BusCommand] = field(default_factory=list)
     reply: m.Reply | None = None
+    credits: list[CreditSession] = field(default_factory=list)
 
     @property
     def durable(self) -> bool:
-        return any(t.state in DURABLE for t in self.transitions)
+        """Money moves: an approval's step, or a voucher's or credit's (it reserves and
+        gives back its value)."""
+        return bool(self.credits) or any(t.state in DURABLE for t in self.transitions)
 
 
 class Engine:
     """At most one transaction at a time: one reader serves one customer."""
 
-    def __init__(self, config: EngineConfig, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        new_id: Callable[[], str],
+        prices: Callable[[], Mapping[int, int] | None] = lambda: None,
+    ) -> None:
+        """``prices``: the planogram's price per selection, None without a planogram."""
         self.config = config
         self.new_id = new_id
+        self.prices = prices
         self.txn: Txn | None = None
+        self.credit: CreditSession | None = None
+        self.credit_vend_id: int | None = None  # the open credit's last vend on the bus
         self.reader_state = ev.State.INACTIVE
         self.always_idle = False
         # Recently closed transactions, so a late or repeated paid is answered truthfully.
@@ -127,23 +165,27 @@ class Engine:
 
     # --- restart ---------------------------------------------------------------------------
 
-    def recover(self, open_txn: Txn | None, now: float) -> Effects:
-        """Settle the transaction a crash left open: never approved again, never forgotten.
+    def recover(
+        self, open_txn: Txn | None, now: float, open_credit: CreditSession | None = None
+    ) -> Effects:
+        """Settle the transaction and the voucher or credit a crash left open: never approved
+        again, never forgotten.
 
-        The bus process died with the daemon, so nothing more will happen to it on the bus:
-        before any approval it ended; after an approval was journaled, the machine cannot
-        tell whether it dispensed.
+        The bus process died with the daemon, so nothing more will happen to them on the bus:
+        before any approval a transaction ended; after an approval was journaled, the machine
+        cannot tell whether it dispensed (and a voucher or credit keeps that price as used).
+        The voucher or credit then ends, with what it paid.
         """
         fx = Effects()
-        self.txn = open_txn
-        if open_txn is None or open_txn.state in FINAL:
-            self.txn = None
-            return fx
-        if open_txn.state in (S.LOCKED, S.REQUESTED):
-            state = S.CANCELLED if open_txn.state is S.LOCKED else S.EXPIRED
+        self.credit = open_credit if open_credit and open_credit.state is CreditState.OPEN else None
+        self.txn = None if open_txn is None or open_txn.state in FINAL else open_txn
+        if self.txn is not None and self.txn.state in (S.LOCKED, S.REQUESTED):
+            state = S.CANCELLED if self.txn.state is S.LOCKED else S.EXPIRED
             self._end(fx, state, "restart", now)
-        else:
+        elif self.txn is not None:
             self._vend_result(fx, S.UNKNOWN, "restart_during_vend", now)
+        if self.credit is not None:
+            self._finish_credit(fx, "restart", now)
         return fx
 
     # --- commands from the backend -----------------------------------------------------------
@@ -162,26 +204,91 @@ class Engine:
                 self._paid(fx, cmd, now)
             case m.Deny():
                 self._deny(fx, cmd, now)
+            case m.Voucher() | m.Credit():
+                self._open_credit(fx, cmd, now)
         return fx
 
-    def _lock(self, fx: Effects, cmd: m.Lock, now: float) -> None:
+    def _not_ready(self, cmd: m.Command) -> m.Reply | None:
+        """The refusal of a new session: one at a time, on an enabled reader."""
         if self.txn is not None:
-            fx.reply = _refuse(
-                cmd, m.ErrorCode.BUSY, f"transaction {self.txn.txn_id} is {self.txn.state}"
-            )
-            return
+            message = f"transaction {self.txn.txn_id} is {self.txn.state}"
+            return _refuse(cmd, m.ErrorCode.BUSY, message)
+        if self.credit is not None:
+            message = f"{self.credit.kind} {self.credit.credit_id} is open"
+            return _refuse(cmd, m.ErrorCode.BUSY, message)
         if self.reader_state is not ev.State.ENABLED:
-            fx.reply = _refuse(
-                cmd, m.ErrorCode.READER_UNAVAILABLE, f"reader is {self.reader_state.name}"
-            )
+            message = f"reader is {self.reader_state.name}"
+            return _refuse(cmd, m.ErrorCode.READER_UNAVAILABLE, message)
+        return None
+
+    def _lock(self, fx: Effects, cmd: m.Lock, now: float) -> None:
+        fx.reply = self._not_ready(cmd)
+        if fx.reply is not None:
             return
         timeout = cmd.timeout_s if cmd.timeout_s is not None else self.config.lock_timeout
         txn = Txn(
-            self.new_id(), S.LOCKED, now, now, cmd.vend_type, cmd.ref, cmd.limit, now + timeout
+            self.new_id(),
+            S.LOCKED,
+            now,
+            now,
+            cmd.vend_type,
+            cmd.ref,
+            cmd.limit,
+            now + timeout,
+            medium=cmd.medium,
+            surcharge=cmd.surcharge,
         )
         self._move(fx, txn)
         fx.bus.append(bus.BeginSession(cmd.limit, int(_PAYMENT_TYPES[cmd.vend_type])))
         fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "expires": now + timeout})
+
+    def _open_credit(self, fx: Effects, cmd: m.Voucher | m.Credit, now: float) -> None:
+        """Offer the VMC a session whose funds are the voucher's or credit's value."""
+        fx.reply = self._not_ready(cmd)
+        if fx.reply is not None:
+            return
+        timeout = cmd.timeout_s if cmd.timeout_s is not None else self.config.lock_timeout
+        expires_at = now + timeout
+        if isinstance(cmd, m.Voucher):
+            kind, credit_id, selections, value = (
+                CreditKind.VOUCHER,
+                cmd.voucher_id,
+                cmd.selections,
+                cmd.value,
+            )
+            if value is None:
+                try:
+                    value = planogram_value(selections, self.prices())
+                except PriceError as exc:
+                    fx.reply = _refuse(cmd, exc.code, str(exc))
+                    return
+            result: dict[str, object] = {
+                "voucher_id": credit_id,
+                "value": value,
+                "selections": None if selections is None else list(selections),
+            }
+        else:
+            kind, credit_id, selections, value = CreditKind.CREDIT, cmd.credit_id, None, cmd.amount
+            result = {"credit_id": credit_id, "amount": value}
+        result |= {"expires": expires_at, "state": CreditState.OPEN.value}
+        session = CreditSession(
+            kind,
+            credit_id,
+            CreditState.OPEN,
+            value,
+            now,
+            now,
+            expires_at,
+            selections,
+            cmd.ref,
+            cmd.medium,
+            cmd.surcharge,
+            result=result,
+        )
+        self.credit_vend_id = None
+        self._save_credit(fx, session, now)
+        fx.bus.append(bus.BeginSession(value, int(PaymentType.NORMAL), timeout + SESSION_MARGIN_S))
+        fx.reply = m.Reply(cmd.id, True, result=result)
 
     def _unlock(self, fx: Effects, cmd: m.Unlock, now: float) -> None:
         txn = self._find(fx, cmd, cmd.txn_id)
@@ -266,6 +373,8 @@ class Engine:
                 self.always_idle = bool(features & Feature.ALWAYS_IDLE)
             case ev.ReaderReset():
                 self.always_idle = False
+            case ev.VendRequested() if self.credit is not None:
+                self._credit_vend_requested(fx, event, now)
             case ev.VendRequested():
                 self._vend_requested(fx, event, now)
             case ev.VendApprovedSent(vend_id=vend_id) if _is(txn, vend_id, S.APPROVING):
@@ -286,9 +395,17 @@ class Engine:
                 S.REQUESTED,
             ):
                 self._end(fx, S.CANCELLED, "session_ended", now)
+            case ev.SessionEnded() | ev.SessionRefused() if txn is None and self.credit is not None:
+                self._finish_credit(fx, "session_ended", now)
             case ev.CashSaleReported(item=item, price=price):
                 money = self.config.money
                 fx.events.append(m.Sale("cash", item, price, money.currency, money.decimals))
+            case bus.CommandRefused(command="ApproveVend") if (
+                txn is not None and txn.state is S.APPROVING and txn.paid_by_credit
+            ):
+                # Nothing was dispensed; the price goes back to the voucher or credit, whose
+                # session stays open for another selection.
+                self._end(fx, S.EXPIRED, "approval_refused", now)
             case bus.CommandRefused(command="ApproveVend", refusal=refusal) if (
                 txn is not None and txn.state is S.APPROVING
             ):
@@ -305,7 +422,47 @@ class Engine:
                 txn is not None and txn.state is S.LOCKED
             ):
                 self._end(fx, S.CANCELLED, "session_refused", now)
+            case bus.CommandRefused(command="BeginSession") if (
+                txn is None and self.credit is not None
+            ):
+                self._finish_credit(fx, "session_refused", now)
         return fx
+
+    def _credit_vend_requested(self, fx: Effects, req: ev.VendRequested, now: float) -> None:
+        """A selection in a voucher's or credit's session: the machine decides it at once."""
+        credit = self.credit
+        assert credit is not None
+        self.credit_vend_id = req.vend_id
+        if self.txn is not None:
+            fx.bus.append(bus.DenyVend(req.vend_id))  # one vend at a time
+            return
+        if now >= credit.expires_at:  # late: it never dispenses
+            fx.bus += [bus.DenyVend(req.vend_id), bus.CancelSession(req.vend_id)]
+            self._finish_credit(fx, "timeout", now)
+            return
+        if why_refused(credit, req.item, req.price, negative=req.negative) is not None:
+            fx.bus.append(bus.DenyVend(req.vend_id))  # the session stays for another selection
+            return
+        voucher = credit.kind is CreditKind.VOUCHER
+        txn = Txn(
+            self.new_id(),
+            S.REQUESTED,
+            now,
+            now,
+            ref=credit.ref,
+            selection=req.item,
+            price=req.price,
+            vend_id=req.vend_id,
+            medium=credit.medium,
+            surcharge=credit.surcharge,
+            voucher_id=credit.credit_id if voucher else None,
+            credit_id=None if voucher else credit.credit_id,
+        )
+        self._move(fx, txn)
+        # The price is reserved in the same commit as the approval, before the bus hears it.
+        self._move(fx, dataclasses.replace(txn, state=S.APPROVING, amount=req.price))
+        self._save_credit(fx, dataclasses.replace(credit, used=credit.used + req.price), now)
+        fx.bus.append(bus.ApproveVend(req.vend_id, req.price))
 
     def _vend_requested(self, fx: Effects, req: ev.VendRequested, now: float) -> None:
         txn = self.txn
@@ -344,6 +501,8 @@ class Engine:
                 money.decimals,
                 deadline,
                 txn.vend_type,
+                txn.medium,
+                txn.surcharge,
             )
         )
 
@@ -362,6 +521,10 @@ class Engine:
     def tick(self, now: float) -> Effects:
         fx = Effects()
         txn = self.txn
+        credit = self.credit
+        if txn is None and credit is not None and now >= credit.expires_at:
+            fx.bus.append(bus.CancelSession(self.credit_vend_id))
+            self._finish_credit(fx, "timeout", now)
         if txn is None:
             return fx
         if txn.state is S.LOCKED and txn.lock_expires is not None and now >= txn.lock_expires:
@@ -391,7 +554,13 @@ class Engine:
         txn = self.txn
         assert txn is not None
         self._move(fx, dataclasses.replace(txn, state=state, reason=reason, updated_at=now))
-        fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, state.value, reason))
+        if not txn.paid_by_credit:
+            fx.events.append(m.TxnStatus(txn.txn_id, txn.ref, state.value, reason))
+            return
+        # A voucher's or credit's vend that never reached the VMC: its price goes back.
+        credit = self.credit
+        if credit is not None and txn.amount is not None:
+            self._save_credit(fx, dataclasses.replace(credit, used=credit.used - txn.amount), now)
 
     def _vend_result(self, fx: Effects, state: TxnState, detail: str, now: float) -> None:
         txn = self.txn
@@ -409,6 +578,75 @@ class Engine:
                 money.decimals,
                 txn.vend_type,
                 detail,
+                txn.medium,
+                txn.surcharge,
+                txn.voucher_id,
+                txn.credit_id,
+            )
+        )
+        credit = self.credit
+        if credit is None or not txn.paid_by_credit:
+            return
+        if state is S.FAILED:  # nothing was dispensed: the price goes back
+            self._save_credit(
+                fx, dataclasses.replace(credit, used=credit.used - (txn.amount or 0)), now
+            )
+            return
+        credit = dataclasses.replace(credit, txn_ids=(*credit.txn_ids, txn.txn_id))
+        self._save_credit(fx, credit, now)
+        if credit.kind is CreditKind.CREDIT and credit.spent:
+            self._finish_credit(fx, "spent", now)
+        elif credit.spent:
+            reason = "vended" if state is S.VENDED else "vend_unknown"
+            self._finish_credit(fx, reason, now, txn.selection)
+
+    def _save_credit(self, fx: Effects, credit: CreditSession, now: float) -> None:
+        credit = dataclasses.replace(credit, updated_at=now)
+        fx.credits.append(credit)
+        self.credit = credit if credit.state is CreditState.OPEN else None
+
+    def _finish_credit(
+        self, fx: Effects, reason: str, now: float, selection: int | None = None
+    ) -> None:
+        """The voucher's or credit's one outcome, with what it paid."""
+        credit = self.credit
+        assert credit is not None
+        done = dataclasses.replace(credit, state=outcome(credit, reason), reason=reason)
+        self._save_credit(fx, done, now)
+        money = self.config.money
+        if done.kind is CreditKind.VOUCHER:
+            fx.events.append(
+                m.VoucherStatus(
+                    done.credit_id,
+                    done.ref,
+                    done.state.value,
+                    reason,
+                    done.value,
+                    done.used,
+                    selection,
+                    done.txn_ids[0] if done.txn_ids else None,
+                    money.currency,
+                    money.decimals,
+                    done.medium,
+                    done.surcharge,
+                )
+            )
+            return
+        fx.events.append(
+            m.CreditStatus(
+                done.credit_id,
+                done.ref,
+                done.state.value,
+                reason,
+                done.value,
+                done.used,
+                done.rest,
+                len(done.txn_ids),
+                done.txn_ids,
+                money.currency,
+                money.decimals,
+                done.medium,
+                done.surcharge,
             )
         )
 

@@ -170,6 +170,7 @@ class _Session:
     started_at: float
     vends: set[int] = field(default_factory=set)
     cancel_requested: bool = False
+    timeout: float | None = None  # None: ReaderConfig.session_timeout
 
 
 @dataclass(slots=True)
@@ -186,6 +187,7 @@ class _Pending:
     begin_funds: int | None = None
     begin_wanted: bool = False
     begin_payment_type: PaymentType = PaymentType.NORMAL
+    begin_timeout: float | None = None
     outbox: deque[c.Response] = field(default_factory=deque)
 
 
@@ -282,12 +284,16 @@ class CashlessDevice:
     # --- application decisions (queued for the next POLL) ---------------------------------
 
     def begin_session(
-        self, funds: int | None = None, payment_type: PaymentType = PaymentType.NORMAL
+        self,
+        funds: int | None = None,
+        payment_type: PaymentType = PaymentType.NORMAL,
+        timeout: float | None = None,
     ) -> None:
         """Offer a session with ``funds`` minor units (None: funds unknown).
 
         ``payment_type`` marks test-media and free-vend sessions for the VMC's own audit
-        (levels 2 and 3 carry it; level 1 has no field for it).
+        (levels 2 and 3 carry it; level 1 has no field for it). ``timeout`` replaces
+        ``session_timeout`` for this session: a voucher's lasts as long as the voucher.
         """
         if self.state is not State.ENABLED or self._session is not None:
             raise LocalProtocolError(f"cannot begin a session in state {self.state.name}")
@@ -296,6 +302,7 @@ class CashlessDevice:
         self._pending.begin_wanted = True
         self._pending.begin_funds = funds
         self._pending.begin_payment_type = payment_type
+        self._pending.begin_timeout = timeout
 
     def approve_vend(self, vend_id: int, amount: int) -> None:
         """Approve the pending vend ``vend_id`` for ``amount`` minor units."""
@@ -394,7 +401,8 @@ class CashlessDevice:
             and self.state is State.SESSION_IDLE
             and not s.cancel_requested
             and not s.vends
-            and now - s.started_at >= self.config.session_timeout
+            and now - s.started_at
+            >= (self.config.session_timeout if s.timeout is None else s.timeout)
         ):
             s.cancel_requested = True
             self._pending.outbox.append(c.SessionCancelRequest())
@@ -643,7 +651,7 @@ class CashlessDevice:
             raw = UNKNOWN_FUNDS_32 if wide else UNKNOWN_FUNDS_16
         else:
             raw = self._money.to_bus(funds, wide=wide)
-        self._session = _Session(started_at=self._now)
+        self._session = _Session(started_at=self._now, timeout=self._pending.begin_timeout)
         self._set_state(State.SESSION_IDLE)
         self._emit(SessionStarted(funds))
         cfg = self.config

@@ -15,6 +15,7 @@ from vmc.services import bus_messages as msg
 SAMPLES: list[object] = [
     msg.BeginSession(None),
     msg.BeginSession(250),
+    msg.BeginSession(150, 0, 121.0),
     msg.ApproveVend(4, 120),
     msg.DenyVend(4),
     msg.CancelSession(),

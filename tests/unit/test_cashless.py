@@ -241,6 +241,21 @@ def test_session_timeout_walk_away() -> None:
     assert _events_of(bus, ev.SessionTimedOut)
 
 
+def test_a_session_can_carry_its_own_timeout() -> None:
+    """A voucher's session lasts as long as the voucher, not the reader's session_timeout."""
+    bus = enabled(2, session_timeout=30.0)
+    bus.device.begin_session(500, timeout=100.0)
+    bus.poll_ack()
+    assert bus.poll(advance=60.0) == ACK
+    assert data(bus.poll(advance=41.0)) == bytes((c.Resp.SESSION_CANCEL_REQUEST,))
+    bus.ack()
+    assert data(bus.send(c.Cmd.VEND, 4)) == bytes((c.Resp.END_SESSION,))
+    bus.ack()
+    bus.device.begin_session(500)  # the next session has the reader's own again
+    bus.poll_ack()
+    assert data(bus.poll(advance=31.0)) == bytes((c.Resp.SESSION_CANCEL_REQUEST,))
+
+
 def test_unacked_answer_is_resent_on_poll_and_on_ret() -> None:
     bus = enabled(1)
     bus.device.begin_session(500)

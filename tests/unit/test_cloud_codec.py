@@ -132,6 +132,12 @@ values = st.recursive(
                 "timeout_s",
                 "vend_type",
                 "reason",
+                "voucher_id",
+                "credit_id",
+                "selections",
+                "value",
+                "medium",
+                "surcharge",
             ]
         ),
         values,
@@ -261,3 +267,98 @@ def test_bad_stock_commands_name_the_field(
     assert caught.value.code is code
     assert names in caught.value.message
     assert caught.value.command_id == "c1"
+
+
+def test_voucher_credit_and_the_payment_medium() -> None:
+    assert decode(op="voucher", voucher_id="v1") == m.Voucher("c1", 1e12, "v1")
+    assert decode(
+        op="voucher",
+        voucher_id="v1",
+        selections=[3, 1, 3],
+        value=150,
+        timeout_s=120,
+        ref="cust-7",
+        medium="app",
+        surcharge=20,
+    ) == m.Voucher("c1", 1e12, "v1", (1, 3), 150, 120.0, "cust-7", m.PaymentMedium.APP, 20)
+    assert decode(op="voucher", voucher_id="v1", selections=4).selections == (4,)  # type: ignore[union-attr]
+    assert decode(op="credit", credit_id="k1", amount=1400, ref="FREE_CREDIT") == m.Credit(
+        "c1", 1e12, "k1", 1400, ref="FREE_CREDIT"
+    )
+    assert decode(op="lock", medium="rfid", surcharge=30) == m.Lock(
+        "c1", 1e12, medium=m.PaymentMedium.RFID, surcharge=30
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "names"),
+    [
+        ({"op": "voucher"}, m.ErrorCode.MISSING_FIELD, "voucher_id"),
+        ({"op": "voucher", "voucher_id": ""}, m.ErrorCode.BAD_FIELD, "voucher_id"),
+        (
+            {"op": "voucher", "voucher_id": "v", "selections": []},
+            m.ErrorCode.BAD_FIELD,
+            "selections",
+        ),
+        (
+            {"op": "voucher", "voucher_id": "v", "selections": [1, -1]},
+            m.ErrorCode.BAD_FIELD,
+            "selections",
+        ),
+        (
+            {"op": "voucher", "voucher_id": "v", "selections": "1"},
+            m.ErrorCode.BAD_FIELD,
+            "selections",
+        ),
+        (
+            {"op": "voucher", "voucher_id": "v", "selections": [True]},
+            m.ErrorCode.BAD_FIELD,
+            "selections",
+        ),
+        ({"op": "voucher", "voucher_id": "v", "value": 0}, m.ErrorCode.BAD_FIELD, "value"),
+        ({"op": "voucher", "voucher_id": "v", "medium": "cash"}, m.ErrorCode.BAD_FIELD, "medium"),
+        ({"op": "credit", "credit_id": "k"}, m.ErrorCode.MISSING_FIELD, "amount"),
+        ({"op": "credit", "amount": 5}, m.ErrorCode.MISSING_FIELD, "credit_id"),
+        ({"op": "credit", "credit_id": "k", "amount": 0}, m.ErrorCode.BAD_FIELD, "amount"),
+        (
+            {"op": "credit", "credit_id": "k", "amount": 5, "timeout_s": 0},
+            m.ErrorCode.BAD_FIELD,
+            "timeout_s",
+        ),
+        ({"op": "lock", "surcharge": -1}, m.ErrorCode.BAD_FIELD, "surcharge"),
+    ],
+)
+def test_bad_vouchers_and_credits_name_the_field(
+    fields: dict[str, Any], code: m.ErrorCode, names: str
+) -> None:
+    with pytest.raises(codec.CommandError) as caught:
+        decode(**fields)
+    assert caught.value.code is code
+    assert names in caught.value.message
+
+
+def test_voucher_and_credit_status_encodings() -> None:
+    status = m.CreditStatus(
+        "k1",
+        "FREE_CREDIT",
+        "ended",
+        "session_ended",
+        1400,
+        350,
+        1050,
+        2,
+        ("t1", "t2"),
+        978,
+        2,
+        m.PaymentMedium.BALANCE,
+        0,
+    )
+    body = cbor2.loads(codec.encode_event(status, event_id="e1", seq=9, at=3.0))
+    assert body["type"] == "credit.status"
+    assert body["txn_ids"] == ["t1", "t2"]
+    assert body["medium"] == "balance"
+    assert (body["used"], body["rest"], body["vends"]) == (350, 1050, 2)
+    voucher = m.VoucherStatus("v1", None, "expired", "timeout", 150, 0, None, None, 978, 2, None, 0)
+    body = cbor2.loads(codec.encode_event(voucher, event_id="e2", seq=10, at=3.0))
+    assert body["type"] == "voucher.status"
+    assert body["medium"] is None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from vmc.cloud.messages import VendType
+from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.cloud.outbox import new_id
 from vmc.daemon import DAY_S, prune_journal
 from vmc.journal import Journal
@@ -234,3 +236,40 @@ def test_the_daemon_prune_drops_sales_and_closed_txns_past_the_retention(tmp_pat
     assert prune_journal(journal, now, retention_days=10)["sales"] == 1
     assert journal.sales(0.0, 1e12) == [kept]
     assert (journal.txn("k"), journal.txn("g")) == (closed[0], None)  # refundable as long
+
+
+def test_sales_by_payment_medium_and_the_surcharges() -> None:
+    when = period("2026-06-10", None, UTC)
+    at = _at(UTC, "2026-06-10 12:00")
+    rows = [
+        SaleRow(at, 1, 150, Payment.CASHLESS, VendType.PAID, PaymentMedium.CONTACTLESS, 30),
+        SaleRow(at, 2, 80, Payment.CASHLESS, VendType.PAID, PaymentMedium.CONTACTLESS, 0),
+        SaleRow(at, 1, 150, Payment.CASHLESS, VendType.PAID, PaymentMedium.MEMBERSHIP, 10),
+        _sale(at, payment=Payment.CASH),
+    ]
+    result = report(rows, when, _stock())
+    assert result["medium"]["contactless"] == {"count": 2, "amount": 230}
+    assert result["medium"]["membership"] == {"count": 1, "amount": 150}
+    assert result["medium"]["none"] == {"count": 1, "amount": 150}
+    assert result["medium"]["app"] == {"count": 0, "amount": 0}
+    assert set(result["medium"]) == {*(p.value for p in PaymentMedium), "none"}
+    assert result["surcharge"] == {"count": 2, "amount": 40}
+    assert result["total"] == {"count": 4, "amount": 530}  # surcharges are not sales
+
+
+def test_an_older_journal_gets_the_medium_and_surcharge_columns(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            "CREATE TABLE sales (op_id TEXT PRIMARY KEY, at REAL NOT NULL,"
+            " selection INTEGER NOT NULL, price INTEGER NOT NULL, payment TEXT NOT NULL,"
+            " vend_type TEXT NOT NULL) WITHOUT ROWID;"
+            " INSERT INTO sales VALUES ('t0', 1000.0, 3, 120, 'cashless', 'paid');"
+        )
+        db.commit()
+    journal = Journal(path)
+    new = SaleRow(2000.0, 1, 150, Payment.CASHLESS, VendType.PAID, PaymentMedium.RFID, 25)
+    journal.commit([], [], sales=[("t1", new)], durable=True)
+    assert journal.sales(0.0, 1e12) == [_sale(1000.0, 3, 120), new]
+    journal.close()
+    assert Journal(path).sales(0.0, 1e12)[-1] == new  # opened again: nothing more to add

@@ -72,6 +72,7 @@ MAX_STOCK_LINES = 1024
 TXN_PAGE = 100
 MAX_TXN_PAGE = 500
 """Transactions per ``txn.query`` reply: by default, and at most (about 400 bytes each)."""
+MAX_SELECTIONS = 1024
 MAX_QUANTITY = 10**9
 
 
@@ -110,6 +111,33 @@ def decode_command(payload: bytes) -> m.AnyCommand:
             limit=fields.amount("limit", required=False),
             timeout_s=fields.positive("timeout_s", required=False),
             vend_type=fields.vend_type(),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
+        )
+    if op == m.Op.VOUCHER:
+        return m.Voucher(
+            cmd_id,
+            expires,
+            fields.name("voucher_id"),
+            selections=fields.selections("selections"),
+            value=fields.amount("value", required=False, least=1),
+            timeout_s=fields.positive("timeout_s", required=False),
+            ref=fields.text("ref", required=False),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
+        )
+    if op == m.Op.CREDIT:
+        amount = fields.amount("amount", least=1)
+        assert amount is not None
+        return m.Credit(
+            cmd_id,
+            expires,
+            fields.name("credit_id"),
+            amount,
+            timeout_s=fields.positive("timeout_s", required=False),
+            ref=fields.text("ref", required=False),
+            medium=fields.medium(),
+            surcharge=fields.amount("surcharge", required=False) or 0,
         )
     if op == m.Op.UNLOCK:
         return m.Unlock(cmd_id, expires, fields.text("txn_id"))
@@ -197,6 +225,13 @@ class _Fields:
         if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH):
             raise self._bad(name, f"a string of at most {MAX_TEXT_LENGTH} characters")
         return value
+
+    def name(self, name: str) -> str:
+        """A required id the backend chose (a voucher's, a credit's): text, not empty."""
+        value = self.text(name)
+        if not value:
+            raise self._bad(name, f"a string of 1..{MAX_TEXT_LENGTH} characters")
+        return str(value)
 
     def number(self, name: str, required: bool = True) -> Any:
         value = self._get(name, required)
@@ -318,6 +353,28 @@ class _Fields:
         if value is not None and (type(value) is not int or not 0 <= value <= 65535):
             raise self._bad(name, "an item number in 0..65535")
         return value
+
+    def selections(self, name: str) -> tuple[int, ...] | None:
+        """One item number or a list of them (sorted, each once); absent: every selection."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not 0 < len(items) <= MAX_SELECTIONS or any(
+            type(n) is not int or not 0 <= n <= 65535 for n in items
+        ):
+            raise self._bad(name, f"an item number in 0..65535 or a list of 1..{MAX_SELECTIONS}")
+        return tuple(sorted(set(items)))
+
+    def medium(self) -> m.PaymentMedium | None:
+        value = self.text("medium", required=False)
+        if value is None:
+            return None
+        try:
+            return m.PaymentMedium(value)
+        except ValueError:
+            allowed = ", ".join(v.value for v in m.PaymentMedium)
+            raise self._bad("medium", f"one of {allowed}") from None
 
     def vend_type(self) -> m.VendType:
         value = self.text("vend_type", required=False)

@@ -48,6 +48,23 @@ class VendType(StrEnum):
     TEST = "test"
 
 
+class PaymentMedium(StrEnum):
+    """How the customer paid the backend (seed 004's card vend types, plus the app).
+
+    A label the backend gives a lock, voucher or credit; the machine reports it with the vend
+    and aggregates its sales by it. It changes nothing on the bus.
+    """
+
+    CONTACTLESS = "contactless"
+    CONTACT = "contact"
+    RFID = "rfid"
+    BALANCE = "balance"
+    MEMBERSHIP = "membership"
+    CARD_ON_FILE = "card_on_file"
+    APP = "app"
+    OTHER = "other"
+
+
 class Op(StrEnum):
     LOCK = "lock"
     UNLOCK = "unlock"
@@ -64,6 +81,8 @@ class Op(StrEnum):
     REFUND = "refund"
     DATA_REQUEST = "data.request"
     STATUS_CHECK = "status.check"
+    VOUCHER = "voucher"
+    CREDIT = "credit"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -79,6 +98,41 @@ class Lock:
     limit: int | None = None
     timeout_s: float | None = None
     vend_type: VendType = VendType.PAID
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """Seed 002: a session the machine pays for itself, for one of ``selections`` (None: any).
+
+    ``value`` None is the planogram price (the highest of the set): resolved when it arrives.
+    """
+
+    id: str
+    expires: float
+    voucher_id: str
+    selections: tuple[int, ...] | None = None
+    value: int | None = None
+    timeout_s: float | None = None
+    ref: str | None = None
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Seed 004 ``remote_credit``: ``amount`` for any selection, several vends on a multi-vend
+    VMC; what is left is reported when the session ends."""
+
+    id: str
+    expires: float
+    credit_id: str
+    amount: int
+    timeout_s: float | None = None
+    ref: str | None = None
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +158,7 @@ class Deny:
     reason: str = ""
 
 
-Command = Lock | Unlock | Paid | Deny
+Command = Lock | Unlock | Paid | Deny | Voucher | Credit
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +344,8 @@ class TxnRequest:
     decimals: int
     deadline: float
     vend_type: VendType
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +361,10 @@ class TxnVend:
     decimals: int
     vend_type: VendType
     detail: str = ""
+    medium: PaymentMedium | None = None
+    surcharge: int = 0
+    voucher_id: str | None = None
+    credit_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +396,43 @@ class TxnStatus:
     ref: str | None
     state: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class VoucherStatus:
+    """A voucher's one outcome: ``used`` (by ``txn_id``), ``expired`` or ``cancelled``."""
+
+    voucher_id: str
+    ref: str | None
+    state: str
+    reason: str
+    value: int
+    charged: int
+    selection: int | None
+    txn_id: str | None
+    currency: int
+    decimals: int
+    medium: PaymentMedium | None
+    surcharge: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditStatus:
+    """A credit's one outcome, when its session ended: ``rest`` is the backend's to return."""
+
+    credit_id: str
+    ref: str | None
+    state: str
+    reason: str
+    amount: int
+    used: int
+    rest: int
+    vends: int
+    txn_ids: tuple[str, ...]
+    currency: int
+    decimals: int
+    medium: PaymentMedium | None
+    surcharge: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +628,8 @@ Event = (
     | TxnVend
     | TxnStatus
     | TxnRefund
+    | VoucherStatus
+    | CreditStatus
     | Sale
     | AuditReport
     | AuditSummary
@@ -553,6 +652,8 @@ EVENT_TYPES: dict[type, str] = {
     TxnVend: "txn.vend",
     TxnStatus: "txn.status",
     TxnRefund: "txn.refund",
+    VoucherStatus: "voucher.status",
+    CreditStatus: "credit.status",
     Sale: "sale",
     AuditReport: "audit.report",
     AuditSummary: "audit.summary",

@@ -22,8 +22,11 @@ from protocols.mdb import events as ev
 
 @dataclass(frozen=True, slots=True)
 class BeginSession:
+    """``timeout``: seconds the session may wait for a selection (None: the reader's own)."""
+
     funds: int | None
     payment_type: int = 0  # protocols.mdb.commands.PaymentType
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

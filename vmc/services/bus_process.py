@@ -95,8 +95,8 @@ class BusLoop:
         device = self.device
         try:
             match command:
-                case msg.BeginSession(funds=funds, payment_type=payment_type):
-                    device.begin_session(funds, PaymentType(payment_type))
+                case msg.BeginSession(funds=funds, payment_type=payment_type, timeout=timeout):
+                    device.begin_session(funds, PaymentType(payment_type), timeout)
                 case msg.ApproveVend(vend_id=vend_id, amount=amount):
                     device.approve_vend(vend_id, amount)
                 case msg.DenyVend(vend_id=vend_id):

@@ -3,7 +3,8 @@
 Order of work for every input: the engine decides, the journal commits the transitions with
 their outbox messages, the command's reply and the stock a vend took (fsynced when money or
 stock moves), and only then are the bus commands sent and the outbox drain woken. A command
-id seen before is answered with the stored reply and changes nothing. Every product that left
+id seen before is answered with the stored reply and changes nothing; so is a voucher or credit
+whose id was accepted before (with that first acceptance's result). Every product that left
 the machine (a cashless success of any vend type, a cash sale) is a ``sales`` row in that same
 commit; ``sales.query`` is answered from those rows, and the refunds, in the reply. A ``refund``
 is judged against the journal's record of the transaction (:mod:`vmc.refunds`), not the
@@ -25,6 +26,7 @@ from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
+from vmc.credit import CreditKind
 from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
@@ -66,12 +68,20 @@ class RemoteVending:
         self.zone = zone or ZoneInfo("UTC")
 
     def recover(self) -> None:
-        fx = self.engine.recover(self.journal.open_txn(), self.clock())
+        journal = self.journal
+        fx = self.engine.recover(journal.open_txn(), self.clock(), journal.open_credit())
         if fx.transitions:
             log.warning(
                 "txn_recovered",
                 txn_id=fx.transitions[-1].txn_id,
                 state=fx.transitions[-1].state.value,
+            )
+        if fx.credits:
+            log.warning(
+                "credit_recovered",
+                kind=fx.credits[-1].kind.value,
+                credit_id=fx.credits[-1].credit_id,
+                state=fx.credits[-1].state.value,
             )
         self._apply(fx)
 
@@ -126,6 +136,8 @@ class RemoteVending:
             else:
                 self.data.handle_command(cmd)
             return
+        if isinstance(cmd, m.Voucher | m.Credit) and self._credit_repeated(cmd):
+            return
         fx = self.engine.on_command(cmd, self.clock())
         log.info(
             "command",
@@ -135,6 +147,22 @@ class RemoteVending:
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
         self._apply(fx, command_id=cmd.id)
+
+    def _credit_repeated(self, cmd: m.Voucher | m.Credit) -> bool:
+        """A voucher or credit id accepted before: answered with its first result, nothing new.
+
+        Only an accepted one is remembered; one that was refused (busy, say) may be sent again.
+        """
+        if isinstance(cmd, m.Voucher):
+            kind, credit_id = CreditKind.VOUCHER, cmd.voucher_id
+        else:
+            kind, credit_id = CreditKind.CREDIT, cmd.credit_id
+        known = self.journal.credit(kind, credit_id)
+        if known is None or m.expired_reply(cmd, self.clock()) is not None:
+            return False
+        log.info("credit_repeated", kind=kind.value, credit_id=credit_id, command_id=cmd.id)
+        self._apply(Effects(reply=m.Reply(cmd.id, True, result=known.result)), command_id=cmd.id)
+        return True
 
     def _not_here(self, cmd: m.AnyCommand, what: str) -> None:
         refusal = m.Reply(cmd.id, False, m.ErrorCode.UNKNOWN_OP, f"no {what} on this device")
@@ -225,7 +253,7 @@ class RemoteVending:
         if self.stock is not None:
             writes, stock_messages = self.stock.vend_writes(fx.events, at)
             messages.extend(stock_messages)
-        if not (fx.transitions or messages):
+        if not (fx.transitions or messages or fx.credits):
             for command in fx.bus:
                 self.send_bus(command)
             return
@@ -238,16 +266,27 @@ class RemoteVending:
             stock=writes,
             sales=list(_sales(fx.events, at)),
             refunds=refunds,
+            credits=fx.credits,
             durable=durable,
         )
         for command in fx.bus:
             self.send_bus(command)
         for txn in fx.transitions:
             log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
+        for credit in fx.credits:
+            log.info(
+                "credit",
+                kind=credit.kind.value,
+                credit_id=credit.credit_id,
+                state=credit.state.value,
+                used=credit.used,
+                rest=credit.rest,
+                reason=credit.reason or None,
+            )
         if self.stock is not None:
             self.stock.committed(writes)
         self.on_outbox()
-        if fx.transitions:
+        if fx.transitions or fx.credits:
             self.on_state()
 
     def _store_reply_again(self, reply_bytes: bytes) -> None:
@@ -260,7 +299,15 @@ def _sales(events: Iterable[m.Event], at: float) -> Iterable[tuple[str, SaleRow]
     """The products that left the machine, keyed by the operation that counts them once."""
     for event in events:
         if isinstance(event, m.TxnVend) and event.result == "success":
-            row = SaleRow(at, event.selection, event.amount, Payment.CASHLESS, event.vend_type)
+            row = SaleRow(
+                at,
+                event.selection,
+                event.amount,
+                Payment.CASHLESS,
+                event.vend_type,
+                event.medium,
+                event.surcharge,
+            )
             yield event.txn_id, row
         elif isinstance(event, m.Sale):
             yield new_id(), SaleRow(at, event.selection, event.price, Payment.CASH, m.VendType.PAID)

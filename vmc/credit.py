@@ -1,0 +1,150 @@
+"""Vouchers (seed 002) and remote credits (seed 004 ``remote_credit``): sessions the machine
+pays for itself, within a value the backend set (sans-I/O: data and rules, no clock, no I/O).
+
+A voucher or a credit opens an MDB session whose funds are its value; the machine approves a
+selection by itself, for the VMC's price, when the price fits in what is left (``rest``) and,
+for a voucher, the selection is one of its set. A voucher pays for one vend; a credit for as
+many as its value covers while the session lasts (a multi-vend VMC asks again in the same
+session). ``used`` is the approved price of every vend that was dispensed, may have been
+(outcome unknown) or is being dispensed: it is reserved before the approval reaches the bus
+and given back only when the VMC reports that nothing was dispensed. So ``used`` never exceeds
+``value``, and never misses a product that may have left the machine.
+
+The transaction engine (:mod:`vmc.transaction`) drives these sessions; it journals every change
+of a :class:`CreditSession` before its bus side effect, like a transaction's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from vmc.cloud import messages as m
+
+
+class CreditKind(StrEnum):
+    VOUCHER = "voucher"
+    CREDIT = "credit"
+
+
+class CreditState(StrEnum):
+    """``open`` until the one outcome: a voucher ends ``used``, ``expired`` or ``cancelled``;
+    a credit ``ended`` (its reason says why, its ``rest`` what is left)."""
+
+    OPEN = "open"
+    USED = "used"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    ENDED = "ended"
+
+
+class Refusal(StrEnum):
+    """Why a selection in a voucher's or credit's session is denied (the session stays open)."""
+
+    NOT_IN_VOUCHER = "not_in_voucher"
+    OVER_VALUE = "over_value"
+    NEGATIVE_VEND = "negative_vend"
+
+
+@dataclass(frozen=True, slots=True)
+class CreditSession:
+    """One voucher or credit as journaled; ``credit_id`` is the backend's voucher or credit id."""
+
+    kind: CreditKind
+    credit_id: str
+    state: CreditState
+    value: int
+    created_at: float
+    updated_at: float
+    expires_at: float
+    selections: tuple[int, ...] | None = None
+    ref: str | None = None
+    medium: m.PaymentMedium | None = None
+    surcharge: int = 0
+    used: int = 0
+    txn_ids: tuple[str, ...] = ()
+    reason: str = ""
+    result: Mapping[str, object] = field(default_factory=dict)
+    """The accepting reply's result: the answer to the same id sent again."""
+
+    @property
+    def rest(self) -> int:
+        return self.value - self.used
+
+    @property
+    def spent(self) -> bool:
+        """Nothing more to pay for: a voucher that paid its vend, a credit with nothing left."""
+        return bool(self.txn_ids) if self.kind is CreditKind.VOUCHER else self.rest <= 0
+
+
+def why_refused(
+    session: CreditSession, selection: int, price: int, *, negative: bool
+) -> Refusal | None:
+    """Why this selection may not be paid from ``session``; None when it may, for ``price``."""
+    if negative:
+        return Refusal.NEGATIVE_VEND
+    if session.selections is not None and selection not in session.selections:
+        return Refusal.NOT_IN_VOUCHER
+    if price > session.rest or session.spent:
+        return Refusal.OVER_VALUE
+    return None
+
+
+class PriceError(ValueError):
+    """A voucher without a value whose price the planogram cannot give."""
+
+    def __init__(self, code: m.ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def planogram_value(selections: tuple[int, ...] | None, prices: Mapping[int, int] | None) -> int:
+    """Seed 002's voucher value when none is given: the planogram price of its one selection,
+    or the highest price of its set (every selection of the planogram when it names none)."""
+    if not prices:
+        raise PriceError(m.ErrorCode.NO_PLANOGRAM, "value: no planogram gives the price")
+    wanted = sorted(prices) if selections is None else selections
+    missing = [n for n in wanted if n not in prices]
+    if missing:
+        raise PriceError(
+            m.ErrorCode.UNKNOWN_KEY, f"selections: {missing[0]} has no price in the planogram"
+        )
+    return max(prices[n] for n in wanted)
+
+
+def outcome(session: CreditSession, reason: str) -> CreditState:
+    """The state a session ends in, for ``reason``."""
+    if session.kind is CreditKind.CREDIT:
+        return CreditState.ENDED
+    if session.txn_ids:
+        return CreditState.USED
+    return CreditState.EXPIRED if reason == "timeout" else CreditState.CANCELLED
+
+
+def credit_state(session: CreditSession) -> dict[str, object]:
+    """The open voucher or credit as the retained ``state`` shows it."""
+    return {
+        "kind": session.kind.value,
+        "id": session.credit_id,
+        "value": session.value,
+        "used": session.used,
+        "rest": session.rest,
+        "expires": session.expires_at,
+    }
+
+
+def to_json(session: CreditSession) -> str:
+    return json.dumps(dataclasses.asdict(session), default=str)
+
+
+def from_json(text: str) -> CreditSession:
+    data = json.loads(text)
+    data["kind"] = CreditKind(data["kind"])
+    data["state"] = CreditState(data["state"])
+    data["medium"] = None if data["medium"] is None else m.PaymentMedium(data["medium"])
+    data["selections"] = None if data["selections"] is None else tuple(data["selections"])
+    data["txn_ids"] = tuple(data["txn_ids"])
+    return CreditSession(**data)
