@@ -114,6 +114,25 @@ def test_the_cloud_demo_reports_money_and_agreement(tmp_path: Path) -> None:
     assert checks["stock, books vs vmcd"] == "match"
     assert checks["sales report vs books"] == "match"
     assert "--- vmcd's sales report" in result.stdout
+    # The remote operations: a voucher refused on another item then used, a credit spent in
+    # one multi-vend session, a refund, and the closing data request that reads the audit.
+    assert checks["vouchers and credits"] == "ok"
+    assert re.search(
+        r"voucher: item 2 at its planogram price 1\.20; .*item 1: denied, item 2: vended; used",
+        result.stdout,
+    )
+    assert re.search(
+        r"credit: 3\.00 for any item, one session: item 3 vended, item 3 vended;"
+        r" used 2\.00, rest 1\.00",
+        result.stdout,
+    )
+    assert re.search(
+        r"refund: \d+\.\d\d of \w+'s first vend, recorded by the machine", result.stdout
+    )
+    assert re.search(
+        r"data request: a DEX read now, \d+ progress event\(s\) up to \d+ bytes, result ok",
+        result.stdout,
+    )
     # Seed 1's fourth session takes item 2 to its alarm level: the alarm, the refill, cleared.
     assert "restocked to par: item 1 3, item 2 5, item 3 6" in result.stdout
     assert "stock alarm: item 2 low at 2 (was ok)" in result.stdout

@@ -51,6 +51,7 @@ def _report(*, cash: int = 1, free: int = 0) -> dict[str, Any]:
     return {
         "payment": {"cash": _bucket(cash), "cashless": _bucket(2 + free)},
         "vend_type": {"paid": _bucket(2 + cash), "free": _bucket(free), "test": _bucket(0)},
+        "refunds": {"success": _bucket(0)},
     }
 
 
@@ -80,7 +81,7 @@ def _verdicts(found: list[checks.Check]) -> dict[str, str]:
 def test_a_run_where_everything_agrees_exits_0() -> None:
     found = _cloud()
     assert set(_verdicts(found).values()) <= {"ok", "match"}
-    assert checks.verdict(found) == ("all 8 checks passed", 0)
+    assert checks.verdict(found) == ("all 9 checks passed", 0)
     dex = next(check for check in found if check.name == "DEX vs the VMC")
     assert dex.line().endswith("DEX vs the VMC: match  3 vends worth 4.20 on both sides")
 
@@ -101,7 +102,7 @@ def test_a_dex_delta_that_differs_from_the_vmc_or_never_came_is_a_mismatch(
     assert _verdicts(found)["DEX vs the VMC"] == "MISMATCH"
     line, code = checks.verdict(found)
     assert code == 1
-    assert line == "1 of 8 checks failed: DEX vs the VMC"
+    assert line == "1 of 9 checks failed: DEX vs the VMC"
 
 
 def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
@@ -115,7 +116,7 @@ def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
     stock = next(c for c in found if c.name == "stock, books vs vmcd")
     assert stock.verdict == "MISMATCH"
     assert stock.detail == "item 2: the backend expects 4, vmcd reported 5"
-    assert checks.verdict(found) == ("1 of 8 checks failed: stock, books vs vmcd", 1)
+    assert checks.verdict(found) == ("1 of 9 checks failed: stock, books vs vmcd", 1)
 
 
 def test_no_planogram_is_a_stock_mismatch() -> None:
@@ -178,8 +179,8 @@ def test_report_prints_each_check_and_returns_the_exit_code(
     assert checks.report(_cloud(audit=None)) == 1
     out = capsys.readouterr().out
     assert out.startswith("--- checks ---\n")
-    assert "DEX vs the VMC: MISMATCH  no audit delta arrived within 20 s" in out
-    assert out.endswith("1 of 8 checks failed: DEX vs the VMC\n")
+    assert "DEX vs the VMC: MISMATCH  the closing data request brought no audit delta" in out
+    assert out.endswith("1 of 9 checks failed: DEX vs the VMC\n")
 
 
 @pytest.mark.parametrize(
@@ -205,8 +206,8 @@ def test_a_sales_report_that_disagrees_with_the_books_is_a_mismatch() -> None:
     found = _cloud(report=_report(free=1))
     line = next(c for c in found if c.name == "sales report vs books").line()
     assert "MISMATCH" in line
-    assert "the backend booked cash 1, cashless 2, paid 3, free 0, test 0" in line
-    assert "vmcd reported cash 1, cashless 3, paid 3, free 1, test 0" in line
+    assert "the backend booked cash 1, cashless 2, paid 3, free 0, test 0, refunded 0" in line
+    assert "vmcd reported cash 1, cashless 3, paid 3, free 1, test 0, refunded 0" in line
     assert checks.verdict(found)[1] == 1
 
 
