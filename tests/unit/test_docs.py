@@ -33,6 +33,9 @@ OTHER = [p for p in SYSTEMD if p.suffix != ".md"]
 EXAMPLE = ROOT / "systemd" / "vmc.example.toml"
 UNIT = ROOT / "systemd" / "vmcd.service"
 GUIDE = ROOT / "docs" / "raspberry-pi.md"
+SYSUSERS = ROOT / "systemd" / "vmc-sysusers.conf"
+TMPFILES = ROOT / "systemd" / "vmc-tmpfiles.conf"
+INSTALLER = ROOT / "scripts" / "install-pi"
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
@@ -160,27 +163,56 @@ def _unit() -> dict[str, list[str]]:
     return keys
 
 
-def test_unit_example_and_guide_describe_one_install() -> None:
+def _script_paths() -> dict[str, str]:
+    """The NAME=/path constants at the top of scripts/install-pi, $NAME references expanded."""
+    found: dict[str, str] = {}
+    for name, value in re.findall(r"^([A-Z_]+)=(\S+)", INSTALLER.read_text(), re.MULTILINE):
+        found[name] = re.sub(r"\$([A-Z_]+)", lambda m: found[m.group(1)], value)
+    return found
+
+
+def _lines(path: Path) -> list[list[str]]:
+    """A sysusers.d or tmpfiles.d file's lines, split as systemd splits them (quotes kept whole)."""
+    text = path.read_text(encoding="utf-8")
+    return [shlex.split(line) for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def test_unit_installer_and_guide_describe_one_install() -> None:
     unit = _unit()
+    paths = _script_paths()
     guide = GUIDE.read_text(encoding="utf-8")
     (exec_start,) = unit["ExecStart"]
     program, *args = exec_start.split()
-    venv = Path(program).parent.parent
-    assert Path(program).name == "vmcd"
-    assert f"python3 -m venv {venv}" in guide
-    assert f"sudo {venv}/bin/pip install" in guide
-    assert args[0] == "--config"
-    assert f"systemd/vmc.example.toml {args[1]}" in guide
+    assert Path(program) == Path(paths["VENV"]) / "bin" / "vmcd"
+    assert args[:2] == ["--config", paths["CONFIG"]]
+    assert paths["UNIT_FILE"] == f"/etc/systemd/system/{UNIT.name}"
+    assert "sudo scripts/install-pi --enable-uart" in guide
+    assert f"sudoedit {paths['CONFIG']}" in guide
+    assert "sudo systemctl enable --now vmcd" in guide
+    # The user and its groups: the unit runs as what sysusers.d creates.
     (user,) = unit["User"]
     (group,) = unit["Group"]
-    useradd = re.search(r"useradd (.*?) (\w+)\n", guide.replace("\\\n", " "))
-    assert useradd is not None
-    assert useradd.group(2) == user == group
-    assert "--user-group" in useradd.group(1)
-    for extra in unit["SupplementaryGroups"][0].split():
-        assert f"--groups {extra}" in useradd.group(1)
     (state,) = unit["StateDirectory"]
-    state_dir = Path("/var/lib") / state
-    assert load_config(EXAMPLE).daemon.state_dir == state_dir
-    assert str(state_dir) in unit["ReadWritePaths"][0].split()
-    assert "systemd/vmcd.service /etc/systemd/system/" in guide
+    state_dir = f"/var/lib/{state}"
+    sysusers = _lines(SYSUSERS)
+    assert ["u", user, "-", "vmc vending machine daemon", state_dir] in sysusers
+    assert user == group  # "u NAME -" makes the group of the same name
+    for extra in unit["SupplementaryGroups"][0].split():
+        assert ["m", user, extra] in sysusers
+    # The directories: tmpfiles.d and the unit make the state directory alike; the service
+    # reads its configuration through its group.
+    tmpfiles = {line[1]: line for line in _lines(TMPFILES)}
+    assert tmpfiles[state_dir] == ["d", state_dir, unit["StateDirectoryMode"][0], user, group, "-"]
+    assert tmpfiles[paths["CONF_DIR"]] == ["d", paths["CONF_DIR"], "0750", "root", group, "-"]
+    assert str(Path(paths["CONFIG"]).parent) == paths["CONF_DIR"]
+    assert load_config(EXAMPLE).daemon.state_dir == Path(state_dir)
+    assert state_dir in unit["ReadWritePaths"][0].split()
+
+
+def test_the_control_socket_has_a_directory_only_the_group_vmc_may_enter() -> None:
+    """vmcd serves its control socket in $RUNTIME_DIRECTORY (/run/vmc), mode 0660, group vmc."""
+    unit = _unit()
+    assert unit["RuntimeDirectory"] == ["vmc"]
+    mode = int(unit["RuntimeDirectoryMode"][0], 8)
+    assert mode & 0o050 == 0o050, "members of the group vmc must reach the socket"
+    assert mode & 0o007 == 0, "no one else may"
