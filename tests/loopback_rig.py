@@ -18,6 +18,7 @@ from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from sim.trace import TraceRecorder
 from sim.vmc_master import VmcMaster
 from vmc.journal import Journal
+from vmc.monitor import MonitorFrame, decode
 from vmc.services import bus_messages as msg
 from vmc.services.bus_process import serve
 from vmc.services.stock_book import StockBook
@@ -37,10 +38,17 @@ class InProcessReader:
         self.daemon_end.send(msg.encode(command))
 
 
-async def _daemon_side(sock: socket.socket, vending: LocalVending) -> None:
+async def _daemon_side(
+    sock: socket.socket, vending: LocalVending, frames: list[MonitorFrame] | None
+) -> None:
     loop = asyncio.get_running_loop()
     while data := await loop.sock_recv(sock, 65536):
-        vending.handle(msg.decode(data))
+        report = msg.decode(data)
+        if isinstance(report, msg.Exchange):
+            assert frames is not None, "an exchange came without a monitor"
+            frames.append(decode(report))
+        else:
+            vending.handle(report)
 
 
 @contextlib.asynccontextmanager
@@ -50,8 +58,12 @@ async def in_process_reader(
     *,
     accept: bool = True,
     recorder: TraceRecorder | None = None,
+    monitor: list[MonitorFrame] | None = None,
 ) -> AsyncIterator[InProcessReader]:
-    """Yield the simulated VMC wired to a reader with ``config``; stop the bus loop after."""
+    """Yield the simulated VMC wired to a reader with ``config``; stop the bus loop after.
+
+    With ``monitor``, the bus monitor is on from the start and its frames go to that list.
+    """
     device_port, vmc_port = loopback_pair()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.setblocking(False)
@@ -59,8 +71,10 @@ async def in_process_reader(
         accept, journal, lambda cmd: ours.send(msg.encode(cmd)) > 0, StockBook(journal, None)
     )
     device = CashlessDevice(config, time.monotonic())
+    if monitor is not None:
+        ours.send(msg.encode(msg.Monitor(True)))
     bus = asyncio.create_task(serve(device_port, device, theirs, realtime=False))
-    deciding = asyncio.create_task(_daemon_side(ours, vending))
+    deciding = asyncio.create_task(_daemon_side(ours, vending, monitor))
     vmc = VmcMaster(vmc_port, answer_timeout=0.5, recorder=recorder)
     try:
         yield InProcessReader(vmc, vending, ours)
