@@ -23,7 +23,7 @@ from sim.trace import TraceRecorder
 from sim.vmc_master import VmcMaster
 from tests.e2e.vmcd_proc import children
 from tests.loopback_rig import in_process_reader
-from tests.waiting import wait_for, wait_until
+from tests.waiting import wait_for
 from vmc import monitor as mon
 from vmc.journal import Journal
 from vmc.monitor import MonitorFrame, TraceWriter, trace_lines
@@ -70,7 +70,8 @@ async def test_the_monitor_sees_every_exchange_the_vmc_saw(tmp_path: Path) -> No
     assert ("VEND REQUEST", "ACK") in named
     assert ("ACK", None) in named  # the VMC acknowledging our data block
     request = next(f for f in frames if f.command == "VEND REQUEST")
-    assert request.detail.startswith("price=") and " item=" in request.detail
+    assert request.detail.startswith("price=")
+    assert " item=" in request.detail
 
 
 async def test_a_recorded_trace_replays_without_a_difference(tmp_path: Path) -> None:
@@ -129,7 +130,8 @@ async def test_frames_decode_as_a_technician_reads_them() -> None:
         0.0, msg.ExchangeKind.BLOCK, "1300000a000724", "00", False, 0.00012, None
     )
     frame = mon.decode(exchange)
-    assert (frame.command, frame.detail, frame.response) == ("VEND REQUEST", "price=10 item=7", "ACK")
+    assert (frame.command, frame.detail) == ("VEND REQUEST", "price=10 item=7")
+    assert frame.response == "ACK"
     line = mon.format_line(frame)
     assert "VEND REQUEST  price=10 item=7  [13 00 00 0A 00 07 24]  -> ACK  (0.12 ms)" in line
     assert mon.to_json(frame) == {
@@ -198,4 +200,3 @@ async def test_two_listeners_across_a_bus_process_and_none_after(
         supervisor.stop()
         await asyncio.wait_for(running, 10)
         pair.close()
-    assert await wait_until(lambda: running.done())
