@@ -42,6 +42,7 @@ from vmc.services.collector import Collector
 from vmc.services.data_service import KEEP_S as DATA_REQUEST_KEEP_S
 from vmc.services.data_service import DataService, machine_config
 from vmc.services.local_ops import LocalOps
+from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
 from vmc.services.service_monitor import ServiceMonitor
@@ -149,6 +150,7 @@ def _cloud_services(
     link_up: Callable[[], bool],
     *,
     data: DataService,
+    profile: ProfileService,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -232,6 +234,7 @@ def _cloud_services(
     if reporter is not None:
         reporter.attach(topics, sync.wake, sync.state_changed)
     data.attach(topics, sync.wake, machine)
+    profile.attach(topics, sync.wake)
     return CloudServices(remote, sync, service, stock, collector)
 
 
@@ -261,8 +264,12 @@ async def run_daemon(config: Config) -> int:
         return machine_config(config, stock.stock.planogram)  # bound late: the stock comes next
 
     data = DataService(journal, reporter, describe)
+    # What vmc learns about the machine: from every bus report and every audit read.
+    profile = ProfileService(journal, config.dex.protocol if config.dex.port else None)
+    if reporter is not None:
+        reporter.listeners.append(profile.read_done)
     cloud = (
-        _cloud_services(config, journal, send, reporter, link_up, data=data)
+        _cloud_services(config, journal, send, reporter, link_up, data=data, profile=profile)
         if config.cloud.url
         else None
     )
@@ -291,10 +298,16 @@ async def run_daemon(config: Config) -> int:
         machine=None if cloud is not None else vending,
     )
     local_ops = LocalOps(journal, stock, data)
+    decide = cloud.remote.handle_bus if cloud is not None else local.handle
+
+    def on_report(report: object) -> None:
+        decide(report)
+        profile.handle_bus(report)
+
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
-        cloud.remote.handle_bus if cloud is not None else local.handle,
+        on_report,
         realtime_priority=config.mdb.realtime_priority,
     )
     vending.recover()
@@ -321,7 +334,7 @@ async def run_daemon(config: Config) -> int:
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
-                group.create_task(_ticker(cloud, local_ops, vending), name="ticker"),
+                group.create_task(_ticker(cloud, local_ops, vending, profile), name="ticker"),
             ]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
@@ -348,14 +361,20 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(cloud: CloudServices | None, local_ops: LocalOps, vending: RemoteVending) -> None:
+async def _ticker(
+    cloud: CloudServices | None,
+    local_ops: LocalOps,
+    vending: RemoteVending,
+    profile: ProfileService,
+) -> None:
     """vmctl's stock operations, the deadlines of transactions and the machine's own sessions
-    (with a cloud or not: a test vend has one), and with a cloud the service state's changes
-    with time."""
+    (with a cloud or not: a test vend has one), a settled change of the machine's profile, and
+    with a cloud the service state's changes with time."""
     while True:
         await asyncio.sleep(TICK_S)
         local_ops.serve()
         vending.tick()
+        profile.tick()
         if cloud is not None:
             cloud.service.tick()
 
