@@ -66,6 +66,8 @@ class MonitorFrame:
 
 def command_name(block: bytes) -> str:
     """A VMC block's name from its command and subcommand bytes (address bits ignored)."""
+    if not block:
+        return "EMPTY"
     cmd = block[0] & 0x07
     try:
         name = c.Cmd(cmd).name

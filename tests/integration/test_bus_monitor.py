@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drivers.loopback import loopback_pair
 from drivers.pty import PtyPair
@@ -146,6 +148,18 @@ async def test_frames_decode_as_a_technician_reads_them() -> None:
         "poll_gap_ms": None,
         "dropped": 0,
     }
+
+
+@given(st.binary(min_size=0, max_size=40), st.binary(max_size=40), st.booleans())
+def test_any_exchange_decodes_and_shows(vmc: bytes, answer: bytes, wide: bool) -> None:
+    """Decoding runs in the daemon's bus pump: whatever the bytes, it must not raise."""
+    frame = mon.decode(
+        msg.Exchange(0.0, msg.ExchangeKind.BLOCK, vmc.hex(), answer.hex(), wide, 0.0, None)
+    )
+    assert mon.format_line(frame)
+    assert mon.to_json(frame)["command_hex"] == vmc.hex()
+    (first, *_) = trace_lines(frame)
+    assert first.data == vmc
 
 
 async def test_two_listeners_across_a_bus_process_and_none_after(
