@@ -187,6 +187,40 @@ class TestVendOutcome:
         }
 
 
+_SAYS = {
+    TestVendResult.VENDED: "vended",
+    TestVendResult.FAILED: "FAILED: the VMC reported a vend failure, nothing was dispensed",
+    TestVendResult.UNKNOWN: "UNKNOWN: approved, but no result came; it may have dispensed",
+    TestVendResult.NOT_SELECTED: "not selected in time",
+    TestVendResult.CANCELLED: "cancelled before a selection",
+    TestVendResult.REFUSED: "refused",
+}
+
+
+def format_test_vend(data: Mapping[str, object]) -> str:
+    """A test vend's outcome (as :meth:`TestVendOutcome.to_json` gives it) for a technician."""
+    result = TestVendResult(str(data["result"]))
+    line = f"Test vend of selection {data['selection']}: {_SAYS[result]}"
+    reason, code = data.get("reason"), data.get("code")
+    if result is TestVendResult.REFUSED:
+        line += f" ({code}): {reason}"
+    elif result is TestVendResult.VENDED and data.get("vended") != data["selection"]:
+        line += f" (the VMC reported selection {data.get('vended')})"
+    elif result is not TestVendResult.VENDED and reason:
+        line += f" ({reason})"
+    lines = [line]
+    if data.get("txn_id"):
+        lines.append(f"  transaction {data['txn_id']}, journaled as vend type test")
+    others = data.get("other_selections")
+    if isinstance(others, list) and others:
+        asked = ", ".join(str(n) for n in others)
+        lines.append(
+            f"  the VMC asked for {asked} instead (denied): does it number its selections"
+            " differently from their labels?"
+        )
+    return "\n".join(lines)
+
+
 _ENDED_BY_ITS_VEND = {
     "vended": TestVendResult.VENDED,
     "vend_failed": TestVendResult.FAILED,

@@ -13,8 +13,9 @@ from protocols.evadts import parse
 from protocols.evadts.records import Cash, Device
 from protocols.evadts.writer import write
 from protocols.mdb import events as ev
-from protocols.mdb.commands import Feature
+from protocols.mdb.commands import ExpansionRequestId, Feature, parse_command
 from sim.vmc_counters import SalesCounters, audit_from_counters
+from sim.vmc_master import VmcIdentity
 from tests.samples import machine_audit
 from vmc import profile as p
 from vmc.services import bus_messages as msg
@@ -60,6 +61,14 @@ def test_a_level_3_vmc_that_enables_always_idle() -> None:
     assert said["display"] == "yes"
     assert said["cash_sales"] == "unknown"
     assert said["dex"] == "no"  # no DEX port configured
+
+
+def test_the_simulated_vmc_says_who_it_is_as_a_vmc_does() -> None:
+    identity = VmcIdentity("ABC", "SN-42", "M1", 0x0203)
+    command = parse_command(bytes((0x17, 0x00)) + identity.to_bytes(), wide=False)
+    assert isinstance(command, ExpansionRequestId)
+    said = facts(ev.VmcIdentified(command.manufacturer, command.serial, command.model, 0x0203))
+    assert said.identity == p.VmcIdentity("ABC", "SN-42", "M1", 0x0203)
 
 
 def test_lower_levels_say_why_not() -> None:

@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from protocols.mdb import events as ev
 from protocols.mdb.commands import PaymentType
 from vmc.cloud import messages as m
-from vmc.credit import CreditKind, CreditState, TestVendResult, ended_test_vend
+from vmc.credit import (
+    CreditKind,
+    CreditState,
+    TestVendOutcome,
+    TestVendResult,
+    ended_test_vend,
+    format_test_vend,
+)
 from vmc.services import bus_messages as bus
 from vmc.transaction import SESSION_MARGIN_S, Effects, Engine, EngineConfig, Money, TxnState
 
@@ -199,3 +206,30 @@ def test_whatever_the_vmc_asks_only_the_selection_is_approved_once_at_zero(
     wanted = [i + 1 for i, (item, _, negative) in enumerate(asked) if item == 5 and not negative]
     assert [a.vend_id for a in approved] == wanted[:1]
     assert all(a.amount == 0 for a in approved)
+
+
+def test_what_a_technician_reads() -> None:
+    vended = TestVendOutcome(TestVendResult.VENDED, 5, "", txn_id="e02a", vended=5)
+    assert format_test_vend(vended.to_json()) == (
+        "Test vend of selection 5: vended\n  transaction e02a, journaled as vend type test"
+    )
+    lost = TestVendOutcome(TestVendResult.NOT_SELECTED, 5, "timeout", other_selections=(7, 9))
+    assert format_test_vend(lost.to_json()) == (
+        "Test vend of selection 5: not selected in time (timeout)\n"
+        "  the VMC asked for 7, 9 instead (denied): does it number its selections differently"
+        " from their labels?"
+    )
+    refused = TestVendOutcome(TestVendResult.REFUSED, 5, "reader is DISABLED", "reader_unavailable")
+    assert format_test_vend(refused.to_json()) == (
+        "Test vend of selection 5: refused (reader_unavailable): reader is DISABLED"
+    )
+    assert refused.to_json() == {
+        "ok": False,
+        "result": "refused",
+        "selection": 5,
+        "reason": "reader is DISABLED",
+        "code": "reader_unavailable",
+        "txn_id": None,
+        "vended": None,
+        "other_selections": [],
+    }
