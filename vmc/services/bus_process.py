@@ -79,6 +79,7 @@ class BusLoop:
         self.stopping_since: float | None = None
         self.frames: deque[bytes] = deque()  # the monitor's, sent after every event
         self.dropped = 0
+        self._blocked = False  # the daemon's socket is full: wait until it is writable
         self._monitor_poll_at: float | None = None
 
     def on_port_readable(self) -> None:
@@ -232,12 +233,16 @@ class BusLoop:
         self._drain()
 
     def _drain(self) -> None:
-        """Events first; the monitor's exchanges only when no event waits."""
+        """Events first; the monitor's exchanges only when no event waits. While the socket is
+        full, nothing is tried until it is writable again (no system call per exchange)."""
+        if self._blocked:
+            return
         while self.outgoing or self.frames:
             queue = self.outgoing or self.frames
             try:
                 self.sock.send(queue[0])
             except BlockingIOError:
+                self._blocked = True
                 loop = asyncio.get_running_loop()
                 loop.add_writer(self.sock.fileno(), self._writable)
                 return
@@ -248,6 +253,7 @@ class BusLoop:
 
     def _writable(self) -> None:
         asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        self._blocked = False
         self._drain()
 
     def _finish(self, code: int) -> None:
