@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import random
 import sqlite3
@@ -14,15 +15,19 @@ from typing import Any
 import cbor2
 
 from protocols.mdb import commands as c
+from protocols.mdb import events as ev
 from protocols.mdb.cashless import ReaderConfig
 from protocols.mdb.commands import PaymentType
 from sim.scenarios import Customers
 from tests.loopback_rig import InProcessReader, in_process_reader
 from tests.waiting import wait_for
 from vmc.cloud.messages import VendType
+from vmc.cloud.outbox import new_id
 from vmc.cloud.topics import Topics
 from vmc.credit import CreditKind, TestVendResult
 from vmc.journal import Journal
+from vmc.services.remote_vend import RemoteVending
+from vmc.transaction import Engine, EngineConfig, Money, Txn, TxnState
 
 READER = ReaderConfig(level=3)
 
@@ -166,4 +171,35 @@ async def test_a_technician_who_gives_up_ends_the_session(tmp_path: Path) -> Non
         session = journal.credit(CreditKind.TEST_VEND, test_id)
         assert session is not None
         assert (session.state, session.reason) == ("cancelled", "abandoned")
+    journal.close()
+
+
+def test_without_a_cloud_a_restart_settles_only_the_machines_own_session(tmp_path: Path) -> None:
+    """A lock a cloud left open is that cloud's to settle and hear of; a test vend is ours."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+
+    def glue() -> RemoteVending:
+        engine = Engine(EngineConfig(Money(978, 2)), new_id)
+        return RemoteVending(engine, journal, None, lambda command: True)
+
+    lock = Txn("cloud-1", TxnState.LOCKED, 1.0, 1.0)
+    journal.commit([lock], [], durable=True)
+    glue().recover()
+    assert journal.open_txn() == lock
+    journal.commit([dataclasses.replace(lock, state=TxnState.CANCELLED)], [], durable=True)
+
+    eng = Engine(EngineConfig(Money(978, 2)), new_id)
+    eng.on_bus(ev.StateChanged(ev.State.DISABLED, ev.State.ENABLED), 1.0)
+    opened = eng.test_vend("tv1", 5, 20.0, 1.0)
+    approving = eng.on_bus(ev.VendRequested(3, 5, 150), 2.0)
+    journal.commit(
+        approving.transitions, [], credits=[*opened.credits, *approving.credits], durable=True
+    )
+    glue().recover()
+    assert journal.open_txn() is None
+    assert journal.open_credit() is None
+    (sale_txn,) = [t for t in approving.transitions if t.state is TxnState.APPROVING]
+    settled = journal.txn(sale_txn.txn_id)
+    assert settled is not None
+    assert (settled.state, settled.vend_type) == (TxnState.UNKNOWN, VendType.TEST)
     journal.close()

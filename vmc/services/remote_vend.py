@@ -136,8 +136,22 @@ class RemoteVending:
             del self._tests[test_id]
 
     def recover(self) -> None:
+        """Settle what a crash left open. Without a cloud, only the machine's own sessions (a
+        test vend): a lock, voucher or credit is a cloud's, settled and reported to it when
+        vmcd runs with it again."""
         journal = self.journal
-        fx = self.engine.recover(journal.open_txn(), self.clock(), journal.open_credit())
+        txn, credit = journal.open_txn(), journal.open_credit()
+        theirs = (txn is not None and txn.test_id is None) or (
+            credit is not None and credit.kind is not CreditKind.TEST_VEND
+        )
+        if self.topics is None and theirs:
+            log.warning(
+                "recovery_left_for_the_cloud",
+                txn_id=None if txn is None else txn.txn_id,
+                credit_id=None if credit is None else credit.credit_id,
+            )
+            return
+        fx = self.engine.recover(txn, self.clock(), credit)
         if fx.transitions:
             log.warning(
                 "txn_recovered",
