@@ -751,7 +751,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
                 backend_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await backend_task
-            realtime, warnings = read_daemon_log(daemon.log_path)
+            realtime, warnings, _ = read_daemon_log(daemon.log_path)
             out["realtime"] = realtime
             out["daemon_warnings"] = warnings
             out["backend_tcp_nodelay"] = backend.nodelay

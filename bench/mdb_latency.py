@@ -17,6 +17,12 @@ Two phases, each with a fresh pty pair and daemon:
   so its bus process) and the hog are pinned to one CPU and this process to another, so the
   measuring side is not the one delayed.
 
+With ``--monitor on`` (or ``both``, each phase without then with it) the daemon runs with one
+bus monitor listener (``bench/monitored_vmcd.py``): the bus process streams every exchange and
+the daemon formats each as ``vmctl mdb monitor`` and ``vmctl mdb record`` would; the phase is
+named ``idle+monitor`` or ``busy+monitor`` and reports the frames the listener got
+(``monitor_frames``) and lost (``monitor_dropped``).
+
 Every exchange's response time counts (polls and session commands) from the reader's
 initialisation on; the RESET probes sent while vmcd is still starting do not (``startup_s``
 says how long that took). ``realtime`` says whether the bus process got SCHED_FIFO (from the
@@ -58,6 +64,7 @@ from sim.vmc_master import (  # noqa: E402
 )
 
 PHASES = ("idle", "busy")
+MONITORED = ROOT / "bench" / "monitored_vmcd.py"
 BUSY_SESSIONS_EVERY = 20
 STARTUP_TIMEOUT_S = 10.0
 HOG_CODE = "while True:\n    pass\n"
@@ -96,6 +103,7 @@ class PhaseResult:
     steal_ms: float | None = None
     truncated: bool = False
     pinning: dict[str, int] | None = None
+    monitor: dict[str, int] | None = None
 
     @property
     def errors(self) -> int:
@@ -140,15 +148,20 @@ def phase_summary(result: PhaseResult) -> dict[str, Any]:
     )
     if result.pinning is not None:
         out["pinning"] = result.pinning
+    if result.monitor is not None:
+        out["monitor_frames"] = result.monitor["frames"]
+        out["monitor_dropped"] = result.monitor["dropped"]
     if result.first_problems:
         out["first_problems"] = result.first_problems
     return out
 
 
-def read_daemon_log(path: Path) -> tuple[bool | None, int]:
-    """From vmcd's JSON-lines log: did every bus process get SCHED_FIFO; warnings logged."""
+def read_daemon_log(path: Path) -> tuple[bool | None, int, dict[str, int] | None]:
+    """From vmcd's JSON-lines log: did every bus process get SCHED_FIFO; warnings logged; what
+    the monitor listener got and lost (None without one)."""
     realtime: list[bool] = []
     warnings = 0
+    monitor: dict[str, int] | None = None
     with contextlib.suppress(OSError):
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
@@ -161,7 +174,9 @@ def read_daemon_log(path: Path) -> tuple[bool | None, int]:
                 realtime.append(record.get("realtime") is True)
             if record.get("level") in ("warning", "error", "critical"):
                 warnings += 1
-    return (all(realtime) if realtime else None), warnings
+            if record.get("event") == "bench_monitor":
+                monitor = {"frames": record["frames"], "dropped": record["dropped"]}
+    return (all(realtime) if realtime else None), warnings, monitor
 
 
 def steal_ms() -> float | None:
@@ -258,10 +273,16 @@ async def drive(
 
 
 async def run_phase(
-    name: str, *, polls: int, sessions_every: int, max_seconds: float, seed: int
+    name: str,
+    *,
+    polls: int,
+    sessions_every: int,
+    max_seconds: float,
+    seed: int,
+    monitor: bool = False,
 ) -> PhaseResult:
     busy = name == "busy"
-    result = PhaseResult(name)
+    result = PhaseResult(f"{name}+monitor" if monitor else name)
     cpus = choose_cpus() if busy else None
     own_affinity = os.sched_getaffinity(0) if cpus is not None else None
     hog: asyncio.subprocess.Process | None = None
@@ -277,6 +298,7 @@ async def run_phase(
             local_approval="accept",
             log_level="debug" if busy else "info",
             cpu=None if cpus is None else cpus[0],
+            program=(str(MONITORED),) if monitor else ("-m", "vmc"),
         )
         try:
             if busy:
@@ -312,7 +334,9 @@ async def run_phase(
                 await stop_hog(hog)
             if own_affinity is not None:
                 os.sched_setaffinity(0, own_affinity)
-            result.realtime, result.daemon_warnings = read_daemon_log(daemon.log_path)
+            result.realtime, result.daemon_warnings, result.monitor = read_daemon_log(
+                daemon.log_path
+            )
             pair.close()
     result.duration_s = time.perf_counter() - started
     steal_after = steal_ms()
@@ -353,7 +377,7 @@ def human(report: dict[str, Any]) -> str:
     rows = [(name, p) for name, p in report["phases"].items()]
     rows.append(("all", report))
     lines.append(
-        f"{'phase':<6}{'polls':>8}{'answers':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
+        f"{'phase':<14}{'polls':>8}{'answers':>9}{'p50':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
         f"{'>5ms':>6}{'sessions':>10}{'errors':>8}"
     )
     for name, p in rows:
@@ -362,7 +386,7 @@ def human(report: dict[str, Any]) -> str:
             return "-" if value is None else f"{value:.3f}"
 
         lines.append(
-            f"{name:<6}{p['polls']:>8}{p['answers']:>9}{ms(p['p50_ms']):>9}"
+            f"{name:<14}{p['polls']:>8}{p['answers']:>9}{ms(p['p50_ms']):>9}"
             f"{ms(p['p99_ms']):>9}{ms(p['p999_ms']):>9}{ms(p['max_ms']):>9}"
             f"{p['over_5ms']:>6}{p['sessions_ok']:>5}/{p['sessions']:<4}{p['errors']:>8}"
         )
@@ -374,18 +398,21 @@ def human(report: dict[str, Any]) -> str:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     names = PHASES if args.phase == "both" else (args.phase,)
+    monitoring = {"off": (False,), "on": (True,), "both": (False, True)}[args.monitor]
     results = []
     for name in names:
         every = args.busy_sessions_every if name == "busy" else args.sessions_every
-        results.append(
-            await run_phase(
-                name,
-                polls=args.polls,
-                sessions_every=every,
-                max_seconds=args.max_seconds,
-                seed=args.seed,
+        for monitor in monitoring:
+            results.append(
+                await run_phase(
+                    name,
+                    polls=args.polls,
+                    sessions_every=every,
+                    max_seconds=args.max_seconds,
+                    seed=args.seed,
+                    monitor=monitor,
+                )
             )
-        )
     return combine(results)
 
 
@@ -403,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a purchase every K polls in the busy phase",
     )
     p.add_argument("--phase", choices=(*PHASES, "both"), default="both")
+    p.add_argument(
+        "--monitor",
+        choices=("off", "on", "both"),
+        default="off",
+        help="run the daemon with a bus monitor listener (both: each phase without, then with)",
+    )
     p.add_argument("--max-seconds", type=float, default=75.0, help="polling time budget per phase")
     p.add_argument("--seed", type=int, default=1)
     return p

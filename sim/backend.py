@@ -529,6 +529,8 @@ class SimBackend:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         elif kind == "txn.vend":
+            # A test vend has no txn.request: its vend says its type.
+            entry.vend_type = str(body.get("vend_type", entry.vend_type))
             entry.result = body["result"]
             entry.states.append(body["result"])
             if body["result"] == "success":

@@ -82,7 +82,11 @@ class VmcdProcess:
 
 
 class DaemonProcess(VmcdProcess):
-    """``vmcd`` on ``pair.device_url`` with the simulator's usual flags."""
+    """``vmcd`` on ``pair.device_url`` with the simulator's usual flags.
+
+    ``program``: what Python runs (``-m vmc`` by default; a benchmark may run a script that
+    wraps the daemon).
+    """
 
     def __init__(
         self,
@@ -95,11 +99,11 @@ class DaemonProcess(VmcdProcess):
         extra: tuple[str, ...] = (),
         log_level: str = "info",
         cpu: int | None = None,
+        program: tuple[str, ...] = ("-m", "vmc"),
     ) -> None:
         argv = [
             sys.executable,
-            "-m",
-            "vmc",
+            *program,
             "--mdb",
             pair.device_url,
             "--mdb-address",

@@ -111,6 +111,28 @@ class TimingStats:
             self.violations.append(f"{what}: {answer.max_gap_s * 1000:.2f} ms between bytes")
 
 
+@dataclass(frozen=True, slots=True)
+class VmcIdentity:
+    """What the simulated VMC says of itself in EXPANSION REQUEST ID (MDB/ICP 4.2 §7.4.11):
+    a three-letter manufacturer code, a 12-character serial and model, a BCD software version."""
+
+    manufacturer: str = "SIM"
+    serial: str = "SIMVMC000001"
+    model: str = "vmc-sim"
+    software_version: int = 0x0100
+
+    def to_bytes(self) -> bytes:
+        def field(text: str, width: int) -> bytes:
+            return text.encode("ascii")[:width].ljust(width, b" ")
+
+        return (
+            field(self.manufacturer, 3)
+            + field(self.serial, 12)
+            + field(self.model, 12)
+            + self.software_version.to_bytes(2, "big")
+        )
+
+
 @dataclass
 class ReaderInfo:
     level: int = 1
@@ -195,9 +217,12 @@ class VmcMaster:
         answer_timeout: float = 0.05,
         recorder: TraceRecorder | None = None,
         discard_unread: Callable[[], None] | None = None,
+        identity: VmcIdentity | None = None,
     ) -> None:
-        """``discard_unread`` drops what the reader has not read yet (:class:`sim.ports.SimPty`)."""
+        """``discard_unread`` drops what the reader has not read yet (:class:`sim.ports.SimPty`);
+        ``identity``: what it tells the reader in EXPANSION REQUEST ID."""
         self.port = port
+        self.identity = identity or VmcIdentity()
         self.discard_unread = discard_unread
         self.address = address
         self.answer_timeout = answer_timeout
@@ -400,9 +425,9 @@ class VmcMaster:
         body = bytes((c.Cmd.SETUP, c.SetupSub.MAX_MIN_PRICES))
         body += prices[0].to_bytes(2, "big") + prices[1].to_bytes(2, "big")
         await self._expect_ack(body, "SETUP MAX/MIN")
-        ident = b"SIM" + b"SIMVMC000001" + b"vmc-sim     " + b"\x01\x00"
         answer = await self.command(
-            bytes((c.Cmd.EXPANSION, c.ExpansionSub.REQUEST_ID)) + ident, "EXPANSION ID"
+            bytes((c.Cmd.EXPANSION, c.ExpansionSub.REQUEST_ID)) + self.identity.to_bytes(),
+            "EXPANSION ID",
         )
         if answer.code != c.Resp.PERIPHERAL_ID:
             raise VmcSimError(f"EXPANSION ID answered {answer.words}")

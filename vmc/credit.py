@@ -10,6 +10,13 @@ session). ``used`` is the approved price of every vend that was dispensed, may h
 and given back only when the VMC reports that nothing was dispensed. So ``used`` never exceeds
 ``value``, and never misses a product that may have left the machine.
 
+A **test vend** (``vmctl test-vend``) is the same kind of session, asked for on the machine
+itself: the VMC is told it is test media (BEGIN SESSION's payment type, MDB level 2+), and the
+machine approves one selection, once, at 0; its vend has vend type ``test``. It ends after that
+vend whatever its result (a technician wants the one answer), and no cloud outcome event is
+sent for it: its vend's ``txn.vend`` says what happened, the asker hears the rest
+(:class:`TestVendOutcome`).
+
 The transaction engine (:mod:`vmc.transaction`) drives these sessions; it journals every change
 of a :class:`CreditSession` before its bus side effect, like a transaction's.
 """
@@ -21,6 +28,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 from vmc.cloud import messages as m
 
@@ -28,6 +36,7 @@ from vmc.cloud import messages as m
 class CreditKind(StrEnum):
     VOUCHER = "voucher"
     CREDIT = "credit"
+    TEST_VEND = "test_vend"
 
 
 class CreditState(StrEnum):
@@ -76,8 +85,14 @@ class CreditSession:
 
     @property
     def spent(self) -> bool:
-        """Nothing more to pay for: a voucher that paid its vend, a credit with nothing left."""
-        return bool(self.txn_ids) if self.kind is CreditKind.VOUCHER else self.rest <= 0
+        """Nothing more to pay for: a voucher or test vend that had its vend, a credit with
+        nothing left."""
+        return self.rest <= 0 if self.kind is CreditKind.CREDIT else bool(self.txn_ids)
+
+    def amount_for(self, price: int) -> int:
+        """What the machine approves for a selection at ``price``: the price, or 0 for a test
+        vend (nobody pays it)."""
+        return 0 if self.kind is CreditKind.TEST_VEND else price
 
 
 def why_refused(
@@ -88,7 +103,7 @@ def why_refused(
         return Refusal.NEGATIVE_VEND
     if session.selections is not None and selection not in session.selections:
         return Refusal.NOT_IN_VOUCHER
-    if price > session.rest or session.spent:
+    if session.amount_for(price) > session.rest or session.spent:
         return Refusal.OVER_VALUE
     return None
 
@@ -122,6 +137,116 @@ def outcome(session: CreditSession, reason: str) -> CreditState:
     if session.txn_ids:
         return CreditState.USED
     return CreditState.EXPIRED if reason == "timeout" else CreditState.CANCELLED
+
+
+class TestVendResult(StrEnum):
+    """How a test vend ended, for the technician who asked."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class
+
+    VENDED = "vended"  # the VMC reported the product delivered (VEND SUCCESS)
+    FAILED = "failed"  # VEND FAILURE: nothing was dispensed
+    UNKNOWN = "unknown"  # approved, but no result came: it may have dispensed
+    NOT_SELECTED = "not_selected"  # its time passed without the selection being made
+    CANCELLED = "cancelled"  # the session ended first (the VMC, a reset, a restart, abandoned)
+    REFUSED = "refused"  # it did not start: busy, or the reader not enabled
+
+
+@dataclass(frozen=True, slots=True)
+class TestVendOutcome:
+    """What a test vend did. ``reason``: why it ended as it did (the refusal's message, the
+    session's reason, or the vend's detail); ``code``: a refusal's error code (``busy``,
+    ``reader_unavailable``); ``txn_id``: its vend's transaction; ``vended``: the item the VMC
+    reported in VEND SUCCESS; ``other_selections``: what the VMC asked for instead (denied: a
+    VMC numbering its selections unlike their labels shows here)."""
+
+    __test__: ClassVar[bool] = False
+
+    result: TestVendResult
+    selection: int
+    reason: str = ""
+    code: str | None = None
+    txn_id: str | None = None
+    vended: int | None = None
+    other_selections: tuple[int, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.result is TestVendResult.VENDED
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "result": self.result.value,
+            "selection": self.selection,
+            "reason": self.reason,
+            "code": self.code,
+            "txn_id": self.txn_id,
+            "vended": self.vended,
+            "other_selections": list(self.other_selections),
+        }
+
+
+_SAYS = {
+    TestVendResult.VENDED: "vended",
+    TestVendResult.FAILED: "FAILED: the VMC reported a vend failure, nothing was dispensed",
+    TestVendResult.UNKNOWN: "UNKNOWN: approved, but no result came; it may have dispensed",
+    TestVendResult.NOT_SELECTED: "not selected in time",
+    TestVendResult.CANCELLED: "cancelled before a selection",
+    TestVendResult.REFUSED: "refused",
+}
+
+
+def format_test_vend(data: Mapping[str, object]) -> str:
+    """A test vend's outcome (as :meth:`TestVendOutcome.to_json` gives it) for a technician."""
+    result = TestVendResult(str(data["result"]))
+    line = f"Test vend of selection {data['selection']}: {_SAYS[result]}"
+    reason, code = data.get("reason"), data.get("code")
+    if result is TestVendResult.REFUSED:
+        line += f" ({code}): {reason}"
+    elif result is TestVendResult.VENDED and data.get("vended") != data["selection"]:
+        line += f" (the VMC reported selection {data.get('vended')})"
+    elif result is not TestVendResult.VENDED and reason:
+        line += f" ({reason})"
+    lines = [line]
+    if data.get("txn_id"):
+        lines.append(f"  transaction {data['txn_id']}, journaled as vend type test")
+    others = data.get("other_selections")
+    if isinstance(others, list) and others:
+        asked = ", ".join(str(n) for n in others)
+        lines.append(
+            f"  the VMC asked for {asked} instead (denied): does it number its selections"
+            " differently from their labels?"
+        )
+    return "\n".join(lines)
+
+
+_ENDED_BY_ITS_VEND = {
+    "vended": TestVendResult.VENDED,
+    "vend_failed": TestVendResult.FAILED,
+    "vend_unknown": TestVendResult.UNKNOWN,
+}
+
+
+def ended_test_vend(
+    session: CreditSession, vend: m.TxnVend | None, other_selections: tuple[int, ...] = ()
+) -> TestVendOutcome:
+    """The outcome of an ended test vend session, with the ``txn.vend`` of its vend if any."""
+    assert session.kind is CreditKind.TEST_VEND
+    assert session.selections
+    result = _ENDED_BY_ITS_VEND.get(session.reason)
+    if result is None:
+        result = (
+            TestVendResult.NOT_SELECTED if session.reason == "timeout" else TestVendResult.CANCELLED
+        )
+    return TestVendOutcome(
+        result,
+        session.selections[0],
+        (vend.detail if vend is not None else "") or session.reason,
+        txn_id=session.txn_ids[0] if session.txn_ids else None,
+        vended=vend.selection if vend is not None and vend.result == "success" else None,
+        other_selections=other_selections,
+    )
 
 
 def credit_state(session: CreditSession) -> dict[str, object]:

@@ -16,7 +16,7 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -42,6 +42,7 @@ from vmc.services.collector import Collector
 from vmc.services.data_service import KEEP_S as DATA_REQUEST_KEEP_S
 from vmc.services.data_service import DataService, machine_config
 from vmc.services.local_ops import LocalOps
+from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
 from vmc.services.service_monitor import ServiceMonitor
@@ -122,6 +123,25 @@ class CloudServices:
     collector: Collector
 
 
+def _engine(config: Config, stock: Callable[[], StockBook]) -> Engine:
+    """The transaction engine, priced by the planogram of ``stock()`` (bound late)."""
+    reader = config.reader
+
+    def prices() -> Mapping[int, int] | None:
+        planogram = stock().stock.planogram
+        return None if planogram is None else planogram.prices()
+
+    return Engine(
+        EngineConfig(
+            Money(reader.currency, reader.minor_decimals),
+            approval_timeout=reader.approval_timeout,
+            lock_timeout=config.cloud.lock_timeout,
+        ),
+        new_id,
+        prices=prices,
+    )
+
+
 def _cloud_services(
     config: Config,
     journal: Journal,
@@ -130,6 +150,7 @@ def _cloud_services(
     link_up: Callable[[], bool],
     *,
     data: DataService,
+    profile: ProfileService,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -146,15 +167,7 @@ def _cloud_services(
         topic_prefix=cloud.topic_prefix,
     )
     reader = config.reader
-    engine = Engine(
-        EngineConfig(
-            Money(reader.currency, reader.minor_decimals),
-            approval_timeout=reader.approval_timeout,
-            lock_timeout=cloud.lock_timeout,
-        ),
-        new_id,
-        prices=lambda: None if stock.stock.planogram is None else stock.stock.planogram.prices(),
-    )
+    engine = _engine(config, lambda: stock)
     remote: RemoteVending
     topics = Topics(settings.device_id, settings.topic_prefix)
     stock: StockBook
@@ -219,8 +232,9 @@ def _cloud_services(
         data=data,
     )
     if reporter is not None:
-        reporter.attach(remote.topics, sync.wake, sync.state_changed)
-    data.attach(remote.topics, sync.wake, machine)
+        reporter.attach(topics, sync.wake, sync.state_changed)
+    data.attach(topics, sync.wake, machine)
+    profile.attach(topics, sync.wake)
     return CloudServices(remote, sync, service, stock, collector)
 
 
@@ -250,23 +264,53 @@ async def run_daemon(config: Config) -> int:
         return machine_config(config, stock.stock.planogram)  # bound late: the stock comes next
 
     data = DataService(journal, reporter, describe)
+    # What vmc learns about the machine: from every bus report and every audit read.
+    profile = ProfileService(journal, config.dex.protocol if config.dex.port else None)
+    if reporter is not None:
+        reporter.listeners.append(profile.read_done)
     cloud = (
-        _cloud_services(config, journal, send, reporter, link_up, data=data)
+        _cloud_services(config, journal, send, reporter, link_up, data=data, profile=profile)
         if config.cloud.url
         else None
     )
     # Without a cloud the stock is kept all the same; nothing is queued for a cloud then.
     stock = cloud.stock if cloud is not None else StockBook(journal, None)
-    local = LocalVending(config.mdb.local_approval == "accept", journal, send, stock)
+    # The engine's glue: with a cloud it decides every vend; without one, the machine's own
+    # sessions (test vends) beside the local policy.
+    vending = (
+        cloud.remote
+        if cloud is not None
+        else RemoteVending(
+            _engine(config, lambda: stock),
+            journal,
+            None,
+            send,
+            stock=stock,
+            zone=ZoneInfo(config.daemon.timezone),
+        )
+    )
+    vending.vend_result_timeout = config.reader.vend_result_timeout
+    local = LocalVending(
+        config.mdb.local_approval == "accept",
+        journal,
+        send,
+        stock,
+        machine=None if cloud is not None else vending,
+    )
     local_ops = LocalOps(journal, stock, data)
+    decide = cloud.remote.handle_bus if cloud is not None else local.handle
+
+    def on_report(report: object) -> None:
+        decide(report)
+        profile.handle_bus(report)
+
     bus = BusSupervisor(
         config.mdb.port,
         config.reader,
-        cloud.remote.handle_bus if cloud is not None else local.handle,
+        on_report,
         realtime_priority=config.mdb.realtime_priority,
     )
-    if cloud is not None:
-        cloud.remote.recover()
+    vending.recover()
     data.recover()
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
@@ -290,7 +334,7 @@ async def run_daemon(config: Config) -> int:
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
-                group.create_task(_ticker(cloud, local_ops), name="ticker"),
+                group.create_task(_ticker(cloud, local_ops, vending, profile), name="ticker"),
             ]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
@@ -317,14 +361,21 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(cloud: CloudServices | None, local_ops: LocalOps) -> None:
-    """vmctl's stock operations, and with a cloud the transaction deadlines and the service
-    state's changes with time."""
+async def _ticker(
+    cloud: CloudServices | None,
+    local_ops: LocalOps,
+    vending: RemoteVending,
+    profile: ProfileService,
+) -> None:
+    """vmctl's stock operations, the deadlines of transactions and the machine's own sessions
+    (with a cloud or not: a test vend has one), a settled change of the machine's profile, and
+    with a cloud the service state's changes with time."""
     while True:
         await asyncio.sleep(TICK_S)
         local_ops.serve()
+        vending.tick()
+        profile.tick()
         if cloud is not None:
-            cloud.remote.tick()
             cloud.service.tick()
 
 

@@ -13,7 +13,9 @@ so a crash can never leave a side effect the journal does not know about.
 Vouchers and remote credits (:mod:`vmc.credit`) use the same reader and the same rules: while
 one is open no lock is accepted and the other way round. The machine decides their selections
 itself; each vend they pay is a transaction of its own (no ``txn.request``, one ``txn.vend``), and
-the voucher's or credit's own outcome is one ``voucher.status`` or ``credit.status``.
+the voucher's or credit's own outcome is one ``voucher.status`` or ``credit.status``. A
+technician's test vend (:meth:`Engine.test_vend`) is one more such session, at 0 and of vend
+type ``test``.
 
 Money safety: the engine's approval deadline is earlier than the reader's own
 (``approval_timeout``), and the reader denies an undecided vend at its deadline by itself, so a
@@ -76,6 +78,8 @@ DURABLE = frozenset({S.APPROVING, S.DISPENSING, S.VENDED, S.FAILED, S.UNKNOWN})
 _ENDS = frozenset({S.DENIED, S.EXPIRED, S.CANCELLED})
 VEND_RESULT = {S.VENDED: "success", S.FAILED: "failure", S.UNKNOWN: "unknown"}
 """The final states that tried to dispense, and the ``result`` their ``txn.vend`` reported."""
+_ENDED_BY = {S.VENDED: "vended", S.FAILED: "vend_failed", S.UNKNOWN: "vend_unknown"}
+"""The reason a voucher or test vend ends with, by the result of the vend that used it."""
 LEGAL: dict[TxnState | None, frozenset[TxnState]] = {
     None: frozenset({S.LOCKED, S.REQUESTED}),
     S.LOCKED: frozenset({S.REQUESTED}) | _ENDS,
@@ -105,11 +109,13 @@ class Txn:
     surcharge: int = 0
     voucher_id: str | None = None
     credit_id: str | None = None
+    test_id: str | None = None
 
     @property
     def paid_by_credit(self) -> bool:
-        """A vend the machine approved from a voucher or a credit (no backend decision)."""
-        return self.voucher_id is not None or self.credit_id is not None
+        """A vend the machine approved itself, from a voucher, a credit or a test vend (no
+        backend decision)."""
+        return self.voucher_id is not None or self.credit_id is not None or self.test_id is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +214,21 @@ class Engine:
                 self._open_credit(fx, cmd, now)
         return fx
 
-    def _not_ready(self, cmd: m.Command) -> m.Reply | None:
+    def _not_ready(self, command_id: str | None) -> m.Reply | None:
         """The refusal of a new session: one at a time, on an enabled reader."""
         if self.txn is not None:
             message = f"transaction {self.txn.txn_id} is {self.txn.state}"
-            return _refuse(cmd, m.ErrorCode.BUSY, message)
+            return m.Reply(command_id, False, m.ErrorCode.BUSY, message)
         if self.credit is not None:
             message = f"{self.credit.kind} {self.credit.credit_id} is open"
-            return _refuse(cmd, m.ErrorCode.BUSY, message)
+            return m.Reply(command_id, False, m.ErrorCode.BUSY, message)
         if self.reader_state is not ev.State.ENABLED:
             message = f"reader is {self.reader_state.name}"
-            return _refuse(cmd, m.ErrorCode.READER_UNAVAILABLE, message)
+            return m.Reply(command_id, False, m.ErrorCode.READER_UNAVAILABLE, message)
         return None
 
     def _lock(self, fx: Effects, cmd: m.Lock, now: float) -> None:
-        fx.reply = self._not_ready(cmd)
+        fx.reply = self._not_ready(cmd.id)
         if fx.reply is not None:
             return
         timeout = cmd.timeout_s if cmd.timeout_s is not None else self.config.lock_timeout
@@ -244,7 +250,7 @@ class Engine:
 
     def _open_credit(self, fx: Effects, cmd: m.Voucher | m.Credit, now: float) -> None:
         """Offer the VMC a session whose funds are the voucher's or credit's value."""
-        fx.reply = self._not_ready(cmd)
+        fx.reply = self._not_ready(cmd.id)
         if fx.reply is not None:
             return
         timeout = cmd.timeout_s if cmd.timeout_s is not None else self.config.lock_timeout
@@ -289,6 +295,51 @@ class Engine:
         self._save_credit(fx, session, now)
         fx.bus.append(bus.BeginSession(value, int(PaymentType.NORMAL), timeout + SESSION_MARGIN_S))
         fx.reply = m.Reply(cmd.id, True, result=result)
+
+    # --- a technician's test vend -----------------------------------------------------------
+
+    def test_vend(self, test_id: str, selection: int, timeout_s: float, now: float) -> Effects:
+        """Open a test vend of ``selection`` (``vmctl test-vend``); ``fx.reply`` (not for the
+        cloud: its id is ``test_id``) accepts it or says why not (``busy``,
+        ``reader_unavailable``).
+
+        A session the VMC is told is test media, with funds unknown, in which the machine
+        approves ``selection`` only, once, at 0; another selection is denied and the session
+        waits for the right one until ``timeout_s``. Its vend is a transaction of vend type
+        ``test`` (one ``txn.vend``); the session is journaled as a ``test_vend`` credit
+        (:mod:`vmc.credit`) and ends after that vend, whatever its result.
+        """
+        fx = Effects()
+        fx.reply = self._not_ready(test_id)
+        if fx.reply is not None:
+            return fx
+        session = CreditSession(
+            CreditKind.TEST_VEND,
+            test_id,
+            CreditState.OPEN,
+            0,
+            now,
+            now,
+            now + timeout_s,
+            (selection,),
+            result={"selection": selection, "expires": now + timeout_s},
+        )
+        self.credit_vend_id = None
+        self._save_credit(fx, session, now)
+        fx.bus.append(bus.BeginSession(None, int(PaymentType.TEST), timeout_s + SESSION_MARGIN_S))
+        fx.reply = m.Reply(test_id, True, result=session.result)
+        return fx
+
+    def abandon_test_vend(self, test_id: str, now: float) -> Effects:
+        """The technician gave up: end the test vend's session unless its vend is running
+        (that one finishes and is reported as any other)."""
+        fx = Effects()
+        credit = self.credit
+        if credit is None or credit.credit_id != test_id or self.txn is not None:
+            return fx
+        fx.bus.append(bus.CancelSession(self.credit_vend_id))
+        self._finish_credit(fx, "abandoned", now)
+        return fx
 
     def _unlock(self, fx: Effects, cmd: m.Unlock, now: float) -> None:
         txn = self._find(fx, cmd, cmd.txn_id)
@@ -443,26 +494,29 @@ class Engine:
         if why_refused(credit, req.item, req.price, negative=req.negative) is not None:
             fx.bus.append(bus.DenyVend(req.vend_id))  # the session stays for another selection
             return
-        voucher = credit.kind is CreditKind.VOUCHER
+        kind = credit.kind
         txn = Txn(
             self.new_id(),
             S.REQUESTED,
             now,
             now,
+            m.VendType.TEST if kind is CreditKind.TEST_VEND else m.VendType.PAID,
             ref=credit.ref,
             selection=req.item,
             price=req.price,
             vend_id=req.vend_id,
             medium=credit.medium,
             surcharge=credit.surcharge,
-            voucher_id=credit.credit_id if voucher else None,
-            credit_id=None if voucher else credit.credit_id,
+            voucher_id=credit.credit_id if kind is CreditKind.VOUCHER else None,
+            credit_id=credit.credit_id if kind is CreditKind.CREDIT else None,
+            test_id=credit.credit_id if kind is CreditKind.TEST_VEND else None,
         )
         self._move(fx, txn)
         # The price is reserved in the same commit as the approval, before the bus hears it.
-        self._move(fx, dataclasses.replace(txn, state=S.APPROVING, amount=req.price))
-        self._save_credit(fx, dataclasses.replace(credit, used=credit.used + req.price), now)
-        fx.bus.append(bus.ApproveVend(req.vend_id, req.price))
+        amount = credit.amount_for(req.price)
+        self._move(fx, dataclasses.replace(txn, state=S.APPROVING, amount=amount))
+        self._save_credit(fx, dataclasses.replace(credit, used=credit.used + amount), now)
+        fx.bus.append(bus.ApproveVend(req.vend_id, amount))
 
     def _vend_requested(self, fx: Effects, req: ev.VendRequested, now: float) -> None:
         txn = self.txn
@@ -587,7 +641,8 @@ class Engine:
         credit = self.credit
         if credit is None or not txn.paid_by_credit:
             return
-        if state is S.FAILED:  # nothing was dispensed: the price goes back
+        if state is S.FAILED and credit.kind is not CreditKind.TEST_VEND:
+            # Nothing was dispensed: the price goes back, for another selection.
             self._save_credit(
                 fx, dataclasses.replace(credit, used=credit.used - (txn.amount or 0)), now
             )
@@ -597,8 +652,7 @@ class Engine:
         if credit.kind is CreditKind.CREDIT and credit.spent:
             self._finish_credit(fx, "spent", now)
         elif credit.spent:
-            reason = "vended" if state is S.VENDED else "vend_unknown"
-            self._finish_credit(fx, reason, now, txn.selection)
+            self._finish_credit(fx, _ENDED_BY[state], now, txn.selection)
 
     def _save_credit(self, fx: Effects, credit: CreditSession, now: float) -> None:
         credit = dataclasses.replace(credit, updated_at=now)
@@ -614,6 +668,8 @@ class Engine:
         done = dataclasses.replace(credit, state=outcome(credit, reason), reason=reason)
         self._save_credit(fx, done, now)
         money = self.config.money
+        if done.kind is CreditKind.TEST_VEND:
+            return  # asked for on the machine: its asker hears the outcome, the cloud its vend
         if done.kind is CreditKind.VOUCHER:
             fx.events.append(
                 m.VoucherStatus(

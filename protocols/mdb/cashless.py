@@ -54,6 +54,7 @@ from protocols.mdb.link import (
     BlockReceived,
     ChecksumFailed,
     LineEvent,
+    LinkEvent,
     Nakked,
     PeripheralLink,
     RetransmitRequested,
@@ -142,6 +143,11 @@ class ReaderConfig:
     @property
     def money(self) -> BusMoney:
         return BusMoney(self.scale_factor, self.decimal_places, self.minor_decimals)
+
+
+Tapped = tuple[LinkEvent, bytes | None, float, bool]
+"""One exchange as the bus monitor takes it: what the link made of the VMC's words, the block
+sent back (None: nothing), when, and whether money was 32-bit then (to decode the command)."""
 
 
 @dataclass(slots=True)
@@ -239,6 +245,9 @@ class CashlessDevice:
         self.last_poll_at: float | None = None
         self.polls = 0
         self._now = now
+        self.tap: list[Tapped] | None = None
+        """The bus monitor's: while a list, every exchange is appended to it (a tuple, no
+        decoding: the answer must not wait); whoever set it drains it after writing."""
 
     # --- what the application sees ------------------------------------------------------
 
@@ -371,6 +380,8 @@ class CashlessDevice:
             reply = self._on_link_event(event)
             if reply is not None:
                 out.append(reply)
+            if self.tap is not None:
+                self.tap.append((event, reply, now, self.wide))
         return out
 
     def tick(self, now: float) -> None:
@@ -534,7 +545,7 @@ class CashlessDevice:
         if self.state is State.INACTIVE:
             self._set_state(State.DISABLED)
         level = self.operating_level
-        self._emit(Configured(cmd.vmc_level, cmd.columns, cmd.rows, level))
+        self._emit(Configured(cmd.vmc_level, cmd.columns, cmd.rows, level, cmd.display_info))
         cfg = self.config
         return c.ReaderConfigData(
             level,

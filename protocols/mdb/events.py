@@ -47,10 +47,13 @@ class ReaderReset:
 
 @dataclass(frozen=True, slots=True)
 class Configured:
+    """SETUP config data: the VMC's level and display (columns x rows, 0 x 0 for none)."""
+
     vmc_level: int
     columns: int
     rows: int
     operating_level: int
+    display_info: int = 0
 
 
 @dataclass(frozen=True, slots=True)

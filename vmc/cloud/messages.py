@@ -623,6 +623,18 @@ class DataResult:
     error: Mapping[str, object] | None
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceProfile:
+    """The compatibility self-test's profile (:mod:`vmc.profile`) when it changed: what the
+    VMC said on the bus, what the audit reads show, what that means, and which keys changed."""
+
+    mdb: Mapping[str, object]
+    dex: Mapping[str, object]
+    verdicts: Mapping[str, object]
+    changed: list[str]
+    updated_at: float | None
+
+
 Event = (
     TxnRequest
     | TxnVend
@@ -645,6 +657,7 @@ Event = (
     | CollectionReport
     | DataProgress
     | DataResult
+    | DeviceProfile
 )
 
 EVENT_TYPES: dict[type, str] = {
@@ -669,4 +682,5 @@ EVENT_TYPES: dict[type, str] = {
     CollectionReport: "collection.report",
     DataProgress: "data.progress",
     DataResult: "data.result",
+    DeviceProfile: "device.profile",
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -26,12 +27,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from types import TracebackType
+from typing import Self
 
 import structlog
 
 from drivers.ports import parse_port_url
 from protocols.errors import RemoteProtocolError
 from protocols.mdb.cashless import ReaderConfig
+from vmc.monitor import MonitorFrame, decode
 from vmc.services import bus_messages as msg
 
 log = structlog.get_logger("vmc.bus")
@@ -46,6 +50,8 @@ BUS_SILENT_S = 10.0
 MDB_SILENT_S = 5.0
 """No POLL from the VMC for this long: the MDB link is down (VMC off, cable pulled)."""
 MISSING_PORT_HINT = "plug in the MDB adapter or fix mdb.port; vmcd starts serving when it appears"
+MONITOR_BACKLOG = 1024
+"""Frames one monitor listener may have waiting; more are dropped (and counted) for it."""
 
 
 class BusState(Enum):
@@ -85,6 +91,48 @@ class Backoff:
         return value
 
 
+class BusMonitor:
+    """One listener of the bus monitor: ``async with bus.monitor() as frames: async for ...``.
+
+    While at least one is open the bus process streams every exchange; a listener that does
+    not keep up loses frames, counted in the ``dropped`` of the next one it gets. It hears the
+    bus across restarts of the bus process, and nothing while none runs.
+    """
+
+    def __init__(self, supervisor: BusSupervisor, backlog: int) -> None:
+        self._supervisor = supervisor
+        self._queue: asyncio.Queue[MonitorFrame] = asyncio.Queue(backlog)
+        self._lost = 0
+
+    def offer(self, frame: MonitorFrame) -> None:
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self._lost += 1 + frame.dropped
+
+    async def __aenter__(self) -> Self:
+        self._supervisor._listen(self)
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._supervisor._unlisten(self)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> MonitorFrame:
+        frame = await self._queue.get()
+        if self._lost:
+            frame = dataclasses.replace(frame, dropped=frame.dropped + self._lost)
+            self._lost = 0
+        return frame
+
+
 def port_path(port_url: str) -> str | None:
     """The device file behind a ``uart://`` or ``pty://`` URL; None for ``loop://``."""
     port = parse_port_url(port_url)
@@ -112,6 +160,7 @@ class BusSupervisor:
         self._port_error: str | None = None
         self._sock: socket.socket | None = None
         self._stop = asyncio.Event()
+        self._listeners: set[BusMonitor] = set()
 
     def send(self, command: msg.BusCommand) -> bool:
         """Hand a decision to the bus process; False if it is not running right now."""
@@ -125,6 +174,20 @@ class BusSupervisor:
             log.warning("bus_command_failed", command=type(command).__name__, error=str(exc))
             return False
         return True
+
+    def monitor(self, backlog: int = MONITOR_BACKLOG) -> BusMonitor:
+        """A new listener of every exchange on the bus, decoded (see :class:`BusMonitor`)."""
+        return BusMonitor(self, backlog)
+
+    def _listen(self, listener: BusMonitor) -> None:
+        self._listeners.add(listener)
+        if len(self._listeners) == 1 and self._sock is not None:
+            self.send(msg.Monitor(True))
+
+    def _unlisten(self, listener: BusMonitor) -> None:
+        self._listeners.discard(listener)
+        if not self._listeners and self._sock is not None:
+            self.send(msg.Monitor(False))
 
     def stop(self) -> None:
         """End every wait now; :meth:`run` returns once the bus process has exited."""
@@ -291,6 +354,13 @@ class BusSupervisor:
             if isinstance(report, msg.PortFailed):
                 self._port_error = report.error  # logged once, with the exit
                 continue
+            if isinstance(report, msg.Exchange):
+                frame = decode(report)
+                for listener in tuple(self._listeners):
+                    listener.offer(frame)
+                continue
+            if isinstance(report, msg.Ready) and self._listeners:
+                self.send(msg.Monitor(True))  # a new bus process: it starts unmonitored
             if isinstance(report, msg.Heartbeat):
                 self.last_heartbeat = report
             self.on_report(report)

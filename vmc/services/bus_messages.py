@@ -63,6 +63,13 @@ class Stop:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Monitor:
+    """Stream every exchange (``on``) or stop: the daemon's bus monitor has listeners or not."""
+
+    on: bool
+
+
 # --- bus -> daemon -------------------------------------------------------------------------
 
 
@@ -74,11 +81,51 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """Once a second. ``answers``: reads that were answered, ``answer_sum_s`` their answer
+    times added up (both since the process started) and ``answer_max_s`` the longest since the
+    previous heartbeat; an answer time runs from the read of the VMC's bytes to the written
+    answer, inside the bus process."""
+
     state: str
     polls: int
     last_poll_age: float | None
     bytes_in: int
     blocks_out: int
+    answers: int = 0
+    answer_sum_s: float = 0.0
+    answer_max_s: float = 0.0
+
+
+class ExchangeKind(Enum):
+    """What the VMC's words were: a block for us, one with a bad CHK (we NAK it), the VMC's
+    reply to our data block (ACK, RET, NAK), or a BREAK on the line."""
+
+    BLOCK = "block"
+    BAD_CHECKSUM = "bad_checksum"
+    ACK = "ack"
+    RET = "ret"
+    NAK = "nak"
+    BUS_RESET = "bus_reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One exchange for the bus monitor, raw: the daemon decodes it (:mod:`vmc.monitor`).
+
+    ``vmc``: the VMC's block as hex, CHK included (empty for the one-word kinds); ``answer``:
+    what we sent back, hex, CHK included (empty: nothing). ``answer_s`` as in the heartbeat;
+    ``poll_gap_s``: for a POLL, the time since the previous POLL. ``dropped``: exchanges left
+    out before this one because the daemon did not keep up.
+    """
+
+    at: float
+    kind: ExchangeKind
+    vmc: str
+    answer: str
+    wide: bool
+    answer_s: float
+    poll_gap_s: float | None
+    dropped: int = 0
 
 
 class Refusal(Enum):
@@ -102,8 +149,17 @@ class PortFailed:
     error: str
 
 
-BusCommand = BeginSession | ApproveVend | DenyVend | CancelSession | DecideRevalue | ShowText | Stop
-BusReport = Ready | Heartbeat | CommandRefused | PortFailed | ev.CashlessEvent
+BusCommand = (
+    BeginSession
+    | ApproveVend
+    | DenyVend
+    | CancelSession
+    | DecideRevalue
+    | ShowText
+    | Stop
+    | Monitor
+)
+BusReport = Ready | Heartbeat | CommandRefused | PortFailed | Exchange | ev.CashlessEvent
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -115,10 +171,12 @@ _TYPES: dict[str, type[Any]] = {
         DecideRevalue,
         ShowText,
         Stop,
+        Monitor,
         Ready,
         Heartbeat,
         CommandRefused,
         PortFailed,
+        Exchange,
         ev.StateChanged,
         ev.ReaderReset,
         ev.Configured,
@@ -146,6 +204,7 @@ _ENUMS: dict[type[Any], dict[str, type[Enum]]] = {
     ev.StateChanged: {"old": ev.State, "new": ev.State},
     ev.VendDeniedSent: {"reason": ev.DenyReason},
     CommandRefused: {"refusal": Refusal},
+    Exchange: {"kind": ExchangeKind},
 }
 
 

@@ -25,13 +25,29 @@ from drivers.ports import open_port
 from drivers.transport import MdbPort
 from protocols.errors import MoneyError, VmcError
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
-from protocols.mdb.commands import PaymentType
-from protocols.mdb.words import WordDecoder, peripheral_words
+from protocols.mdb.commands import Cmd, PaymentType
+from protocols.mdb.link import (
+    Acked,
+    BlockReceived,
+    ChecksumFailed,
+    LinkEvent,
+    Nakked,
+    RetransmitRequested,
+)
+from protocols.mdb.words import WordDecoder, checksum, peripheral_words
 from vmc.services import bus_messages as msg
 
 TICK_S = 0.02
 HEARTBEAT_S = 1.0
 STOP_GRACE_S = 1.0
+MONITOR_BACKLOG = 512
+"""Exchanges waiting for the daemon's monitor at most; more are dropped and counted: the bus
+never waits for a slow listener."""
+_ONE_WORD: dict[type, tuple[msg.ExchangeKind, bytes]] = {
+    Acked: (msg.ExchangeKind.ACK, b"\x00"),
+    RetransmitRequested: (msg.ExchangeKind.RET, b"\xaa"),
+    Nakked: (msg.ExchangeKind.NAK, b"\xff"),
+}
 
 
 def request_realtime(priority: int) -> bool:
@@ -57,7 +73,14 @@ class BusLoop:
         self.done: asyncio.Future[int] | None = None
         self.bytes_in = 0
         self.blocks_out = 0
+        self.answers = 0
+        self.answer_sum_s = 0.0
+        self.answer_max_s = 0.0
         self.stopping_since: float | None = None
+        self.frames: deque[bytes] = deque()  # the monitor's, sent after every event
+        self.dropped = 0
+        self._blocked = False  # the daemon's socket is full: wait until it is writable
+        self._monitor_poll_at: float | None = None
 
     def on_port_readable(self) -> None:
         try:
@@ -73,9 +96,55 @@ class BusLoop:
         blocks = self.device.receive(self.decoder.feed(data), now)
         for block in blocks:
             self.port.write_words(peripheral_words(block))
+        answer_s = 0.0
+        if blocks:
+            answer_s = time.monotonic() - now
+            self.answers += 1
+            self.answer_sum_s += answer_s
+            self.answer_max_s = max(self.answer_max_s, answer_s)
         self.blocks_out += len(blocks)
         self._forward_events()
+        if self.device.tap:
+            self._queue_exchanges(answer_s)
         self._check_stopped(now)
+
+    def _queue_exchanges(self, answer_s: float) -> None:
+        """After the answer is written: the exchanges the core tapped, raw, for the monitor."""
+        tap = self.device.tap
+        assert tap is not None
+        at = time.time()
+        for event, reply, when, wide in tap:
+            kind, vmc = _tapped(event)
+            gap = None
+            if kind is msg.ExchangeKind.BLOCK and vmc[0] & 0x07 == Cmd.POLL:
+                if self._monitor_poll_at is not None:
+                    gap = when - self._monitor_poll_at
+                self._monitor_poll_at = when
+            if len(self.frames) >= MONITOR_BACKLOG:
+                self.dropped += 1
+                continue
+            answer = b"" if reply is None else reply
+            exchange = msg.Exchange(
+                at,
+                kind,
+                vmc.hex(),
+                answer.hex(),
+                wide,
+                answer_s if answer else 0.0,
+                gap,
+                self.dropped,
+            )
+            self.frames.append(msg.encode(exchange))
+            self.dropped = 0
+        tap.clear()
+        self._drain()
+
+    def _monitor(self, on: bool) -> None:
+        self.device.tap = [] if on else None
+        self._monitor_poll_at = None
+        if not on:
+            self.frames.clear()
+            self.dropped = 0
 
     def on_socket_readable(self) -> None:
         while True:
@@ -109,6 +178,8 @@ class BusLoop:
                     device.display(text, seconds)
                 case msg.Stop():
                     self._begin_stop()
+                case msg.Monitor(on=on):
+                    self._monitor(on)
                 case _:
                     raise VmcError(f"unknown command {command!r}")
         except MoneyError as exc:
@@ -146,8 +217,12 @@ class BusLoop:
                         last_poll_age=None if last is None else round(now - last, 3),
                         bytes_in=self.bytes_in,
                         blocks_out=self.blocks_out,
+                        answers=self.answers,
+                        answer_sum_s=self.answer_sum_s,
+                        answer_max_s=self.answer_max_s,
                     )
                 )
+                self.answer_max_s = 0.0
 
     def _forward_events(self) -> None:
         for event in self.device.take_events():
@@ -158,25 +233,42 @@ class BusLoop:
         self._drain()
 
     def _drain(self) -> None:
-        while self.outgoing:
+        """Events first; the monitor's exchanges only when no event waits. While the socket is
+        full, nothing is tried until it is writable again (no system call per exchange)."""
+        if self._blocked:
+            return
+        while self.outgoing or self.frames:
+            queue = self.outgoing or self.frames
             try:
-                self.sock.send(self.outgoing[0])
+                self.sock.send(queue[0])
             except BlockingIOError:
+                self._blocked = True
                 loop = asyncio.get_running_loop()
                 loop.add_writer(self.sock.fileno(), self._writable)
                 return
             except OSError:
                 self._finish(0)
                 return
-            self.outgoing.popleft()
+            queue.popleft()
 
     def _writable(self) -> None:
         asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        self._blocked = False
         self._drain()
 
     def _finish(self, code: int) -> None:
         if self.done is not None and not self.done.done():
             self.done.set_result(code)
+
+
+def _tapped(event: LinkEvent) -> tuple[msg.ExchangeKind, bytes]:
+    """The kind of a tapped link event and the VMC's bytes as they were on the wire."""
+    if isinstance(event, BlockReceived):
+        return msg.ExchangeKind.BLOCK, event.data + bytes((checksum(event.data),))
+    if isinstance(event, ChecksumFailed):
+        return msg.ExchangeKind.BAD_CHECKSUM, event.data
+    one = _ONE_WORD.get(type(event))
+    return one if one is not None else (msg.ExchangeKind.BUS_RESET, b"\x00")
 
 
 def discard_stale_input(port: MdbPort) -> None:

@@ -9,13 +9,20 @@ the machine (a cashless success of any vend type, a cash sale) is a ``sales`` ro
 commit; ``sales.query`` is answered from those rows, and the refunds, in the reply. A ``refund``
 is judged against the journal's record of the transaction (:mod:`vmc.refunds`), not the
 engine's memory, so it holds across restarts for as long as the transaction is kept.
+
+A technician's test vend (:meth:`RemoteVending.test_vend`) goes the same way. Without a cloud
+(``topics`` None) this glue serves the test vends of the local policy's machine
+(:class:`~vmc.services.vending.LocalVending`): it journals and takes stock the same, and queues
+nothing for a cloud.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,7 +33,14 @@ from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
-from vmc.credit import CreditKind
+from vmc.credit import (
+    CreditKind,
+    CreditSession,
+    CreditState,
+    TestVendOutcome,
+    TestVendResult,
+    ended_test_vend,
+)
 from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
@@ -40,13 +54,26 @@ from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
 
+RESULT_GRACE_S = 10.0
+"""How much longer than a test vend's time and the reader's ``vend_result_timeout`` its asker
+waits for the outcome before giving up on it (the session still ends as usual)."""
+
+
+@dataclass
+class _TestWait:
+    """A test vend somebody awaits: its outcome, and what the VMC asked for instead."""
+
+    selection: int
+    done: asyncio.Future[TestVendOutcome]
+    others: list[int] = field(default_factory=list)
+
 
 class RemoteVending:
     def __init__(
         self,
         engine: Engine,
         journal: Journal,
-        topics: Topics,
+        topics: Topics | None,
         send_bus: Callable[[bus.BusCommand], bool],
         *,
         clock: Callable[[], float] = time.time,
@@ -66,10 +93,65 @@ class RemoteVending:
         self.stock = stock
         self.data = data
         self.zone = zone or ZoneInfo("UTC")
+        self.vend_result_timeout = 60.0
+        """The reader's: how long an approved vend may take (a test vend's asker waits it)."""
+        self._tests: dict[str, _TestWait] = {}
+
+    @property
+    def busy(self) -> bool:
+        """A session of the machine's own, or a transaction, is open."""
+        return self.engine.txn is not None or self.engine.credit is not None
+
+    async def test_vend(self, selection: int, timeout_s: float) -> TestVendOutcome:
+        """A technician's test vend of ``selection``: its outcome once it ended.
+
+        Refused at once (``busy``, ``reader_unavailable``) unless the reader is enabled with
+        nothing open. Otherwise the VMC gets a test-media session for ``timeout_s``; the
+        selection is approved at 0, journaled with vend type ``test`` (a ``txn.vend`` with a
+        cloud) and its result returned. Cancelling the wait abandons the session, unless its
+        vend is running.
+        """
+        test_id = new_id()
+        fx = self.engine.test_vend(test_id, selection, timeout_s, self.clock())
+        reply, fx.reply = fx.reply, None
+        assert reply is not None
+        if not reply.ok:
+            code = None if reply.code is None else reply.code.value
+            log.info("test_vend_refused", selection=selection, code=code, reason=reply.message)
+            return TestVendOutcome(TestVendResult.REFUSED, selection, reply.message, code)
+        wait = _TestWait(selection, asyncio.get_running_loop().create_future())
+        self._tests[test_id] = wait
+        log.info("test_vend", test_id=test_id, selection=selection, timeout_s=timeout_s)
+        try:
+            self._apply(fx)
+            async with asyncio.timeout(timeout_s + self.vend_result_timeout + RESULT_GRACE_S):
+                return await asyncio.shield(wait.done)
+        except TimeoutError:
+            reason = "no outcome in time; the journal will have it"
+            return TestVendOutcome(TestVendResult.UNKNOWN, selection, reason)
+        except asyncio.CancelledError:
+            self._apply(self.engine.abandon_test_vend(test_id, self.clock()))
+            raise
+        finally:
+            del self._tests[test_id]
 
     def recover(self) -> None:
+        """Settle what a crash left open. Without a cloud, only the machine's own sessions (a
+        test vend): a lock, voucher or credit is a cloud's, settled and reported to it when
+        vmcd runs with it again."""
         journal = self.journal
-        fx = self.engine.recover(journal.open_txn(), self.clock(), journal.open_credit())
+        txn, credit = journal.open_txn(), journal.open_credit()
+        theirs = (txn is not None and txn.test_id is None) or (
+            credit is not None and credit.kind is not CreditKind.TEST_VEND
+        )
+        if self.topics is None and theirs:
+            log.warning(
+                "recovery_left_for_the_cloud",
+                txn_id=None if txn is None else txn.txn_id,
+                credit_id=None if credit is None else credit.credit_id,
+            )
+            return
+        fx = self.engine.recover(txn, self.clock(), credit)
         if fx.transitions:
             log.warning(
                 "txn_recovered",
@@ -87,6 +169,10 @@ class RemoteVending:
 
     def handle_bus(self, report: object) -> None:
         log_report(report)
+        if isinstance(report, ev.VendRequested):
+            for wait in self._tests.values():
+                if report.item != wait.selection:
+                    wait.others.append(report.item)
         self._apply(self.engine.on_bus(report, self.clock()))
         if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
@@ -242,10 +328,13 @@ class RemoteVending:
         self, fx: Effects, command_id: str | None = None, refunds: Sequence[RefundRow] = ()
     ) -> None:
         at = self.clock()
-        messages = [event_message(event, self.topics.events, at) for event in fx.events]
+        topics = self.topics
+        messages = (
+            [] if topics is None else [event_message(e, topics.events, at) for e in fx.events]
+        )
         stored: tuple[str, bytes] | None = None
-        if fx.reply is not None:
-            message, reply_bytes = reply_message(fx.reply, self.topics.replies, at)
+        if fx.reply is not None and topics is not None:
+            message, reply_bytes = reply_message(fx.reply, topics.replies, at)
             messages.append(message)
             if command_id is not None:
                 stored = (command_id, reply_bytes)
@@ -253,7 +342,7 @@ class RemoteVending:
         if self.stock is not None:
             writes, stock_messages = self.stock.vend_writes(fx.events, at)
             messages.extend(stock_messages)
-        if not (fx.transitions or messages or fx.credits):
+        if not (fx.transitions or messages or fx.credits or fx.events):
             for command in fx.bus:
                 self.send_bus(command)
             return
@@ -285,14 +374,33 @@ class RemoteVending:
             )
         if self.stock is not None:
             self.stock.committed(writes)
+        self._tests_ended(fx)
         self.on_outbox()
         if fx.transitions or fx.credits:
             self.on_state()
 
+    def _tests_ended(self, fx: Effects) -> None:
+        """Tell the askers of the test vends that ended in this (committed) effect."""
+        for credit in fx.credits:
+            wait = self._tests.get(credit.credit_id)
+            if wait is None or credit.kind is not CreditKind.TEST_VEND:
+                continue
+            if credit.state is CreditState.OPEN or wait.done.done():
+                continue
+            wait.done.set_result(ended_test_vend(credit, _vend_of(fx, credit), tuple(wait.others)))
+
     def _store_reply_again(self, reply_bytes: bytes) -> None:
+        assert self.topics is not None  # commands come from a cloud
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)
         self.journal.commit([], [message], durable=False)
         self.on_outbox()
+
+
+def _vend_of(fx: Effects, session: CreditSession) -> m.TxnVend | None:
+    """The ``txn.vend`` of the vend a test vend's session had, if it had one in ``fx``."""
+    return next(
+        (e for e in fx.events if isinstance(e, m.TxnVend) and e.txn_id in session.txn_ids), None
+    )
 
 
 def _sales(events: Iterable[m.Event], at: float) -> Iterable[tuple[str, SaleRow]]:

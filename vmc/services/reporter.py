@@ -147,6 +147,8 @@ class Reporter:
         self._trigger = "request"
         self._lock = asyncio.Lock()
         self.watcher: ReadWatcher | None = None
+        self.listeners: list[Callable[[ReadOutcome], None]] = []
+        """Told of each read once it is committed (the compatibility self-test's facts)."""
 
     def attach(
         self, topics: Topics, on_outbox: Callable[[], None], on_state: Callable[[], None]
@@ -403,6 +405,8 @@ class Reporter:
         self.journal.commit([], messages, state=state, requests=requests, durable=True)
         if self.watcher is not None:
             self.watcher.read_committed(outcome.read_id)
+        for listener in self.listeners:
+            listener(outcome)
         if messages:
             self.on_outbox()
         if state:

@@ -8,12 +8,21 @@ refused locally. Cash sales the VMC reports are booked as cash.
 
 A successful vend and a cash sale take stock (:class:`~vmc.services.stock_book.StockBook`) in
 the same journal commit as their record, as the cloud flow's do.
+
+A technician's test vend (:meth:`LocalVending.test_vend`) is the machine's own session, as with
+a cloud: the transaction engine's glue (``machine``) opens and decides it, and while it is open
+the bus's session events are the engine's, not the policy's (cash sales and revalues stay the
+policy's). With ``accept``, the policy's own free-vend session is withdrawn for it while
+nobody uses it, and offered again after.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -21,12 +30,23 @@ from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature
 from vmc.cloud.messages import VendType
 from vmc.cloud.outbox import new_id
+from vmc.credit import TestVendOutcome
 from vmc.journal import Journal, JournalRecord
 from vmc.services import bus_messages as msg
 from vmc.services.stock_book import StockBook
 from vmc.stock import Vend
 
+if TYPE_CHECKING:  # it imports this module's log_report
+    from vmc.services.remote_vend import RemoteVending
+
 log = structlog.get_logger("vmc.vending")
+
+CANCEL_WAIT_S = 3.0
+"""How long a test vend waits for the VMC to end the policy's unused free-vend session."""
+_POLICY_ONLY = (ev.CashSaleReported, ev.RevalueRequested)
+"""Reports the local policy handles even while the machine's own session is open."""
+_READER = (ev.StateChanged, ev.FeaturesEnabled, ev.ReaderReset)
+"""Reports the engine must always hear, to know when a session of its own may start."""
 
 
 def log_report(report: object) -> None:
@@ -71,17 +91,61 @@ class LocalVending:
         journal: Journal,
         send: Callable[[msg.BusCommand], bool],
         stock: StockBook,
+        *,
+        machine: RemoteVending | None = None,
     ) -> None:
         self.accept = accept
         self.journal = journal
         self.send = send
         self.stock = stock
+        self.machine = machine
         self.always_idle = False
         self.sessions_completed = 0
         self.vends_succeeded = 0
+        self._testing = False
+        self._enabled = asyncio.Event()
 
     def handle(self, report: object) -> None:
-        log_report(report)
+        machine = self.machine
+        owned = machine is not None and machine.busy and not isinstance(report, _POLICY_ONLY)
+        if machine is not None and (owned or isinstance(report, _READER)):
+            machine.handle_bus(report)  # it logs the report
+        else:
+            log_report(report)
+        if isinstance(report, ev.StateChanged):
+            if report.new is ev.State.ENABLED:
+                self._enabled.set()
+            else:
+                self._enabled.clear()
+        if not owned:
+            self._decide(report)
+
+    async def test_vend(self, selection: int, timeout_s: float) -> TestVendOutcome:
+        """A technician's test vend without a cloud (see :meth:`RemoteVending.test_vend`)."""
+        machine = self.machine
+        assert machine is not None, "vmcd gives the local policy the engine's glue"
+        self._testing = True
+        try:
+            if self._own_session_idle(machine):
+                self.send(msg.CancelSession())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CANCEL_WAIT_S):
+                        await self._enabled.wait()
+            return await machine.test_vend(selection, timeout_s)
+        finally:
+            self._testing = False
+            if self._offers_sessions() and self._enabled.is_set() and not machine.busy:
+                self.send(msg.BeginSession(None))
+
+    def _own_session_idle(self, machine: RemoteVending) -> bool:
+        """The policy's free-vend session is open and nobody selected in it."""
+        reader = machine.engine.reader_state
+        return self.accept and reader is ev.State.SESSION_IDLE and not machine.busy
+
+    def _offers_sessions(self) -> bool:
+        return self.accept and not self.always_idle
+
+    def _decide(self, report: object) -> None:
         match report:
             case ev.VendRequested(vend_id=vend_id, price=price, negative=negative):
                 if self.accept and not negative:
@@ -131,7 +195,7 @@ class LocalVending:
             case ev.SessionEnded():
                 self.sessions_completed += 1
             case ev.StateChanged(new=new):
-                if new is ev.State.ENABLED and self.accept and not self.always_idle:
+                if new is ev.State.ENABLED and self._offers_sessions() and not self._testing:
                     self.send(msg.BeginSession(None))
             case ev.ReaderReset():
                 self.always_idle = False
