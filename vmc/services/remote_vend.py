@@ -13,7 +13,6 @@ engine's memory, so it holds across restarts for as long as the transaction is k
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
 from vmc.credit import CreditKind
-from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
+from vmc.journal import Journal, NewMessage, StockWrite, txn_record
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
@@ -209,7 +208,7 @@ class RemoteVending:
             "timezone": when.zone.key,
             "currency": money.currency,
             "decimals": money.decimals,
-            "txns": [{**json.loads(txn_to_json(t)), "refunded": r} for t, r in page],
+            "txns": [txn_record(t, r) for t, r in page],
             "next": page[-1][0].txn_id if len(rows) > cmd.limit else None,
         }
 
