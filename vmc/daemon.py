@@ -381,8 +381,8 @@ async def _ticker(cloud: CloudServices | None, service: ServiceMonitor) -> None:
 
 
 def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str, int]:
-    """Forget command and inbox ids after :data:`COMMAND_MEMORY_S` and history after the
-    retention (see :meth:`Journal.prune`); how many rows went, per table."""
+    """Forget command and vmctl operation ids after :data:`COMMAND_MEMORY_S` and history after
+    the retention (see :meth:`Journal.prune`); how many rows went, per table."""
     journal.prune_commands(now - COMMAND_MEMORY_S)
     journal.prune_local(now - COMMAND_MEMORY_S)
     journal.prune_requests(now - DATA_REQUEST_KEEP_S)

@@ -57,6 +57,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.collection import Collection
 from vmc.credit import CreditKind, CreditSession, CreditState
@@ -76,6 +78,8 @@ from vmc.stock import (
     StockKey,
 )
 from vmc.transaction import FINAL, Txn, TxnState
+
+log = structlog.get_logger("vmc.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bus_events (
@@ -556,7 +560,10 @@ class Journal:
                 ],
             )
         if self.on_commit is not None and (queued or record is not None):
-            self.on_commit(queued, record, now)
+            try:
+                self.on_commit(queued, record, now)
+            except Exception:  # an observer's bug must not make a done commit look failed
+                log.exception("journal_observer_failed")
 
     # --- stock ----------------------------------------------------------------------------------
 
