@@ -37,6 +37,8 @@ from tests.e2e.test_stock_flow import load_planogram
 from tests.e2e.vmcd_proc import Vmcd
 from tests.waiting import wait_for
 from vmc.control.protocol import MAX_REQUEST
+from vmc.journal import JOURNAL_NAME, Journal
+from vmc.state_lock import try_lock
 
 VMCTL = Path(sys.executable).parent / "vmctl"
 UNPRIVILEGED = ("unshare", "--user")
@@ -441,6 +443,21 @@ async def test_without_a_daemon_one_line_and_exit_1(tmp_path: Path) -> None:
     one_line(*await vmctl("status", "--socket", str(other)), 1, f"(no socket at {other})")
     env = {"VMC_SOCKET": str(other)}
     one_line(*await vmctl("status", env=env), 1, f"(no socket at {other})")
+
+
+async def test_a_locked_state_dir_without_a_socket_is_never_written(tmp_path: Path) -> None:
+    """The lock held (a vmcd starting, or one serving its socket elsewhere) and no socket
+    answering: vmctl waits a moment, then says so, and leaves the journal alone."""
+    state = tmp_path / "state"
+    Journal(state / JOURNAL_NAME).close()
+    held = try_lock(state)
+    assert held is not None
+    with held:
+        code, out, err = await vmctl("stock", "restock", "--state-dir", str(state))
+    one_line(code, out, err, 1, f"vmcd holds {state / 'vmcd.lock'} but nothing answers on")
+    with contextlib.closing(Journal(state / JOURNAL_NAME)) as journal:
+        assert journal.local_reply("x") is None
+        assert journal.stock_history() == []
 
 
 async def test_socket_under_runtime_directory_is_found_from_the_state_dir(tmp_path: Path) -> None:
