@@ -9,13 +9,18 @@ not either. This benchmark checks both claims from the outside: the real daemon 
 subprocess on a pty pair and the simulated VMC (``sim.vmc_master``) polls it back to back,
 with a full vend session (request, approval, success, session complete) every K polls.
 
-Two phases, each with a fresh pty pair and daemon:
+Three phases, each with a fresh pty pair and daemon:
 
 - ``idle``: nothing else running.
 - ``busy``: the daemon logs at debug level and runs a vend session every 20 polls (journal
   fsyncs and log lines all the time), and a CPU hog shares the daemon's CPU. The daemon (and
   so its bus process) and the hog are pinned to one CPU and this process to another, so the
   measuring side is not the one delayed.
+- ``socket``: as ``idle``, while a client process asks the daemon's control socket for
+  ``status`` back to back, a new connection each time, as ``vmctl status`` in a loop would
+  (``socket_client`` counts what it got). The client shares the daemon's CPU, pinned as in
+  ``busy``. Nothing the socket does may delay an MDB answer: compare its percentiles with
+  ``idle``'s (``--phase socket`` runs the two).
 
 With ``--monitor on`` (or ``both``, each phase without then with it) the daemon runs with one
 bus monitor listener (``bench/monitored_vmcd.py``): the bus process streams every exchange and
@@ -63,11 +68,34 @@ from sim.vmc_master import (  # noqa: E402
     VmcMaster,
 )
 
-PHASES = ("idle", "busy")
+PHASES = ("idle", "busy", "socket")
+PHASE_SETS = {"both": ("idle", "busy"), "socket": ("idle", "socket"), "all": PHASES}
 MONITORED = ROOT / "bench" / "monitored_vmcd.py"
 BUSY_SESSIONS_EVERY = 20
 STARTUP_TIMEOUT_S = 10.0
 HOG_CODE = "while True:\n    pass\n"
+# The socket client: `status` over a new connection each time, until SIGTERM; then it prints
+# how many answers and errors it had.
+HAMMER_CODE = """
+import signal, sys, time
+from pathlib import Path
+from vmc.control.client import ControlClient, NotRunningError
+path, counts = Path(sys.argv[1]), [0, 0]
+def stop(*_):
+    print(*counts, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while True:
+    try:
+        with ControlClient(path) as client:
+            client.call("status", timeout=10)
+        counts[0] += 1
+    except NotRunningError:
+        time.sleep(0.05)
+    except Exception:
+        counts[1] += 1
+        time.sleep(0.05)
+"""
 # (numerator, denominator) of each reported percentile, for exact nearest-rank indexes.
 PERCENTILES = {"p50_ms": (50, 100), "p99_ms": (99, 100), "p999_ms": (999, 1000)}
 
@@ -104,6 +132,7 @@ class PhaseResult:
     truncated: bool = False
     pinning: dict[str, int] | None = None
     monitor: dict[str, int] | None = None
+    socket_client: dict[str, int] | None = None
 
     @property
     def errors(self) -> int:
@@ -151,6 +180,8 @@ def phase_summary(result: PhaseResult) -> dict[str, Any]:
     if result.monitor is not None:
         out["monitor_frames"] = result.monitor["frames"]
         out["monitor_dropped"] = result.monitor["dropped"]
+    if result.socket_client is not None:
+        out["socket_client"] = result.socket_client
     if result.first_problems:
         out["first_problems"] = result.first_problems
     return out
@@ -220,6 +251,27 @@ async def stop_hog(hog: asyncio.subprocess.Process) -> None:
     await hog.wait()
 
 
+async def start_hammer(socket_path: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HAMMER_CODE,
+        str(socket_path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def stop_hammer(hammer: asyncio.subprocess.Process, seconds: float) -> dict[str, int]:
+    """Stop the socket client; what it got (answers, errors, answers per second)."""
+    with contextlib.suppress(ProcessLookupError):
+        hammer.terminate()
+    out, _ = await hammer.communicate()
+    answers, errors = (int(n) for n in (out.split() or [b"0", b"0"])[:2])
+    return {"answers": answers, "errors": errors, "per_s": round(answers / max(seconds, 1e-9))}
+
+
 async def drive(
     vmc: CountingVmc,
     daemon: DaemonProcess,
@@ -283,7 +335,9 @@ async def run_phase(
 ) -> PhaseResult:
     busy = name == "busy"
     result = PhaseResult(f"{name}+monitor" if monitor else name)
-    cpus = choose_cpus() if busy else None
+    hammer: asyncio.subprocess.Process | None = None
+    loaded = busy or name == "socket"  # something shares the daemon's CPU
+    cpus = choose_cpus() if loaded else None
     own_affinity = os.sched_getaffinity(0) if cpus is not None else None
     hog: asyncio.subprocess.Process | None = None
     vmc: CountingVmc | None = None
@@ -304,9 +358,14 @@ async def run_phase(
             if busy:
                 hog = await start_hog(None if cpus is None else cpus[0])
             if cpus is not None:
-                result.pinning = {"daemon_cpu": cpus[0], "hog_cpu": cpus[0], "bench_cpu": cpus[1]}
+                load = "hog_cpu" if busy else "socket_client_cpu"
+                result.pinning = {"daemon_cpu": cpus[0], load: cpus[0], "bench_cpu": cpus[1]}
                 os.sched_setaffinity(0, {cpus[1]})
             await daemon.start()
+            if name == "socket":
+                hammer = await start_hammer(Path(tmp) / "vmcd.sock")
+                if cpus is not None:
+                    os.sched_setaffinity(hammer.pid, {cpus[0]})
             vmc = CountingVmc(pair.master)
             await drive(
                 vmc,
@@ -329,6 +388,9 @@ async def run_phase(
                 result.violations = len(vmc.stats.violations)
                 for violation in vmc.stats.violations[:3]:
                     result.note(violation)
+            if hammer is not None:
+                elapsed = time.perf_counter() - started
+                result.socket_client = await stop_hammer(hammer, elapsed)
             result.daemon_exit = await daemon.stop()
             if hog is not None:
                 await stop_hog(hog)
@@ -392,12 +454,19 @@ def human(report: dict[str, Any]) -> str:
         )
     lines.append("(times in ms; sessions ok/run)")
     for name, p in report["phases"].items():
+        client = p.get("socket_client")
+        if client is not None:
+            lines.append(
+                f"{name}: the socket client had {client['answers']} status answers"
+                f" ({client['per_s']}/s) and {client['errors']} errors"
+            )
+    for name, p in report["phases"].items():
         lines.extend(f"{name}: {problem}" for problem in p.get("first_problems", []))
     return "\n".join(lines)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    names = PHASES if args.phase == "both" else (args.phase,)
+    names = PHASE_SETS.get(args.phase, (args.phase,))
     monitoring = {"off": (False,), "on": (True,), "both": (False, True)}[args.monitor]
     results = []
     for name in names:
@@ -429,7 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=BUSY_SESSIONS_EVERY,
         help="a purchase every K polls in the busy phase",
     )
-    p.add_argument("--phase", choices=(*PHASES, "both"), default="both")
+    p.add_argument(
+        "--phase",
+        choices=(*PHASES, "both", "all"),
+        default="both",
+        help="both: idle and busy; socket: idle and socket; all: the three",
+    )
     p.add_argument(
         "--monitor",
         choices=("off", "on", "both"),

@@ -1,31 +1,35 @@
 """vmctl: the field technician's command line.
 
+``vmctl status``, ``txn list|show`` and ``events`` ask the running vmcd over its control socket
+(:mod:`vmc.control`); ``vmctl config check FILE`` runs vmcd's own checks on a configuration.
 ``vmctl dex read`` reads the machine's audit over its DEX port now and saves it (through vmcd
-when it runs, which owns the port then: :func:`vmc.services.local_ops.follow`); ``vmctl dex
-parse FILE`` summarises an EVA-DTS audit saved from a machine; ``vmctl dex delta OLD NEW`` says
-what was sold between two such reads. With ``--json`` each prints exactly one
-JSON object, a contract other tools rely on (keys are added, never renamed); without it, a short
-summary for people. A file with several audits is read as ``protocols.evadts.parse`` does: the
-first complete one (SE or DXE reached), else the first. Exit status: 0 done; 2 for bad usage, an
-unreadable file or a file that holds no audit, with one line on stderr.
+when it runs, which owns the port then); ``vmctl dex parse FILE`` summarises an EVA-DTS audit
+saved from a machine; ``vmctl dex delta OLD NEW`` says what was sold between two such reads.
+With ``--json`` each prints JSON, a contract other tools rely on (keys are added, never
+renamed); without it, tables and lines for people (:mod:`vmc.cli_views`). A file with several
+audits is read as ``protocols.evadts.parse`` does: the first complete one (SE or DXE reached),
+else the first. Exit status: 0 done; 2 for bad usage, an unreadable file or a file that holds
+no audit, with one line on stderr; 1 when vmcd is not running or does not answer.
 
-``vmctl stock ...`` and ``vmctl planogram ...`` read the stock from vmcd's journal and change it
-with the cloud's own commands, applied by vmcd when it runs and by vmctl itself when it does not
+``vmctl stock ...`` and ``vmctl planogram ...`` read the stock and change it with the cloud's
+own commands, through vmcd when it runs and from vmcd's journal when it does not
 (:mod:`vmc.services.local_ops`). A refusal is one line and exit 2; no answer from a running vmcd
-within ``--wait`` is one line and exit 1 (nothing changed).
+within ``--wait`` is one line and exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import json
 import os
 import re
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -38,15 +42,26 @@ from protocols.errors import ConfigError, ParseError, PortError
 from protocols.evadts import choose, parse_all
 from protocols.evadts.deltas import AuditDelta, Change, delta
 from protocols.evadts.records import Audit, JsonObject, Sales
+from vmc import cli_views as views
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import new_id
 from vmc.cloud.topics import Topics
-from vmc.config import Config, load_config
+from vmc.config import Config, check_host, control_socket_path, load_config
+from vmc.control.client import (
+    ControlClient,
+    NoReplyError,
+    NotRunningError,
+    SocketPermissionError,
+)
+from vmc.control.protocol import ControlError, ErrorCode, Json
+from vmc.credit import format_test_vend
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.logs import configure_logging
+from vmc.profile import format_profile
 from vmc.services.dex_read import read_audit
-from vmc.services.local_ops import Answer, NoAnswerError, Progress, follow, request
-from vmc.state_lock import try_lock
+from vmc.services.local_ops import Answer, LocalOps, NoAnswerError
+from vmc.services.stock_book import StockBook
+from vmc.state_lock import LOCK_NAME, try_lock
 from vmc.stock_view import stock_view
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
@@ -57,6 +72,18 @@ EXIT_NO_ANSWER = 1
 EXIT_INTERRUPTED = 130
 WAIT_S = 10.0
 """How long a stock operation waits for a running vmcd to take it."""
+ANSWER_S = 10.0
+TEST_VEND_MARGIN_S = 60.0
+"""Beyond a test vend's session: the reader's wait for the vend result and vmcd's margin."""
+"""How long vmctl waits for vmcd's answer to a question (status, txn, events)."""
+REPLY_GRACE_S = 2.0
+"""An operation expires after ``--wait``; its answer may take this much longer to arrive."""
+STARTING_S = 3.0
+"""How long vmctl waits for the socket of a vmcd that holds its lock (it may be starting)."""
+DEX_READ_S = 930.0
+"""vmcd follows a read for 900 s at most; its answer may take a little longer."""
+USAGE_CODES = frozenset({ErrorCode.BAD_ARGS, ErrorCode.UNKNOWN_COMMAND, "not_found"})
+"""vmcd's error codes that mean the request was wrong (exit 2); others are exit 1."""
 MAX_LOCAL_ID = 64
 LINE_PATH = re.compile(r"lines\[(\d+)\](?:\.\w+)?")
 """A refusal's path to a line (``lines[2].amount``): vmctl names the argument instead."""
@@ -69,10 +96,126 @@ class _CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmctl", description="vmc field tool")
     parser.add_argument("--version", action="version", version=f"vmctl {version('vmc')}")
+    parser.add_argument("--socket", help=SOCKET_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_daemon_commands(commands)
     add_dex_commands(commands)
     add_stock_commands(commands)
+    add_config_commands(commands)
     return parser
+
+
+SOCKET_HELP = (
+    "vmcd's control socket (default: $VMC_SOCKET, else daemon.control_socket of --config, else"
+    " $RUNTIME_DIRECTORY/vmcd.sock, else STATE_DIR/vmcd.sock)"
+)
+
+
+def _daemon_options(parser: argparse.ArgumentParser) -> None:
+    """Where vmcd is: its socket, or the configuration and state directory it derives from."""
+    parser.add_argument("--socket", default=argparse.SUPPRESS, help=SOCKET_HELP)
+    parser.add_argument(
+        "--state-dir", help="vmcd's state directory; default: daemon.state_dir of --config"
+    )
+    parser.add_argument("--config", type=Path, help="vmcd's TOML configuration")
+
+
+def add_daemon_commands(commands: SubCommands) -> None:
+    """``vmctl status``, ``vmctl txn ...`` and ``vmctl events``: questions to a running vmcd."""
+    status = commands.add_parser("status", help="what vmcd, the bus, the cloud, DEX are doing")
+    _daemon_options(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_status)
+    txn = commands.add_parser(
+        "txn", help="the journal's transactions", description="the journal's transactions"
+    )
+    txn_commands = txn.add_subparsers(dest="txn_command", metavar="COMMAND", required=True)
+    listed = txn_commands.add_parser("list", help="the last transactions, or those from a day")
+    _daemon_options(listed)
+    listed.add_argument(
+        "--limit", type=_count_of(500), default=20, help="at most N of them (1-500, default 20)"
+    )
+    listed.add_argument(
+        "--from", dest="since", metavar="DATE", help="from this day (YYYY-MM-DD, machine time)"
+    )
+    listed.add_argument("--json", action="store_true", help="print one JSON object")
+    listed.set_defaults(handler=_txn_list)
+    shown = txn_commands.add_parser("show", help="one transaction, its history and refunds")
+    shown.add_argument("txn_id", metavar="TXN_ID", help="its id, or a unique start of it")
+    _daemon_options(shown)
+    shown.add_argument("--json", action="store_true", help="print one JSON object")
+    shown.set_defaults(handler=_txn_show)
+    events = commands.add_parser(
+        "events", help="what vmcd queued for the cloud (or booked without one)"
+    )
+    _daemon_options(events)
+    events.add_argument(
+        "--limit", type=_count_of(256, least=0), default=20, help="the last N (default 20)"
+    )
+    events.add_argument(
+        "--follow", action="store_true", help="then new ones as they come, until Ctrl-C"
+    )
+    events.add_argument(
+        "--json", action="store_true", help="one JSON object (with --follow: one per line)"
+    )
+    events.set_defaults(handler=_events)
+    mdb = commands.add_parser("mdb", help="the MDB bus, live", description="the MDB bus, live")
+    mdb_commands = mdb.add_subparsers(dest="mdb_command", metavar="COMMAND", required=True)
+    monitor = mdb_commands.add_parser("monitor", help="each exchange as it happens, decoded")
+    _daemon_options(monitor)
+    monitor.add_argument(
+        "--count", type=_count_of(10**9), help="stop after N exchanges (default: until Ctrl-C)"
+    )
+    monitor.add_argument("--json", action="store_true", help="one JSON object per exchange")
+    monitor.set_defaults(handler=_mdb_monitor)
+    record = mdb_commands.add_parser("record", help="write the exchanges to FILE as a trace")
+    record.add_argument("file", type=Path, metavar="FILE", help="the trace file to write")
+    _daemon_options(record)
+    record.add_argument(
+        "--count", type=_count_of(10**9), help="stop after N exchanges (default: until Ctrl-C)"
+    )
+    record.set_defaults(handler=_mdb_record)
+    vend = commands.add_parser(
+        "test-vend", help="a real test vend of one selection, approved by the machine at 0"
+    )
+    vend.add_argument("selection", type=_count_of(65535, least=0), metavar="SELECTION")
+    _daemon_options(vend)
+    vend.add_argument(
+        "--timeout",
+        type=_count_of(600),
+        default=60,
+        help="seconds the session waits for the selection (1-600, default 60)",
+    )
+    vend.add_argument("--json", action="store_true", help="print one JSON object")
+    vend.set_defaults(handler=_test_vend)
+    selftest = commands.add_parser(
+        "selftest", help="what vmc learned about this machine, and what that means"
+    )
+    _daemon_options(selftest)
+    selftest.add_argument("--json", action="store_true", help="print one JSON object")
+    selftest.set_defaults(handler=_selftest)
+
+
+def add_config_commands(commands: SubCommands) -> None:
+    config = commands.add_parser("config", help="vmcd's configuration")
+    config_commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    check = config_commands.add_parser("check", help="vmcd's own checks, without starting it")
+    check.add_argument("file", type=Path, metavar="FILE", help="a vmcd TOML configuration")
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(handler=_config_check)
+
+
+def _count_of(most: int, least: int = 1) -> Callable[[str], int]:
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text} is outside {least}..{most}")
+        return value
+
+    return count
 
 
 def add_dex_commands(commands: SubCommands) -> SubCommands:
@@ -102,6 +245,7 @@ def add_dex_commands(commands: SubCommands) -> SubCommands:
         help="vmcd's state directory (default: daemon.state_dir of --config); while vmcd runs"
         " there, it makes the read",
     )
+    read.add_argument("--socket", default=argparse.SUPPRESS, help=SOCKET_HELP)
     read.add_argument(
         "--out", type=Path, help="where to save the audit; default: ./audit-<UTC time>.dex"
     )
@@ -147,10 +291,7 @@ def add_stock_commands(commands: SubCommands) -> None:
 
 
 def _journal_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--state-dir", help="vmcd's state directory; default: daemon.state_dir of --config"
-    )
-    parser.add_argument("--config", type=Path, help="vmcd's TOML configuration")
+    _daemon_options(parser)
 
 
 def _operation_options(parser: argparse.ArgumentParser, op: m.Op) -> None:
@@ -162,7 +303,7 @@ def _operation_options(parser: argparse.ArgumentParser, op: m.Op) -> None:
         "--wait",
         type=_seconds,
         default=WAIT_S,
-        help=f"seconds to wait for a running vmcd (default {WAIT_S:g})",
+        help=f"seconds to wait for vmcd (default {WAIT_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(handler=_stock_operation, op=op)
@@ -185,20 +326,28 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging("warning", sys.stderr)  # stdout carries the commands' output only
-    handler: Handler = args.handler
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        configure_logging("warning", sys.stderr)  # stdout carries the commands' output only
+        handler: Handler = args.handler
         return handler(args)
-    except _CliError as exc:
-        print(f"vmctl: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-    except NoAnswerError as exc:
-        print(f"vmctl: {exc}", file=sys.stderr)
-        return EXIT_NO_ANSWER
+    except (_CliError, SocketPermissionError) as exc:
+        return _say(exc, EXIT_USAGE)
+    except ControlError as exc:  # vmcd's answer: the request was wrong, or vmcd could not
+        return _say(exc, EXIT_USAGE if exc.code in USAGE_CODES else EXIT_NO_ANSWER)
+    except (NoAnswerError, NotRunningError, NoReplyError) as exc:
+        return _say(exc, EXIT_NO_ANSWER)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # ``vmctl events --follow | head``: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _say(exc: Exception, code: int) -> int:
+    print(f"vmctl: {' '.join(str(exc).split())}", file=sys.stderr)
+    return code
 
 
 def _load(path: Path) -> tuple[Audit, int]:
@@ -252,7 +401,7 @@ def _dex_read(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or Path(f"audit-{stamp}.dex")
     _check_writable(out)  # before the read: a technician should not wait for nothing
-    raw = _read_by_vmcd(config)
+    raw = _read_by_vmcd(args, config)
     if raw is None:
         raw = _read_port(args, config)
     try:
@@ -262,22 +411,6 @@ def _dex_read(args: argparse.Namespace) -> int:
     print(f"saved {len(raw)} bytes to {out}", file=sys.stderr)
     args.file = out
     return _dex_parse(args)
-
-
-@contextmanager
-def _progress_line() -> Iterator[Callable[[str], None]]:
-    """``show(text)`` rewrites one progress line on a terminal (nothing otherwise)."""
-    shown = sys.stderr.isatty()
-
-    def show(text: str) -> None:
-        if shown:
-            print(f"\r{text}", end="", file=sys.stderr)
-
-    try:
-        yield show
-    finally:
-        if shown:
-            print(file=sys.stderr)
 
 
 def _read_port(args: argparse.Namespace, config: Config) -> bytes:
@@ -291,15 +424,13 @@ def _read_port(args: argparse.Namespace, config: Config) -> bytes:
     except PortError as exc:
         raise _CliError(str(exc)) from exc
     try:
-        with _progress_line() as show:
+        with views.progress(f"reading {url} ({protocol})") as show:
             return asyncio.run(
                 read_audit(
                     port,
                     protocol=protocol,
                     comm_id=dex.comm_id,
-                    on_progress=lambda received: show(
-                        f"reading {url} ({protocol}): {received} bytes"
-                    ),
+                    on_progress=lambda received: show(received, None),
                 )
             )
     except DexError as exc:
@@ -310,45 +441,31 @@ def _read_port(args: argparse.Namespace, config: Config) -> bytes:
         port.close()
 
 
-def _read_by_vmcd(config: Config) -> bytes | None:
+def _read_by_vmcd(args: argparse.Namespace, config: Config) -> bytes | None:
     """The audit as a running vmcd read it for us; None when no vmcd runs on the state
     directory, or it reads no DEX port (then we read the port ourselves)."""
-    state_dir = config.daemon.state_dir
-    if not (state_dir / JOURNAL_NAME).is_file():
+    client = _daemon_if_running(args, config)
+    if client is None:
         return None
-    try:
-        lock = try_lock(state_dir)
-    except PermissionError as exc:
-        raise _CliError(f"{exc.filename}: {exc.strerror}; run vmctl as vmcd's user") from exc
-    if lock is not None:
-        lock.release()
-        return None
-    command = {"id": new_id(), "op": m.Op.DATA_REQUEST.value, "report": True}
-    with _journal(config) as journal:
+
+    def told(event: Mapping[str, Json]) -> None:
+        now = event.get("progress")
+        if isinstance(now, dict):
+            show(int(now["received"]), int(now["blocks"]))
+
+    with client, views.progress("vmcd reads its DEX port") as show:
         try:
-            reply = request(state_dir, journal, command, topics=lambda: None, wait_s=WAIT_S).reply
-            if not reply["ok"]:
-                if reply["code"] == m.ErrorCode.NO_DEX_PORT:
-                    return None
-                raise _CliError(f"vmcd refused the read ({reply['code']}): {reply['message']}")
-
-            def told(now: Progress) -> str:
-                return f"vmcd reads its DEX port: {now.received} bytes, {now.blocks} blocks"
-
-            with _progress_line() as show:
-                request_id = reply["result"]["request_id"]
-                result = follow(state_dir, journal, request_id, lambda now: show(told(now)))
-        except PermissionError as exc:
-            raise _CliError(f"{exc.filename}: {exc.strerror}; run vmctl as vmcd's user") from exc
-        except sqlite3.Error as exc:
-            raise _CliError(f"{journal.path}: {exc}; run vmctl as vmcd's user") from exc
+            result = client.stream("dex.read", {}, told, timeout=DEX_READ_S)
+        except ControlError as exc:
+            if exc.code == m.ErrorCode.NO_DEX_PORT:
+                return None
+            raise _CliError(f"vmcd refused the read ({exc.code}): {exc.message}") from exc
+        except NoReplyError as exc:
+            raise NoAnswerError(f"vmcd stopped before the read finished ({exc})") from exc
     if not result["ok"]:
         error = result["error"]
         raise _CliError(f"read failed at {error['step']}: {error['reason']}")
-    try:
-        return Path(result["file"]).read_bytes()
-    except OSError as exc:
-        raise _CliError(f"cannot read vmcd's audit {result['file']}: {exc.strerror}") from exc
+    return base64.b64decode(result["audit"])
 
 
 def _check_writable(out: Path) -> None:
@@ -414,13 +531,7 @@ def _count(number: int | None) -> str:
 
 def _money(minor: int | None, decimals: int) -> str:
     """Minor units shown in major units, the decimal point where ID401 puts it."""
-    if minor is None:
-        return "-"
-    if decimals == 0:
-        return str(minor)
-    sign = "-" if minor < 0 else ""
-    whole, fraction = divmod(abs(minor), 10**decimals)
-    return f"{sign}{whole}.{fraction:0{decimals}d}"
+    return views.money(minor, decimals)
 
 
 # --- stock and planogram -------------------------------------------------------------------------
@@ -455,13 +566,17 @@ def _journal(config: Config) -> Iterator[Journal]:
 
 def _stock_show(args: argparse.Namespace) -> int:
     config = _config(args)
-    with _journal(config) as journal:
-        stock = journal.load_stock()
-    view = stock_view(stock)
+    client = _daemon_if_running(args, config)
+    if client is not None:
+        with client:
+            view = client.call("stock.show", timeout=ANSWER_S)
+    else:
+        with _journal(config) as journal:
+            view = stock_view(journal.load_stock())
     if args.json:
         print(json.dumps(view))
         return 0
-    if stock.planogram is None:
+    if view["planogram_version"] is None:
         print("no planogram: load one with vmctl planogram set FILE")
         return 0
     zone = ZoneInfo(config.daemon.timezone)
@@ -504,11 +619,18 @@ def _stock_show(args: argparse.Namespace) -> int:
 
 
 def _planogram_show(args: argparse.Namespace) -> int:
-    with _journal(_config(args)) as journal:
-        planogram = journal.load_stock().planogram
-    if planogram is None:
+    config = _config(args)
+    client = _daemon_if_running(args, config)
+    if client is not None:
+        with client:
+            document = client.call("planogram.show", timeout=ANSWER_S)
+    else:
+        with _journal(config) as journal:
+            planogram = journal.load_stock().planogram
+        document = None if planogram is None else planogram.to_mapping()
+    if document is None:
         raise _CliError("no planogram yet: load one with vmctl planogram set FILE")
-    print(json.dumps(planogram.to_mapping(), indent=2))
+    print(json.dumps(document, indent=2))
     return 0
 
 
@@ -523,29 +645,62 @@ def _stock_operation(args: argparse.Namespace) -> int:
         quantity = "amount" if op is m.Op.STOCK_REFILL else "level"
         command["lines"] = [_line(text, quantity) for text in given]
     config = _config(args)
-    cloud = config.cloud
     configure_logging("error", sys.stderr)  # the service's warnings are vmcd's; we say it below
-
-    def topics() -> Topics | None:
-        if cloud.url is None or cloud.device_id is None:
-            return None
-        return Topics(cloud.device_id, cloud.topic_prefix)
-
-    with _journal(config) as journal:
-        try:
-            answer = request(
-                config.daemon.state_dir, journal, command, topics=topics, wait_s=args.wait
-            )
-        except PermissionError as exc:
-            raise _CliError(f"{exc.filename}: {exc.strerror}; run vmctl as vmcd's user") from exc
-        except sqlite3.Error as exc:
-            raise _CliError(f"{journal.path}: {exc}; run vmctl as vmcd's user") from exc
+    answer = _apply(args, config, command)
     reply = answer.reply
     if not reply["ok"]:
         message = LINE_PATH.sub(lambda found: repr(given[int(found[1])]), reply["message"])
         raise _CliError(f"refused ({reply['code']}): {message}")
     _print_result(command["id"], op, answer, as_json=args.json)
     return 0
+
+
+def _apply(args: argparse.Namespace, config: Config, command: dict[str, Any]) -> Answer:
+    """Have ``command`` applied: by vmcd over its socket when it runs, else by us, holding the
+    state directory's lock (a vmcd starting meanwhile waits for it)."""
+    command["expires"] = time.time() + args.wait  # vmcd refuses it later: no late surprise
+    deadline = time.monotonic() + args.wait
+    while True:
+        client = _daemon_if_running(args, config)
+        if client is not None:
+            with client:
+                try:
+                    result = client.call(
+                        "operation", {"command": command}, timeout=args.wait + REPLY_GRACE_S
+                    )
+                except NoReplyError as exc:
+                    raise NoAnswerError(
+                        f"no answer from vmcd to operation {command['id']} within"
+                        f" {args.wait:g} s ({exc}); run it again with --id {command['id']}:"
+                        " a repeat says whether it was applied, and applies it once at most"
+                    ) from exc
+            return Answer(result["reply"], bool(result["repeated"]))
+        with _journal(config) as journal:
+            try:
+                lock = try_lock(config.daemon.state_dir)
+                if lock is not None:
+                    with lock:  # vmcd is not running: we are the writer until we let go
+                        stock = StockBook(journal, _topics(config))
+                        return LocalOps(journal, stock).apply(command)
+            except PermissionError as exc:
+                raise _not_vmcd_user(exc.filename, exc.strerror) from exc
+            except sqlite3.Error as exc:
+                raise _not_vmcd_user(journal.path, str(exc)) from exc
+        if time.monotonic() >= deadline:
+            raise NoAnswerError(f"vmcd did not take operation {command['id']}; nothing changed")
+        time.sleep(0.05)
+
+
+def _not_vmcd_user(path: object, reason: str | None) -> _CliError:
+    return _CliError(f"{path}: {reason}; run vmctl as vmcd's user")
+
+
+def _topics(config: Config) -> Topics | None:
+    """The cloud's topics when one is configured: the operation's events are queued for it."""
+    cloud = config.cloud
+    if cloud.url is None or cloud.device_id is None:
+        return None
+    return Topics(cloud.device_id, cloud.topic_prefix)
 
 
 def _line(text: str, quantity: str) -> dict[str, Any]:
@@ -615,6 +770,205 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
             for cell, width in zip(row, widths, strict=True)
         ]
         print("  ".join(cells).rstrip())
+
+
+# --- the running vmcd ----------------------------------------------------------------------------
+
+
+def _socket_path(args: argparse.Namespace, config: Config) -> Path:
+    """``--socket``, else ``VMC_SOCKET``, else where vmcd puts it for this configuration."""
+    given = getattr(args, "socket", None) or os.environ.get("VMC_SOCKET")
+    if given:
+        return Path(given)
+    return control_socket_path(config.daemon, os.environ)
+
+
+def _daemon(args: argparse.Namespace) -> ControlClient:
+    """A connection to the running vmcd (:class:`NotRunningError` when there is none)."""
+    return ControlClient(_socket_path(args, _config(args)))
+
+
+def _daemon_if_running(args: argparse.Namespace, config: Config) -> ControlClient | None:
+    """A connection to vmcd if it runs on the state directory, None if it does not.
+
+    No socket while the state directory's lock is held means vmcd is starting (or serves its
+    socket elsewhere): vmctl waits a moment for it rather than touch what vmcd owns.
+    """
+    path = _socket_path(args, config)
+    deadline = time.monotonic() + STARTING_S
+    while True:
+        try:
+            return ControlClient(path)
+        except NotRunningError:
+            pass
+        if not _locked(config.daemon.state_dir):
+            return None
+        if time.monotonic() >= deadline:
+            raise NoAnswerError(
+                f"vmcd holds {config.daemon.state_dir / LOCK_NAME} but nothing answers on {path};"
+                " give vmctl the --socket (or --config) vmcd has"
+            )
+        time.sleep(0.1)
+
+
+def _locked(state_dir: Path) -> bool:
+    """Whether a vmcd holds the state directory's lock now."""
+    if not (state_dir / JOURNAL_NAME).is_file():
+        return False  # vmcd has never run there
+    try:
+        lock = try_lock(state_dir)
+    except PermissionError as exc:
+        raise _not_vmcd_user(exc.filename, exc.strerror) from exc
+    if lock is None:
+        return True
+    lock.release()
+    return False
+
+
+def _ask(args: argparse.Namespace, cmd: str, given: Mapping[str, Json] | None = None) -> Any:
+    client = _daemon(args)
+    with client:
+        return client.call(cmd, given, timeout=ANSWER_S)
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = _ask(args, "status")
+    if args.json:
+        print(json.dumps(status))
+    else:
+        views.print_status(status)
+    return 0
+
+
+def _txn_list(args: argparse.Namespace) -> int:
+    page = _ask(args, "txn.list", {"limit": args.limit, "from": args.since})
+    if args.json:
+        print(json.dumps(page))
+    else:
+        views.print_txns(page)
+    return 0
+
+
+def _txn_show(args: argparse.Namespace) -> int:
+    shown = _ask(args, "txn.show", {"txn_id": args.txn_id})
+    if args.json:
+        print(json.dumps(shown))
+    else:
+        views.print_txn(shown)
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    client = _daemon(args)
+    with client:
+        if not args.follow:
+            answer = client.call("events", {"limit": args.limit}, timeout=ANSWER_S)
+            if args.json:
+                print(json.dumps(answer))
+            else:
+                zone = ZoneInfo(answer["timezone"])
+                views.print_events(answer["items"], zone, cloud=answer["cloud"])
+            return 0
+        zone = ZoneInfo(client.call("status", timeout=ANSWER_S)["timezone"])
+
+        def show(item: Mapping[str, Json]) -> None:
+            print(json.dumps(item) if args.json else views.event_line(item, zone), flush=True)
+
+        client.stream("events.follow", {"limit": args.limit}, show, timeout=None)
+    raise NoAnswerError("vmcd ended the stream")
+
+
+def _mdb_monitor(args: argparse.Namespace) -> int:
+    def show(frame: Mapping[str, Json]) -> None:
+        if args.json:
+            print(json.dumps({k: v for k, v in frame.items() if k not in ("line", "trace")}))
+        else:
+            print(frame["line"])
+        sys.stdout.flush()
+
+    _monitor(args, show)
+    return 0
+
+
+def _mdb_record(args: argparse.Namespace) -> int:
+    try:
+        out = args.file.open("w", encoding="ascii")
+    except OSError as exc:
+        raise _CliError(f"cannot write {args.file}: {exc.strerror}") from exc
+    with out:
+        out.write(f"# vmctl mdb record, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
+
+        def write(frame: Mapping[str, Json]) -> None:
+            out.write(str(frame["trace"]))
+            out.flush()
+
+        try:
+            frames = _monitor(args, write)
+        except KeyboardInterrupt:
+            print(f"recorded to {args.file}", file=sys.stderr)
+            raise
+    print(f"{frames} exchanges recorded to {args.file}", file=sys.stderr)
+    return 0
+
+
+def _monitor(args: argparse.Namespace, on_frame: Callable[[Mapping[str, Json]], None]) -> int:
+    """Stream ``mdb.monitor`` into ``on_frame``; how many frames vmcd sent."""
+    client = _daemon(args)
+    with client:
+        done = client.stream("mdb.monitor", {"count": args.count}, on_frame, timeout=None)
+    return int(done["frames"]) if isinstance(done, dict) else 0
+
+
+def _test_vend(args: argparse.Namespace) -> int:
+    print(
+        f"test vend of selection {args.selection}: select it on the machine"
+        f" within {args.timeout} s",
+        file=sys.stderr,
+    )
+    client = _daemon(args)
+    with client:
+        outcome = client.call(
+            "test_vend",
+            {"selection": args.selection, "timeout_s": args.timeout},
+            timeout=args.timeout + TEST_VEND_MARGIN_S,
+        )
+    print(json.dumps(outcome) if args.json else format_test_vend(outcome))
+    return 0 if outcome.get("result") == "vended" else 1
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    profile = _ask(args, "selftest")
+    if args.json:
+        print(json.dumps(profile))
+    else:
+        print(format_profile(profile, decimals=int(profile.get("decimals", 2))))
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    """vmcd's start-up checks on FILE, as ``vmcd --config FILE`` runs them; nothing starts."""
+    try:
+        config = load_config(args.file)
+        if config.mdb.port is None:
+            raise ConfigError("mdb.port: no MDB port; set port in [mdb] (or give vmcd --mdb)")
+        check_host(config)
+    except ConfigError as exc:
+        raise _CliError(f"configuration error: {exc}") from exc
+    socket_path = control_socket_path(config.daemon, os.environ)
+    if args.json:
+        print(json.dumps({"ok": True, "file": str(args.file), "control_socket": str(socket_path)}))
+        return 0
+    cloud = config.cloud
+    dex = config.dex
+    print(
+        f"{args.file}: ok (mdb {config.mdb.port} at {config.mdb.address:#04x}, level"
+        f" {config.mdb.level}; "
+        + (f"cloud {cloud.url} as {cloud.device_id}" if cloud.url else "no cloud")
+        + "; "
+        + (f"dex {dex.port} ({dex.protocol})" if dex.port else "no dex")
+        + f"; state dir {config.daemon.state_dir}; control socket {socket_path})"
+    )
+    return 0
 
 
 if __name__ == "__main__":

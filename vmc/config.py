@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ class DaemonConfig:
     sales_retention_days: int = 90
     """Days the journal keeps sales rows, and closed transactions with their refunds (a refund
     is judged against the transaction: one closed longer ago is unknown to ``refund``)."""
+    control_socket: Path | None = None
+    """The control socket ``vmctl`` talks to; None: :func:`control_socket_path` decides."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +262,21 @@ def _cloud(cloud: CloudConfig) -> CloudConfig:
     return cloud
 
 
+SOCKET_NAME = "vmcd.sock"
+
+
+def control_socket_path(daemon: DaemonConfig, environ: Mapping[str, str]) -> Path:
+    """Where vmcd serves its control socket, and so where ``vmctl`` looks for it:
+    ``daemon.control_socket`` if set, else ``$RUNTIME_DIRECTORY/vmcd.sock`` (systemd's
+    ``RuntimeDirectory=``; its first entry), else ``<state_dir>/vmcd.sock``."""
+    if daemon.control_socket is not None:
+        return daemon.control_socket
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / SOCKET_NAME
+    return daemon.state_dir / SOCKET_NAME
+
+
 def check_host(config: Config) -> None:
     """Start-up checks against this machine, so vmcd fails at once and not in a restart loop.
 
@@ -337,7 +355,7 @@ def _section(raw: dict[str, Any], name: str, cls: type[Any]) -> Any:
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"{name}.{key}: unknown key; allowed: {', '.join(fields)}")
-        if fields[key] == "Path":
+        if fields[key] in ("Path", "Path | None"):
             if not isinstance(value, str | Path) or not str(value):
                 raise ConfigError(f"{name}.{key}: {value!r} must be a path string")
             values = {**values, key: Path(value)}

@@ -2,10 +2,11 @@
 
 It holds ``<state_dir>/vmcd.lock`` for its lifetime (:mod:`vmc.state_lock`): one vmcd per state
 directory, and ``vmctl`` knows whether to apply a stock operation itself or leave it to vmcd
-(:mod:`vmc.services.local_ops`). One asyncio TaskGroup: the MDB bus supervisor (its process
-answers the VMC), the ticker (vmctl's operations; with a cloud, deadlines) and the systemd
-watchdog. Expected faults are retried inside each service; anything unexpected ends the
-group and the process exits non-zero, for systemd to restart it. SIGTERM or SIGINT ends it
+(:mod:`vmc.services.local_ops`). It serves ``vmctl`` on its control socket (:mod:`vmc.control`).
+One asyncio TaskGroup: the MDB bus supervisor (its process answers the VMC), the control
+socket, the ticker (the service state's changes with time; with a cloud, deadlines) and the
+systemd watchdog. Expected faults are retried inside each service; anything unexpected ends
+the group and the process exits non-zero, for systemd to restart it. SIGTERM or SIGINT ends it
 with 0 within :data:`STOP_BUDGET_S`, whatever it is doing.
 """
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -26,10 +29,20 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from protocols.errors import ConfigError
+from protocols.mdb.events import State
 from vmc.cloud.outbox import new_id
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
-from vmc.config import APPROVAL_POLICIES, Config, check_host, load_config
+from vmc.config import (
+    APPROVAL_POLICIES,
+    SOCKET_NAME,
+    Config,
+    check_host,
+    control_socket_path,
+    load_config,
+)
+from vmc.control import server as control
+from vmc.control.commands import DaemonCommands
 from vmc.credit import credit_state
 from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal
@@ -38,9 +51,11 @@ from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand
+from vmc.services.bus_watch import BusWatch
 from vmc.services.collector import Collector
 from vmc.services.data_service import KEEP_S as DATA_REQUEST_KEEP_S
 from vmc.services.data_service import DataService, machine_config
+from vmc.services.event_feed import EventFeed
 from vmc.services.local_ops import LocalOps
 from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
@@ -92,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-id", help="this machine's id in the topic tree")
     p.add_argument("--dex", help="DEX port URL for audit reads: uart:///dev/ttyUSB0, pty://...")
     p.add_argument("--dex-protocol", choices=("ucs", "ddcmp"), help="DEX link protocol")
+    p.add_argument(
+        "--control-socket",
+        help="vmctl's socket (default: $RUNTIME_DIRECTORY/vmcd.sock, else STATE_DIR/vmcd.sock)",
+    )
     return p
 
 
@@ -107,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "cloud.device_id": args.device_id,
         "dex.port": args.dex,
         "dex.protocol": args.dex_protocol,
+        "daemon.control_socket": args.control_socket,
     }
     config = load_config(args.config, overrides)
     if config.mdb.port is None:
@@ -238,13 +258,17 @@ def _cloud_services(
     return CloudServices(remote, sync, service, stock, collector)
 
 
-async def run_daemon(config: Config) -> int:
+async def run_daemon(config: Config, listener: socket.socket, socket_path: Path) -> int:
+    """Serve until SIGTERM or SIGINT; ``listener`` is the bound control socket."""
     assert config.mdb.port is not None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # first: a stop during start-up is a stop too
     journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
+    feed = EventFeed()
+    journal.on_commit = feed.committed
+    watch = BusWatch()
     bus: BusSupervisor
 
     def send(command: BusCommand) -> bool:
@@ -297,19 +321,43 @@ async def run_daemon(config: Config) -> int:
         stock,
         machine=None if cloud is not None else vending,
     )
-    local_ops = LocalOps(journal, stock, data)
+    service = (
+        cloud.service
+        if cloud is not None
+        else ServiceMonitor(
+            config.service,
+            journal,
+            link_up=link_up,
+            reader=lambda: watch.reader or State.INACTIVE,
+            stock_service=lambda: stock.stock.last_service_at,
+            decimals=config.reader.minor_decimals,
+        )
+    )
     decide = cloud.remote.handle_bus if cloud is not None else local.handle
 
     def on_report(report: object) -> None:
+        watch.observe(report)
         decide(report)
         profile.handle_bus(report)
 
     bus = BusSupervisor(
-        config.mdb.port,
-        config.reader,
-        on_report,
-        realtime_priority=config.mdb.realtime_priority,
+        config.mdb.port, config.reader, on_report, realtime_priority=config.mdb.realtime_priority
     )
+    registry = control.Registry()
+    DaemonCommands(
+        config,
+        journal,
+        bus,
+        watch,
+        LocalOps(journal, stock, data),
+        feed,
+        service,
+        reporter,
+        None if cloud is None else cloud.sync,
+        socket_path,
+        vending,
+        profile,
+    ).register(registry)
     vending.recover()
     data.recover()
     if reporter is not None:
@@ -324,6 +372,7 @@ async def run_daemon(config: Config) -> int:
         device_id=config.cloud.device_id,
         dex=config.dex.port,
         state_dir=str(config.daemon.state_dir),
+        control_socket=str(socket_path),
     )
     try:
         async with asyncio.TaskGroup() as group:
@@ -334,7 +383,8 @@ async def run_daemon(config: Config) -> int:
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
-                group.create_task(_ticker(cloud, local_ops, vending, profile), name="ticker"),
+                group.create_task(_ticker(service, vending, profile), name="ticker"),
+                group.create_task(control.ControlServer(listener, registry).run(), name="control"),
             ]
             if cloud is not None:
                 helpers.append(group.create_task(cloud.sync.run(), name="cloud-sync"))
@@ -361,27 +411,20 @@ async def run_daemon(config: Config) -> int:
     return 0
 
 
-async def _ticker(
-    cloud: CloudServices | None,
-    local_ops: LocalOps,
-    vending: RemoteVending,
-    profile: ProfileService,
-) -> None:
-    """vmctl's stock operations, the deadlines of transactions and the machine's own sessions
-    (with a cloud or not: a test vend has one), a settled change of the machine's profile, and
-    with a cloud the service state's changes with time."""
+async def _ticker(service: ServiceMonitor, vending: RemoteVending, profile: ProfileService) -> None:
+    """The deadlines of transactions and of the machine's own sessions (with a cloud or not: a
+    test vend has one), a settled change of the machine's profile, and the service state's
+    changes with time (``vmctl status``, and the cloud's ``state``)."""
     while True:
         await asyncio.sleep(TICK_S)
-        local_ops.serve()
         vending.tick()
         profile.tick()
-        if cloud is not None:
-            cloud.service.tick()
+        service.tick()
 
 
 def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str, int]:
-    """Forget command and inbox ids after :data:`COMMAND_MEMORY_S` and history after the
-    retention (see :meth:`Journal.prune`); how many rows went, per table."""
+    """Forget command and vmctl operation ids after :data:`COMMAND_MEMORY_S` and history after
+    the retention (see :meth:`Journal.prune`); how many rows went, per table."""
     journal.prune_commands(now - COMMAND_MEMORY_S)
     journal.prune_local(now - COMMAND_MEMORY_S)
     journal.prune_requests(now - DATA_REQUEST_KEEP_S)
@@ -437,8 +480,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vmcd: {exc}", file=sys.stderr)
         return 2
     with lock:
+        path = control_socket_path(config.daemon, os.environ)
+        try:
+            listener = control.bind(path)
+        except control.SocketError as exc:
+            print(f"vmcd: {exc}", file=sys.stderr)
+            return 2
         configure_logging(config.daemon.log_level)
-        return asyncio.run(run_daemon(config))
+        made = [(path, os.lstat(path).st_ino)]
+        pointer = config.daemon.state_dir / SOCKET_NAME
+        if pointer != path:
+            made.extend(_point_at_socket(pointer, path))
+        try:
+            return asyncio.run(run_daemon(config, listener, path))
+        finally:
+            listener.close()
+            for made_path, inode in made:
+                control.remove_if_ours(made_path, inode)
+
+
+def _point_at_socket(pointer: Path, path: Path) -> list[tuple[Path, int]]:
+    """``<state_dir>/vmcd.sock`` -> the socket elsewhere (``RUNTIME_DIRECTORY``, a flag), so
+    ``vmctl`` finds it from the state directory alone; what was made, to remove at exit."""
+    try:
+        if control.point_at(pointer, path.absolute()):
+            return [(pointer, os.lstat(pointer).st_ino)]
+        log.warning("control_socket_pointer_skipped", path=str(pointer), reason="not a symlink")
+    except OSError as exc:
+        log.warning("control_socket_pointer_failed", path=str(pointer), error=exc.strerror)
+    return []
 
 
 if __name__ == "__main__":

@@ -176,7 +176,6 @@ class BusyReason(StrEnum):
     VEND = "vend"
     TXN = "txn"
     DEX_READ = "dex_read"
-    LOCAL_OP = "local_op"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +191,7 @@ class Machine:
 SESSION_STATES = frozenset({State.SESSION_IDLE, State.REVALUE, State.NEGATIVE_VEND})
 
 
-def busy_reasons(machine: Machine, book: RequestBook, local_ops: int) -> list[dict[str, object]]:
+def busy_reasons(machine: Machine, book: RequestBook) -> list[dict[str, object]]:
     """Every reason the machine is busy now (none: idle), each a map with ``reason`` first.
 
     The reader's state counts only while the link is up: without POLLs it may be stale.
@@ -221,6 +220,4 @@ def busy_reasons(machine: Machine, book: RequestBook, local_ops: int) -> list[di
                 "blocks": 0 if read is None else read.blocks,
             }
         )
-    if local_ops:
-        reasons.append({"reason": BusyReason.LOCAL_OP.value, "waiting": local_ops})
     return reasons

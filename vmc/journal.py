@@ -25,10 +25,10 @@
 - ``credits`` holds each voucher and remote credit by kind and id (the backend's, so a repeated
   one is known), open or with its one outcome, written in the same commit as the transitions
   of the vends it paid.
-- ``local_inbox`` carries stock operations from ``vmctl`` to the running vmcd: the command (CBOR,
-  as the cloud would send it) under its id, and the reply, written in the same commit as the
-  operation (see :mod:`vmc.services.local_ops`). A row's id is never reused: asking again with
-  it returns the first reply.
+- ``local_replies`` remembers each ``vmctl`` operation's id with its reply (CBOR), written in
+  the same commit as the operation (see :mod:`vmc.services.local_ops`), so asking again with
+  the id returns the first reply and changes nothing. A journal from before the control socket
+  had them in ``local_inbox``: the answered rows move over when it is opened.
 - ``collections`` holds each cash collection (its period, whether its report was committed):
   written with the command that asked for it, marked reported with the report's event.
 - ``data_requests`` holds each data request (seed 003 report/config, from the cloud or
@@ -57,7 +57,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocols.errors import VmcError
+import structlog
+
 from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.collection import Collection
 from vmc.credit import CreditKind, CreditSession, CreditState
@@ -77,6 +78,8 @@ from vmc.stock import (
     StockKey,
 )
 from vmc.transaction import FINAL, Txn, TxnState
+
+log = structlog.get_logger("vmc.journal")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bus_events (
@@ -174,14 +177,11 @@ CREATE TABLE IF NOT EXISTS credits (
     PRIMARY KEY (kind, credit_id)
 );
 CREATE INDEX IF NOT EXISTS credits_open ON credits (final) WHERE final = 0;
-CREATE TABLE IF NOT EXISTS local_inbox (
+CREATE TABLE IF NOT EXISTS local_replies (
     id TEXT PRIMARY KEY,
-    command BLOB NOT NULL,
-    reply BLOB,
-    created REAL NOT NULL,
-    answered REAL
+    reply BLOB NOT NULL,
+    at REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS local_inbox_waiting ON local_inbox (created) WHERE reply IS NULL;
 CREATE TABLE IF NOT EXISTS collections (
     id TEXT PRIMARY KEY,
     at REAL NOT NULL,
@@ -212,10 +212,6 @@ SALES_COLUMNS_ADDED = (
     ("surcharge", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns the ``sales`` table gained after its first release: added to an older journal."""
-
-
-class WithdrawnError(VmcError):
-    """A local operation's inbox row was withdrawn (or answered) before its commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +299,13 @@ def txn_to_json(txn: Txn) -> str:
     return json.dumps(dataclasses.asdict(txn), default=str)
 
 
+def txn_record(txn: Txn, refunded: int) -> dict[str, object]:
+    """A transaction as the contract's ``txn.query`` and ``vmctl txn`` show it."""
+    record: dict[str, object] = json.loads(txn_to_json(txn))
+    record["refunded"] = refunded
+    return record
+
+
 def txn_from_json(text: str) -> Txn:
     data = json.loads(text)
     data["state"] = TxnState(data["state"])
@@ -319,6 +322,9 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.clock = clock
+        self.on_commit: Callable[[Sequence[OutboxRow], JournalRecord | None, float], None] | None
+        self.on_commit = None
+        """Told, after each commit, the outbox rows and the local-policy record it wrote."""
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = ""
@@ -328,11 +334,26 @@ class Journal:
 
     def _migrate(self) -> None:
         """Bring a journal written by an older version up to this schema."""
-        if not self._sales_columns_missing(self._db):
+        if not (self._sales_columns_missing(self._db) or self._has_inbox(self._db)):
             return
         with self._transaction(durable=True) as db:  # vmcd and vmctl may both open it
             for name, kind in self._sales_columns_missing(db):
                 db.execute(f"ALTER TABLE sales ADD COLUMN {name} {kind}")
+            if self._has_inbox(db):
+                # vmctl's operations went through this table before the control socket: the
+                # answered ones keep their replies (a retry with their id stays safe).
+                db.execute(
+                    "INSERT OR IGNORE INTO local_replies (id, reply, at)"
+                    " SELECT id, reply, answered FROM local_inbox WHERE reply IS NOT NULL"
+                )
+                db.execute("DROP TABLE local_inbox")
+
+    @staticmethod
+    def _has_inbox(db: sqlite3.Connection) -> bool:
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'local_inbox'"
+        ).fetchone()
+        return found is not None
 
     @staticmethod
     def _sales_columns_missing(db: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -403,10 +424,12 @@ class Journal:
         durable: bool,
     ) -> None:
         """Record transitions, their messages, a command's reply (a cloud one, or a local one
-        into its inbox row), a local-policy record, state, stock, sales (each with its
+        under its ``vmctl`` id), a local-policy record, state, stock, sales (each with its
         operation id: a sale counted before is not counted again), collections (new ones, or
-        one now reported), refunds and data requests in one commit."""
+        one now reported), refunds and data requests in one commit; then tell
+        :attr:`on_commit` what it queued for the cloud and booked locally."""
         now = self.clock()
+        queued: list[OutboxRow] = []
         with self._transaction(durable=durable) as db:
             if record is not None:
                 db.execute(
@@ -498,21 +521,19 @@ class Journal:
                     (message.id, message.topic, now),
                 )
                 seq = int(cur.lastrowid or 0)
-                db.execute(
-                    "UPDATE outbox SET payload = ? WHERE seq = ?", (message.encode(seq), seq)
-                )
+                payload = message.encode(seq)
+                db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq))
+                queued.append(OutboxRow(message.id, message.topic, payload, seq))
             if command is not None:
                 db.execute(
                     "INSERT OR IGNORE INTO commands (id, reply, at) VALUES (?, ?, ?)",
                     (command[0], command[1], now),
                 )
-            if local_reply is not None:
-                cur = db.execute(
-                    "UPDATE local_inbox SET reply = ?, answered = ? WHERE id = ? AND reply IS NULL",
-                    (local_reply[1], now, local_reply[0]),
+            if local_reply is not None:  # a second reply to one id fails the whole commit
+                db.execute(
+                    "INSERT INTO local_replies (id, reply, at) VALUES (?, ?, ?)",
+                    (local_reply[0], local_reply[1], now),
                 )
-                if cur.rowcount != 1:  # its vmctl gave up on it: nothing of this commit stays
-                    raise WithdrawnError(local_reply[0])
             db.executemany(
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -538,6 +559,11 @@ class Journal:
                     for w in requests
                 ],
             )
+        if self.on_commit is not None and (queued or record is not None):
+            try:
+                self.on_commit(queued, record, now)
+            except Exception:  # an observer's bug must not make a done commit look failed
+                log.exception("journal_observer_failed")
 
     # --- stock ----------------------------------------------------------------------------------
 
@@ -614,13 +640,38 @@ class Journal:
         if selection is not None:
             cursor += " AND json_extract(t.data, '$.selection') = ?"
             args.append(selection)
-        rows = self._db.execute(
-            f"SELECT t.data, (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r"
-            f" WHERE r.txn_id = t.txn_id) FROM txns t WHERE {created} >= ? AND {created} < ?"
-            f"{cursor} ORDER BY {created}, t.txn_id LIMIT ?",
+        return self._txns_refunded(
+            f"{created} >= ? AND {created} < ?{cursor} ORDER BY {created}, t.txn_id LIMIT ?",
             (*args, limit),
+        )
+
+    def latest_txns(self, limit: int) -> list[tuple[Txn, int]]:
+        """The ``limit`` transactions created last, newest first, each with its refunds."""
+        created = "json_extract(t.data, '$.created_at')"
+        return self._txns_refunded(f"1 ORDER BY {created} DESC, t.txn_id DESC LIMIT ?", (limit,))
+
+    def _txns_refunded(self, where: str, args: Sequence[object]) -> list[tuple[Txn, int]]:
+        rows = self._db.execute(
+            "SELECT t.data, (SELECT COALESCE(SUM(r.amount), 0) FROM refunds r"
+            f" WHERE r.txn_id = t.txn_id) FROM txns t WHERE {where}",
+            tuple(args),
         ).fetchall()
         return [(txn_from_json(data), int(refunded)) for data, refunded in rows]
+
+    def txn_ids_starting(self, prefix: str, limit: int) -> list[str]:
+        """Up to ``limit`` transaction ids that start with ``prefix``."""
+        rows = self._db.execute(
+            "SELECT txn_id FROM txns WHERE substr(txn_id, 1, ?) = ? ORDER BY txn_id LIMIT ?",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def txn_log(self, txn_id: str) -> list[tuple[float, Txn]]:
+        """Each transition of one transaction, oldest first: when, and the transaction then."""
+        rows = self._db.execute(
+            "SELECT at, data FROM txn_log WHERE txn_id = ? ORDER BY seq", (txn_id,)
+        ).fetchall()
+        return [(float(at), txn_from_json(data)) for at, data in rows]
 
     def txn_history(self, txn_id: str) -> list[TxnState]:
         rows = self._db.execute(
@@ -646,6 +697,11 @@ class Journal:
 
     def outbox_size(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def outbox_oldest(self) -> float | None:
+        """When the oldest message still waiting for its PUBACK was queued (POSIX s)."""
+        row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
+        return None if row[0] is None else float(row[0])
 
     def delivered(self, seqs: Iterable[int]) -> None:
         """Forget rows the broker acknowledged. Not fsynced: a lost delete only resends."""
@@ -759,41 +815,17 @@ class Journal:
         ).fetchall()
         return [RefundRow(i, t, a, n, s, r, VendType(v), why) for i, t, a, n, s, r, v, why in rows]
 
-    # --- the local inbox (vmctl -> vmcd) ----------------------------------------------------------
-
-    def local_submit(self, op_id: str, command: bytes) -> bool:
-        """Queue a local operation; False when its id is known (answered or still waiting)."""
-        with self._transaction(durable=False) as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO local_inbox (id, command, created) VALUES (?, ?, ?)",
-                (op_id, command, self.clock()),
-            )
-        return cur.rowcount == 1
-
-    def local_waiting(self, limit: int) -> list[tuple[str, bytes]]:
-        """The oldest operations still waiting for their reply (a cheap, indexed query)."""
-        rows = self._db.execute(
-            "SELECT id, command FROM local_inbox WHERE reply IS NULL ORDER BY created LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [(str(i), bytes(c)) for i, c in rows]
+    # --- vmctl's operations ----------------------------------------------------------------------
 
     def local_reply(self, op_id: str) -> bytes | None:
-        row = self._db.execute("SELECT reply FROM local_inbox WHERE id = ?", (op_id,)).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
-
-    def local_withdraw(self, op_id: str) -> bool:
-        """Take back an operation nobody answered; False if it was answered meanwhile."""
-        with self._transaction(durable=False) as db:
-            cur = db.execute("DELETE FROM local_inbox WHERE id = ? AND reply IS NULL", (op_id,))
-        return cur.rowcount == 1
+        """The reply a ``vmctl`` operation with this id got, if one did."""
+        row = self._db.execute("SELECT reply FROM local_replies WHERE id = ?", (op_id,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def prune_local(self, older_than: float) -> None:
-        """Forget answered local operations older than ``older_than``."""
+        """Forget the replies of ``vmctl`` operations answered before ``older_than``."""
         with self._transaction(durable=False) as db:
-            db.execute(
-                "DELETE FROM local_inbox WHERE reply IS NOT NULL AND answered < ?", (older_than,)
-            )
+            db.execute("DELETE FROM local_replies WHERE at < ?", (older_than,))
 
     # --- data requests ----------------------------------------------------------------------------
 

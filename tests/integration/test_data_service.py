@@ -10,7 +10,6 @@ import cbor2
 
 from tests.samples import audit_bytes
 from vmc.cloud import messages as m
-from vmc.cloud.codec import encode_map
 from vmc.cloud.topics import Topics
 from vmc.config import DexConfig
 from vmc.journal import Journal
@@ -81,11 +80,10 @@ def test_data_request_from_vmctl_is_answered_into_its_rows_only(tmp_path: Path) 
     service = _service(tmp_path)
     journal = service.journal
     assert service.reporter is not None
-    journal.local_submit("op1", encode_map({"id": "op1", "op": "data.request", "report": True,
-                                            "expires": NOW + 30}))  # fmt: skip
-    LocalOps(journal, StockBook(journal, None), service).serve()
-    reply = cbor2.loads(journal.local_reply("op1") or b"")
+    command = {"id": "op1", "op": "data.request", "report": True, "expires": NOW + 30}
+    reply = LocalOps(journal, StockBook(journal, None), service).apply(command).reply
     assert reply["result"]["request_id"] == "local:op1"
+    assert cbor2.loads(journal.local_reply("op1") or b"")["result"] == reply["result"]
     _ask(service, "cloud-1", report=True)  # the cloud asks too: the same read answers both
     service.read_started("read-1")
     service.read_block("read-1", 245)

@@ -200,18 +200,17 @@ def test_data_request_each_request_gets_exactly_one_completion(
 def test_check_status_reasons_from_the_machine(
     machine: Machine, reasons: list[dict[str, object]]
 ) -> None:
-    assert busy_reasons(machine, BOOK, 0) == reasons
+    assert busy_reasons(machine, BOOK) == reasons
 
 
-def test_check_status_reasons_dex_read_and_local_operations() -> None:
+def test_check_status_reasons_dex_read() -> None:
     idle = Machine(True, State.ENABLED)
     asked = BOOK.request("r1", report=True, config=False, local=False, now=0.0).book
     waiting = {"reason": "dex_read", "read_id": None, "received": 0, "blocks": 0}
-    assert busy_reasons(idle, asked, 0) == [waiting]
+    assert busy_reasons(idle, asked) == [waiting]
     reading, _ = asked.read_started("read-A", 1.0).block("read-A", 245, 1.5)
-    assert busy_reasons(idle, reading, 2) == [
+    assert busy_reasons(idle, reading) == [
         {"reason": "dex_read", "read_id": "read-A", "received": 245, "blocks": 1},
-        {"reason": "local_op", "waiting": 2},
     ]
     scheduled = BOOK.read_started("read-B", 0.0)  # nobody asked: busy all the same
-    assert busy_reasons(idle, scheduled, 0)[0]["read_id"] == "read-B"
+    assert busy_reasons(idle, scheduled)[0]["read_id"] == "read-B"

@@ -1,8 +1,9 @@
-"""The local inbox: ``vmctl`` stock operations applied once, by whoever holds the state lock."""
+"""``vmctl``'s stock operations: applied once per id, through the cloud's own stock code."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,14 +13,12 @@ import cbor2
 import pytest
 
 from protocols.mdb import events as ev
-from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
-from vmc.journal import JOURNAL_NAME, Journal, WithdrawnError
-from vmc.services.local_ops import LocalOps, NoAnswerError, request
+from vmc.journal import JOURNAL_NAME, Journal
+from vmc.services.local_ops import LocalOps
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
-from vmc.state_lock import try_lock
 from vmc.stock import SlotKey
 
 PLANOGRAM: dict[str, Any] = {
@@ -54,17 +53,15 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     opened.close()
 
 
-def _ask(
-    tmp_path: Path, journal: Journal, op_id: str, op: str, wait_s: float = 5.0, **fields: Any
-) -> tuple[dict[str, Any], bool]:
-    answer = request(
-        tmp_path, journal, {"id": op_id, "op": op, **fields}, topics=lambda: None, wait_s=wait_s
-    )
+def _ask(journal: Journal, op_id: str, op: str, **fields: Any) -> tuple[dict[str, Any], bool]:
+    """Apply an operation as vmctl does without vmcd (or vmcd does for the socket)."""
+    command = {"id": op_id, "op": op, "expires": time.time() + 60, **fields}
+    answer = LocalOps(journal, StockBook(journal, None)).apply(command)
     return answer.reply, answer.repeated
 
 
-def _loaded(tmp_path: Path, journal: Journal) -> None:
-    reply, _ = _ask(tmp_path, journal, "p1", "planogram.set", planogram=PLANOGRAM)
+def _loaded(journal: Journal) -> None:
+    reply, _ = _ask(journal, "p1", "planogram.set", planogram=PLANOGRAM)
     assert reply["ok"], reply
 
 
@@ -72,130 +69,92 @@ def _levels(journal: Journal) -> dict[int, int]:
     return {k.number: v for k, v in journal.load_stock().levels.items() if isinstance(k, SlotKey)}
 
 
-def test_local_refill_without_vmcd_is_applied_by_vmctl_once(
-    tmp_path: Path, journal: Journal
-) -> None:
-    _loaded(tmp_path, journal)
+def test_local_refill_is_applied_once_per_id(journal: Journal) -> None:
+    _loaded(journal)
     lines = [{"selection": 1, "amount": 4}, {"selection": 2, "amount": 2}]
-    first, repeated = _ask(tmp_path, journal, "r1", "stock.refill", lines=lines)
+    first, repeated = _ask(journal, "r1", "stock.refill", lines=lines)
     assert (first["ok"], repeated) == (True, False)
     assert first["result"]["changes"] == [
         {"selection": 1, "ingredient": None, "before": 0, "after": 4, "reason": "refill"},
         {"selection": 2, "ingredient": None, "before": 0, "after": 2, "reason": "refill"},
     ]
     history = len(journal.stock_history())
-    again, repeated = _ask(tmp_path, journal, "r1", "stock.refill", lines=lines)
-    assert (again, repeated) == (first, True)
+    again, repeated = _ask(journal, "r1", "stock.refill", lines=lines)
+    assert repeated
+    assert {k: again[k] for k in ("ok", "code", "result")} == {
+        k: first[k] for k in ("ok", "code", "result")
+    }
     assert len(journal.stock_history()) == history
     assert _levels(journal) == {1: 4, 2: 2}
     assert {row.op_id for row in journal.stock_history()} == {"local:r1"}
     assert journal.outbox_size() == 0  # no cloud configured: nothing queued for one
 
 
-def test_local_stock_events_go_to_the_cloud_but_the_reply_does_not(
-    tmp_path: Path, journal: Journal
-) -> None:
-    command = {"id": "p1", "op": "planogram.set", "planogram": PLANOGRAM}
-    reply = request(tmp_path, journal, command, topics=lambda: TOPICS, wait_s=5).reply
-    assert reply["ok"]
+def test_local_stock_events_go_to_the_cloud_but_the_reply_does_not(journal: Journal) -> None:
+    command = {"id": "p1", "op": "planogram.set", "expires": time.time() + 60}
+    answer = LocalOps(journal, StockBook(journal, TOPICS)).apply(
+        {**command, "planogram": PLANOGRAM}
+    )
+    assert answer.reply["ok"]
     rows = journal.pending(100)
     assert rows
     assert {row.topic for row in rows} == {TOPICS.events}
     kinds = [cbor2.loads(row.payload)["type"] for row in rows]
     assert "planogram.changed" in kinds
     assert journal.known_reply("p1") is None  # not a cloud command: no cloud reply stored
-
-
-def test_local_inventory_is_answered_by_the_lock_holder(tmp_path: Path, journal: Journal) -> None:
-    _loaded(tmp_path, journal)
-    held = try_lock(tmp_path)
-    assert held is not None
-    stop = threading.Event()
-    served: list[StockBook] = []
-
-    def vmcd() -> None:  # the lock holder, with its own connection, as a running vmcd
-        own = Journal(tmp_path / JOURNAL_NAME)
-        stock = StockBook(own, None)
-        served.append(stock)
-        ops = LocalOps(own, stock)
-        while not stop.wait(0.02):
-            ops.serve()
-        own.close()
-
-    thread = threading.Thread(target=vmcd)
-    thread.start()
-    try:
-        reply, _ = _ask(
-            tmp_path, journal, "i1", "stock.inventory", lines=[{"selection": 1, "level": 3}]
-        )
-    finally:
-        stop.set()
-        thread.join()
-        held.release()
-    assert reply["ok"], reply
-    assert served[0].stock.levels[SlotKey(1)] == 3  # vmcd's memory moved with its commit
-    assert _levels(journal) == {1: 3, 2: 0}
-
-
-def test_unanswered_local_restock_is_withdrawn_and_never_applied(
-    tmp_path: Path, journal: Journal
-) -> None:
-    _loaded(tmp_path, journal)
-    held = try_lock(tmp_path)  # a vmcd that does not look at its inbox
-    assert held is not None
-    with held, pytest.raises(NoAnswerError, match="nothing changed"):
-        _ask(tmp_path, journal, "s1", "stock.restock", wait_s=0.2)
-    assert journal.local_waiting(10) == []
-    LocalOps(journal, StockBook(journal, None)).serve()  # vmcd wakes up later: nothing to do
-    assert journal.local_reply("s1") is None
-    assert _levels(journal) == {1: 0, 2: 0}
-
-
-def test_local_refill_withdrawn_before_its_commit_changes_nothing(
-    tmp_path: Path, journal: Journal
-) -> None:
-    _loaded(tmp_path, journal)
-    stock = StockBook(journal, None)
-    lines = [{"selection": 1, "amount": 5}]
-    command = {"id": "r2", "op": "stock.refill", "expires": time.time() + 60, "lines": lines}
-    payload = codec.encode_map(command)
-    assert journal.local_submit("r2", payload)
-    cmd = codec.decode_command(payload)
-    assert isinstance(cmd, m.Refill)
-    assert journal.local_withdraw("r2")  # vmctl gave up after vmcd read the row
-    with pytest.raises(WithdrawnError):
-        stock.handle_command(cmd, local=True)
-    assert stock.stock.levels[SlotKey(1)] == 0
-    assert _levels(journal) == {1: 0, 2: 0}
-    assert not journal.stock_applied("local:r2")
+    assert journal.local_reply("p1") is not None
 
 
 @pytest.mark.parametrize(
-    ("payload", "code"),
+    ("command", "code"),
     [
-        (codec.encode_map({"id": "x", "op": "lock", "expires": 2e9}), "unknown_op"),
-        (codec.encode_map({"id": "x", "op": "stock.restock", "expires": 1.0}), "expired"),
-        (b"\xff", "malformed"),
+        ({"id": "x", "op": "lock", "expires": 2e9}, "unknown_op"),
+        ({"id": "x", "op": "stock.restock", "expires": 1.0}, "expired"),
+        ({"id": "x", "op": "stock.refill", "expires": 2e9, "lines": "all"}, "bad_field"),
+        ({"op": "stock.restock", "expires": 2e9}, "missing_field"),
     ],
 )
-def test_inbox_refuses_what_is_no_current_stock_operation(
-    tmp_path: Path, journal: Journal, payload: bytes, code: str
+def test_what_is_no_current_stock_operation_is_refused(
+    journal: Journal, command: dict[str, Any], code: str
 ) -> None:
-    _loaded(tmp_path, journal)
-    assert journal.local_submit("x", payload)
-    LocalOps(journal, StockBook(journal, None)).serve()
-    reply = journal.local_reply("x")
-    assert reply is not None
-    assert (cbor2.loads(reply)["ok"], cbor2.loads(reply)["code"]) == (False, code)
+    _loaded(journal)
+    answer = LocalOps(journal, StockBook(journal, None)).apply(command)
+    assert (answer.reply["ok"], answer.reply["code"], answer.repeated) == (False, code, False)
     assert _levels(journal) == {1: 0, 2: 0}
 
 
-def test_local_policy_vend_and_cash_sale_take_stock_with_their_record(
-    tmp_path: Path, journal: Journal
-) -> None:
-    _loaded(tmp_path, journal)
+def test_inbox_of_an_older_journal_keeps_its_answered_replies(tmp_path: Path) -> None:
+    """Before the control socket, vmctl's operations waited in ``local_inbox``: the answered
+    ones stay answered (a retry with their id is safe), the table goes."""
+    path = tmp_path / JOURNAL_NAME
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE local_inbox (id TEXT PRIMARY KEY, command BLOB NOT NULL, reply BLOB,"
+            " created REAL NOT NULL, answered REAL)"
+        )
+        db.executemany(
+            "INSERT INTO local_inbox VALUES (?, x'00', ?, 1.0, ?)",
+            [("done", cbor2.dumps({"ok": True, "result": {"changed": 1}}), 2.0),
+             ("waiting", None, None)],
+        )  # fmt: skip
+    journal = Journal(path)
+    try:
+        assert cbor2.loads(journal.local_reply("done") or b"") == {
+            "ok": True,
+            "result": {"changed": 1},
+        }
+        assert journal.local_reply("waiting") is None
+        tables = {r[0] for r in journal._db.execute("SELECT name FROM sqlite_master")}
+        assert "local_inbox" not in tables
+    finally:
+        journal.close()
+    Journal(path).close()  # opened again: nothing left to migrate
+
+
+def test_local_policy_vend_and_cash_sale_take_stock_with_their_record(journal: Journal) -> None:
+    _loaded(journal)
     lines = [{"selection": 1, "amount": 3}, {"selection": 2, "amount": 3}]
-    _ask(tmp_path, journal, "r1", "stock.refill", lines=lines)
+    _ask(journal, "r1", "stock.refill", lines=lines)
     stock = StockBook(journal, None)
     vending = LocalVending(True, journal, lambda _cmd: True, stock)
     vending.handle(ev.VendSucceeded(vend_id=1, item=1, amount=150))

@@ -138,6 +138,9 @@ class CloudSync:
         self.state = state
         self.connected = asyncio.Event()
         self.delivered = 0
+        self.since = time.time()
+        """When the link last went up or down (POSIX s); vmcd's start before the first try."""
+        self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._state_dirty = asyncio.Event()
         self._protocol = aiomqtt.ProtocolVersion.V5
@@ -168,9 +171,13 @@ class CloudSync:
                     self._protocol = aiomqtt.ProtocolVersion.V311
                     continue
                 log.warning("mqtt_disconnected", error=str(exc))
+                self.last_error = str(exc)
             except aiomqtt.MqttError as exc:
                 log.warning("mqtt_disconnected", error=str(exc))
+                self.last_error = str(exc)
             finally:
+                if self.connected.is_set():
+                    self.since = time.time()
                 self.connected.clear()
                 self._client = None
             if time.monotonic() - started > BACKOFF_MAX_S:
@@ -211,6 +218,7 @@ class CloudSync:
             await client.subscribe(self.topics.commands, qos=1)
             await client.publish(self.topics.status, self._status("online"), qos=1, retain=True)
             self.connected.set()
+            self.since = time.time()
             log.info("mqtt_connected", broker=self.settings.url, protocol=self._protocol.name)
             try:
                 async with asyncio.TaskGroup() as group:

@@ -11,11 +11,11 @@ still pending at start (the daemon died during its read) is answered failed at s
 ``restart`` by :meth:`recover`.
 
 A request comes from the cloud (``data.request``: its reply and its ``data.progress`` /
-``data.result`` events go to the cloud) or from ``vmctl dex read`` through the local inbox
-(:mod:`vmc.services.local_ops`: its reply goes into its inbox row, its progress and result into
-its ``data_requests`` row for the waiting ``vmctl``, nothing to the cloud; the read's audit
-events go to the cloud as any read's do). Both kinds share the book, so a technician's read and
-the cloud's are one read.
+``data.result`` events go to the cloud) or from ``vmctl dex read`` through the control socket
+(:mod:`vmc.services.local_ops`: its reply is kept under its id, its progress and result go
+into its ``data_requests`` row, which the socket's ``dex.read`` follows; nothing to the cloud;
+the read's audit events go to the cloud as any read's do). Both kinds share the book, so a
+technician's read and the cloud's are one read.
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ log = structlog.get_logger("vmc.data")
 
 KEEP_S = 86400.0
 """How long a completed request's row stays (a waiting ``vmctl`` reads it within seconds)."""
-LOCAL_WAITING = 64
-"""``status.check`` counts at most this many waiting local operations."""
 
 
 def machine_config(config: Config, planogram: Planogram | None) -> dict[str, Any]:
@@ -116,17 +114,19 @@ class DataService:
 
     # --- commands --------------------------------------------------------------------------
 
-    def handle_command(self, cmd: m.DataRequest | m.CheckStatus, *, local: bool = False) -> None:
+    def handle_command(self, cmd: m.DataRequest | m.CheckStatus, *, local: bool = False) -> m.Reply:
         """Answer ``status.check`` or accept (or refuse) a data request, its reply in the same
-        commit as its row; a ``local`` one (``vmctl``) replies into its inbox row."""
+        commit as its row; a ``local`` one's (``vmctl``) is kept under its id, not sent.
+        Returns the reply."""
         now = self.clock()
         refusal = m.expired_reply(cmd, now)
         if isinstance(cmd, m.CheckStatus):
-            self._commit([], reply=refusal or self._status(cmd), local=local)
-            return
+            reply = refusal or self._status(cmd)
+            self._commit([], reply=reply, local=local)
+            return reply
         if refusal is not None:
             self._commit([], reply=refusal, local=local)
-            return
+            return refusal
         request_id = m.LOCAL_PREFIX + cmd.id if local else cmd.request_id
         try:
             accepted = self.book.request(
@@ -136,7 +136,7 @@ class DataService:
             log.warning("data_request_refused", request_id=request_id, code=exc.code.value)
             refused = m.Reply(cmd.id, False, exc.code, exc.message)
             self._commit([], reply=refused, local=local)
-            return
+            return refused
         request = accepted.request
         events: list[m.Event] = []
         writes = [RequestWrite(request)]
@@ -165,11 +165,11 @@ class DataService:
         )
         if accepted.read_wanted and self.reporter is not None:
             self.reporter.request_read("local" if local else "request")
+        return reply
 
     def _status(self, cmd: m.CheckStatus) -> m.Reply:
         assert self.machine is not None  # a cloud command came through the cloud
-        waiting = len(self.journal.local_waiting(LOCAL_WAITING))
-        reasons = busy_reasons(self.machine(), self.book, waiting)
+        reasons = busy_reasons(self.machine(), self.book)
         log.info("status_check", command_id=cmd.id, busy=[r["reason"] for r in reasons])
         return m.Reply(
             cmd.id, True, result={"status": "busy" if reasons else "idle", "reasons": reasons}

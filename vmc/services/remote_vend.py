@@ -19,7 +19,6 @@ nothing for a cloud.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ from vmc.credit import (
     TestVendResult,
     ended_test_vend,
 )
-from vmc.journal import Journal, NewMessage, StockWrite, txn_to_json
+from vmc.journal import Journal, NewMessage, StockWrite, txn_record
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
@@ -295,7 +294,7 @@ class RemoteVending:
             "timezone": when.zone.key,
             "currency": money.currency,
             "decimals": money.decimals,
-            "txns": [{**json.loads(txn_to_json(t)), "refunded": r} for t, r in page],
+            "txns": [txn_record(t, r) for t, r in page],
             "next": page[-1][0].txn_id if len(rows) > cmd.limit else None,
         }
 

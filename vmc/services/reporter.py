@@ -149,6 +149,8 @@ class Reporter:
         self.watcher: ReadWatcher | None = None
         self.listeners: list[Callable[[ReadOutcome], None]] = []
         """Told of each read once it is committed (the compatibility self-test's facts)."""
+        self.last_read: ReadOutcome | None = None
+        """The last read since vmcd started, whatever its outcome (``vmctl status``)."""
 
     def attach(
         self, topics: Topics, on_outbox: Callable[[], None], on_state: Callable[[], None]
@@ -157,6 +159,10 @@ class Reporter:
         self.topics = topics
         self.on_outbox = on_outbox
         self.on_state = on_state
+
+    @property
+    def reading(self) -> bool:
+        return self._lock.locked()
 
     # --- when to read -------------------------------------------------------------------------
 
@@ -403,6 +409,7 @@ class Reporter:
             events = [*events, *answers]
         messages = [] if topics is None else [event_message(e, topics.events, at) for e in events]
         self.journal.commit([], messages, state=state, requests=requests, durable=True)
+        self.last_read = outcome
         if self.watcher is not None:
             self.watcher.read_committed(outcome.read_id)
         for listener in self.listeners:

@@ -6,8 +6,8 @@ operation id, the outbox events and the command's reply (and a restock's cash co
 whose report the :class:`~vmc.services.collector.Collector` sends once its audit is read) in
 ONE fsynced commit, and only then does the state in memory move and the outbox drain wake. A
 refused operation changes nothing and is answered with a code; a repeated command id never
-gets here (the command table, or the local inbox for a ``vmctl`` operation, answers it with the
-first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes` (or
+gets here (the command table, or the local replies for a ``vmctl`` operation, answers it with
+the first reply). The stock a vend takes is prepared by :meth:`StockBook.vend_writes` (or
 :meth:`StockBook.take`) and written in the same commit as the transaction's vend result, the
 cash sale or the local policy's record; a vend id counted before (``stock_ops``) is skipped.
 
@@ -121,12 +121,13 @@ class StockBook:
             self.stock = writes[-1].applied.state
             self.on_state()
 
-    def handle_command(self, cmd: m.StockCommand, *, local: bool = False) -> None:
+    def handle_command(self, cmd: m.StockCommand, *, local: bool = False) -> m.Reply:
         """Apply a stock command, or refuse it, and store its reply in the same commit.
 
         A cloud command's reply goes to the command table and the outbox; a ``local`` one's
-        (from ``vmctl``) into its inbox row only, never to the cloud, and its result also lists
-        the levels it changed. Its stock events go to the cloud either way, when there is one.
+        (from ``vmctl``) is kept under its id only, never sent to the cloud, and its result
+        also lists the levels it changed. Its stock events go to the cloud either way, when
+        there is one. Returns the reply.
         """
         now = self.clock()
         writes: list[StockWrite] = []
@@ -177,6 +178,7 @@ class StockBook:
         self.committed(writes)
         if collections and self.collector is not None:
             self.collector.committed()
+        return reply
 
     def _collections(self, cmd: m.RestockToPar, op_id: str, now: float) -> list[Collection]:
         """The cash collection a restock with ``collect`` makes (seed 004 ``restock``)."""
