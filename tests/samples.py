@@ -11,6 +11,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from protocols.evadts.records import (
     Audit,
@@ -30,6 +31,29 @@ from sim.scenarios import Customers, run_customers
 from sim.trace import TraceRecorder
 from tests.loopback_rig import in_process_reader
 from vmc.journal import Journal
+
+PLANOGRAM: dict[str, Any] = {  # two plain products: the stock tests' machine
+    "version": 1,
+    "products": [{"id": "bar", "name": "Choco bar"}, {"id": "chips"}],
+    "selections": [
+        {
+            "number": 1,
+            "product": "bar",
+            "price": 150,
+            "capacity": 10,
+            "par_level": 8,
+            "alarm_level": 2,
+        },
+        {
+            "number": 2,
+            "product": "chips",
+            "price": 200,
+            "capacity": 6,
+            "par_level": 5,
+            "alarm_level": 1,
+        },
+    ],
+}
 
 SERIAL = "SIM0004711"
 SELECTIONS = 40

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 VMC_SIM = str(BIN / "vmc-sim")
 VMCD = str(BIN / "vmcd")
+VMCTL = BIN / "vmctl"
 
 
 class Running:
@@ -126,3 +128,20 @@ def assert_exit_follows_checks(result: subprocess.CompletedProcess[str]) -> dict
     assert failed <= {"bus timing"}, result.stdout
     assert result.returncode == (1 if failed else 0), result.stdout + result.stderr
     return checks
+
+
+async def vmctl(
+    *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+) -> tuple[int, str, str]:
+    """Run vmctl as a technician would; its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *prefix,
+        str(VMCTL),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

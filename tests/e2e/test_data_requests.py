@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import sys
 from collections.abc import AsyncIterator
 from importlib.metadata import version
 from pathlib import Path
@@ -21,9 +20,10 @@ from sim.dex_source import DexSource, SourceFaults
 from sim.scenarios import Customers
 from sim.vmc_counters import audit_from_counters
 from tests.e2e.cloud_rig import DEVICE, DexLine, Rig, machine, machine_with_dex
+from tests.e2e.console import vmctl
 from tests.e2e.test_local_stock import events, local_machine
-from tests.e2e.test_stock_flow import PLANOGRAM, load_planogram
-from tests.samples import AUDIT
+from tests.e2e.test_stock_flow import load_planogram
+from tests.samples import AUDIT, PLANOGRAM
 from tests.waiting import wait_for
 from vmc.data_request import PROGRESS_EVERY_S
 
@@ -326,27 +326,13 @@ async def test_data_request_pending_at_a_kill_is_answered_once_after_restart(
         assert [e["request_id"] for e in _events(rig, "data.result")] == ["r-9"]
 
 
-async def _vmctl(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vmc.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_data_request_vmctl_dex_read_goes_through_vmcd_and_the_cloud_joins(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     async with _slow_machine(tmp_path, broker) as (rig, line):
         out_file = tmp_path / "tech.dex"
-        vmctl = asyncio.create_task(
-            _vmctl(
+        technician = asyncio.create_task(
+            vmctl(
                 "dex",
                 "read",
                 "--state-dir",
@@ -358,7 +344,7 @@ async def test_data_request_vmctl_dex_read_goes_through_vmcd_and_the_cloud_joins
         )
         reading = await _reading(rig)
         answer = await rig.backend.data_request(DEVICE, report=True, request_id="cloud-1")
-        code, out, err = await vmctl
+        code, out, err = await technician
         assert code == 0, err
         assert answer.reply["result"]["read_id"] == reading["read_id"]  # joined the vmctl read
         assert answer.result is not None
@@ -383,7 +369,7 @@ async def test_data_request_vmctl_dex_read_reads_itself_when_vmcd_has_no_dex_por
     try:
         async with local_machine(state) as (daemon, _vmc):
             out_file = tmp_path / "read.dex"
-            code, _, err = await _vmctl(
+            code, _, err = await vmctl(
                 "dex", "read", "--port", dex.device_url, "--state-dir", str(state), "--out",
                 str(out_file),
             )  # fmt: skip

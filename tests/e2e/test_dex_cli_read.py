@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 from drivers.pty import PtyPair
 from sim.dex_source import DexSource
+from tests.e2e.console import vmctl
 from tests.samples import AUDIT
-
-
-async def _vmctl(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vmc.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_read_saves_the_audit_and_prints_its_summary(tmp_path: Path) -> None:
@@ -32,7 +18,7 @@ async def test_read_saves_the_audit_and_prints_its_summary(tmp_path: Path) -> No
     serving = asyncio.create_task(source.serve(reads=1))
     try:
         out_file = tmp_path / "read.dex"
-        code, out, err = await _vmctl(
+        code, out, err = await vmctl(
             "dex", "read", "--port", pair.device_url, "--out", str(out_file), "--json"
         )
         assert code == 0, err
@@ -50,7 +36,7 @@ async def test_read_saves_the_audit_and_prints_its_summary(tmp_path: Path) -> No
 async def test_a_silent_machine_is_a_one_line_error(tmp_path: Path) -> None:
     pair = PtyPair()  # nobody answers on the other end
     try:
-        code, out, err = await _vmctl("dex", "read", "--port", pair.device_url)
+        code, out, err = await vmctl("dex", "read", "--port", pair.device_url)
     finally:
         pair.close()
     assert code == 2
@@ -60,6 +46,6 @@ async def test_a_silent_machine_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 async def test_no_port_is_refused() -> None:
-    code, _, err = await _vmctl("dex", "read")
+    code, _, err = await vmctl("dex", "read")
     assert code == 2
     assert "no DEX port" in err

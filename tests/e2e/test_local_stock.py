@@ -19,22 +19,10 @@ from sim.daemon_proc import DaemonProcess
 from sim.scenarios import Customers
 from sim.vmc_master import VmcMaster
 from tests.e2e.cloud_rig import DEVICE, Rig, machine
-from tests.e2e.test_stock_flow import PLANOGRAM, load_planogram
+from tests.e2e.console import vmctl
+from tests.e2e.test_stock_flow import load_planogram
+from tests.samples import PLANOGRAM
 from tests.waiting import wait_for
-
-
-async def vmctl(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "vmc.cli",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def levels(state_dir: Path) -> dict[int, int]:

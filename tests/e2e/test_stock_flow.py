@@ -9,29 +9,7 @@ from typing import Any
 from sim.backend import SimBackend
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE, Rig, machine
-
-PLANOGRAM: dict[str, Any] = {
-    "version": 1,
-    "products": [{"id": "bar", "name": "Choco bar"}, {"id": "chips"}],
-    "selections": [
-        {
-            "number": 1,
-            "product": "bar",
-            "price": 150,
-            "capacity": 10,
-            "par_level": 8,
-            "alarm_level": 2,
-        },
-        {
-            "number": 2,
-            "product": "chips",
-            "price": 200,
-            "capacity": 6,
-            "par_level": 5,
-            "alarm_level": 1,
-        },
-    ],
-}
+from tests.samples import PLANOGRAM
 
 
 def _events(backend: SimBackend, kind: str, **match: Any) -> list[dict[str, Any]]:

@@ -13,8 +13,9 @@ from pathlib import Path
 from protocols.mdb.trace import Direction, parse_trace
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import Rig, machine
+from tests.e2e.console import vmctl
 from tests.e2e.test_stock_flow import load_planogram
-from tests.e2e.test_vmctl_socket import as_json, one_line, vmctl
+from tests.e2e.test_vmctl_socket import as_json, one_line
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from sim.broker import MosquittoBroker, free_port
 from sim.daemon_proc import DaemonProcess
 from sim.vmc_master import VmcMaster
 from tests.e2e.cloud_rig import DEVICE, machine, machine_with_dex
+from tests.e2e.console import VMCTL, vmctl
 from tests.e2e.test_local_stock import events, local_machine
 from tests.e2e.test_stock_flow import load_planogram
 from tests.e2e.vmcd_proc import Vmcd
@@ -40,25 +41,8 @@ from vmc.control.protocol import MAX_REQUEST
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.state_lock import try_lock
 
-VMCTL = Path(sys.executable).parent / "vmctl"
 UNPRIVILEGED = ("unshare", "--user")
 """This uid with none of root's powers over files (see test_startup_mistakes.py)."""
-
-
-async def vmctl(
-    *args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
-) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *prefix,
-        str(VMCTL),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def as_json(*args: str) -> Any:

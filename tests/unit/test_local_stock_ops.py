@@ -13,6 +13,7 @@ import cbor2
 import pytest
 
 from protocols.mdb import events as ev
+from tests.samples import PLANOGRAM
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
 from vmc.journal import JOURNAL_NAME, Journal
@@ -21,28 +22,6 @@ from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
 from vmc.stock import SlotKey
 
-PLANOGRAM: dict[str, Any] = {
-    "version": 1,
-    "products": [{"id": "bar"}, {"id": "chips"}],
-    "selections": [
-        {
-            "number": 1,
-            "product": "bar",
-            "price": 150,
-            "capacity": 10,
-            "par_level": 8,
-            "alarm_level": 2,
-        },
-        {
-            "number": 2,
-            "product": "chips",
-            "price": 200,
-            "capacity": 6,
-            "par_level": 5,
-            "alarm_level": 1,
-        },
-    ],
-}
 TOPICS = Topics("m1", "vmc")
 
 
