@@ -12,10 +12,10 @@ from pathlib import Path
 
 from protocols.mdb.trace import Direction, parse_trace
 from sim.broker import MosquittoBroker
-from tests.e2e.cloud_rig import Rig, machine
-from tests.e2e.console import vmctl
+from tests.e2e.cloud_rig import DEVICE, Rig, machine
+from tests.e2e.console import VMCTL, vmctl
 from tests.e2e.test_stock_flow import load_planogram
-from tests.e2e.test_vmctl_socket import as_json, one_line
+from tests.e2e.test_vmctl_socket import as_json, in_terminal, one_line
 
 
 @contextlib.asynccontextmanager
@@ -118,3 +118,26 @@ async def test_test_vend_on_the_machine_is_booked_as_a_test_vend(
         code, out, err = await vmctl("test-vend", "70000", "--state-dir", state)
         assert (code, out) == (2, "")
         assert err.splitlines()[-1].endswith("SELECTION: 70000 is outside 0..65535")
+
+
+async def test_human_output_of_the_field_commands_in_a_terminal(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """stock, txn, selftest and the live bus as a technician sees them in a real terminal."""
+    async with machine(tmp_path, broker) as rig:
+        await load_planogram(rig)
+        txn_id = await rig.backend.lock(DEVICE, "alice")
+        assert await rig.customers.purchase(item=1) == "vended"
+        await rig.backend.wait_done(txn_id)
+        state = ["--state-dir", str(rig.daemon.state_dir)]
+        stock = await in_terminal([str(VMCTL), "stock", "show", *state])
+        assert "SELECTION" in stock
+        assert "Choco bar" in stock
+        txns = await in_terminal([str(VMCTL), "txn", "list", *state])
+        assert txn_id in txns
+        assert "vended" in txns
+        profile = await in_terminal([str(VMCTL), "selftest", *state])
+        assert profile.startswith("What vmc learned about this machine")
+        async with polling(rig):
+            bus = await in_terminal([str(VMCTL), "mdb", "monitor", "--count", "3", *state])
+        assert sum("POLL" in line for line in bus.splitlines()) == 3

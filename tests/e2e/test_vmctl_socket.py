@@ -136,28 +136,10 @@ async def test_status_of_a_machine_without_a_cloud(tmp_path: Path) -> None:
 
 async def test_status_in_a_terminal(tmp_path: Path) -> None:
     """What a technician sees in a 120-column terminal: tmux runs vmctl, capture-pane reads."""
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
     state = tmp_path / "state"
-    server = f"vmc-test-{uuid.uuid4().hex[:8]}"
     async with polled_machine(state) as (_daemon, _polls):
         await status_where(state, lambda s: s["bus"]["state"] == "enabled", "the reader enabled")
-        command = f"{shlex.join([str(VMCTL), 'status', '--state-dir', str(state)])}; echo END"
-        tmux = ("tmux", "-L", server)
-        # A terminal's shell keeps COLUMNS and LINES true to its size; pytest's are not.
-        env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-        subprocess.run(
-            [*tmux, "new-session", "-d", "-x", "120", "-y", "40", f"{command}; sleep 600"],
-            check=True,
-            timeout=30,
-            env=env,
-        )
-        try:
-            screen = await wait_for(
-                lambda: _pane(tmux) if "\nEND" in _pane(tmux) else None, 30, "vmctl in tmux"
-            )
-        finally:
-            subprocess.run([*tmux, "kill-server"], check=False, timeout=30)
+        screen = await in_terminal([str(VMCTL), "status", "--state-dir", str(state)])
     lines = screen.splitlines()
     first = lines[0]
     assert first.startswith("vmcd 0.1.0, up ")
@@ -173,6 +155,30 @@ async def test_status_in_a_terminal(tmp_path: Path) -> None:
     assert "options: wide_money, always_idle; display 16x2" in vmc_line
     assert "codes: none (nothing to fix)" in lines
     assert "Traceback" not in screen
+
+
+async def in_terminal(argv: list[str], width: int = 120) -> str:
+    """What ``argv`` shows in a real ``width``-column terminal (tmux, read by capture-pane)."""
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    tmux = ("tmux", "-L", f"vmc-test-{uuid.uuid4().hex[:8]}")
+    # A terminal's shell keeps COLUMNS and LINES true to its size; pytest's are not.
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    command = f"{shlex.join(argv)}; echo END"
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-x", str(width), "-y", "40", f"{command}; sleep 600"],
+        check=True,
+        timeout=30,
+        env=env,
+    )
+    try:
+        screen: str = await wait_for(
+            lambda: _pane(tmux) if "\nEND" in _pane(tmux) else None, 30, "vmctl in tmux"
+        )
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False, timeout=30)
+    assert "Traceback" not in screen
+    return screen
 
 
 def _pane(tmux: tuple[str, ...]) -> str:
