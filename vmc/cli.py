@@ -886,47 +886,49 @@ def _mdb_monitor(args: argparse.Namespace) -> int:
             print(frame["line"])
         sys.stdout.flush()
 
-    _monitor(args, show)
+    with _daemon(args) as client:
+        _monitor(client, args.count, show)
     return 0
 
 
 def _mdb_record(args: argparse.Namespace) -> int:
-    try:
-        out = args.file.open("w", encoding="ascii")
-    except OSError as exc:
-        raise _CliError(f"cannot write {args.file}: {exc.strerror}") from exc
-    with out:
-        out.write(f"# vmctl mdb record, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}\n")
-
-        def write(frame: Mapping[str, Json]) -> None:
-            out.write(str(frame["trace"]))
-            out.flush()
-
+    with _daemon(args) as client:  # vmcd first: no file is left behind when it is not running
         try:
-            frames = _monitor(args, write)
-        except KeyboardInterrupt:
-            print(f"recorded to {args.file}", file=sys.stderr)
-            raise
+            out = args.file.open("w", encoding="ascii")
+        except OSError as exc:
+            raise _CliError(f"cannot write {args.file}: {exc.strerror}") from exc
+        with out:
+            started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            out.write(f"# vmctl mdb record, {started}\n")
+
+            def write(frame: Mapping[str, Json]) -> None:
+                out.write(str(frame["trace"]))
+                out.flush()
+
+            try:
+                frames = _monitor(client, args.count, write)
+            except KeyboardInterrupt:
+                print(f"recorded to {args.file}", file=sys.stderr)
+                raise
     print(f"{frames} exchanges recorded to {args.file}", file=sys.stderr)
     return 0
 
 
-def _monitor(args: argparse.Namespace, on_frame: Callable[[Mapping[str, Json]], None]) -> int:
+def _monitor(
+    client: ControlClient, count: int | None, on_frame: Callable[[Mapping[str, Json]], None]
+) -> int:
     """Stream ``mdb.monitor`` into ``on_frame``; how many frames vmcd sent."""
-    client = _daemon(args)
-    with client:
-        done = client.stream("mdb.monitor", {"count": args.count}, on_frame, timeout=None)
+    done = client.stream("mdb.monitor", {"count": count}, on_frame, timeout=None)
     return int(done["frames"]) if isinstance(done, dict) else 0
 
 
 def _test_vend(args: argparse.Namespace) -> int:
-    print(
-        f"test vend of selection {args.selection}: select it on the machine"
-        f" within {args.timeout} s",
-        file=sys.stderr,
-    )
-    client = _daemon(args)
-    with client:
+    with _daemon(args) as client:
+        print(
+            f"test vend of selection {args.selection}: select it on the machine"
+            f" within {args.timeout} s",
+            file=sys.stderr,
+        )
         outcome = client.call(
             "test_vend",
             {"selection": args.selection, "timeout_s": args.timeout},
