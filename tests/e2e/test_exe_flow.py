@@ -156,3 +156,37 @@ async def test_exe_silent_vmc_takes_the_link_down_and_back(
         txn_id = await backend.lock(DEVICE, "alice")
         assert await asyncio.wait_for(rig.vmc.select(1).done, 10) == "vended"
         assert (await backend.wait_done(txn_id)).result == "success"
+
+
+async def test_exe_voucher_refuses_another_line_then_pays_its_own(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with exe_machine(tmp_path, broker) as rig:
+        reply = await rig.backend.voucher(DEVICE, "v-1", selections=[2])  # the planogram price
+        assert reply["ok"], reply
+        other = rig.vmc.select(1)  # not the voucher's: the machine denies it itself
+        await wait_for(lambda: rig.log_events("vend_denied"), 10, "the other line denied")
+        chosen = rig.vmc.select(2)  # the customer changes their mind
+        assert await asyncio.wait_for(chosen.done, 10) == "vended"
+        entry = await rig.backend.wait_credit("voucher", "v-1")
+        assert entry.status is not None
+        assert (entry.status["state"], entry.status["charged"]) == ("used", PRICES[2])
+        assert (other.outcome, other.vends, chosen.vends) == ("given_up", 0, 1)
+        assert entry.agrees()
+
+
+async def test_exe_credit_pays_one_vend_and_reports_the_rest(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with exe_machine(tmp_path, broker) as rig:
+        assert (await rig.backend.credit(DEVICE, "k-1", 500))["ok"]
+        assert await asyncio.wait_for(rig.vmc.select(3).done, 10) == "vended"
+        entry = await rig.backend.wait_credit("credit", "k-1")
+        assert entry.status is not None
+        # An Executive session is one vend: the session ends with it, and the rest goes back.
+        assert (entry.status["reason"], entry.status["used"], entry.status["rest"]) == (
+            "session_ended",
+            PRICES[3],
+            500 - PRICES[3],
+        )
+        assert entry.agrees()
