@@ -79,13 +79,17 @@ class ExeRig:
             "the new prices in the bus process",
         )
 
-    async def enabled(self) -> None:
-        """Until the backend sees the machine online, its reader enabled."""
+    async def enabled(self, since: float = 0.0) -> None:
+        """Until the backend sees the machine online, its reader enabled in a state snapshot
+        taken after ``since`` (a restarted vmcd's, not the retained one of the vmcd before)."""
         backend = self.backend
+
+        def ready() -> bool:
+            state = backend.state.get(DEVICE) or {}
+            return state.get("reader") == "enabled" and state.get("at", 0.0) >= since
+
         await backend.wait_for(lambda: backend.status.get(DEVICE) == "online", 15)
-        await backend.wait_for(
-            lambda: (backend.state.get(DEVICE) or {}).get("reader") == "enabled", 15
-        )
+        await backend.wait_for(ready, 15)
 
 
 def _toml(settings: Mapping[str, Any]) -> str:

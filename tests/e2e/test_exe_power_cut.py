@@ -10,7 +10,9 @@ not yet: expired), and the VMC gives the selection up by itself.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
 from pathlib import Path
 
 from sim.backend import Policy
@@ -30,8 +32,9 @@ async def _power_cut(rig: ExeRig) -> None:
 
 
 async def _restart(rig: ExeRig) -> None:
+    started = time.time()
     await rig.daemon.start()
-    await rig.enabled()
+    await rig.enabled(since=started)
 
 
 def _heard(rig: ExeRig, txn_id: str) -> int:
@@ -87,7 +90,7 @@ async def test_exe_kill_9_before_the_decision_never_vends_the_waiting_selection(
 async def test_exe_kill_9_at_random_points_keeps_the_books(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    rng = random.Random(31)
+    rng = random.Random(int(os.environ.get("VMC_SEED", "31")))
     runs: dict[str, Selection] = {}
     async with exe_machine(tmp_path, broker, settings={"approval_timeout": 3.0}) as rig:
         rig.vmc.vend_s = 0.3
