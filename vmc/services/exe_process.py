@@ -93,6 +93,7 @@ class ExeLoop(DaemonLink):
         """Deny what is undecided; a running VEND gets up to a second for its result."""
         self.master.void_pending()
         self.stopping_since = time.monotonic()
+        self.wake.set()
 
     def _check_stopped(self, now: float) -> None:
         since = self.stopping_since

@@ -28,18 +28,25 @@ class PriceFeed:
         self.planogram = planogram
         self.send = send
         self._sent: tuple[tuple[int, int], ...] | None = None  # what the bus process has
+        self._live = False  # a bus process said it is ready, and took what was sent since
 
     def ready(self) -> None:
         """A new bus process: it has no table yet."""
+        self._live = True
         self._sent = None
         self.tick()
 
     def tick(self) -> None:
-        """Send the table if it changed since the bus process last got it (or it never did)."""
+        """Send the table if it changed since the bus process last got it (or it never did).
+        Nothing is tried while no bus process runs: the next one's :meth:`ready` sends it."""
+        if not self._live:
+            return
         planogram = self.planogram()
         prices = () if planogram is None else tuple(sorted(planogram.prices().items()))
         if prices == self._sent:
             return
-        if self.send(msg.SetPrices(prices)):
-            self._sent = prices
-            log.info("exe_prices_sent", lines=len(prices))
+        if not self.send(msg.SetPrices(prices)):
+            self._live = False
+            return
+        self._sent = prices
+        log.info("exe_prices_sent", lines=len(prices))
