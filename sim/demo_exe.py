@@ -287,4 +287,3 @@ def demo_flags_for_exe(args: argparse.Namespace) -> None:
         raise StartError("--exe runs with the cloud; --local is for MDB only")
     if args.record is not None:
         raise StartError("--record writes an MDB trace; an Executive run has none")
-

@@ -321,9 +321,7 @@ async def run_daemon(config: Config) -> int:
     local_ops = LocalOps(journal, stock, data)
     decide = cloud.remote.handle_bus if cloud is not None else local.handle
     # Executive price holding: the planogram's prices go to the bus process.
-    prices = (
-        PriceFeed(lambda: stock.stock.planogram, send) if config.exe.price_holding else None
-    )
+    prices = PriceFeed(lambda: stock.stock.planogram, send) if config.exe.price_holding else None
 
     def on_report(report: object) -> None:
         decide(report)
