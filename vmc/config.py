@@ -121,9 +121,14 @@ class Config:
     exe: ExeConfig = field(default_factory=ExeConfig)
 
     @property
+    def executive(self) -> bool:
+        """vmc runs as the Executive master (``exe.port`` set), not as an MDB reader."""
+        return self.exe.port is not None
+
+    @property
     def bus_port(self) -> str | None:
         """The payment bus's port, MDB's or Executive's (at most one is set)."""
-        return self.exe.port if self.exe.port is not None else self.mdb.port
+        return self.exe.port if self.executive else self.mdb.port
 
 
 def masked(config: Config) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def _engine(config: Config, stock: Callable[[], StockBook]) -> Engine:
         planogram = stock().stock.planogram
         return None if planogram is None else planogram.prices()
 
-    exe = config.exe.port is not None
+    exe = config.executive
     return Engine(
         EngineConfig(
             Money(reader.currency, reader.minor_decimals),
@@ -249,7 +249,7 @@ def _cloud_services(
 def _bus_program(config: Config) -> BusProgram:
     """The bus process this machine needs: the Executive master or the MDB cashless device."""
     exe = config.exe
-    if exe.port is not None:
+    if config.executive:
         settings = dataclasses.asdict(exe.settings)
         return BusProgram.exe(settings, exe.mode_bit, exe.silent_after, exe.realtime_priority)
     return BusProgram.mdb(config.reader, config.mdb.realtime_priority)
@@ -258,7 +258,7 @@ def _bus_program(config: Config) -> BusProgram:
 async def run_daemon(config: Config) -> int:
     port = config.bus_port
     assert port is not None
-    exe = config.exe.port is not None
+    exe = config.executive
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

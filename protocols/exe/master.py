@@ -254,7 +254,8 @@ class ExeMaster:
             return
         if amount > request.price or amount < 0:
             raise LocalProtocolError("approved amount exceeds the vend price")
-        if self._now - request.requested_at >= self.settings.approval_timeout:
+        deadline = self._approval_deadline()
+        if deadline is not None and self._now >= deadline:
             self._deny(request, DenyReason.APPROVAL_TIMEOUT)
             raise LocalProtocolError(f"vend {vend_id}: the approval deadline has passed")
         request.approved = amount
