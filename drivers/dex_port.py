@@ -12,7 +12,7 @@ import os
 import termios
 from typing import Any
 
-from drivers.ports import DEX_BAUDS, PortKind, cannot_open, parse_port_url
+from drivers.ports import DEX_BAUDS, PortKind, PortUrl, cannot_open, parse_port_url
 from drivers.pty import make_raw
 from drivers.transport import read_some, write_all
 from protocols.errors import PortError
@@ -63,7 +63,13 @@ class DexPort:
 
 def open_dex_port(url: str, baud: int = DEX_BAUD) -> DexPort:
     """Open the DEX port at ``url``; ``baud`` unless the URL's ``baud`` option says otherwise."""
-    target = parse_port_url(url, PortKind.DEX)
+    return open_plain(parse_port_url(url, PortKind.DEX), baud)
+
+
+def open_plain(target: PortUrl, baud: int) -> DexPort:
+    """A plain 8N1 port at ``target`` (a checked ``uart://`` or ``pty://`` URL); ``baud`` unless
+    the URL's ``baud`` option says otherwise. The EXE port without a 9th bit uses it too."""
+    url = target.url
     baud = target.baud or baud
     if target.scheme == "pty":
         try:

@@ -2,8 +2,8 @@
 
 :func:`parse_port_url` is the one reader of these URLs: the configuration checks them with it
 at start and the backends open what it returns, so a URL that passes the check never fails
-later for its options. The MDB port takes all three schemes; the DEX port (8N1, no 9th bit)
-takes ``uart`` and ``pty`` with a ``baud`` among :data:`DEX_BAUDS`.
+later for its options. The MDB and EXE ports take all three schemes; the DEX port (8N1, no 9th
+bit) takes ``uart`` and ``pty``. DEX and EXE speeds are among :data:`DEX_BAUDS`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ class PortKind(enum.Enum):
 
     MDB = "MDB"
     DEX = "DEX"
+    EXE = "EXE"
 
 
 # The query options each backend accepts, per kind and scheme; a scheme missing is refused.
 _OPTIONS: dict[PortKind, dict[str, tuple[str, ...]]] = {
     PortKind.MDB: {"uart": ("baud", "low_latency"), "pty": (), "loop": ()},
     PortKind.DEX: {"uart": ("baud",), "pty": ("baud",)},
+    PortKind.EXE: {"uart": ("baud", "low_latency"), "pty": (), "loop": ()},
 }
 
 
@@ -97,7 +99,7 @@ def _options(url: str, query: str, allowed: tuple[str, ...]) -> dict[str, str]:
 
 
 def _baud(url: str, value: str, kind: PortKind) -> int:
-    if kind is PortKind.DEX:
+    if kind is not PortKind.MDB:
         if not _whole(value) or int(value) not in DEX_BAUDS:
             allowed = ", ".join(str(b) for b in DEX_BAUDS)
             raise PortError(f"{url}: baud={value!r}; allowed: {allowed}")

@@ -1,6 +1,7 @@
 """vmc-sim: the simulated VMC, the demo, and trace replay.
 
 vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, backend, vmcd, VMC
+vmc-sim demo --exe                            the same on an Executive machine (vmc the master)
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
 
@@ -27,6 +28,7 @@ from protocols.errors import ParseError, VmcError
 from sim import StartError, checks
 from sim.backend import Policy
 from sim.demo import cloud_demo, local_demo, play_customers, session_problems, summarise
+from sim.demo_exe import demo_flags_for_exe, exe_demo
 from sim.ports import SimPort
 from sim.replay import replay_over_port
 from sim.scenarios import Report
@@ -120,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="no cloud: vmcd --local-approval accept (free vends)",
             )
+            p.add_argument(
+                "--exe",
+                action="store_true",
+                help="an Executive machine: vmcd --exe with price holding, a simulated EXE VMC",
+            )
         else:
             p.add_argument("--port", help="port URL; default: a new pty pair")
             p.add_argument(
@@ -154,6 +161,9 @@ def _version() -> str:
 
 
 async def demo(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    if args.exe:
+        demo_flags_for_exe(args)
+        return await exe_demo(args, cleanup)
     return await (local_demo if args.local else cloud_demo)(args, cleanup)
 
 

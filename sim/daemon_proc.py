@@ -120,3 +120,33 @@ class DaemonProcess(VmcdProcess):
         ]
         super().__init__(argv, state_dir, cpu=cpu)
         self.pair = pair
+
+
+class ExeDaemonProcess(VmcdProcess):
+    """``vmcd --exe`` on ``pair.device_url``: vmc as the Executive master of the simulated VMC."""
+
+    def __init__(
+        self,
+        pair: PtyPair,
+        state_dir: Path,
+        *,
+        local_approval: str = "deny",
+        extra: tuple[str, ...] = (),
+        log_level: str = "info",
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "vmc",
+            "--exe",
+            pair.device_url,
+            "--state-dir",
+            str(state_dir),
+            "--local-approval",
+            local_approval,
+            "--log-level",
+            log_level,
+            *extra,
+        ]
+        super().__init__(argv, state_dir)
+        self.pair = pair

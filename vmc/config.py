@@ -18,8 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
+from drivers.exe_port import ModeBit
 from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
+from protocols.exe.master import ExeSettings
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
 from vmc.logs import MASK, is_secret
 
@@ -36,6 +38,24 @@ class MdbConfig:
     level: int = 3
     local_approval: str = "deny"
     realtime_priority: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExeConfig(ExeSettings):
+    """``[exe]``: vmc as the Executive master instead of the MDB cashless device (one payment
+    bus per machine). The master's settings (what the public sources leave open, see
+    docs/executive.md) and the port's: its URL, the 9th bit of the commands, the priority of
+    the bus process. ``[reader]`` still gives the currency and its decimals."""
+
+    port: str | None = None
+    mode_bit: str = ModeBit.MARK.value
+    realtime_priority: int = 20
+
+    @property
+    def settings(self) -> ExeSettings:
+        """The master core's part."""
+        names = (f.name for f in dataclasses.fields(ExeSettings))
+        return ExeSettings(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,17 @@ class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     dex: DexConfig = field(default_factory=DexConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    exe: ExeConfig = field(default_factory=ExeConfig)
+
+    @property
+    def executive(self) -> bool:
+        """vmc runs as the Executive master (``exe.port`` set), not as an MDB reader."""
+        return self.exe.port is not None
+
+    @property
+    def bus_port(self) -> str | None:
+        """The payment bus's port, MDB's or Executive's (at most one is set)."""
+        return self.exe.port if self.executive else self.mdb.port
 
 
 def masked(config: Config) -> dict[str, Any]:
@@ -155,11 +186,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def _build(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex", "service"}
+    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex", "service", "exe"}
     if unknown:
         raise ConfigError(
             f"unknown section [{sorted(unknown)[0]}];"
-            " allowed: mdb, reader, daemon, cloud, dex, service"
+            " allowed: mdb, reader, daemon, cloud, dex, service, exe"
         )
     mdb = _section(raw, "mdb", MdbConfig)
     _port("mdb.port", mdb.port, PortKind.MDB)
@@ -176,7 +207,30 @@ def _build(raw: dict[str, Any]) -> Config:
     cloud = _cloud(_section(raw, "cloud", CloudConfig))
     dex = _dex(raw.get("dex", {}))
     service = _service(_section(raw, "service", ServiceConfig), daemon)
-    return Config(mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex, service=service)
+    exe = _exe(raw)
+    if mdb.port is not None and exe.port is not None:
+        raise ConfigError(
+            "mdb.port and exe.port: a machine has one payment bus; give --mdb or --exe, not both"
+        )
+    return Config(
+        mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex, service=service, exe=exe
+    )
+
+
+def _exe(raw: dict[str, Any]) -> ExeConfig:
+    try:
+        exe: ExeConfig = _section(raw, "exe", ExeConfig)
+    except ValueError as exc:
+        raise ConfigError(f"exe.{exc}") from exc  # ExeSettings' messages start with the key
+    _port("exe.port", exe.port, PortKind.EXE)
+    _choice("exe.mode_bit", exe.mode_bit, tuple(m.value for m in ModeBit))
+    _range("exe.realtime_priority", exe.realtime_priority, 0, 99)
+    if exe.approval_timeout < MIN_APPROVAL_TIMEOUT_S:
+        raise ConfigError(
+            f"exe.approval_timeout: {exe.approval_timeout!r} leaves the cloud no time;"
+            f" at least {MIN_APPROVAL_TIMEOUT_S} s"
+        )
+    return exe
 
 
 def _service(service: ServiceConfig, daemon: DaemonConfig) -> ServiceConfig:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -49,14 +50,15 @@ from vmc.journal import JOURNAL_NAME, Journal
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
-from vmc.services.bus import BusStatus, BusSupervisor
-from vmc.services.bus_messages import BusCommand
+from vmc.services.bus import BusProgram, BusStatus, BusSupervisor
+from vmc.services.bus_messages import BusCommand, Ready
 from vmc.services.bus_watch import BusWatch
 from vmc.services.collector import Collector
 from vmc.services.data_service import KEEP_S as DATA_REQUEST_KEEP_S
 from vmc.services.data_service import DataService, machine_config
 from vmc.services.event_feed import EventFeed
 from vmc.services.local_ops import LocalOps
+from vmc.services.price_feed import PriceFeed
 from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
 from vmc.services.reporter import Reporter
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vmcd {version('vmc')}")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--mdb", help="MDB port URL: uart:///dev/ttyAMA0, pty:///dev/pts/N, loop://N")
+    p.add_argument("--exe", help="Executive port URL (vmc as the EXE master instead of --mdb)")
     p.add_argument("--mdb-address", type=_address, help="cashless address: 0x10 or 0x60")
     p.add_argument("--level", type=int, help="reader feature level: 1, 2 or 3")
     p.add_argument("--state-dir", help="directory for the journal")
@@ -117,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {
         "mdb.port": args.mdb,
+        "exe.port": args.exe,
         "mdb.address": args.mdb_address,
         "mdb.level": args.level,
         "mdb.local_approval": args.local_approval,
@@ -129,8 +133,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "daemon.control_socket": args.control_socket,
     }
     config = load_config(args.config, overrides)
-    if config.mdb.port is None:
-        raise ConfigError("mdb.port: no MDB port; give --mdb URL or set port in [mdb]")
+    if config.bus_port is None:
+        raise ConfigError(
+            "mdb.port: no payment bus; give --mdb URL (MDB) or --exe URL (Executive),"
+            " or set port in [mdb] or [exe]"
+        )
     return config
 
 
@@ -151,10 +158,11 @@ def _engine(config: Config, stock: Callable[[], StockBook]) -> Engine:
         planogram = stock().stock.planogram
         return None if planogram is None else planogram.prices()
 
+    exe = config.executive
     return Engine(
         EngineConfig(
             Money(reader.currency, reader.minor_decimals),
-            approval_timeout=reader.approval_timeout,
+            approval_timeout=config.exe.approval_timeout if exe else reader.approval_timeout,
             lock_timeout=config.cloud.lock_timeout,
         ),
         new_id,
@@ -258,9 +266,20 @@ def _cloud_services(
     return CloudServices(remote, sync, service, stock, collector)
 
 
+def _bus_program(config: Config) -> BusProgram:
+    """The bus process this machine needs: the Executive master or the MDB cashless device."""
+    exe = config.exe
+    if config.executive:
+        settings = dataclasses.asdict(exe.settings)
+        return BusProgram.exe(settings, exe.mode_bit, exe.silent_after, exe.realtime_priority)
+    return BusProgram.mdb(config.reader, config.mdb.realtime_priority)
+
+
 async def run_daemon(config: Config, listener: socket.socket, socket_path: Path) -> int:
     """Serve until SIGTERM or SIGINT; ``listener`` is the bound control socket."""
-    assert config.mdb.port is not None
+    port = config.bus_port
+    assert port is not None
+    exe = config.executive
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -313,7 +332,9 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
             zone=ZoneInfo(config.daemon.timezone),
         )
     )
-    vending.vend_result_timeout = config.reader.vend_result_timeout
+    vending.vend_result_timeout = (
+        config.exe.vend_timeout if exe else config.reader.vend_result_timeout
+    )
     local = LocalVending(
         config.mdb.local_approval == "accept",
         journal,
@@ -334,15 +355,18 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
         )
     )
     decide = cloud.remote.handle_bus if cloud is not None else local.handle
+    # Executive price holding: the planogram's prices go to the bus process.
+    prices = PriceFeed(lambda: stock.stock.planogram, send) if config.exe.price_holding else None
 
     def on_report(report: object) -> None:
         watch.observe(report)
         decide(report)
-        profile.handle_bus(report)
+        if not exe:
+            profile.handle_bus(report)  # the compatibility profile knows MDB only
+        elif prices is not None and isinstance(report, Ready):
+            prices.ready()
 
-    bus = BusSupervisor(
-        config.mdb.port, config.reader, on_report, realtime_priority=config.mdb.realtime_priority
-    )
+    bus = BusSupervisor(port, _bus_program(config), on_report)
     registry = control.Registry()
     DaemonCommands(
         config,
@@ -364,9 +388,10 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
     log.info(
         "vmcd_started",
-        port=config.mdb.port,
-        address=hex(config.mdb.address),
-        mdb_level=config.mdb.level,
+        bus="exe" if exe else "mdb",
+        port=port,
+        address=None if exe else hex(config.mdb.address),
+        mdb_level=None if exe else config.mdb.level,
         decisions="cloud" if cloud is not None else f"local_{config.mdb.local_approval}",
         mqtt=config.cloud.url,
         device_id=config.cloud.device_id,
@@ -383,7 +408,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
-                group.create_task(_ticker(service, vending, profile), name="ticker"),
+                group.create_task(_ticker(service, vending, profile, prices), name="ticker"),
                 group.create_task(control.ControlServer(listener, registry).run(), name="control"),
             ]
             if cloud is not None:
@@ -411,14 +436,22 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     return 0
 
 
-async def _ticker(service: ServiceMonitor, vending: RemoteVending, profile: ProfileService) -> None:
+async def _ticker(
+    service: ServiceMonitor,
+    vending: RemoteVending,
+    profile: ProfileService,
+    prices: PriceFeed | None,
+) -> None:
     """The deadlines of transactions and of the machine's own sessions (with a cloud or not: a
-    test vend has one), a settled change of the machine's profile, and the service state's
-    changes with time (``vmctl status``, and the cloud's ``state``)."""
+    test vend has one), a settled change of the machine's profile, a changed price list for an
+    Executive machine with price holding, and the service state's changes with time
+    (``vmctl status``, and the cloud's ``state``)."""
     while True:
         await asyncio.sleep(TICK_S)
         vending.tick()
         profile.tick()
+        if prices is not None:
+            prices.tick()
         service.tick()
 
 

@@ -65,6 +65,8 @@ def trace(tmp_path: Path) -> Path:
         ["demo", "--mqtt", "http://localhost"],
         ["demo", "--record", "{tmp}/no/such/dir/x.mdb"],
         ["demo", "--local", "--state-dir", "{trace}"],
+        ["demo", "--exe", "--local"],
+        ["demo", "--exe", "--record", "{tmp}/x.mdb"],
         ["bogus"],
         [],
     ],
@@ -141,6 +143,18 @@ def test_the_cloud_demo_reports_money_and_agreement(tmp_path: Path) -> None:
     assert re.search(r"^ +stock: item \d \d → \d", result.stdout, re.MULTILINE)
     assert re.search(r"^ +charged: \d+\.\d\d$", result.stdout, re.MULTILINE), result.stdout
     assert "{" not in result.stdout  # no Python dict
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_exe_demo_sells_through_an_executive_machine(tmp_path: Path) -> None:
+    result = _run("demo", "--exe", "--sessions", "8", env={**os.environ, "TMPDIR": str(tmp_path)})
+    checks = assert_exit_follows_checks(result)
+    assert checks["app sales, books vs VMC"] == "match"
+    assert checks["one VEND a selection"] == "ok"
+    assert checks["continuous polling"] == "ok"
+    assert "price change: line 1 1.50 -> 1.70" in result.stdout
+    assert "the VMC is silent: link down, reader inactive" in result.stdout
+    assert "the VMC answers again: link up, reader enabled" in result.stdout
     assert list(tmp_path.iterdir()) == []
 
 

@@ -352,3 +352,36 @@ def test_vmctl_dex_parse_of_what_is_no_audit(tmp_path: Path, name: str, fragment
     (tmp_path / "bin").write_bytes(bytes(range(256)) * 4)
     path = tmp_path / name
     _one_line(_run("vmctl", "dex", "parse", str(path)), str(path), fragment)
+
+
+# -- the Executive bus -------------------------------------------------------------------------
+
+
+def _vmcd_exe(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run("vmcd", "--exe", "pty:///dev/pts/0", "--state-dir", str(state), *args)
+
+
+def test_exe_and_mdb_together_are_one_line(tmp_path: Path) -> None:
+    result = _vmcd(tmp_path / "state", "--exe", "pty:///dev/pts/0")
+    _one_line(result, "mdb.port and exe.port", "one payment bus", "--mdb or --exe")
+
+
+def test_exe_no_payment_bus_is_one_line(tmp_path: Path) -> None:
+    _one_line(_run("vmcd", "--state-dir", str(tmp_path / "state")), "no payment bus", "--exe URL")
+
+
+@pytest.mark.parametrize(
+    ("args", "text", "fragment"),
+    [
+        ((), '[exe]\nmode_bit = "high"\n', "exe.mode_bit: 'high' is not allowed"),
+        ((), "[exe]\nreply_timeout = 0\n", "exe.reply_timeout: must be a positive"),
+        ((), "[exe]\napproval_timeout = 0.5\n", "exe.approval_timeout: 0.5 leaves the cloud"),
+        ((), "[exe]\npnak_retries = 1.5\n", "exe.pnak_retries: 1.5 is not allowed"),
+        ((), "[exe]\ncolour = 1\n", "exe.colour: unknown key"),
+        (("--exe", "uart:///dev/ttyS0?baud=9601"), "", "exe.port: uart:///dev/ttyS0?baud=9601"),
+    ],
+)
+def test_exe_bad_values(tmp_path: Path, args: tuple[str, ...], text: str, fragment: str) -> None:
+    config = tmp_path / "vmc.toml"
+    config.write_text(text)
+    _one_line(_vmcd_exe(tmp_path / "state", "--config", str(config), *args), fragment)

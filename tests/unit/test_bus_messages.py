@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errors import RemoteProtocolError
+from protocols.exe import events as exe
 from protocols.mdb import events as ev
 from vmc.services import bus_messages as msg
 
@@ -31,6 +32,10 @@ SAMPLES: list[object] = [
     ev.VendOutcomeUnknown(2, 5, 100, "reader reset"),
     ev.SessionRefused("reader disabled"),
     ev.VendRequested(1, 9, 150, negative=True),
+    msg.SetPrices(((1, 150), (2, 120))),
+    exe.LinkChanged(up=False),
+    exe.VmcStatus(0x42, inhibited=True, free_vend=False),
+    exe.ExeFault(exe.Fault.PNAK, "VEND", "6 tries"),
 ]
 
 
@@ -51,6 +56,8 @@ def test_round_trip(message: object) -> None:
         b'{"type": "ApproveVend", "vend_id": 1, "amount": 2, "extra": 3}',
         b'{"type": "StateChanged", "old": "FLYING", "new": "VEND"}',
         b'{"type": "StateChanged", "old": 3, "new": "VEND"}',
+        b'{"type": "SetPrices", "prices": [[1, "x"]]}',
+        b'{"type": "ExeFault", "fault": "LOUD", "command": "VEND", "detail": ""}',
     ],
 )
 def test_malformed_messages_are_refused(data: bytes) -> None:

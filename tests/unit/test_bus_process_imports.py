@@ -1,4 +1,4 @@
-"""The bus process must start small: none of the daemon's heavy libraries may load in it."""
+"""The bus processes must start small: none of the daemon's heavy libraries may load in them."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("structlog", "serial", "cbor2", "aiomqtt", "paho", "sqlite3")
 
 
-def test_bus_process_imports_nothing_heavy() -> None:
-    code = (
-        "import sys, json, vmc.services.bus_process as b, drivers.ports;"
-        "print(json.dumps(sorted(sys.modules)))"
-    )
+@pytest.mark.parametrize("module", ["vmc.services.bus_process", "vmc.services.exe_process"])
+def test_bus_process_imports_nothing_heavy(module: str) -> None:
+    code = f"import sys, json, {module}, drivers.ports; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )

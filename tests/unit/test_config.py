@@ -21,6 +21,18 @@ def test_example_config_loads() -> None:
     assert config.reader.address == config.mdb.address
 
 
+def test_exe_settings_come_from_the_exe_table(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    path.write_text('[exe]\nprice_holding = true\nvend_timeout = 90\nmode_bit = "none"\n')
+    args = build_parser().parse_args(["--config", str(path), "--exe", "uart:///dev/ttyS0"])
+    config = config_from_args(args)
+    assert config.bus_port == "uart:///dev/ttyS0"
+    assert config.mdb.port is None
+    assert config.exe.mode_bit == "none"
+    settings = config.exe.settings
+    assert (settings.price_holding, settings.vend_timeout, settings.pnak_retries) == (True, 90, 5)
+
+
 def test_flags_override_the_file(tmp_path: Path) -> None:
     path = tmp_path / "vmc.toml"
     path.write_text('[mdb]\nport = "uart:///dev/ttyAMA0"\nlevel = 2\n[reader]\ncurrency = 840\n')
@@ -100,6 +112,14 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "sales_retention_days * 24 (24)",
         ),
         ({"service.colour": 1}, "service.colour", "allowed"),
+        ({"exe.port": "loop://a", "mdb.port": "loop://b"}, "exe.port", "one payment bus"),
+        ({"exe.port": "/dev/ttyS0"}, "exe.port", "uart:///dev/ttyS0"),
+        ({"exe.mode_bit": "odd"}, "exe.mode_bit", "mark, space, none"),
+        ({"exe.realtime_priority": -1}, "exe.realtime_priority", "0..99"),
+        ({"exe.silent_after": 0.05}, "exe.silent_after", "longer than reply_timeout"),
+        ({"exe.status_inhibit_mask": 300}, "exe.status_inhibit_mask", "0..255"),
+        ({"exe.price_holding": 1}, "exe.price_holding", "expected bool"),
+        ({"exe.approval_timeout": 0.5}, "exe.approval_timeout", "at least"),
     ],
 )
 def test_bad_values_name_key_and_allowed(overrides: dict[str, Any], key: str, allowed: str) -> None:

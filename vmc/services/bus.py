@@ -1,6 +1,8 @@
-"""Supervisor of the MDB bus process: start it, pump its reports, restart it when it dies.
+"""Supervisor of the bus process: start it, pump its reports, restart it when it dies.
 
-The bus process owns the serial port; the daemon only sends decisions and hears events.
+The bus process (MDB's :mod:`vmc.services.bus_process` or Executive's
+:mod:`vmc.services.exe_process`, a :class:`BusProgram`) owns the serial port; the daemon only
+sends decisions and hears events.
 A port that cannot be opened or vanishes is an expected fault, never a crash of the daemon:
 
 * a device that does not exist (a USB adapter not plugged in yet, or unplugged) is waited
@@ -32,7 +34,7 @@ from typing import Self
 
 import structlog
 
-from drivers.ports import parse_port_url
+from drivers.ports import PortKind, parse_port_url
 from protocols.errors import RemoteProtocolError
 from protocols.mdb.cashless import ReaderConfig
 from vmc.monitor import MonitorFrame, decode
@@ -49,7 +51,15 @@ BUS_SILENT_S = 10.0
 """A bus process that sends nothing for this long is hung (it sends a heartbeat a second)."""
 MDB_SILENT_S = 5.0
 """No POLL from the VMC for this long: the MDB link is down (VMC off, cable pulled)."""
-MISSING_PORT_HINT = "plug in the MDB adapter or fix mdb.port; vmcd starts serving when it appears"
+
+
+def missing_port_hint(bus: str) -> str:
+    """What to do about a missing port device of ``bus`` (MDB, EXE)."""
+    key = f"{bus.lower()}.port"
+    return f"plug in the {bus} adapter or fix {key}; vmcd starts serving when it appears"
+
+
+MISSING_PORT_HINT = missing_port_hint("MDB")
 MONITOR_BACKLOG = 1024
 """Frames one monitor listener may have waiting; more are dropped (and counted) for it."""
 
@@ -60,6 +70,45 @@ class BusState(Enum):
     WAITING_FOR_PORT = "waiting_for_port"
     RESTARTING = "restarting"  # backoff after the bus process exited
     STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class BusProgram:
+    """The bus process to run (``python -m module options...``) and how its link is named
+    and judged: up while the peer was heard within ``silent_s``."""
+
+    module: str
+    options: tuple[str, ...]
+    kind: PortKind = PortKind.MDB
+    silent_s: float = MDB_SILENT_S
+
+    @property
+    def name(self) -> str:
+        return self.kind.value
+
+    @classmethod
+    def mdb(cls, reader: ReaderConfig, realtime_priority: int = 0) -> BusProgram:
+        """The MDB cashless device; its link is up while the VMC polls."""
+        options = ("--reader", json.dumps(asdict(reader)))
+        return cls("vmc.services.bus_process", (*options, *_priority(realtime_priority)))
+
+    @classmethod
+    def exe(
+        cls, settings: dict[str, object], mode_bit: str, silent_s: float, realtime_priority: int
+    ) -> BusProgram:
+        """The Executive master (``settings``: ExeSettings' fields); its link is up while the
+        VMC answers."""
+        options = ("--exe", json.dumps(settings), "--mode-bit", mode_bit)
+        return cls(
+            "vmc.services.exe_process",
+            (*options, *_priority(realtime_priority)),
+            PortKind.EXE,
+            silent_s,
+        )
+
+
+def _priority(priority: int) -> tuple[str, ...]:
+    return ("--realtime-priority", str(priority))
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +182,9 @@ class BusMonitor:
         return frame
 
 
-def port_path(port_url: str) -> str | None:
+def port_path(port_url: str, kind: PortKind = PortKind.MDB) -> str | None:
     """The device file behind a ``uart://`` or ``pty://`` URL; None for ``loop://``."""
-    port = parse_port_url(port_url)
+    port = parse_port_url(port_url, kind)
     return port.device if port.scheme in ("uart", "pty") else None
 
 
@@ -143,16 +192,18 @@ class BusSupervisor:
     def __init__(
         self,
         port_url: str,
-        reader: ReaderConfig,
+        bus: ReaderConfig | BusProgram,
         on_report: Callable[[object], None],
         *,
         realtime_priority: int = 0,
     ) -> None:
+        """``bus``: the bus process to run, or the MDB reader's configuration for MDB's."""
+        self.program = (
+            bus if isinstance(bus, BusProgram) else BusProgram.mdb(bus, realtime_priority)
+        )
         self.port_url = port_url
-        self.port_path = port_path(port_url)
-        self.reader = reader
+        self.port_path = port_path(port_url, self.program.kind)
         self.on_report = on_report
-        self.realtime_priority = realtime_priority
         self.state = BusState.STARTING
         self.last_heartbeat: msg.Heartbeat | None = None
         self.restarts = 0
@@ -203,16 +254,17 @@ class BusSupervisor:
         return True
 
     def status(self) -> BusStatus:
+        name = self.program.name
         if self.state is BusState.WAITING_FOR_PORT:
             return BusStatus(False, f"waiting for {self.port_path}")
         if self.state is BusState.RESTARTING:
-            return BusStatus(False, "MDB bus process restarting")
+            return BusStatus(False, f"{name} bus process restarting")
         if not self.healthy():
-            return BusStatus(False, "MDB bus process not responding")
+            return BusStatus(False, f"{name} bus process not responding")
         age = None if self.last_heartbeat is None else self.last_heartbeat.last_poll_age
-        if age is not None and age < MDB_SILENT_S:
-            return BusStatus(True, "MDB link up")
-        return BusStatus(False, "no MDB link")
+        if age is not None and age < self.program.silent_s:
+            return BusStatus(True, f"{name} link up")
+        return BusStatus(False, f"no {name} link")
 
     async def run(self) -> None:
         restart = Backoff(BACKOFF_FIRST_S, BACKOFF_MAX_S, jitter=0.2)
@@ -255,10 +307,11 @@ class BusSupervisor:
         delay = backoff.delay()
         log.warning(
             "mdb_port_missing",
+            bus=self.program.name,
             port=self.port_url,
             attempt=1,
             retry_in_s=round(delay, 2),
-            hint=MISSING_PORT_HINT,
+            hint=missing_port_hint(self.program.name),
         )
         attempt = 1
         while not await self._pause(delay):
@@ -287,18 +340,16 @@ class BusSupervisor:
         """One bus process, from spawn to exit; on a stop, asks it to stop and waits."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
+        program = self.program
         args = [
             sys.executable,
             "-m",
-            "vmc.services.bus_process",
+            program.module,
             "--port",
             self.port_url,
             "--fd",
             str(child.fileno()),
-            "--reader",
-            json.dumps(asdict(self.reader)),
-            "--realtime-priority",
-            str(self.realtime_priority),
+            *program.options,
         ]
         self.state = BusState.STARTING
         self.last_heartbeat = None

@@ -1,9 +1,10 @@
-"""Typed messages between the daemon and its MDB bus process.
+"""Typed messages between the daemon and its bus process (MDB or Executive).
 
 They travel one per datagram over a ``SOCK_SEQPACKET`` socketpair as small JSON objects:
-``{"type": <class name>, ...fields}``. Cashless events from :mod:`protocols.mdb.events` are
-carried the same way, so the daemon sees exactly the dataclasses the core emitted. This module
-imports nothing heavy: the bus process must start fast and stay small.
+``{"type": <class name>, ...fields}``. Cashless events from :mod:`protocols.mdb.events` (which
+the Executive master reports too) and the Executive link's own (:mod:`protocols.exe.events`)
+are carried the same way, so the daemon sees exactly the dataclasses the core emitted. This
+module imports nothing heavy: the bus process must start fast and stay small.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from protocols.errors import RemoteProtocolError
+from protocols.exe import events as exe
 from protocols.mdb import events as ev
 
 # --- daemon -> bus -------------------------------------------------------------------------
@@ -61,6 +63,19 @@ class ShowText:
 @dataclass(frozen=True, slots=True)
 class Stop:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class SetPrices:
+    """Executive price holding: each price line's price (minor units), as ``[line, price]``
+    pairs; the planogram's selections. Sent when a bus process is ready and on every change."""
+
+    prices: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        # JSON brings the pairs back as lists: whole numbers again, or the message is refused.
+        pairs = tuple((int(line), int(price)) for line, price in self.prices)
+        object.__setattr__(self, "prices", pairs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +173,12 @@ BusCommand = (
     | ShowText
     | Stop
     | Monitor
+    | SetPrices
 )
-BusReport = Ready | Heartbeat | CommandRefused | PortFailed | Exchange | ev.CashlessEvent
+ExeReport = exe.LinkChanged | exe.VmcStatus | exe.ExeFault
+BusReport = (
+    Ready | Heartbeat | CommandRefused | PortFailed | Exchange | ev.CashlessEvent | ExeReport
+)
 
 _TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -172,6 +191,7 @@ _TYPES: dict[str, type[Any]] = {
         ShowText,
         Stop,
         Monitor,
+        SetPrices,
         Ready,
         Heartbeat,
         CommandRefused,
@@ -197,6 +217,9 @@ _TYPES: dict[str, type[Any]] = {
         ev.RevalueRequested,
         ev.RevalueResult,
         ev.ProtocolViolation,
+        exe.LinkChanged,
+        exe.VmcStatus,
+        exe.ExeFault,
     )
 }
 # Fields that hold enums, by message class; everything else is JSON-plain already.
@@ -205,6 +228,7 @@ _ENUMS: dict[type[Any], dict[str, type[Enum]]] = {
     ev.VendDeniedSent: {"reason": ev.DenyReason},
     CommandRefused: {"refusal": Refusal},
     Exchange: {"kind": ExchangeKind},
+    exe.ExeFault: {"fault": exe.Fault},
 }
 
 

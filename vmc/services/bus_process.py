@@ -61,25 +61,89 @@ def request_realtime(priority: int) -> bool:
     return True
 
 
-class BusLoop:
+class DaemonLink:
+    """The bus process's end of the daemon's socket: decisions in, reports out, never blocking.
+
+    Reports queue in order and go out as the socket takes them; the monitor's frames only when
+    no report waits. While the socket is full nothing is tried until it is writable again (no
+    system call per message). A daemon that is gone ends the bus process: ``done`` resolves.
+    Subclasses apply the decisions (:meth:`_apply`) and collect their core's events
+    (:meth:`_forward_events`).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.outgoing: deque[bytes] = deque()
+        self.frames: deque[bytes] = deque()  # the monitor's, sent after every event
+        self.done: asyncio.Future[int] | None = None
+        self._blocked = False  # the daemon's socket is full: wait until it is writable
+
+    def on_socket_readable(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self._finish(0)  # the daemon is gone: a bus without its daemon must not serve
+                return
+            self._apply(msg.decode(data))
+        self._forward_events()
+
+    def _apply(self, command: object) -> None:
+        raise NotImplementedError
+
+    def _forward_events(self) -> None:
+        raise NotImplementedError
+
+    def _send(self, message: object) -> None:
+        self.outgoing.append(msg.encode(message))
+        self._drain()
+
+    def _drain(self) -> None:
+        if self._blocked:
+            return
+        while self.outgoing or self.frames:
+            queue = self.outgoing or self.frames
+            try:
+                self.sock.send(queue[0])
+            except BlockingIOError:
+                self._blocked = True
+                loop = asyncio.get_running_loop()
+                loop.add_writer(self.sock.fileno(), self._writable)
+                return
+            except OSError:
+                self._finish(0)
+                return
+            queue.popleft()
+
+    def _writable(self) -> None:
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        self._blocked = False
+        self._drain()
+
+    def _finish(self, code: int) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(code)
+
+
+class BusLoop(DaemonLink):
     """Glue between one port, one cashless core and the daemon's socket."""
 
     def __init__(self, port: MdbPort, device: CashlessDevice, sock: socket.socket) -> None:
+        super().__init__(sock)
         self.port = port
         self.device = device
-        self.sock = sock
         self.decoder = WordDecoder()
-        self.outgoing: deque[bytes] = deque()
-        self.done: asyncio.Future[int] | None = None
         self.bytes_in = 0
         self.blocks_out = 0
         self.answers = 0
         self.answer_sum_s = 0.0
         self.answer_max_s = 0.0
         self.stopping_since: float | None = None
-        self.frames: deque[bytes] = deque()  # the monitor's, sent after every event
         self.dropped = 0
-        self._blocked = False  # the daemon's socket is full: wait until it is writable
         self._monitor_poll_at: float | None = None
 
     def on_port_readable(self) -> None:
@@ -145,20 +209,6 @@ class BusLoop:
         if not on:
             self.frames.clear()
             self.dropped = 0
-
-    def on_socket_readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self._finish(0)  # the daemon is gone: a bus without its daemon must not serve
-                return
-            self._apply(msg.decode(data))
-        self._forward_events()
 
     def _apply(self, command: object) -> None:
         device = self.device
@@ -227,38 +277,6 @@ class BusLoop:
     def _forward_events(self) -> None:
         for event in self.device.take_events():
             self._send(event)
-
-    def _send(self, message: object) -> None:
-        self.outgoing.append(msg.encode(message))
-        self._drain()
-
-    def _drain(self) -> None:
-        """Events first; the monitor's exchanges only when no event waits. While the socket is
-        full, nothing is tried until it is writable again (no system call per exchange)."""
-        if self._blocked:
-            return
-        while self.outgoing or self.frames:
-            queue = self.outgoing or self.frames
-            try:
-                self.sock.send(queue[0])
-            except BlockingIOError:
-                self._blocked = True
-                loop = asyncio.get_running_loop()
-                loop.add_writer(self.sock.fileno(), self._writable)
-                return
-            except OSError:
-                self._finish(0)
-                return
-            queue.popleft()
-
-    def _writable(self) -> None:
-        asyncio.get_running_loop().remove_writer(self.sock.fileno())
-        self._blocked = False
-        self._drain()
-
-    def _finish(self, code: int) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(code)
 
 
 def _tapped(event: LinkEvent) -> tuple[msg.ExchangeKind, bytes]:

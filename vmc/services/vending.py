@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from protocols.exe import events as exe
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature
 from vmc.cloud.messages import VendType
@@ -68,6 +69,12 @@ def log_report(report: object) -> None:
             log.info("reader_reset", bus_reset=bus_reset)
         case ev.ProtocolViolation(detail=detail):
             log.warning("mdb_protocol_violation", detail=detail)
+        case exe.LinkChanged(up=up):
+            (log.info if up else log.warning)("exe_link", up=up)
+        case exe.VmcStatus(raw=raw, inhibited=inhibited, free_vend=free_vend):
+            log.info("exe_status", raw=f"{raw:#04x}", inhibited=inhibited, free_vend=free_vend)
+        case exe.ExeFault(fault=fault, command=command, detail=detail):
+            log.warning("exe_fault", fault=fault.value, command=command, detail=detail)
         case msg.CommandRefused(command=command, error=error):
             log.warning("bus_command_refused", command=command, error=error)
         case msg.Ready(port=port, realtime=realtime):

@@ -1,0 +1,1 @@
+"""Executive (EXE, "Protocol A"): the payment system's master side (sans-I/O)."""
