@@ -119,7 +119,8 @@ def print_status(status: Mapping[str, Any]) -> None:
     out.print()
     grid = _grid()
     bus = status["bus"]
-    grid.add_row("MDB bus", _bus_line(bus))
+    executive = bus.get("protocol") == "exe"
+    grid.add_row("Executive bus" if executive else "MDB bus", _bus_line(bus))
     grid.add_row("", _vmc_line(bus))
     grid.add_row("Cloud", _cloud_line(status["cloud"], zone))
     grid.add_row("DEX reporter", _reporter_line(status["reporter"], zone))
@@ -162,6 +163,12 @@ def _bus_line(bus: Mapping[str, Any]) -> str:
 
 
 def _vmc_line(bus: Mapping[str, Any]) -> str:
+    if bus.get("protocol") == "exe":
+        # vmc is the master on Executive: the VMC sets nothing up, it answers each command.
+        parts = [f"port {bus['port']}", "vmc is the Executive master (STATUS, CREDIT, VEND)"]
+        if bus["restarts"]:
+            parts.append(f"bus process restarts: {bus['restarts']}")
+        return "; ".join(parts)
     vmc = bus["vmc"]
     level = "not set up yet" if vmc["level"] is None else f"level {vmc['level']}"
     options = vmc["options"]

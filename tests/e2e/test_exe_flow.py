@@ -10,7 +10,9 @@ from pathlib import Path
 from protocols.exe.commands import Command
 from sim.backend import Policy
 from sim.broker import MosquittoBroker
+from tests.e2e.console import vmctl
 from tests.e2e.exe_rig import DEVICE, PRICES, ExeRig, exe_machine
+from tests.e2e.test_vmctl_socket import as_json
 from tests.waiting import wait_for
 
 
@@ -190,3 +192,21 @@ async def test_exe_credit_pays_one_vend_and_reports_the_rest(
             500 - PRICES[3],
         )
         assert entry.agrees()
+
+
+async def test_exe_link_in_vmctl_status(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """vmctl status shows the Executive link as it shows the MDB one: up, then down."""
+    async with exe_machine(tmp_path, broker) as rig:
+        state = ("--state-dir", str(rig.daemon.state_dir))
+        status = await as_json("status", *state)
+        assert (status["bus"]["protocol"], status["bus"]["link_up"]) == ("exe", True)
+        assert status["bus"]["state"] == "enabled"
+        code, out, err = await vmctl("status", *state)
+        assert (code, err) == (0, ""), err
+        assert "Executive bus" in out
+        assert "vmc is the Executive master" in out
+        rig.vmc.silence()
+        await rig.backend.wait_for(lambda: rig.backend.state[DEVICE]["mdb_link"] == "down", 15)
+        down = await as_json("status", *state)
+        assert (down["bus"]["state"], down["bus"]["link_up"]) == ("no_link", False)
+        assert "no_mdb_link" in down["codes"]

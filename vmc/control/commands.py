@@ -179,6 +179,7 @@ class DaemonCommands:
         age = watch.last_poll_age()
         reader_for = watch.reader_for()
         return {
+            "protocol": "exe" if self.config.executive else "mdb",
             "state": bus_state(bus.state, bus.healthy(), shown.link_up, watch.reader).value,
             "text": shown.text,
             "port": bus.port_url,
