@@ -120,14 +120,24 @@ def assert_exit_follows_checks(result: subprocess.CompletedProcess[str]) -> dict
     """Every check agrees, and the exit code is 0.
 
     The one allowance is bus timing: over a pty on a busy machine the kernel can hold an
-    answer past 5 ms, and then the demo must say FAILED and exit 1, as it does.
+    answer past 5 ms, and then the demo must say FAILED and exit 1, as it does. When it held
+    one past the VMC's own wait ("no answer"), that customer's session broke as a real VMC's
+    would: ``sessions`` may fail with it, while every money and stock check still agrees.
     """
     checks = demo_checks(result.stdout)
     assert checks, result.stdout + result.stderr
     failed = {name for name, word in checks.items() if word not in ("ok", "match")}
-    assert failed <= {"bus timing"}, result.stdout
+    allowed = {"bus timing"}
+    if "bus timing" in failed and "no answer" in _check_line(result.stdout, "bus timing"):
+        allowed.add("sessions")
+    assert failed <= allowed, result.stdout
     assert result.returncode == (1 if failed else 0), result.stdout + result.stderr
     return checks
+
+
+def _check_line(stdout: str, name: str) -> str:
+    section = stdout.partition("--- checks ---\n")[2]
+    return next(line for line in section.splitlines() if line.strip().startswith(f"{name}:"))
 
 
 async def vmctl(
