@@ -201,8 +201,24 @@ async def _events(number: int, sessions: int, machine: Machine, prices: PricesSe
         await asyncio.sleep(max(0.0, SILENCE_S - (loop.time() - started)))
         vmc.silence(False)
         await _enabled(backend)
+        await _credit_polled(vmc, since=loop.time())
         run.quiet.append((started, loop.time()))
         print(f"{'line fault':>13}: the VMC answers again: link up, reader enabled")
+
+
+async def _credit_polled(vmc: ExeVmc, since: float) -> None:
+    """Until vmc has polled CREDIT at or after ``since`` (the loop's monotonic clock).
+
+    The first CREDIT reply after the link comes back may show a selection made while it was
+    down, which vmc ignores as stale until the VMC shows none; a customer who selects before
+    that poll would wait for nothing. A real one is slower than the poll; the demo's is not.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while Command.CREDIT not in vmc.commands(since):
+        if loop.time() > deadline:
+            raise VmcError(f"vmc sent no CREDIT within {WAIT_S:g} s of the link coming back")
+        await asyncio.sleep(0.01)
 
 
 async def _play(number: int, kind: str, machine: Machine, rng: random.Random) -> str:
