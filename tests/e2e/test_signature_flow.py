@@ -14,6 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sim.backend import Policy
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE, Rig, machine
+from tests.e2e.console import vmctl
+from tests.e2e.test_vmctl_socket import one_line
 from vmc.cloud import signing
 
 FORGER = Ed25519PrivateKey.generate()
@@ -93,3 +95,18 @@ async def test_signed_paid_vends_and_a_forged_paid_is_refused_with_bad_signature
         assert [v["txn_id"] for v in vends] == [txn_id]
         assert _approvals(rig) == 1
         assert sum(row.cashless_vends for row in rig.vmc.sales.selections.values()) == 1
+
+
+async def test_config_check_reports_bad_signature_keys(tmp_path: Path) -> None:
+    path = tmp_path / "vmc.toml"
+    head = (
+        f'[mdb]\nport = "uart:///dev/ttyAMA0"\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[cloud]\nurl = "mqtt://127.0.0.1:1883"\ndevice_id = "m1"\n'
+    )
+    keys = [signing.public_text(k.public_key()) for k in (FORGER, Ed25519PrivateKey.generate())]
+    path.write_text(head + f'command_keys = ["{keys[0]}", "{keys[1]}"]\n')
+    code, out, err = await vmctl("config", "check", str(path))
+    assert (code, err) == (0, ""), err
+    assert "cloud mqtt://127.0.0.1:1883 as m1, signed commands (2 keys);" in out
+    path.write_text(head + f'command_keys = ["{keys[0]}", "{keys[1][:-8]}"]\n')
+    one_line(*await vmctl("config", "check", str(path)), 2, "cloud.command_keys[1]: ")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +199,43 @@ def test_bad_signature_key_material_is_a_one_line_config_error(
         load_config(path)
     assert str(caught.value).startswith(error)
     assert "\n" not in str(caught.value)
+
+
+CLOUD_API = Path(__file__).resolve().parents[2] / "docs" / "cloud-api.md"
+VECTOR = re.compile(r"^#### Test vector\n.*?^```text\n(.*?)^```", re.MULTILINE | re.DOTALL)
+LABEL = re.compile(r"^(\S[^:]*):\s*(.*)$")
+
+
+def _documented_vector() -> dict[str, str]:
+    """The test vector block of docs/cloud-api.md: ``label: value`` lines, indented lines
+    continuing the value before them."""
+    found = VECTOR.search(CLOUD_API.read_text())
+    assert found is not None, "docs/cloud-api.md has no test vector block"
+    fields: dict[str, str] = {}
+    label = ""
+    for line in found.group(1).splitlines():
+        start = LABEL.match(line)
+        if start is not None:
+            label = start.group(1)
+            fields[label] = start.group(2)
+        else:
+            fields[label] += " " + line.strip()
+    return {k: v.strip() for k, v in fields.items()}
+
+
+def test_documented_signature_vector_is_what_the_code_produces() -> None:
+    vector = _documented_vector()
+    private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["seed (hex)"]))
+    public = private.public_key()
+    assert vector["public key (base64)"] == signing.public_text(public)
+    assert vector["kid"] == signing.key_id(public)
+    command = json.loads(vector["command (JSON)"])
+    without_kid = {k: v for k, v in command.items() if k != "kid"}
+    signed = signing.sign(without_kid, private)
+    assert {k: v for k, v in signed.items() if k != "sig"} == command
+    expected = bytes.fromhex(vector["signed bytes (hex)"].replace(" ", ""))
+    assert signing.signed_bytes(signed) == expected
+    assert signed["sig"] == bytes.fromhex(vector["sig (hex)"].replace(" ", ""))
+    # And the device, trusting the documented key, accepts it as published.
+    keys = CommandKeys.from_config([vector["public key (base64)"]])
+    assert _check(keys, signed) is None
