@@ -19,6 +19,9 @@ result, and asks whether it is idle or busy.
 And it issues vouchers (seed 002) and remote credits (seed 004): it books each one's outcome
 as the machine reports it (what a voucher charged, what a credit used and has left) next to its
 own count from the ``txn.vend`` events they paid, so the two can be checked against each other.
+
+Given a private key it signs every command it sends (:mod:`vmc.cloud.signing`), as a backend
+must when the machine is configured with its public key.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from typing import Any
 
 import aiomqtt
 import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.errors import VmcError
+from vmc.cloud import signing
 from vmc.cloud.sync import NO_DELAY
 
 
@@ -229,6 +234,7 @@ class SimBackend:
         persistent: bool = False,
         nodelay: bool = True,
         logger: logging.Logger | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
     ) -> None:
         host, _, port = url.removeprefix("mqtt://").partition(":")
         self.host = host
@@ -244,6 +250,8 @@ class SimBackend:
         self.persistent = persistent
         self.nodelay = nodelay
         self.logger = logger
+        self.signing_key = signing_key
+        """Signs every command sent (``kid`` and ``sig``); None: commands go unsigned."""
         self.identifier = f"sim-backend-{uuid.uuid4().hex[:8]}"
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
@@ -327,9 +335,16 @@ class SimBackend:
         return reply
 
     async def send(self, device: str, body: dict[str, Any]) -> None:
-        assert self._client is not None
+        """Publish a command, signed when the backend has a key."""
         body.setdefault("v", 1)
         body.setdefault("expires", time.time() + 30)
+        if self.signing_key is not None:
+            body = signing.sign(body, self.signing_key)
+        await self.publish(device, body)
+
+    async def publish(self, device: str, body: dict[str, Any]) -> None:
+        """Publish a command map exactly as given (a test's forgery, say)."""
+        assert self._client is not None
         await self._client.publish(f"{self.prefix}/{device}/cmd", cbor2.dumps(body), qos=1)
 
     async def stock_command(self, device: str, op: str, **fields: Any) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from drivers.pty import PtyPair
 from protocols.errors import VmcError
 from sim import StartError, checks
@@ -46,6 +48,7 @@ from sim.scenarios import Customers, Report, SessionResult, run_customers
 from sim.trace import recording
 from sim.vmc_counters import SalesCounters, audit_from_counters
 from sim.vmc_master import ReaderInfo, TimingStats, VmcMaster
+from vmc.cloud import signing
 from vmc.journal import Journal, JournalRecord
 
 DEVICE = "demo-1"
@@ -184,33 +187,15 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
     started = dt.datetime.now(dt.UTC).date()  # vmcd's days are UTC here: no timezone is set
     state = state_dir(stack, args.state_dir)
     recorder = stack.enter_context(recording(args.record))
-    url = args.mqtt
-    if url is None:
-        try:
-            broker = MosquittoBroker()
-            stack.callback(broker.close)
-            broker.start()
-        except BrokerError as exc:
-            raise StartError(f"the private mosquitto did not start: {exc}") from exc
-        url = broker.url
-        print(f"private mosquitto on {url}")
-    policy = Policy(args.policy)
-    backend = SimBackend(
-        url,
-        policy=policy,
-        balances=MEMBERS,
-        payment_failure_rate=0.2,
-        seed=args.seed,
-        logger=_quiet_logger(),
-    )
-    await _connect(stack, backend, url)
+    backend, url, cloud_toml = await demo_backend(stack, args)
+    policy = backend.policy
     pair = PtyPair()
     stack.callback(pair.close)
     dex_pair = PtyPair()
     stack.callback(dex_pair.close)
     config = state / "vmc.toml"
     config.write_text(
-        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n'
+        f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n' + cloud_toml
     )
     daemon = DaemonProcess(
         pair,
@@ -443,6 +428,41 @@ def cloud_checks(
 def vmcd_stopped(code: int | None) -> checks.Check:
     ok = code == 0
     return checks.Check("vmcd stopped", ok, "ok" if ok else "FAILED", f"exit code {code}")
+
+
+async def demo_backend(
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace
+) -> tuple[SimBackend, str, str]:
+    """The demo's broker (a private one unless ``--mqtt`` names one) and its backend,
+    connected, with the TOML ``[cloud]`` table that makes vmcd trust it.
+
+    The backend signs every command with a key pair made for this run only; vmcd gets the
+    public key, so it acts on no command that moves money unless the backend signed it.
+    """
+    url = args.mqtt
+    if url is None:
+        try:
+            broker = MosquittoBroker()
+            stack.callback(broker.close)
+            broker.start()
+        except BrokerError as exc:
+            raise StartError(f"the private mosquitto did not start: {exc}") from exc
+        url = broker.url
+        print(f"private mosquitto on {url}")
+    key = Ed25519PrivateKey.generate()
+    backend = SimBackend(
+        url,
+        policy=Policy(args.policy),
+        balances=MEMBERS,
+        payment_failure_rate=0.2,
+        seed=args.seed,
+        logger=_quiet_logger(),
+        signing_key=key,
+    )
+    await _connect(stack, backend, url)
+    public = signing.public_text(key.public_key())
+    print(f"the backend signs its commands; vmcd trusts key {signing.key_id(key.public_key())}")
+    return backend, url, f'[cloud]\ncommand_keys = ["{public}"]\n'
 
 
 async def _connect(stack: contextlib.AsyncExitStack, backend: SimBackend, url: str) -> None:

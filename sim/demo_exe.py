@@ -24,17 +24,15 @@ from drivers.pty import PtyPair
 from protocols.errors import VmcError
 from protocols.exe.commands import Command
 from sim import StartError, checks
-from sim.backend import Books, Policy, SimBackend
-from sim.broker import BrokerError, MosquittoBroker
+from sim.backend import Books, SimBackend
 from sim.checks import Tally
 from sim.daemon_proc import ExeDaemonProcess
 from sim.demo import (
     DAEMON_STOP_S,
     MEMBERS,
     SLOTS,
-    _connect,
     _print_books,
-    _quiet_logger,
+    demo_backend,
     planogram,
     state_dir,
     vmcd_stopped,
@@ -83,30 +81,14 @@ class Machine:
 async def exe_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
     """The flow on Executive; its exit code says whether the books and the VMC agree."""
     state = state_dir(stack, args.state_dir)
-    url = args.mqtt
-    if url is None:
-        try:
-            broker = MosquittoBroker()
-            stack.callback(broker.close)
-            broker.start()
-        except BrokerError as exc:
-            raise StartError(f"the private mosquitto did not start: {exc}") from exc
-        url = broker.url
-        print(f"private mosquitto on {url}")
-    policy = Policy(args.policy)
-    backend = SimBackend(
-        url,
-        policy=policy,
-        balances=MEMBERS,
-        payment_failure_rate=0.2,
-        seed=args.seed,
-        logger=_quiet_logger(),
-    )
-    await _connect(stack, backend, url)
+    backend, url, cloud_toml = await demo_backend(stack, args)
+    policy = backend.policy
     pair = PtyPair()
     stack.callback(pair.close)
     config = state / "vmc.toml"
-    config.write_text("[exe]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in SETTINGS.items()))
+    config.write_text(
+        "[exe]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in SETTINGS.items()) + cloud_toml
+    )
     daemon = ExeDaemonProcess(
         pair, state, extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config))
     )

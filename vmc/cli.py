@@ -966,11 +966,19 @@ def _config_check(args: argparse.Namespace) -> int:
         f"{args.file}: ok (mdb {config.mdb.port} at {config.mdb.address:#04x}, level"
         f" {config.mdb.level}; "
         + (f"cloud {cloud.url} as {cloud.device_id}" if cloud.url else "no cloud")
+        + _signed_commands(len(cloud.command_keys))
         + "; "
         + (f"dex {dex.port} ({dex.protocol})" if dex.port else "no dex")
         + f"; state dir {config.daemon.state_dir}; control socket {socket_path})"
     )
     return 0
+
+
+def _signed_commands(keys: int) -> str:
+    """The ``config check`` line's word on command signatures: only when keys are set."""
+    if not keys:
+        return ""
+    return f", signed commands ({keys} key{'s' if keys > 1 else ''})"
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ class CloudConfig:
     topic_prefix: str = "vmc"
     lock_timeout: float = 60.0
     keepalive: int = 30
+    command_keys: tuple[str, ...] = ()
+    """The backend's Ed25519 public keys (base64 of 32 bytes): set, commands that move money
+    or goods must be signed by one of them (several while a key is rotated)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,7 @@ def _build(raw: dict[str, Any]) -> Config:
     _zone("daemon.timezone", daemon.timezone)
     _range("daemon.sales_retention_days", daemon.sales_retention_days, 1, 3660)
     reader = _reader(raw.get("reader", {}), mdb)
-    cloud = _cloud(_section(raw, "cloud", CloudConfig))
+    cloud = _cloud(_section(_listed(raw, "cloud", "command_keys"), "cloud", CloudConfig))
     dex = _dex(raw.get("dex", {}))
     service = _service(_section(raw, "service", ServiceConfig), daemon)
     exe = _exe(raw)
@@ -285,7 +288,20 @@ def _port(key: str, url: str | None, kind: PortKind) -> None:
             raise ConfigError(f"{key}: {exc}") from exc
 
 
+def _listed(raw: dict[str, Any], section: str, key: str) -> dict[str, Any]:
+    """``raw`` with ``[section] key``, a TOML array, as the tuple the dataclass holds."""
+    values = raw.get(section)
+    if not isinstance(values, dict) or key not in values:
+        return raw
+    if not isinstance(values[key], list):
+        raise ConfigError(f"{section}.{key}: {values[key]!r} must be a list")
+    return {**raw, section: {**values, key: tuple(values[key])}}
+
+
 def _cloud(cloud: CloudConfig) -> CloudConfig:
+    from vmc.cloud.signing import CommandKeys
+
+    CommandKeys.from_config(cloud.command_keys)
     if cloud.url is None:
         return cloud
     from vmc.cloud.sync import validate_mqtt_url

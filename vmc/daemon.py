@@ -32,6 +32,7 @@ import structlog
 from protocols.errors import ConfigError
 from protocols.mdb.events import State
 from vmc.cloud.outbox import new_id
+from vmc.cloud.signing import CommandKeys
 from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import (
@@ -258,6 +259,7 @@ def _cloud_services(
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
         data=data,
+        keys=CommandKeys.from_config(config.cloud.command_keys),
     )
     if reporter is not None:
         reporter.attach(topics, sync.wake, sync.state_changed)

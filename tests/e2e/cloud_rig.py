@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from drivers.pty import PtyPair
 from protocols.dex.ucs import MAX_BLOCK
 from sim.backend import Policy, SimBackend
@@ -19,6 +21,7 @@ from sim.dex_source import DexSource, SourceFaults
 from sim.scenarios import Customers
 from sim.vmc_counters import audit_from_counters
 from sim.vmc_master import VmcMaster
+from vmc.cloud import signing
 
 DEVICE = "m1"
 
@@ -62,9 +65,17 @@ async def machine(
     balances: dict[str, int] | None = None,
     extra: tuple[str, ...] = (),
     initialise: bool = True,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
-    ``initialise``: then the VMC has not said a word yet)."""
+    ``initialise``: then the VMC has not said a word yet). With ``signing_key`` the backend
+    signs its commands and vmcd trusts that key alone (a config file of its own: ``extra``
+    then gives no ``--config``)."""
+    if signing_key is not None:
+        keys = tmp_path / "command_keys.toml"
+        public = signing.public_text(signing_key.public_key())
+        keys.write_text(f'[cloud]\ncommand_keys = ["{public}"]\n')
+        extra = (*extra, "--config", str(keys))
     pair = PtyPair()
     daemon = DaemonProcess(
         pair,
@@ -73,7 +84,12 @@ async def machine(
         local_approval="deny",
         extra=("--mqtt", broker.url, "--device-id", DEVICE, *extra),
     )
-    backend = SimBackend(broker.url, policy=policy, balances=balances or {"alice": 10_000})
+    backend = SimBackend(
+        broker.url,
+        policy=policy,
+        balances=balances or {"alice": 10_000},
+        signing_key=signing_key,
+    )
     backend_task = asyncio.create_task(backend.run())
     await backend.ready()
     await daemon.start()

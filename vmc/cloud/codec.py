@@ -78,6 +78,11 @@ MAX_QUANTITY = 10**9
 
 def decode_command(payload: bytes) -> m.AnyCommand:
     """Decode and validate one command; anything wrong raises :class:`CommandError`."""
+    return command_from_map(decode_map(payload))
+
+
+def decode_map(payload: bytes) -> dict[Any, Any]:
+    """A command payload's CBOR map, size bounded; kept whole for its signature check."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError(m.ErrorCode.MALFORMED, f"command is over {MAX_COMMAND_BYTES} bytes")
     try:
@@ -86,6 +91,11 @@ def decode_command(payload: bytes) -> m.AnyCommand:
         raise CommandError(m.ErrorCode.MALFORMED, f"not valid CBOR: {exc}") from exc
     if not isinstance(obj, dict):
         raise CommandError(m.ErrorCode.MALFORMED, "a command is a CBOR map")
+    return obj
+
+
+def command_from_map(obj: dict[Any, Any]) -> m.AnyCommand:
+    """Validate one decoded command map (:func:`decode_map`) into its command."""
     raw_id = obj.get("id")
     cmd_id = raw_id if _is_id(raw_id) else None
     fields = _Fields(obj, cmd_id)

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     BAD_AMOUNT = "bad_amount"
     DUPLICATE = "duplicate"
     NO_DEX_PORT = "no_dex_port"
+    BAD_SIGNATURE = "bad_signature"
 
 
 class VendType(StrEnum):
@@ -447,6 +448,17 @@ class Sale:
 
 
 @dataclass(frozen=True, slots=True)
+class BadSignature:
+    """A command refused for its signature (:mod:`vmc.cloud.signing`): what it said it was
+    and why, so the backend hears of a forgery or a key it forgot to roll out. No bytes of it."""
+
+    command_id: str
+    op: str
+    reason: str
+    kid: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditReport:
     """Seed 003's EVA-DTS report: the raw audit as read from DEX port 1 or 2.
 
@@ -643,6 +655,7 @@ Event = (
     | VoucherStatus
     | CreditStatus
     | Sale
+    | BadSignature
     | AuditReport
     | AuditSummary
     | AuditDelta
@@ -668,6 +681,7 @@ EVENT_TYPES: dict[type, str] = {
     VoucherStatus: "voucher.status",
     CreditStatus: "credit.status",
     Sale: "sale",
+    BadSignature: "security.bad_signature",
     AuditReport: "audit.report",
     AuditSummary: "audit.summary",
     AuditDelta: "audit.delta",

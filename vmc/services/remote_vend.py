@@ -8,7 +8,9 @@ whose id was accepted before (with that first acceptance's result). Every produc
 the machine (a cashless success of any vend type, a cash sale) is a ``sales`` row in that same
 commit; ``sales.query`` is answered from those rows, and the refunds, in the reply. A ``refund``
 is judged against the journal's record of the transaction (:mod:`vmc.refunds`), not the
-engine's memory, so it holds across restarts for as long as the transaction is kept.
+engine's memory, so it holds across restarts for as long as the transaction is kept. With
+the backend's keys configured, a command that moves money or goods is acted on only with a
+good signature (:mod:`vmc.cloud.signing`), checked before anything else is.
 
 A technician's test vend (:meth:`RemoteVending.test_vend`) goes the same way. Without a cloud
 (``topics`` None) this glue serves the test vends of the local policy's machine
@@ -28,7 +30,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from protocols.mdb import events as ev
-from vmc.cloud import codec
+from vmc.cloud import codec, signing
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
 from vmc.cloud.topics import Topics
@@ -81,6 +83,7 @@ class RemoteVending:
         stock: StockBook | None = None,
         zone: ZoneInfo | None = None,
         data: DataService | None = None,
+        keys: signing.CommandKeys | None = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
@@ -91,6 +94,8 @@ class RemoteVending:
         self.on_state = on_state
         self.stock = stock
         self.data = data
+        self.keys = keys or signing.CommandKeys()
+        """The backend's command keys; none: signatures are not checked."""
         self.zone = zone or ZoneInfo("UTC")
         self.vend_result_timeout = 60.0
         """The reader's: how long an approved vend may take (a test vend's asker waits it)."""
@@ -180,14 +185,23 @@ class RemoteVending:
         self._apply(self.engine.tick(self.clock()))
 
     def handle_command(self, payload: bytes) -> None:
-        """One command payload from the broker, whatever it holds."""
+        """One command payload from the broker, whatever it holds.
+
+        A signature is checked before the id is looked up or anything is journaled: a forged
+        command is answered and reported, and its id stays free for the real one.
+        """
         try:
-            cmd = codec.decode_command(payload)
+            obj = codec.decode_map(payload)
+            cmd = codec.command_from_map(obj)
         except codec.CommandError as exc:
             log.warning(
                 "command_refused", code=exc.code.value, error=exc.message, command_id=exc.command_id
             )
             self._apply(Effects(reply=exc.reply()))
+            return
+        forged = self.keys.check(obj, cmd.expires, self.clock())
+        if forged is not None:
+            self._bad_signature(cmd.id, str(obj["op"]), forged)
             return
         stored = self.journal.known_reply(cmd.id)
         if stored is not None:
@@ -232,6 +246,16 @@ class RemoteVending:
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
         self._apply(fx, command_id=cmd.id)
+
+    def _bad_signature(self, command_id: str, op: str, refusal: signing.Refusal) -> None:
+        """Refuse a command for its signature and report it; the refusal is not kept under
+        the id (as a decoding refusal is not), so the real command with that id still works."""
+        log.warning(
+            "command_bad_signature", command_id=command_id, op=op, reason=refusal.fault.value
+        )
+        event = m.BadSignature(command_id, op, refusal.fault.value, refusal.kid)
+        reply = m.Reply(command_id, False, m.ErrorCode.BAD_SIGNATURE, refusal.message)
+        self._apply(Effects(events=[event], reply=reply))
 
     def _credit_repeated(self, cmd: m.Voucher | m.Credit) -> bool:
         """A voucher or credit id accepted before: answered with its first result, nothing new.
