@@ -215,6 +215,7 @@ def _cloud_services(
             **stock.state(),
             **service.state(),
             **collector.state(),
+            "offline": remote.offline_state(),
         }
 
     def on_command(payload: bytes) -> None:
@@ -258,6 +259,8 @@ def _cloud_services(
         stock=stock,
         zone=ZoneInfo(config.daemon.timezone),
         data=data,
+        offline=config.offline,
+        online=sync.connected.is_set,
     )
     if reporter is not None:
         reporter.attach(topics, sync.wake, sync.state_changed)
