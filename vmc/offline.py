@@ -171,13 +171,10 @@ def decide(
     return Allowance(ref, value, allow.version)
 
 
-def offline_state(
-    bounds: Bounds, allow: AllowList | None, usage: Usage, online: bool
-) -> dict[str, object]:
-    """The retained ``state``'s ``offline`` map (and ``vmctl present``'s context)."""
+def offline_state(bounds: Bounds, allow: AllowList | None, usage: Usage) -> dict[str, object]:
+    """The retained ``state``'s ``offline`` map: the list in force and what it took."""
     return {
         "enabled": bounds.enabled,
-        "approving": bounds.enabled and not online and allow is not None,
         "list_version": None if allow is None else allow.version,
         "issued_at": None if allow is None else allow.issued_at,
         "received_at": None if allow is None else allow.received_at,

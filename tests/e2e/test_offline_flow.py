@@ -137,7 +137,7 @@ async def test_offline_approvals_within_bounds_then_reported_once_when_the_link_
             lambda: (backend.state.get(DEVICE) or {}).get("offline", {}).get("vends") == 3, 10
         )
         shown = backend.state[DEVICE]["offline"]
-        assert (shown["value"], shown["list_version"], shown["approving"]) == (390, 1, False)
+        assert (shown["value"], shown["list_version"], shown["enabled"]) == (390, 1, True)
 
 
 async def test_offline_vends_survive_kill_9_and_are_reported_once(

@@ -186,7 +186,7 @@ class RemoteVending:
         """The retained ``state``'s ``offline`` map: the bounds, the list in force, its usage."""
         allow = self.journal.offline_list()
         usage = Usage() if allow is None else self.journal.offline_usage(allow.version)
-        return offline_state(self.offline_bounds, allow, usage, self.online())
+        return offline_state(self.offline_bounds, allow, usage)
 
     def _offline_allow(self, cmd: m.OfflineAllow) -> None:
         """A new allow-list replaces the one in force (its usage starts from nothing); the same
