@@ -16,6 +16,10 @@ machine's reported levels can be checked against an independent count. It asks a
 data (an audit read now, its configuration) and collects the read's progress and the one
 result, and asks whether it is idle or busy.
 
+It pushes the allow-list for bounded offline approvals (``offline.allow``) and books each vend
+a machine approved offline once, when its ``txn.vend`` (``offline: true``) arrives, charging the
+member as for any vend.
+
 And it issues vouchers (seed 002) and remote credits (seed 004): it books each one's outcome
 as the machine reports it (what a voucher charged, what a credit used and has left) next to its
 own count from the ``txn.vend`` events they paid, so the two can be checked against each other.
@@ -193,6 +197,8 @@ class Books:
 
     credits: dict[tuple[str, str], CreditEntry] = field(default_factory=dict)
     """Vouchers and credits by (kind, id)."""
+    offline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The vends machines approved while offline, by transaction id: each booked once."""
 
     def vended_by_type(self) -> Counter[str]:
         """Successful cashless vends per vend type (paid, free, test)."""
@@ -466,6 +472,22 @@ class SimBackend:
             self._credit_entry("credit", credit_id, device).value = reply["result"]["amount"]
         return reply
 
+    async def offline_allow(
+        self,
+        device: str,
+        version: int,
+        limits: dict[str, tuple[int, int]],
+        *,
+        issued_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Push the allow-list for offline approvals: ``limits`` is ref -> (max_vends,
+        max_value); with post billing, a sensible max_value is the member's balance."""
+        refs = [{"ref": r, "max_vends": v, "max_value": x} for r, (v, x) in limits.items()]
+        when = time.time() if issued_at is None else issued_at
+        return await self.command(
+            device, "offline.allow", version=version, issued_at=when, refs=refs
+        )
+
     async def wait_credit(self, kind: str, credit_id: str, timeout: float = 15.0) -> CreditEntry:
         """Until the voucher's or credit's outcome arrived."""
 
@@ -536,6 +558,11 @@ class SimBackend:
             return  # audits and machine events: kept in event_log, not in the books
         txn_id = body["txn_id"]
         entry = self.books.entries.setdefault(txn_id, Entry(txn_id, device, body.get("ref")))
+        if kind == "txn.vend" and body.get("offline"):
+            # Approved by the machine from the allow-list: the backend hears of it only now,
+            # and charges what the machine approved (a vend that may have dispensed counts).
+            self.books.offline[txn_id] = body
+            entry.paid = int(body["amount"])
         if kind == "txn.request":
             entry.price = body["price"]
             entry.vend_type = str(body.get("vend_type", "paid"))
@@ -588,6 +615,8 @@ class SimBackend:
 
     def _settle(self, entry: Entry, vend: dict[str, Any]) -> None:
         result = vend["result"]
+        if vend.get("offline") and result == "unknown":
+            result = "success"  # the machine's bound counted it: so do the books
         if self.policy is Policy.POST_BILLING and result == "success":
             entry.charged += entry.paid
             if entry.member is not None:

@@ -74,6 +74,8 @@ WAIT_S = 10.0
 """How long a stock operation waits for a running vmcd to take it."""
 ANSWER_S = 10.0
 TEST_VEND_MARGIN_S = 60.0
+MAX_REF = 256
+"""A presented reference's longest, as the cloud's ``ref``."""
 """Beyond a test vend's session: the reader's wait for the vend result and vmcd's margin."""
 """How long vmctl waits for vmcd's answer to a question (status, txn, events)."""
 REPLY_GRACE_S = 2.0
@@ -188,6 +190,14 @@ def add_daemon_commands(commands: SubCommands) -> None:
     )
     vend.add_argument("--json", action="store_true", help="print one JSON object")
     vend.set_defaults(handler=_test_vend)
+    present = commands.add_parser(
+        "present",
+        help="a customer's reference (badge, card) presented on the machine: what a reader runs",
+    )
+    present.add_argument("ref", type=_ref, metavar="REF", help="the reference, 1-256 characters")
+    _daemon_options(present)
+    present.add_argument("--json", action="store_true", help="print one JSON object")
+    present.set_defaults(handler=_present)
     selftest = commands.add_parser(
         "selftest", help="what vmc learned about this machine, and what that means"
     )
@@ -936,6 +946,23 @@ def _test_vend(args: argparse.Namespace) -> int:
         )
     print(json.dumps(outcome) if args.json else format_test_vend(outcome))
     return 0 if outcome.get("result") == "vended" else 1
+
+
+def _ref(text: str) -> str:
+    if not 0 < len(text) <= MAX_REF:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}: a reference is 1-{MAX_REF} characters")
+    return text
+
+
+def _present(args: argparse.Namespace) -> int:
+    """Exit 0 when the machine offers the customer a session (online: the backend decides the
+    selection; offline: approved within the allowance), 1 when it refused."""
+    answer = _ask(args, "present", {"ref": args.ref})
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        print(views.format_presented(answer))
+    return 0 if answer.get("ok") else 1
 
 
 def _selftest(args: argparse.Namespace) -> int:

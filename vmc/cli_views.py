@@ -339,3 +339,18 @@ def progress(label: str) -> Iterator[Callable[[int, int | None], None]]:
 
     with bar:
         yield update
+
+
+def format_presented(answer: Mapping[str, Any]) -> str:
+    """``vmctl present``'s answer for people: what the customer may do now, or why not."""
+    ref, mode = answer["ref"], answer.get("mode")
+    if not answer.get("ok"):
+        how = "" if mode is None else f" ({mode})"
+        return f"{ref}: refused{how}, {answer.get('code')}: {answer.get('message')}"
+    if mode == "online":
+        return f"{ref}: select on the machine; the backend decides (transaction {answer['txn_id']})"
+    value = money(int(answer["value"]), int(answer.get("decimals", 2)))
+    return (
+        f"{ref}: approved offline for one vend up to {value} (allow-list version"
+        f" {answer['list_version']}); select on the machine"
+    )

@@ -23,7 +23,9 @@ from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
 from protocols.exe.master import ExeSettings
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
+from vmc.cloud.codec import MAX_AMOUNT, MAX_OFFLINE_VENDS
 from vmc.logs import MASK, is_secret
+from vmc.offline import Bounds
 
 APPROVAL_POLICIES = ("accept", "deny")
 MIN_APPROVAL_TIMEOUT_S = 1.0
@@ -125,6 +127,8 @@ class Config:
     dex: DexConfig = field(default_factory=DexConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     exe: ExeConfig = field(default_factory=ExeConfig)
+    offline: Bounds = field(default_factory=Bounds)
+    """``[offline]``: bounded offline approvals (:mod:`vmc.offline`), off by default."""
 
     @property
     def executive(self) -> bool:
@@ -189,11 +193,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
 
 
 def _build(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex", "service", "exe"}
+    unknown = set(raw) - {"mdb", "reader", "daemon", "cloud", "dex", "service", "exe", "offline"}
     if unknown:
         raise ConfigError(
             f"unknown section [{sorted(unknown)[0]}];"
-            " allowed: mdb, reader, daemon, cloud, dex, service, exe"
+            " allowed: mdb, reader, daemon, cloud, dex, service, exe, offline"
         )
     mdb = _section(raw, "mdb", MdbConfig)
     _port("mdb.port", mdb.port, PortKind.MDB)
@@ -216,8 +220,35 @@ def _build(raw: dict[str, Any]) -> Config:
             "mdb.port and exe.port: a machine has one payment bus; give --mdb or --exe, not both"
         )
     return Config(
-        mdb=mdb, reader=reader, daemon=daemon, cloud=cloud, dex=dex, service=service, exe=exe
+        mdb=mdb,
+        reader=reader,
+        daemon=daemon,
+        cloud=cloud,
+        dex=dex,
+        service=service,
+        exe=exe,
+        offline=_offline(_section(raw, "offline", Bounds)),
     )
+
+
+MAX_OFFLINE_LIST_AGE_H = 8760.0
+
+
+def _offline(bounds: Bounds) -> Bounds:
+    """The bounds of offline approvals: each one set, when they are on (0 would be no bound
+    at all, or deny everything: the operator must say which)."""
+    _range("offline.max_total_value", bounds.max_total_value, 0, MAX_AMOUNT)
+    _range("offline.max_vends", bounds.max_vends, 0, MAX_OFFLINE_VENDS)
+    if not 0 < bounds.max_list_age_h <= MAX_OFFLINE_LIST_AGE_H:
+        raise ConfigError(
+            f"offline.max_list_age_h: {bounds.max_list_age_h!r} must be positive hours,"
+            f" at most {MAX_OFFLINE_LIST_AGE_H:g}"
+        )
+    if bounds.enabled:
+        for key in ("max_total_value", "max_vends"):
+            if not getattr(bounds, key):
+                raise ConfigError(f"offline.{key}: must be set (at least 1) when offline.enabled")
+    return bounds
 
 
 def _exe(raw: dict[str, Any]) -> ExeConfig:

@@ -10,6 +10,11 @@ session). ``used`` is the approved price of every vend that was dispensed, may h
 and given back only when the VMC reports that nothing was dispensed. So ``used`` never exceeds
 ``value``, and never misses a product that may have left the machine.
 
+An **offline approval** (``vmctl present REF`` while the cloud is unreachable,
+:mod:`vmc.offline`) is one more: a session worth what the allow-list and the bounds leave for
+the reference, for one vend, like a voucher; it has no outcome event of its own, its vend's
+``txn.vend`` (``offline: true``) is the report.
+
 A **test vend** (``vmctl test-vend``) is the same kind of session, asked for on the machine
 itself: the VMC is told it is test media (BEGIN SESSION's payment type, MDB level 2+), and the
 machine approves one selection, once, at 0; its vend has vend type ``test``. It ends after that
@@ -37,6 +42,7 @@ class CreditKind(StrEnum):
     VOUCHER = "voucher"
     CREDIT = "credit"
     TEST_VEND = "test_vend"
+    OFFLINE = "offline"
 
 
 class CreditState(StrEnum):
@@ -78,6 +84,8 @@ class CreditSession:
     reason: str = ""
     result: Mapping[str, object] = field(default_factory=dict)
     """The accepting reply's result: the answer to the same id sent again."""
+    list_version: int | None = None
+    """An offline session's: the allow-list it was approved under (:mod:`vmc.offline`)."""
 
     @property
     def rest(self) -> int:
@@ -85,8 +93,8 @@ class CreditSession:
 
     @property
     def spent(self) -> bool:
-        """Nothing more to pay for: a voucher or test vend that had its vend, a credit with
-        nothing left."""
+        """Nothing more to pay for: a voucher, test vend or offline approval that had its vend,
+        a credit with nothing left."""
         return self.rest <= 0 if self.kind is CreditKind.CREDIT else bool(self.txn_ids)
 
     def amount_for(self, price: int) -> int:

@@ -216,6 +216,7 @@ def _cloud_services(
             **stock.state(),
             **service.state(),
             **collector.state(),
+            "offline": remote.offline_state(),
         }
 
     def on_command(payload: bytes) -> None:
@@ -260,6 +261,8 @@ def _cloud_services(
         zone=ZoneInfo(config.daemon.timezone),
         data=data,
         keys=CommandKeys.from_config(config.cloud.command_keys),
+        offline=config.offline,
+        online=sync.connected.is_set,
     )
     if reporter is not None:
         reporter.attach(topics, sync.wake, sync.state_changed)

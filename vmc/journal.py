@@ -24,7 +24,9 @@
   a refund can be judged against it (and never exceed it) after a restart.
 - ``credits`` holds each voucher and remote credit by kind and id (the backend's, so a repeated
   one is known), open or with its one outcome, written in the same commit as the transitions
-  of the vends it paid.
+  of the vends it paid. Test vends and offline approvals are sessions of the same table; the
+  offline ones under an allow-list are its usage (:meth:`Journal.offline_usage`), and the list
+  itself is in ``state`` (``offline.list``), written with its command's reply.
 - ``local_replies`` remembers each ``vmctl`` operation's id with its reply (CBOR), written in
   the same commit as the operation (see :mod:`vmc.services.local_ops`), so asking again with
   the id returns the first reply and changes nothing. A journal from before the control socket
@@ -65,6 +67,7 @@ from vmc.credit import CreditKind, CreditSession, CreditState
 from vmc.credit import from_json as credit_from_json
 from vmc.credit import to_json as credit_to_json
 from vmc.data_request import Request
+from vmc.offline import AllowList, Spent, Usage
 from vmc.planogram import Planogram
 from vmc.refunds import RefundRow
 from vmc.sales import Payment, SaleRow
@@ -205,6 +208,8 @@ CREATE INDEX IF NOT EXISTS data_requests_pending ON data_requests (created) WHER
 """
 JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
+OFFLINE_LIST = "offline.list"
+"""The ``state`` key of the allow-list in force for offline approvals (JSON)."""
 STOCK_META = "stock"
 """The ``state`` key of what the stock keeps besides levels: sales since refill, timestamps."""
 SALES_COLUMNS_ADDED = (
@@ -619,6 +624,21 @@ class Journal:
             "SELECT data FROM credits WHERE kind = ? AND credit_id = ?", (kind.value, credit_id)
         ).fetchone()
         return None if row is None else credit_from_json(row[0])
+
+    def offline_list(self) -> AllowList | None:
+        """The allow-list in force for offline approvals, if the backend sent one."""
+        text = self.state(OFFLINE_LIST)
+        return None if text is None else AllowList.from_json(text.decode())
+
+    def offline_usage(self, version: int) -> Usage:
+        """What the offline approvals under allow-list ``version`` took: each session's vends
+        that may have dispensed, and their prices (reserved from the approval's commit on)."""
+        rows = self._db.execute(
+            "SELECT data FROM credits WHERE kind = ? AND json_extract(data, '$.list_version') = ?",
+            (CreditKind.OFFLINE.value, version),
+        ).fetchall()
+        sessions = (credit_from_json(row[0]) for row in rows)
+        return Usage.summed((s.ref or "", Spent(len(s.txn_ids), s.used)) for s in sessions)
 
     def txn(self, txn_id: str) -> Txn | None:
         row = self._db.execute("SELECT data FROM txns WHERE txn_id = ?", (txn_id,)).fetchone()

@@ -44,6 +44,7 @@ from vmc.credit import (
     planogram_value,
     why_refused,
 )
+from vmc.offline import Allowance
 from vmc.services import bus_messages as bus
 
 APPROVAL_GUARD_S = 0.5
@@ -110,12 +111,19 @@ class Txn:
     voucher_id: str | None = None
     credit_id: str | None = None
     test_id: str | None = None
+    offline_list: int | None = None
+    """An offline approval's: the allow-list version it was approved under."""
 
     @property
     def paid_by_credit(self) -> bool:
-        """A vend the machine approved itself, from a voucher, a credit or a test vend (no
-        backend decision)."""
-        return self.voucher_id is not None or self.credit_id is not None or self.test_id is not None
+        """A vend the machine approved itself, from a voucher, a credit, a test vend or an
+        offline allowance (no backend decision)."""
+        return (
+            self.voucher_id is not None
+            or self.credit_id is not None
+            or self.test_id is not None
+            or self.offline_list is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +255,59 @@ class Engine:
         self._move(fx, txn)
         fx.bus.append(bus.BeginSession(cmd.limit, int(_PAYMENT_TYPES[cmd.vend_type])))
         fx.reply = m.Reply(cmd.id, True, result={"txn_id": txn.txn_id, "expires": now + timeout})
+
+    # --- a reference presented on the machine (a badge reader, vmctl present) ----------------
+
+    def present_online(self, presence_id: str, ref: str, now: float) -> Effects:
+        """A reference presented while the cloud is reachable: a lock of the machine's own for
+        ``ref`` (funds unknown, ``cloud.lock_timeout``), so the backend decides its selection
+        from the ``txn.request`` as for any lock. ``fx.reply`` (id ``presence_id``, not for the
+        cloud) accepts it or says why not."""
+        lock = m.Lock(presence_id, now, ref=ref)
+        fx = Effects()
+        self._lock(fx, lock, now)
+        if fx.reply is not None and fx.reply.ok:
+            fx.reply = m.Reply(presence_id, True, result={**fx.reply.result, "mode": "online"})
+        return fx
+
+    def present_offline(
+        self, presence_id: str, allowance: Allowance, timeout_s: float, now: float
+    ) -> Effects:
+        """A reference the allow-list lets have one vend while the cloud is unreachable: a
+        session worth ``allowance.value`` in which the machine approves one selection priced
+        within it (journaled, fsynced, before the bus hears of it), like a voucher for any
+        selection. Its vend's ``txn.vend`` says ``offline``; the session has no outcome event.
+        """
+        fx = Effects()
+        fx.reply = self._not_ready(presence_id)
+        if fx.reply is not None:
+            return fx
+        result: dict[str, object] = {
+            "mode": "offline",
+            "ref": allowance.ref,
+            "value": allowance.value,
+            "list_version": allowance.version,
+            "expires": now + timeout_s,
+        }
+        session = CreditSession(
+            CreditKind.OFFLINE,
+            presence_id,
+            CreditState.OPEN,
+            allowance.value,
+            now,
+            now,
+            now + timeout_s,
+            ref=allowance.ref,
+            result=result,
+            list_version=allowance.version,
+        )
+        self.credit_vend_id = None
+        self._save_credit(fx, session, now)
+        fx.bus.append(
+            bus.BeginSession(allowance.value, int(PaymentType.NORMAL), timeout_s + SESSION_MARGIN_S)
+        )
+        fx.reply = m.Reply(presence_id, True, result=result)
+        return fx
 
     def _open_credit(self, fx: Effects, cmd: m.Voucher | m.Credit, now: float) -> None:
         """Offer the VMC a session whose funds are the voucher's or credit's value."""
@@ -510,6 +571,7 @@ class Engine:
             voucher_id=credit.credit_id if kind is CreditKind.VOUCHER else None,
             credit_id=credit.credit_id if kind is CreditKind.CREDIT else None,
             test_id=credit.credit_id if kind is CreditKind.TEST_VEND else None,
+            offline_list=credit.list_version if kind is CreditKind.OFFLINE else None,
         )
         self._move(fx, txn)
         # The price is reserved in the same commit as the approval, before the bus hears it.
@@ -636,6 +698,8 @@ class Engine:
                 txn.surcharge,
                 txn.voucher_id,
                 txn.credit_id,
+                txn.offline_list is not None,
+                txn.offline_list,
             )
         )
         credit = self.credit
@@ -668,7 +732,7 @@ class Engine:
         done = dataclasses.replace(credit, state=outcome(credit, reason), reason=reason)
         self._save_credit(fx, done, now)
         money = self.config.money
-        if done.kind is CreditKind.TEST_VEND:
+        if done.kind in (CreditKind.TEST_VEND, CreditKind.OFFLINE):
             return  # asked for on the machine: its asker hears the outcome, the cloud its vend
         if done.kind is CreditKind.VOUCHER:
             fx.events.append(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from enum import Enum
-from typing import Any, TypeGuard
+from typing import Any, NoReturn, TypeGuard
 
 import cbor2
 
 from protocols.errors import VmcError
 from vmc.cloud import messages as m
+from vmc.offline import Limit
 
 MAX_COMMAND_BYTES = 16 * 1024
 MAX_ID_LENGTH = 128
@@ -74,6 +75,9 @@ MAX_TXN_PAGE = 500
 """Transactions per ``txn.query`` reply: by default, and at most (about 400 bytes each)."""
 MAX_SELECTIONS = 1024
 MAX_QUANTITY = 10**9
+MAX_ALLOWED_REFS = 1024
+MAX_OFFLINE_VENDS = 10**6
+MAX_VERSION = 2**53 - 1
 
 
 def decode_command(payload: bytes) -> m.AnyCommand:
@@ -204,6 +208,14 @@ def command_from_map(obj: dict[Any, Any]) -> m.AnyCommand:
             amount=fields.amount("amount", required=False, least=1),
             reason=fields.text("reason", required=False) or "",
             refund_id=fields.ident("refund_id"),
+        )
+    if op == m.Op.OFFLINE_ALLOW:
+        return m.OfflineAllow(
+            cmd_id,
+            expires,
+            fields.count("version", default=0, most=MAX_VERSION) or fields.missing("version"),
+            fields.number("issued_at"),
+            fields.allow_list("refs"),
         )
     raise CommandError(m.ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", cmd_id)
 
@@ -345,6 +357,38 @@ class _Fields:
         if type(value) is not int or not 1 <= value <= most:
             raise self._bad(name, f"an integer in 1..{most}")
         return value
+
+    def missing(self, name: str) -> NoReturn:
+        raise CommandError(m.ErrorCode.MISSING_FIELD, f"{name} is required", self.cmd_id)
+
+    def allow_list(self, name: str) -> tuple[Limit, ...]:
+        """``[{ref, max_vends, max_value}, ...]``, each reference once; errors name the entry."""
+        value = self._get(name, True)
+        if not isinstance(value, list) or len(value) > MAX_ALLOWED_REFS:
+            raise self._bad(name, f"a list of at most {MAX_ALLOWED_REFS} maps")
+        limits: dict[str, Limit] = {}
+        for index, item in enumerate(value):
+            at = f"{name}[{index}]"
+            if not isinstance(item, dict) or set(item) - {"ref", "max_vends", "max_value"}:
+                raise self._bad(at, "a map of ref, max_vends and max_value")
+            for key in ("ref", "max_vends", "max_value"):
+                if item.get(key) is None:
+                    raise CommandError(
+                        m.ErrorCode.MISSING_FIELD, f"{at}.{key} is required", self.cmd_id
+                    )
+            ref, vends, worth = item["ref"], item["max_vends"], item["max_value"]
+            if not isinstance(ref, str) or not 0 < len(ref) <= MAX_TEXT_LENGTH:
+                raise self._bad(f"{at}.ref", f"a string of 1..{MAX_TEXT_LENGTH} characters")
+            if ref in limits:
+                raise self._bad(f"{at}.ref", f"given once; {ref!r} is there twice")
+            if type(vends) is not int or not 1 <= vends <= MAX_OFFLINE_VENDS:
+                raise self._bad(f"{at}.max_vends", f"an integer in 1..{MAX_OFFLINE_VENDS}")
+            if type(worth) is not int or not 1 <= worth <= MAX_AMOUNT:
+                raise self._bad(
+                    f"{at}.max_value", f"an integer count of minor units in 1..{MAX_AMOUNT}"
+                )
+            limits[ref] = Limit(ref, vends, worth)
+        return tuple(limits.values())
 
     def request_id(self) -> str | None:
         """A data request's id, the backend's; ``local:`` ones are ``vmctl``'s."""

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from vmc.offline import Limit
+
 CONTRACT_VERSION = 1
 LOCAL_PREFIX = "local:"
 """The id of an operation made with ``vmctl`` (a stock operation, a data request) is this and
@@ -84,6 +86,7 @@ class Op(StrEnum):
     STATUS_CHECK = "status.check"
     VOUCHER = "voucher"
     CREDIT = "credit"
+    OFFLINE_ALLOW = "offline.allow"
 
 
 # --- commands (backend -> device) -----------------------------------------------------------
@@ -296,6 +299,18 @@ class Refund:
         return self.id if self.refund_id is None else self.refund_id
 
 
+@dataclass(frozen=True, slots=True)
+class OfflineAllow:
+    """The allow-list for offline approvals (:mod:`vmc.offline`): it replaces the list in
+    force; ``issued_at`` is when the backend made it (POSIX s, its clock)."""
+
+    id: str
+    expires: float
+    version: int
+    issued_at: float
+    limits: tuple[Limit, ...]
+
+
 AnyCommand = (
     Command
     | StockCommand
@@ -306,6 +321,7 @@ AnyCommand = (
     | Refund
     | DataRequest
     | CheckStatus
+    | OfflineAllow
 )
 
 
@@ -366,6 +382,10 @@ class TxnVend:
     surcharge: int = 0
     voucher_id: str | None = None
     credit_id: str | None = None
+    offline: bool = False
+    """Approved by the machine while the cloud was unreachable, under allow-list
+    ``list_version`` (:mod:`vmc.offline`)."""
+    list_version: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ SIGNED_OPS = frozenset(
         m.Op.STOCK_INVENTORY,
         m.Op.STOCK_RESTOCK,
         m.Op.CASH_COLLECT,
+        m.Op.OFFLINE_ALLOW,
     }
 )
 """The ops that move money or goods. ``lock`` is not one: nothing is dispensed without a

@@ -55,6 +55,8 @@ FOLLOW_POLL_S = 0.2
 OPERATION_WAIT_S = 10.0
 MAX_MONITOR_FRAMES = 10**9
 MAX_SELECTION = 65535
+MAX_REF = 256
+"""A presented reference is at most this long, like the cloud's ``ref``."""
 TEST_VEND_DEFAULT_S = 60
 TEST_VEND_MOST_S = 600
 """A test vend's session waits for the customer this long by default, and at most."""
@@ -121,6 +123,11 @@ class DaemonCommands:
             self.test_vend,
             help="a real test vend of one selection, approved by the machine at 0",
             timeout_s=TEST_VEND_MOST_S + self.config.reader.vend_result_timeout + TEST_VEND_SLACK_S,
+        )
+        registry.add(
+            "present",
+            self.present,
+            help="a customer's reference (badge, card) presented on the machine",
         )
         registry.add("selftest", self.selftest, help="what vmc learned about this machine")
 
@@ -366,6 +373,11 @@ class DaemonCommands:
         )
         outcome = await self.vending.test_vend(selection, float(timeout))
         return outcome.to_json()
+
+    async def present(self, args: Args) -> Json:
+        ref = args.text("ref", required=True, most=MAX_REF)
+        assert ref is not None
+        return {**self.vending.present(ref), "decimals": self.config.reader.minor_decimals}
 
     async def selftest(self, _args: Args) -> Json:
         return {**self.profile.profile(), "decimals": self.config.reader.minor_decimals}

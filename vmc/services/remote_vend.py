@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from protocols.mdb import events as ev
+from vmc import offline
 from vmc.cloud import codec, signing
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import event_message, new_id, reply_message
@@ -42,7 +43,8 @@ from vmc.credit import (
     TestVendResult,
     ended_test_vend,
 )
-from vmc.journal import Journal, NewMessage, StockWrite, txn_record
+from vmc.journal import OFFLINE_LIST, Journal, NewMessage, StockWrite, txn_record
+from vmc.offline import AllowList, Bounds, Denial, Usage, offline_state
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
 from vmc.services import bus_messages as bus
@@ -84,7 +86,11 @@ class RemoteVending:
         zone: ZoneInfo | None = None,
         data: DataService | None = None,
         keys: signing.CommandKeys | None = None,
+        offline: Bounds | None = None,
+        online: Callable[[], bool] = lambda: False,
     ) -> None:
+        """``offline``: the bounds of offline approvals (off when None); ``online``: whether
+        the cloud is reachable now (the MQTT link is up)."""
         self.engine = engine
         self.journal = journal
         self.topics = topics
@@ -100,6 +106,8 @@ class RemoteVending:
         self.vend_result_timeout = 60.0
         """The reader's: how long an approved vend may take (a test vend's asker waits it)."""
         self._tests: dict[str, _TestWait] = {}
+        self.offline_bounds = offline or Bounds()
+        self.online = online
 
     @property
     def busy(self) -> bool:
@@ -138,6 +146,91 @@ class RemoteVending:
             raise
         finally:
             del self._tests[test_id]
+
+    def present(self, ref: str) -> dict[str, object]:
+        """A reference presented on the machine (a badge reader, ``vmctl present``).
+
+        Online, the machine locks for it and the backend decides its selection from the
+        ``txn.request`` as for any lock. While the cloud is unreachable, the allow-list and the
+        ``[offline]`` bounds decide (:func:`vmc.offline.decide`): allowed, the VMC gets a
+        session worth what they leave for one vend. ``ok`` False says why not (``code``).
+        """
+        now = self.clock()
+        presence_id = new_id()
+        if self.topics is None:
+            message = "no cloud: vmcd decides by its local policy (--local-approval)"
+            return _presented(ref, None, m.Reply(presence_id, False, None, message), "no_cloud")
+        if self.online():
+            mode = "online"
+            fx = self.engine.present_online(presence_id, ref, now)
+        else:
+            mode = "offline"
+            allow = self.journal.offline_list()
+            usage = Usage() if allow is None else self.journal.offline_usage(allow.version)
+            decision = offline.decide(ref, allow, usage, self.offline_bounds, now)
+            if isinstance(decision, Denial):
+                log.info("offline_denied", ref=ref, reason=decision.value)
+                refusal = m.Reply(presence_id, False, None, DENIALS[decision])
+                return _presented(ref, mode, refusal, decision.value)
+            timeout = self.engine.config.lock_timeout
+            fx = self.engine.present_offline(presence_id, decision, timeout, now)
+        reply, fx.reply = fx.reply, None
+        assert reply is not None
+        log.info(
+            "presented",
+            ref=ref,
+            mode=mode,
+            ok=reply.ok,
+            code=None if reply.code is None else reply.code.value,
+            value=reply.result.get("value"),
+        )
+        self._apply(fx)
+        return _presented(ref, mode, reply)
+
+    def offline_state(self) -> dict[str, object]:
+        """The retained ``state``'s ``offline`` map: the bounds, the list in force, its usage."""
+        allow = self.journal.offline_list()
+        usage = Usage() if allow is None else self.journal.offline_usage(allow.version)
+        return offline_state(self.offline_bounds, allow, usage)
+
+    def _offline_allow(self, cmd: m.OfflineAllow) -> None:
+        """A new allow-list replaces the one in force (its usage starts from nothing); the same
+        version again changes nothing; an older one is refused."""
+        now = self.clock()
+        refusal = m.expired_reply(cmd, now)
+        if refusal is not None:
+            self._apply(Effects(reply=refusal), command_id=cmd.id)
+            return
+        current = self.journal.offline_list()
+        if current is not None and cmd.version < current.version:
+            message = f"version: {cmd.version} is older than the list in force ({current.version})"
+            self._apply(
+                Effects(reply=m.Reply(cmd.id, False, m.ErrorCode.BAD_FIELD, message)),
+                command_id=cmd.id,
+            )
+            return
+        state: dict[str, bytes] = {}
+        previous: dict[str, object] | None = None
+        allow = current
+        if current is None or cmd.version > current.version:
+            allow = AllowList(cmd.version, cmd.issued_at, now, {x.ref: x for x in cmd.limits})
+            state[OFFLINE_LIST] = allow.to_json().encode()
+            if current is not None:
+                used = self.journal.offline_usage(current.version).total
+                previous = {"version": current.version, "vends": used.vends, "value": used.value}
+        assert allow is not None
+        result = {
+            "version": allow.version,
+            "issued_at": allow.issued_at,
+            "received_at": allow.received_at,
+            "refs": len(allow.limits),
+            "replaced": bool(state),
+            "enabled": self.offline_bounds.enabled,
+            "previous": previous,
+        }
+        log.info("offline_list", command_id=cmd.id, **{k: result[k] for k in ("version", "refs")})
+        self._apply(Effects(reply=m.Reply(cmd.id, True, result=result)), cmd.id, state=state)
+        self.on_state()
 
     def recover(self) -> None:
         """Settle what a crash left open. Without a cloud, only the machine's own sessions (a
@@ -234,6 +327,9 @@ class RemoteVending:
                 self._not_here(cmd, "data requests")
             else:
                 self.data.handle_command(cmd)
+            return
+        if isinstance(cmd, m.OfflineAllow):
+            self._offline_allow(cmd)
             return
         if isinstance(cmd, m.Voucher | m.Credit) and self._credit_repeated(cmd):
             return
@@ -348,7 +444,11 @@ class RemoteVending:
         self._apply(Effects(events=events, reply=reply), command_id=cmd.id, refunds=rows)
 
     def _apply(
-        self, fx: Effects, command_id: str | None = None, refunds: Sequence[RefundRow] = ()
+        self,
+        fx: Effects,
+        command_id: str | None = None,
+        refunds: Sequence[RefundRow] = (),
+        state: dict[str, bytes] | None = None,
     ) -> None:
         at = self.clock()
         topics = self.topics
@@ -379,6 +479,7 @@ class RemoteVending:
             sales=list(_sales(fx.events, at)),
             refunds=refunds,
             credits=fx.credits,
+            state=state,
             durable=durable,
         )
         for command in fx.bus:
@@ -417,6 +518,29 @@ class RemoteVending:
         message = NewMessage(new_id(), self.topics.replies, lambda _seq: reply_bytes)
         self.journal.commit([], [message], durable=False)
         self.on_outbox()
+
+
+DENIALS = {
+    Denial.DISABLED: "offline approvals are off ([offline] enabled = false)",
+    Denial.NO_LIST: "the cloud is unreachable and no allow-list was received",
+    Denial.LIST_TOO_OLD: "the allow-list is older than [offline] max_list_age_h",
+    Denial.UNKNOWN_REF: "not on the allow-list",
+    Denial.REF_VENDS: "its vends on the allow-list are used up",
+    Denial.REF_VALUE: "its value on the allow-list is used up",
+    Denial.TOTAL_VENDS: "the machine's offline vends ([offline] max_vends) are used up",
+    Denial.TOTAL_VALUE: "the machine's offline value ([offline] max_total_value) is used up",
+}
+"""What a badge reader's user (or a technician) is told when a reference is denied."""
+
+
+def _presented(
+    ref: str, mode: str | None, reply: m.Reply, code: str | None = None
+) -> dict[str, object]:
+    """A presentation's answer, as the control socket gives it."""
+    if code is None and reply.code is not None:
+        code = reply.code.value
+    head = {"ok": reply.ok, "ref": ref, "mode": mode, "code": code, "message": reply.message}
+    return head | dict(reply.result)
 
 
 def _vend_of(fx: Effects, session: CreditSession) -> m.TxnVend | None:
