@@ -43,7 +43,7 @@ from typing import Any
 
 import aiomqtt
 import cbor2
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocols.errors import VmcError
 from vmc.cloud import signing
@@ -199,6 +199,10 @@ class Books:
     """Vouchers and credits by (kind, id)."""
     offline: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The vends machines approved while offline, by transaction id: each booked once."""
+    verified: int = 0
+    """Events and replies whose device signature verified (devices with a registered key)."""
+    unverified: list[str] = field(default_factory=list)
+    """Those that did not (unsigned, or signed by another key): dropped, never booked."""
 
     def vended_by_type(self) -> Counter[str]:
         """Successful cashless vends per vend type (paid, free, test)."""
@@ -241,6 +245,7 @@ class SimBackend:
         nodelay: bool = True,
         logger: logging.Logger | None = None,
         signing_key: Ed25519PrivateKey | None = None,
+        device_keys: dict[str, Ed25519PublicKey] | None = None,
     ) -> None:
         host, _, port = url.removeprefix("mqtt://").partition(":")
         self.host = host
@@ -258,6 +263,8 @@ class SimBackend:
         self.logger = logger
         self.signing_key = signing_key
         """Signs every command sent (``kid`` and ``sig``); None: commands go unsigned."""
+        self.device_keys = dict(device_keys or {})
+        """Devices that sign what they publish: their events and replies must verify."""
         self.identifier = f"sim-backend-{uuid.uuid4().hex[:8]}"
         self.status: dict[str, str] = {}
         self.state: dict[str, dict[str, Any]] = {}
@@ -317,6 +324,8 @@ class SimBackend:
             body = cbor2.loads(payload)
         except Exception:  # a backend drops what it cannot read
             return
+        if leaf in ("events", "reply") and not self._signed_by(device, leaf, body):
+            return
         if leaf == "status":
             self.status[device] = body.get("state")
         elif leaf == "state":
@@ -330,6 +339,18 @@ class SimBackend:
             self._on_event(device, body)
         async with self._changed:
             self._changed.notify_all()
+
+    def _signed_by(self, device: str, leaf: str, body: Any) -> bool:
+        """Whether a device with a registered key signed this message; one without passes."""
+        key = self.device_keys.get(device)
+        if key is None:
+            return True
+        if isinstance(body, dict) and signing.verify(body, key):
+            self.books.verified += 1
+            return True
+        shown = body.get("type", body.get("id")) if isinstance(body, dict) else None
+        self.books.unverified.append(f"{device} {leaf} {shown}")
+        return False
 
     # --- commands ----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from sim.trace import recording
 from sim.vmc_counters import SalesCounters, audit_from_counters
 from sim.vmc_master import ReaderInfo, TimingStats, VmcMaster
 from vmc.cloud import signing
+from vmc.cloud.signing import DeviceKey
 from vmc.journal import Journal, JournalRecord
 
 DEVICE = "demo-1"
@@ -187,7 +188,7 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
     started = dt.datetime.now(dt.UTC).date()  # vmcd's days are UTC here: no timezone is set
     state = state_dir(stack, args.state_dir)
     recorder = stack.enter_context(recording(args.record))
-    backend, url, cloud_toml = await demo_backend(stack, args)
+    backend, url, cloud_toml = await demo_backend(stack, args, state, DEVICE)
     policy = backend.policy
     pair = PtyPair()
     stack.callback(pair.close)
@@ -420,6 +421,7 @@ def cloud_checks(
         ),
         sales_check(books, report),
         credit_check(books),
+        signed_check(books),
         stats.check(),
         vmcd_stopped(vmcd_code),
     ]
@@ -431,13 +433,15 @@ def vmcd_stopped(code: int | None) -> checks.Check:
 
 
 async def demo_backend(
-    stack: contextlib.AsyncExitStack, args: argparse.Namespace
+    stack: contextlib.AsyncExitStack, args: argparse.Namespace, state: Path, device: str
 ) -> tuple[SimBackend, str, str]:
     """The demo's broker (a private one unless ``--mqtt`` names one) and its backend,
     connected, with the TOML ``[cloud]`` table that makes vmcd trust it.
 
     The backend signs every command with a key pair made for this run only; vmcd gets the
-    public key, so it acts on no command that moves money unless the backend signed it.
+    public key, so it acts on no command that moves money unless the backend signed it. vmcd
+    signs what it publishes with a device key made in ``state`` (as ``vmctl keygen`` does),
+    whose public key the backend holds for ``device``: it books nothing that does not verify.
     """
     url = args.mqtt
     if url is None:
@@ -450,6 +454,12 @@ async def demo_backend(
         url = broker.url
         print(f"private mosquitto on {url}")
     key = Ed25519PrivateKey.generate()
+    device_key_file = state / "device.key"
+    device_key = (  # a kept state dir keeps its key, as a machine does
+        DeviceKey.load(str(device_key_file))
+        if device_key_file.exists()
+        else DeviceKey.create(str(device_key_file))
+    )
     backend = SimBackend(
         url,
         policy=Policy(args.policy),
@@ -458,11 +468,24 @@ async def demo_backend(
         seed=args.seed,
         logger=_quiet_logger(),
         signing_key=key,
+        device_keys={device: device_key.public},
     )
     await _connect(stack, backend, url)
     public = signing.public_text(key.public_key())
-    print(f"the backend signs its commands; vmcd trusts key {signing.key_id(key.public_key())}")
-    return backend, url, f'[cloud]\ncommand_keys = ["{public}"]\n'
+    print(
+        f"the backend signs its commands (vmcd trusts key {signing.key_id(key.public_key())});"
+        f" vmcd signs its events (key {device_key.kid})"
+    )
+    toml = f'[cloud]\ncommand_keys = ["{public}"]\ndevice_key_file = "{device_key_file}"\n'
+    return backend, url, toml
+
+
+def signed_check(books: Books) -> checks.Check:
+    """Every event and reply vmcd published verified against its device key."""
+    total = books.verified + len(books.unverified)
+    return checks.problems(
+        "signed events", books.unverified, total, "events and replies that do not verify"
+    )
 
 
 async def _connect(stack: contextlib.AsyncExitStack, backend: SimBackend, url: str) -> None:

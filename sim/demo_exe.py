@@ -34,6 +34,7 @@ from sim.demo import (
     _print_books,
     demo_backend,
     planogram,
+    signed_check,
     state_dir,
     vmcd_stopped,
 )
@@ -81,7 +82,7 @@ class Machine:
 async def exe_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> int:
     """The flow on Executive; its exit code says whether the books and the VMC agree."""
     state = state_dir(stack, args.state_dir)
-    backend, url, cloud_toml = await demo_backend(stack, args)
+    backend, url, cloud_toml = await demo_backend(stack, args, state, DEVICE)
     policy = backend.policy
     pair = PtyPair()
     stack.callback(pair.close)
@@ -257,6 +258,7 @@ def exe_checks(
             ("the VMC vended", Tally(len(dropped), sum(dropped))),
         ),
         checks.problems("one VEND a selection", twice, len(vmc.selections), "selections"),
+        signed_check(books),
         _polling(vmc, run),
         vmcd_stopped(code),
     ]

@@ -213,6 +213,15 @@ def add_config_commands(commands: SubCommands) -> None:
     check.add_argument("file", type=Path, metavar="FILE", help="a vmcd TOML configuration")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(handler=_config_check)
+    keygen = commands.add_parser(
+        "keygen",
+        help="make the device's signing key ([cloud] device_key_file)",
+        description="Write a new Ed25519 key for the device to sign what it publishes with,"
+        " and print its public key for the backend.",
+    )
+    keygen.add_argument("file", type=Path, metavar="FILE", help="where to write it (mode 0600)")
+    keygen.add_argument("--json", action="store_true", help="print one JSON object")
+    keygen.set_defaults(handler=_keygen)
 
 
 def _count_of(most: int, least: int = 1) -> Callable[[str], int]:
@@ -994,10 +1003,31 @@ def _config_check(args: argparse.Namespace) -> int:
         f" {config.mdb.level}; "
         + (f"cloud {cloud.url} as {cloud.device_id}" if cloud.url else "no cloud")
         + _signed_commands(len(cloud.command_keys))
+        + (", signed events" if cloud.url and cloud.device_key_file else "")
         + "; "
         + (f"dex {dex.port} ({dex.protocol})" if dex.port else "no dex")
         + f"; state dir {config.daemon.state_dir}; control socket {socket_path})"
     )
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    """A new device key in FILE, never over an existing one; its public key for the backend."""
+    from vmc.cloud.signing import DeviceKey
+
+    try:
+        key = DeviceKey.create(str(args.file))
+    except FileExistsError:
+        raise _CliError(f"{args.file}: exists; vmctl keygen never replaces a key") from None
+    except OSError as exc:
+        raise _CliError(f"{args.file}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps({"file": str(args.file), "public_key": key.public_text, "kid": key.kid}))
+        return 0
+    print(f"wrote {args.file} (mode 0600): set [cloud] device_key_file to it")
+    print(f"public key: {key.public_text}")
+    print(f"kid: {key.kid}")
+    print("register the public key with the backend for this device")
     return 0
 
 

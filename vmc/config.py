@@ -88,6 +88,8 @@ class CloudConfig:
     command_keys: tuple[str, ...] = ()
     """The backend's Ed25519 public keys (base64 of 32 bytes): set, commands that move money
     or goods must be signed by one of them (several while a key is rotated)."""
+    device_key_file: str | None = None
+    """The device's own Ed25519 key (PEM): set, every event and reply it publishes is signed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +389,10 @@ def check_host(config: Config) -> None:
     """
     _check_state_dir(config.daemon.state_dir)
     cloud = config.cloud
+    if cloud.url is not None and cloud.device_key_file is not None:
+        from vmc.cloud.signing import DeviceKey
+
+        DeviceKey.load(cloud.device_key_file)
     if cloud.url is not None and urlsplit(cloud.url).scheme == "mqtts":
         from vmc.cloud.sync import tls_context
 

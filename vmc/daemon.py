@@ -194,6 +194,7 @@ def _cloud_services(
         key_file=cloud.key_file,
         keepalive=cloud.keepalive,
         topic_prefix=cloud.topic_prefix,
+        device_key_file=cloud.device_key_file,
     )
     reader = config.reader
     engine = _engine(config, lambda: stock)

@@ -66,16 +66,25 @@ async def machine(
     extra: tuple[str, ...] = (),
     initialise: bool = True,
     signing_key: Ed25519PrivateKey | None = None,
+    device_key: bool = False,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
     ``initialise``: then the VMC has not said a word yet). With ``signing_key`` the backend
-    signs its commands and vmcd trusts that key alone (a config file of its own: ``extra``
-    then gives no ``--config``)."""
+    signs its commands and vmcd trusts that key alone; with ``device_key`` vmcd signs what it
+    publishes with a key of its own, which the backend checks (either makes a config file of
+    the rig's own: ``extra`` then gives no ``--config``)."""
+    cloud: list[str] = []
+    device_keys = {}
     if signing_key is not None:
-        keys = tmp_path / "command_keys.toml"
-        public = signing.public_text(signing_key.public_key())
-        keys.write_text(f'[cloud]\ncommand_keys = ["{public}"]\n')
-        extra = (*extra, "--config", str(keys))
+        cloud.append(f'command_keys = ["{signing.public_text(signing_key.public_key())}"]')
+    if device_key:
+        key_file = tmp_path / "device.key"
+        device_keys[DEVICE] = signing.DeviceKey.create(str(key_file)).public
+        cloud.append(f'device_key_file = "{key_file}"')
+    if cloud:
+        config = tmp_path / "cloud.toml"
+        config.write_text("[cloud]\n" + "".join(line + "\n" for line in cloud))
+        extra = (*extra, "--config", str(config))
     pair = PtyPair()
     daemon = DaemonProcess(
         pair,
@@ -89,6 +98,7 @@ async def machine(
         policy=policy,
         balances=balances or {"alice": 10_000},
         signing_key=signing_key,
+        device_keys=device_keys,
     )
     backend_task = asyncio.create_task(backend.run())
     await backend.ready()

@@ -5,10 +5,13 @@ a forged paid (another key, the real transaction, even the real command id) is r
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sim.backend import Policy
@@ -110,3 +113,48 @@ async def test_config_check_reports_bad_signature_keys(tmp_path: Path) -> None:
     assert "cloud mqtt://127.0.0.1:1883 as m1, signed commands (2 keys);" in out
     path.write_text(head + f'command_keys = ["{keys[0]}", "{keys[1][:-8]}"]\n')
     one_line(*await vmctl("config", "check", str(path)), 2, "cloud.command_keys[1]: ")
+
+
+async def test_device_signature_on_every_event_lets_the_backend_refuse_a_forged_booking(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """vmcd signs its events and replies with its device key: a remote vend's all verify, and
+    a txn.vend someone else publishes on the device's topic is refused by the backend."""
+    async with machine(tmp_path, broker, device_key=True) as rig:
+        backend = rig.backend
+        txn_id = await backend.lock(DEVICE, "alice")
+        outcome = await rig.customers.run("purchase", 1)
+        assert outcome.outcome == "vended"
+        entry = await backend.wait_done(txn_id, 10)
+        assert entry.result == "success"
+        assert backend.books.verified >= 4  # lock's reply, txn.request, paid's reply, txn.vend
+        assert backend.books.unverified == []
+        forged = {"v": 1, "id": "forged-1", "seq": 1, "type": "txn.vend", "at": time.time(),
+                  "txn_id": "t-forged", "result": "success", "amount": 150}  # fmt: skip
+        async with aiomqtt.Client("127.0.0.1", broker.port) as intruder:
+            payload = cbor2.dumps(signing.sign(forged, FORGER))
+            await intruder.publish(f"vmc/{DEVICE}/events", payload, qos=1)
+        await backend.wait_for(lambda: backend.books.unverified or None, 10)
+        assert backend.books.unverified == [f"{DEVICE} events txn.vend"]
+        assert "t-forged" not in backend.books.entries
+
+
+async def test_vmctl_keygen_writes_a_device_signature_key_once(tmp_path: Path) -> None:
+    path = tmp_path / "device.key"
+    code, out, err = await vmctl("keygen", str(path), "--json")
+    assert (code, err) == (0, ""), err
+    made = json.loads(out)
+    key = signing.DeviceKey.load(str(path))
+    assert made == {"file": str(path), "public_key": key.public_text, "kid": key.kid}
+    one_line(*await vmctl("keygen", str(path)), 2, f"{path}: exists")
+    config = tmp_path / "vmc.toml"
+    config.write_text(
+        f'[mdb]\nport = "uart:///dev/ttyAMA0"\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+        '[cloud]\nurl = "mqtt://127.0.0.1:1883"\ndevice_id = "m1"\n'
+        f'device_key_file = "{path}"\n'
+    )
+    code, out, err = await vmctl("config", "check", str(config))
+    assert (code, err) == (0, ""), err
+    assert "as m1, signed events;" in out
+    path.write_text("garbage\n")
+    one_line(*await vmctl("config", "check", str(config)), 2, "cloud.device_key_file: ")

@@ -239,3 +239,59 @@ def test_documented_signature_vector_is_what_the_code_produces() -> None:
     # And the device, trusting the documented key, accepts it as published.
     keys = CommandKeys.from_config([vector["public key (base64)"]])
     assert _check(keys, signed) is None
+
+
+# --- the device's own signature on what it publishes ----------------------------------------
+
+
+def test_device_signature_on_a_payload_verifies_and_a_tampered_one_does_not(
+    tmp_path: Path,
+) -> None:
+    key = signing.DeviceKey.create(str(tmp_path / "device.key"))
+    assert (tmp_path / "device.key").stat().st_mode & 0o777 == 0o600
+    payload = cbor2.dumps({"v": 1, "id": "e1", "seq": 3, "type": "txn.vend", "amount": 150})
+    signed = cbor2.loads(key.sign_payload(payload))
+    assert signed["kid"] == key.kid
+    assert signing.verify(signed, key.public)
+    assert signing.verify(cbor2.loads(signing.DeviceKey.load(str(tmp_path / "device.key"))
+                                      .sign_payload(payload)), key.public)  # fmt: skip
+    assert not signing.verify(signed | {"amount": 1500}, key.public)
+    assert not signing.verify(signed, Ed25519PrivateKey.generate().public_key())
+    assert not signing.verify({k: v for k, v in signed.items() if k != "sig"}, key.public)
+
+
+def test_device_signature_key_file_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "device.key"
+    first = signing.DeviceKey.create(str(path))
+    with pytest.raises(FileExistsError):
+        signing.DeviceKey.create(str(path))
+    assert signing.DeviceKey.load(str(path)).kid == first.kid
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, "No such file or directory"),
+        (b"not a key\n", "not an unencrypted PEM private key"),
+        ("ec", "not an Ed25519 key"),
+    ],
+)
+def test_device_signature_key_file_mistakes_are_one_line(
+    tmp_path: Path, content: bytes | str | None, error: str
+) -> None:
+    path = tmp_path / "device.key"
+    if content == "ec":
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
+        other = ec.generate_private_key(ec.SECP256R1())
+        path.write_bytes(other.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        signing.DeviceKey.load(str(path))
+    assert str(caught.value) == f"cloud.device_key_file: {path}: {error}"

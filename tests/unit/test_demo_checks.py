@@ -81,7 +81,7 @@ def _verdicts(found: list[checks.Check]) -> dict[str, str]:
 def test_a_run_where_everything_agrees_exits_0() -> None:
     found = _cloud()
     assert set(_verdicts(found).values()) <= {"ok", "match"}
-    assert checks.verdict(found) == ("all 9 checks passed", 0)
+    assert checks.verdict(found) == ("all 10 checks passed", 0)
     dex = next(check for check in found if check.name == "DEX vs the VMC")
     assert dex.line().endswith("DEX vs the VMC: match  3 vends worth 4.20 on both sides")
 
@@ -102,7 +102,7 @@ def test_a_dex_delta_that_differs_from_the_vmc_or_never_came_is_a_mismatch(
     assert _verdicts(found)["DEX vs the VMC"] == "MISMATCH"
     line, code = checks.verdict(found)
     assert code == 1
-    assert line == "1 of 9 checks failed: DEX vs the VMC"
+    assert line == "1 of 10 checks failed: DEX vs the VMC"
 
 
 def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
@@ -116,7 +116,7 @@ def test_stock_the_backend_expects_against_what_vmcd_reported() -> None:
     stock = next(c for c in found if c.name == "stock, books vs vmcd")
     assert stock.verdict == "MISMATCH"
     assert stock.detail == "item 2: the backend expects 4, vmcd reported 5"
-    assert checks.verdict(found) == ("1 of 9 checks failed: stock, books vs vmcd", 1)
+    assert checks.verdict(found) == ("1 of 10 checks failed: stock, books vs vmcd", 1)
 
 
 def test_no_planogram_is_a_stock_mismatch() -> None:
@@ -180,7 +180,7 @@ def test_report_prints_each_check_and_returns_the_exit_code(
     out = capsys.readouterr().out
     assert out.startswith("--- checks ---\n")
     assert "DEX vs the VMC: MISMATCH  the closing data request brought no audit delta" in out
-    assert out.endswith("1 of 9 checks failed: DEX vs the VMC\n")
+    assert out.endswith("1 of 10 checks failed: DEX vs the VMC\n")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,9 @@ bytewise, shortest forms) of the command map without its ``sig``, so ``id``, ``o
 used after it expired. The device re-encodes the map it decoded, so a backend signs exactly
 the values it sends.
 
+The device may sign what it publishes the same way (:class:`DeviceKey`, ``[cloud]
+device_key_file``), so a backend can prove which machine a booking came from.
+
 With keys configured (``[cloud] command_keys``, several during a rotation) a command whose op
 is in :data:`SIGNED_OPS` must carry a good signature, and any other command is checked when it
 carries one. Without keys nothing is checked and ``sig``/``kid`` are unknown keys the codec
@@ -18,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,7 +30,13 @@ from typing import Any
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
 
 from protocols.errors import ConfigError
 from vmc.cloud import messages as m
@@ -179,3 +189,64 @@ def _verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+class DeviceKey:
+    """The device's own Ed25519 key: every event and reply it publishes carries ``kid`` and
+    ``sig`` over the payload's canonical CBOR, as a backend's command does.
+
+    The key lives in a PEM file (PKCS#8, as ``vmctl keygen`` or ``openssl genpkey -algorithm
+    ed25519`` write it) that only the daemon's user can read; the backend knows the device by
+    its public key, registered once.
+    """
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self.private = private
+        self.public = private.public_key()
+        self.kid = key_id(self.public)
+
+    @classmethod
+    def load(cls, path: str) -> DeviceKey:
+        """The key in ``path``; a missing, unreadable or wrong file is a one-line ConfigError."""
+        where = f"cloud.device_key_file: {path}"
+        try:
+            with open(path, "rb") as file:
+                data = file.read(64 * 1024)
+        except OSError as exc:
+            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+        try:
+            private = load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where}: not an unencrypted PEM private key") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise ConfigError(f"{where}: not an Ed25519 key")
+        return cls(private)
+
+    @classmethod
+    def create(cls, path: str) -> DeviceKey:
+        """A new key written to ``path`` (mode 0600, never over an existing file)."""
+        key = cls(Ed25519PrivateKey.generate())
+        pem = key.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(pem)
+            file.flush()
+            os.fsync(file.fileno())
+        return key
+
+    @property
+    def public_text(self) -> str:
+        return public_text(self.public)
+
+    def sign_payload(self, payload: bytes) -> bytes:
+        """A published payload (a CBOR map) with ``kid`` and ``sig`` added."""
+        return cbor2.dumps(sign(cbor2.loads(payload), self.private))
+
+
+def verify(message: Mapping[str, Any], public: Ed25519PublicKey) -> bool:
+    """Whether ``message`` (a decoded map) carries a good signature by ``public``: what a
+    backend checks on a device's events, or a device on a command."""
+    sig = message.get(SIG_FIELD)
+    if not isinstance(sig, bytes) or len(sig) != SIGNATURE_BYTES:
+        return False
+    return _verifies(public, sig, signed_bytes(message))

@@ -28,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ConfigError
 from vmc.cloud import codec
+from vmc.cloud.signing import DeviceKey
 from vmc.cloud.topics import Topics
 from vmc.journal import Journal
 
@@ -54,6 +55,7 @@ class MqttSettings:
     key_file: str | None = None
     keepalive: int = 30
     topic_prefix: str = "vmc"
+    device_key_file: str | None = None
 
     @property
     def host(self) -> str:
@@ -150,6 +152,9 @@ class CloudSync:
             if settings.tls
             else None
         )
+        self._signer = (
+            None if settings.device_key_file is None else DeviceKey.load(settings.device_key_file)
+        )
 
     def wake(self) -> None:
         """New outbox rows were committed."""
@@ -244,8 +249,12 @@ class CloudSync:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
                 continue
+            sign = self._signer.sign_payload if self._signer is not None else None
             results = await asyncio.gather(
-                *(client.publish(r.topic, r.payload, qos=1) for r in rows),
+                *(
+                    client.publish(r.topic, r.payload if sign is None else sign(r.payload), qos=1)
+                    for r in rows
+                ),
                 return_exceptions=True,
             )
             done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
