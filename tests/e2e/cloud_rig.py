@@ -64,16 +64,22 @@ async def machine(
     initialise: bool = True,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
-    ``initialise``: then the VMC has not said a word yet)."""
+    ``initialise``: then the VMC has not said a word yet). On an mTLS broker vmcd and the
+    backend connect with certificates (CN = the device id, ``backend``)."""
     pair = PtyPair()
+    if broker.mtls:
+        config = tmp_path / "cloud.toml"
+        config.write_text(broker.device_config(DEVICE))
+        cloud: tuple[str, ...] = ("--config", str(config))
+        backend_url, tls = broker.tls_url, broker.client_context("backend")
+    else:
+        cloud, backend_url, tls = ("--mqtt", broker.url, "--device-id", DEVICE), broker.url, None
     daemon = DaemonProcess(
-        pair,
-        tmp_path / "state",
-        level=level,
-        local_approval="deny",
-        extra=("--mqtt", broker.url, "--device-id", DEVICE, *extra),
+        pair, tmp_path / "state", level=level, local_approval="deny", extra=(*cloud, *extra)
     )
-    backend = SimBackend(broker.url, policy=policy, balances=balances or {"alice": 10_000})
+    backend = SimBackend(
+        backend_url, policy=policy, balances=balances or {"alice": 10_000}, tls_context=tls
+    )
     backend_task = asyncio.create_task(backend.run())
     await backend.ready()
     await daemon.start()
