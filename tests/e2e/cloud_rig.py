@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,10 +62,15 @@ async def machine(
     balances: dict[str, int] | None = None,
     extra: tuple[str, ...] = (),
     initialise: bool = True,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
     ``initialise``: then the VMC has not said a word yet). On an mTLS broker vmcd and the
-    backend connect with certificates (CN = the device id, ``backend``)."""
+    backend connect with certificates (CN = the device id, ``backend``). ``state_dir``: the
+    journal's directory (default ``tmp_path/state``, with the log); if given, the log is
+    written to ``tmp_path`` (a journal on a small filesystem must not share it with the log).
+    ``env``: more environment for vmcd."""
     pair = PtyPair()
     if broker.mtls:
         config = tmp_path / "cloud.toml"
@@ -75,7 +80,13 @@ async def machine(
     else:
         cloud, backend_url, tls = ("--mqtt", broker.url, "--device-id", DEVICE), broker.url, None
     daemon = DaemonProcess(
-        pair, tmp_path / "state", level=level, local_approval="deny", extra=(*cloud, *extra)
+        pair,
+        state_dir or tmp_path / "state",
+        level=level,
+        local_approval="deny",
+        extra=(*cloud, *extra),
+        log_path=None if state_dir is None else tmp_path / "vmcd.log",
+        env=env,
     )
     backend = SimBackend(
         backend_url, policy=policy, balances=balances or {"alice": 10_000}, tls_context=tls

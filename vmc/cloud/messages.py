@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     BAD_AMOUNT = "bad_amount"
     DUPLICATE = "duplicate"
     NO_DEX_PORT = "no_dex_port"
+    STORAGE_FULL = "storage_full"
 
 
 class VendType(StrEnum):
