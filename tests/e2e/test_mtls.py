@@ -8,6 +8,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +50,14 @@ def _handshake_then_connect(broker: MosquittoBroker, context: ssl.SSLContext) ->
             return b""
 
 
-def _broker_log_has(broker: MosquittoBroker, text: str) -> bool:
-    return text in broker.log_path.read_text()
+def _broker_log_has(broker: MosquittoBroker, text: str, timeout: float = 5.0) -> bool:
+    """Whether the broker logs ``text`` within ``timeout`` (it writes its log a moment later)."""
+    deadline = time.monotonic() + timeout
+    while text not in broker.log_path.read_text():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @dataclass
