@@ -34,12 +34,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiomqtt
 import cbor2
@@ -246,10 +248,14 @@ class SimBackend:
         logger: logging.Logger | None = None,
         signing_key: Ed25519PrivateKey | None = None,
         device_keys: dict[str, Ed25519PublicKey] | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        host, _, port = url.removeprefix("mqtt://").partition(":")
-        self.host = host
-        self.port = int(port or 1883)
+        """``tls_context`` for an mqtts:// ``url`` (with the backend's client certificate for a
+        broker that requires one)."""
+        parts = urlsplit(url)
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.tls_context = tls_context
         self.policy = policy
         self.books = Books(balances=dict(balances or {}))
         self.payment_failure_rate = payment_failure_rate
@@ -306,6 +312,7 @@ class SimBackend:
             clean_session=False if self.persistent else None,
             socket_options=[NO_DELAY] if self.nodelay else [],
             logger=self.logger,
+            tls_context=self.tls_context,
         ) as client:
             self._client = client
             client.pending_calls_threshold = 1000

@@ -19,7 +19,8 @@ def _pin_to(cpu: int) -> Callable[[], None]:
 
 
 class VmcdProcess:
-    """One ``vmcd`` run from ``argv``, its log (JSON lines) appended to ``state_dir/vmcd.log``.
+    """One ``vmcd`` run from ``argv``, its log (JSON lines) appended to ``log_path``
+    (``state_dir/vmcd.log`` by default).
 
     ``cpu`` pins the daemon to that CPU (the bus process it spawns inherits the affinity);
     ``own_group`` starts it in a process group of its own, as a shell job is.
@@ -33,10 +34,11 @@ class VmcdProcess:
         env: Mapping[str, str] | None = None,
         cpu: int | None = None,
         own_group: bool = False,
+        log_path: Path | None = None,
     ) -> None:
         self.args = argv
         self.state_dir = state_dir
-        self.log_path = state_dir / "vmcd.log"
+        self.log_path = log_path or state_dir / "vmcd.log"
         self.env = None if env is None else {**os.environ, **env}
         self.cpu = cpu
         self.own_group = own_group
@@ -100,6 +102,8 @@ class DaemonProcess(VmcdProcess):
         log_level: str = "info",
         cpu: int | None = None,
         program: tuple[str, ...] = ("-m", "vmc"),
+        log_path: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         argv = [
             sys.executable,
@@ -118,7 +122,7 @@ class DaemonProcess(VmcdProcess):
             log_level,
             *extra,
         ]
-        super().__init__(argv, state_dir, cpu=cpu)
+        super().__init__(argv, state_dir, cpu=cpu, log_path=log_path, env=env)
         self.pair = pair
 
 

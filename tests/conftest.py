@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.corpus import DEX, ENV, MDB, corpus_root, skip_if_absent
 from tests.samples import record_trace
+from tests.small_fs import mounted
 
 PROFILE = "vmc"
 PROFILE_ENV = "HYPOTHESIS_PROFILE"
@@ -46,3 +48,10 @@ def recorded_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = directory / "session.mdb"
     path.write_text(asyncio.run(record_trace(directory)), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of this test's own (root only: skipped, saying why, elsewhere)."""
+    with mounted(tmp_path / "small") as mount_point:
+        yield mount_point

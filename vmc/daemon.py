@@ -31,6 +31,7 @@ import structlog
 
 from protocols.errors import ConfigError
 from protocols.mdb.events import State
+from vmc.clock import SteadyClock, wall_clock
 from vmc.cloud.outbox import new_id
 from vmc.cloud.signing import CommandKeys
 from vmc.cloud.sync import CloudSync, MqttSettings
@@ -47,7 +48,7 @@ from vmc.control import server as control
 from vmc.control.commands import DaemonCommands
 from vmc.credit import credit_state
 from vmc.data_request import Machine
-from vmc.journal import JOURNAL_NAME, Journal
+from vmc.journal import JOURNAL_NAME, Journal, StorageFullError
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
 from vmc.services.audit_store import AuditStore
@@ -67,6 +68,7 @@ from vmc.services.service_monitor import ServiceMonitor
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
 from vmc.state_lock import StateDirBusyError, hold
+from vmc.storage import StorageGuard
 from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
 
@@ -180,6 +182,7 @@ def _cloud_services(
     *,
     data: DataService,
     profile: ProfileService,
+    storage: StorageGuard,
 ) -> CloudServices:
     cloud = config.cloud
     assert cloud.url is not None
@@ -212,6 +215,7 @@ def _cloud_services(
             "txn": None if txn is None else {"txn_id": txn.txn_id, "state": txn.state.value},
             "credit": None if engine.credit is None else credit_state(engine.credit),
             "mdb_link": "up" if link_up() else "down",
+            "storage": "full" if storage.full else "ok",
             "at": time.time(),
             **(reporter.timestamps() if reporter is not None else {}),
             **stock.state(),
@@ -256,6 +260,7 @@ def _cloud_services(
         journal,
         topics,
         send,
+        clock=wall_clock(),
         on_outbox=sync.wake,
         on_state=sync.state_changed,
         stock=stock,
@@ -264,12 +269,22 @@ def _cloud_services(
         keys=CommandKeys.from_config(config.cloud.command_keys),
         offline=config.offline,
         online=sync.connected.is_set,
+        storage=storage,
     )
+    storage.on_change = sync.state_changed
+    _steady(remote)
     if reporter is not None:
         reporter.attach(topics, sync.wake, sync.state_changed)
     data.attach(topics, sync.wake, machine)
     profile.attach(topics, sync.wake)
     return CloudServices(remote, sync, service, stock, collector)
+
+
+def _steady(vending: RemoteVending) -> None:
+    """Its clock held steady while its engine has something open (see :mod:`vmc.clock`)."""
+    clock = SteadyClock(vending.clock)
+    clock.holding = lambda: vending.busy
+    vending.clock = clock
 
 
 def _bus_program(config: Config) -> BusProgram:
@@ -290,7 +305,11 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # first: a stop during start-up is a stop too
+    # The guard first: on a full filesystem it gives back the room the journal needs to open.
+    storage = StorageGuard(config.daemon.state_dir)
+    storage.start()
     journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
+    journal.on_full = storage.write_failed
     feed = EventFeed()
     journal.on_commit = feed.committed
     watch = BusWatch()
@@ -318,7 +337,9 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     if reporter is not None:
         reporter.listeners.append(profile.read_done)
     cloud = (
-        _cloud_services(config, journal, send, reporter, link_up, data=data, profile=profile)
+        _cloud_services(
+            config, journal, send, reporter, link_up, data=data, profile=profile, storage=storage
+        )
         if config.cloud.url
         else None
     )
@@ -334,10 +355,14 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
             journal,
             None,
             send,
+            clock=wall_clock(),
             stock=stock,
             zone=ZoneInfo(config.daemon.timezone),
+            storage=storage,
         )
     )
+    if cloud is None:
+        _steady(vending)
     vending.vend_result_timeout = (
         config.exe.vend_timeout if exe else config.reader.vend_result_timeout
     )
@@ -347,6 +372,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
         send,
         stock,
         machine=None if cloud is not None else vending,
+        storage=storage,
     )
     service = (
         cloud.service
@@ -414,7 +440,9 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
-                group.create_task(_ticker(service, vending, profile, prices), name="ticker"),
+                group.create_task(
+                    _ticker(service, vending, profile, prices, storage), name="ticker"
+                ),
                 group.create_task(control.ControlServer(listener, registry).run(), name="control"),
             ]
             if cloud is not None:
@@ -447,13 +475,16 @@ async def _ticker(
     vending: RemoteVending,
     profile: ProfileService,
     prices: PriceFeed | None,
+    storage: StorageGuard,
 ) -> None:
-    """The deadlines of transactions and of the machine's own sessions (with a cloud or not: a
-    test vend has one), a settled change of the machine's profile, a changed price list for an
+    """The free space on the state directory's filesystem (:mod:`vmc.storage`), the deadlines
+    of transactions and of the machine's own sessions (with a cloud or not: a test vend has
+    one), a settled change of the machine's profile, a changed price list for an
     Executive machine with price holding, and the service state's changes with time
     (``vmctl status``, and the cloud's ``state``)."""
     while True:
         await asyncio.sleep(TICK_S)
+        storage.check()
         vending.tick()
         profile.tick()
         if prices is not None:
@@ -476,7 +507,10 @@ def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str
 async def _pruner(journal: Journal, retention_days: int) -> None:
     """At start and hourly, with or without a cloud: the local policy's book grows too."""
     while True:
-        prune_journal(journal, time.time(), retention_days)
+        try:
+            prune_journal(journal, time.time(), retention_days)
+        except StorageFullError:
+            log.warning("journal_prune_skipped", reason="storage_full")
         await asyncio.sleep(PRUNE_EVERY_S)
 
 

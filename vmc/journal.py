@@ -61,6 +61,7 @@ from pathlib import Path
 
 import structlog
 
+from protocols.errors import VmcError
 from vmc.cloud.messages import PaymentMedium, VendType
 from vmc.collection import Collection
 from vmc.credit import CreditKind, CreditSession, CreditState
@@ -320,6 +321,10 @@ def txn_from_json(text: str) -> Txn:
     return Txn(**data)
 
 
+class StorageFullError(VmcError):
+    """A journal write found no room on the filesystem; SQLite rolled it back whole."""
+
+
 class Journal:
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         """``clock`` stamps the rows that carry no time of their own (transitions, outbox,
@@ -330,6 +335,8 @@ class Journal:
         self.on_commit: Callable[[Sequence[OutboxRow], JournalRecord | None, float], None] | None
         self.on_commit = None
         """Told, after each commit, the outbox rows and the local-policy record it wrote."""
+        self.on_full: Callable[[], bool] | None = None
+        """Told when a write found no room; True if it made some (the write is tried again)."""
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = ""
@@ -382,14 +389,35 @@ class Journal:
 
     @contextmanager
     def _transaction(self, *, durable: bool) -> Iterator[sqlite3.Connection]:
+        """One write transaction; a write without room is :class:`StorageFullError`, rolled back."""
         self._set_sync(durable=durable)
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:  # a failed COMMIT may have rolled back already
+                    self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                raise StorageFullError(str(exc)) from exc
             raise
-        self._db.execute("COMMIT")
+
+    def _write(self, body: Callable[[sqlite3.Connection], None], *, durable: bool) -> None:
+        """``body`` in one transaction; if it found no room, once more after :attr:`on_full`
+        made some (the storage guard gives its reserve back)."""
+        try:
+            with self._transaction(durable=durable) as db:
+                body(db)
+            return
+        except StorageFullError:
+            if self.on_full is None or not self.on_full():
+                raise
+        log.warning("journal_write_retried", reason="storage_full")
+        with self._transaction(durable=durable) as db:
+            body(db)
 
     # --- local-policy bookings ---------------------------------------------------------------
 
@@ -435,7 +463,9 @@ class Journal:
         :attr:`on_commit` what it queued for the cloud and booked locally."""
         now = self.clock()
         queued: list[OutboxRow] = []
-        with self._transaction(durable=durable) as db:
+
+        def write(db: sqlite3.Connection) -> None:
+            queued.clear()  # a retried write queues its rows afresh
             if record is not None:
                 db.execute(
                     "INSERT INTO bus_events (at, kind, vend_id, item, amount, vend_type, detail)"
@@ -564,6 +594,8 @@ class Journal:
                     for w in requests
                 ],
             )
+
+        self._write(write, durable=durable)
         if self.on_commit is not None and (queued or record is not None):
             try:
                 self.on_commit(queued, record, now)
@@ -725,8 +757,12 @@ class Journal:
 
     def delivered(self, seqs: Iterable[int]) -> None:
         """Forget rows the broker acknowledged. Not fsynced: a lost delete only resends."""
-        with self._transaction(durable=False) as db:
-            db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+        rows = [(s,) for s in seqs]
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM outbox WHERE seq = ?", rows)
+
+        self._write(delete, durable=False)
 
     def prune_commands(self, older_than: float) -> None:
         with self._transaction(durable=False) as db:

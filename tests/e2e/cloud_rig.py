@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,36 +67,50 @@ async def machine(
     initialise: bool = True,
     signing_key: Ed25519PrivateKey | None = None,
     device_key: bool = False,
+    state_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
-    ``initialise``: then the VMC has not said a word yet). With ``signing_key`` the backend
-    signs its commands and vmcd trusts that key alone; with ``device_key`` vmcd signs what it
-    publishes with a key of its own, which the backend checks (either makes a config file of
-    the rig's own: ``extra`` then gives no ``--config``)."""
-    cloud: list[str] = []
+    ``initialise``: then the VMC has not said a word yet). On an mTLS broker vmcd and the
+    backend connect with certificates (CN = the device id, ``backend``). With ``signing_key``
+    the backend signs its commands and vmcd trusts that key alone; with ``device_key`` vmcd
+    signs what it publishes with a key of its own, which the backend checks. ``state_dir``:
+    the journal's directory (default ``tmp_path/state``, with the log); if given, the log is
+    written to ``tmp_path`` (a journal on a small filesystem must not share it with the log).
+    ``env``: more environment for vmcd."""
+    signed: list[str] = []
     device_keys = {}
     if signing_key is not None:
-        cloud.append(f'command_keys = ["{signing.public_text(signing_key.public_key())}"]')
+        signed.append(f'command_keys = ["{signing.public_text(signing_key.public_key())}"]')
     if device_key:
         key_file = tmp_path / "device.key"
         device_keys[DEVICE] = signing.DeviceKey.create(str(key_file)).public
-        cloud.append(f'device_key_file = "{key_file}"')
-    if cloud:
-        config = tmp_path / "cloud.toml"
-        config.write_text("[cloud]\n" + "".join(line + "\n" for line in cloud))
-        extra = (*extra, "--config", str(config))
+        signed.append(f'device_key_file = "{key_file}"')
     pair = PtyPair()
+    config = tmp_path / "cloud.toml"
+    if broker.mtls:
+        config.write_text(broker.device_config(DEVICE) + "".join(f"{s}\n" for s in signed))
+        cloud: tuple[str, ...] = ("--config", str(config))
+        backend_url, tls = broker.tls_url, broker.client_context("backend")
+    else:
+        cloud, backend_url, tls = ("--mqtt", broker.url, "--device-id", DEVICE), broker.url, None
+        if signed:
+            config.write_text("[cloud]\n" + "".join(f"{s}\n" for s in signed))
+            cloud = (*cloud, "--config", str(config))
     daemon = DaemonProcess(
         pair,
-        tmp_path / "state",
+        state_dir or tmp_path / "state",
         level=level,
         local_approval="deny",
-        extra=("--mqtt", broker.url, "--device-id", DEVICE, *extra),
+        extra=(*cloud, *extra),
+        log_path=None if state_dir is None else tmp_path / "vmcd.log",
+        env=env,
     )
     backend = SimBackend(
-        broker.url,
+        backend_url,
         policy=policy,
         balances=balances or {"alice": 10_000},
+        tls_context=tls,
         signing_key=signing_key,
         device_keys=device_keys,
     )

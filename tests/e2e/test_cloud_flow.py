@@ -90,7 +90,7 @@ async def test_a_repeated_paid_approves_once(tmp_path: Path, broker: MosquittoBr
         assert again["code"] == "wrong_state"  # already vended: never void
         vends = [e for e in rig.backend.event_log if e["type"] == "txn.vend"]
         assert len(vends) == 1
-        approvals = (rig.daemon.state_dir / "vmcd.log").read_text().count('"vend_approved"')
+        approvals = rig.daemon.log_path.read_text().count('"vend_approved"')
         assert approvals == 1
 
 

@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     DUPLICATE = "duplicate"
     NO_DEX_PORT = "no_dex_port"
     BAD_SIGNATURE = "bad_signature"
+    STORAGE_FULL = "storage_full"
 
 
 class VendType(StrEnum):

@@ -175,9 +175,16 @@ class DaemonCommands:
             "cloud": self._cloud(now),
             "reporter": self._reporter(),
             "stock": self._stock(),
+            "storage": self._storage(),
         }
         status["codes"] = status_codes(status)
         return status
+
+    def _storage(self) -> dict[str, Any] | None:
+        storage = self.vending.storage
+        if storage is None:
+            return None
+        return {"path": str(storage.directory), **storage.view()}
 
     def _bus(self) -> dict[str, Any]:
         bus, watch = self.bus, self.watch

@@ -36,6 +36,7 @@ class BusView(StrEnum):
 
 
 class Code(StrEnum):
+    STORAGE_FULL = "storage_full"
     MDB_PORT_MISSING = "mdb_port_missing"
     BUS_PROCESS_DOWN = "bus_process_down"
     NO_MDB_LINK = "no_mdb_link"
@@ -69,6 +70,8 @@ def bus_state(supervisor: BusState, healthy: bool, link_up: bool, reader: State 
 def status_codes(status: Mapping[str, Any]) -> list[str]:
     """The codes that apply to a status (the keys :mod:`vmc.control.commands` builds)."""
     codes: list[Code] = []
+    if (status.get("storage") or {}).get("state") == "full":
+        codes.append(Code.STORAGE_FULL)
     bus = status["bus"]
     state = BusView(bus["state"])
     if state is BusView.WAITING_FOR_PORT:
@@ -98,6 +101,9 @@ def status_codes(status: Mapping[str, Any]) -> list[str]:
 
 
 CHECKS: dict[Code, str] = {
+    Code.STORAGE_FULL: "the state directory's filesystem is full, so no money is taken (locks,"
+    " approvals, vouchers, credits refused as storage_full): free space there (df -h on"
+    " storage.path); vmcd takes money again by itself within a second of there being room",
     Code.MDB_PORT_MISSING: "the MDB port's device does not exist: plug the adapter in, or fix"
     " mdb.port (vmcd serves as soon as it appears)",
     Code.BUS_PROCESS_DOWN: "the bus process exited or does not report: vmcd's log says why"

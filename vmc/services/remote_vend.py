@@ -53,9 +53,14 @@ from vmc.services.stock_book import StockBook
 from vmc.services.vending import log_report
 from vmc.stock import Condition, Stock
 from vmc.stock_view import stock_view
+from vmc.storage import StorageGuard
 from vmc.transaction import Effects, Engine
 
 log = structlog.get_logger("vmc.remote_vend")
+
+MONEY_COMMANDS = (m.Lock, m.Paid, m.Voucher, m.Credit, m.Refund)
+"""What moves money or records it: refused while the journal has no room."""
+NO_ROOM = "the journal's storage is full; nothing can be recorded until there is room"
 
 RESULT_GRACE_S = 10.0
 """How much longer than a test vend's time and the reader's ``vend_result_timeout`` its asker
@@ -88,10 +93,13 @@ class RemoteVending:
         keys: signing.CommandKeys | None = None,
         offline: Bounds | None = None,
         online: Callable[[], bool] = lambda: False,
+        storage: StorageGuard | None = None,
     ) -> None:
         """``offline``: the bounds of offline approvals (off when None); ``online``: whether
-        the cloud is reachable now (the MQTT link is up)."""
+        the cloud is reachable now (the MQTT link is up); ``storage``: while it is full, no new
+        money moves (``storage_full``)."""
         self.engine = engine
+        self.storage = storage
         self.journal = journal
         self.topics = topics
         self.send_bus = send_bus
@@ -123,8 +131,13 @@ class RemoteVending:
         cloud) and its result returned. Cancelling the wait abandons the session, unless its
         vend is running.
         """
+        if not self._room_for_money():
+            full = m.ErrorCode.STORAGE_FULL.value
+            log.info("test_vend_refused", selection=selection, code=full)
+            return TestVendOutcome(TestVendResult.REFUSED, selection, NO_ROOM, full)
         test_id = new_id()
-        fx = self.engine.test_vend(test_id, selection, timeout_s, self.clock())
+        now = self.clock()
+        fx = self.engine.test_vend(test_id, selection, timeout_s, now)
         reply, fx.reply = fx.reply, None
         assert reply is not None
         if not reply.ok:
@@ -135,14 +148,15 @@ class RemoteVending:
         self._tests[test_id] = wait
         log.info("test_vend", test_id=test_id, selection=selection, timeout_s=timeout_s)
         try:
-            self._apply(fx)
+            self._apply(fx, at=now)
             async with asyncio.timeout(timeout_s + self.vend_result_timeout + RESULT_GRACE_S):
                 return await asyncio.shield(wait.done)
         except TimeoutError:
             reason = "no outcome in time; the journal will have it"
             return TestVendOutcome(TestVendResult.UNKNOWN, selection, reason)
         except asyncio.CancelledError:
-            self._apply(self.engine.abandon_test_vend(test_id, self.clock()))
+            now = self.clock()
+            self._apply(self.engine.abandon_test_vend(test_id, now), at=now)
             raise
         finally:
             del self._tests[test_id]
@@ -160,6 +174,9 @@ class RemoteVending:
         if self.topics is None:
             message = "no cloud: vmcd decides by its local policy (--local-approval)"
             return _presented(ref, None, m.Reply(presence_id, False, None, message), "no_cloud")
+        if not self._room_for_money():
+            full = m.Reply(presence_id, False, m.ErrorCode.STORAGE_FULL, NO_ROOM)
+            return _presented(ref, None, full)
         if self.online():
             mode = "online"
             fx = self.engine.present_online(presence_id, ref, now)
@@ -248,7 +265,8 @@ class RemoteVending:
                 credit_id=None if credit is None else credit.credit_id,
             )
             return
-        fx = self.engine.recover(txn, self.clock(), credit)
+        now = self.clock()
+        fx = self.engine.recover(txn, now, credit)
         if fx.transitions:
             log.warning(
                 "txn_recovered",
@@ -262,7 +280,7 @@ class RemoteVending:
                 credit_id=fx.credits[-1].credit_id,
                 state=fx.credits[-1].state.value,
             )
-        self._apply(fx)
+        self._apply(fx, at=now)
 
     def handle_bus(self, report: object) -> None:
         log_report(report)
@@ -270,12 +288,14 @@ class RemoteVending:
             for wait in self._tests.values():
                 if report.item != wait.selection:
                     wait.others.append(report.item)
-        self._apply(self.engine.on_bus(report, self.clock()))
+        now = self.clock()
+        self._apply(self.engine.on_bus(report, now), at=now)
         if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
 
     def tick(self) -> None:
-        self._apply(self.engine.tick(self.clock()))
+        now = self.clock()
+        self._apply(self.engine.tick(now), at=now)
 
     def handle_command(self, payload: bytes) -> None:
         """One command payload from the broker, whatever it holds.
@@ -306,6 +326,13 @@ class RemoteVending:
             reply = refusal if refusal is not None else self._query_reply(cmd)
             self._apply(Effects(reply=reply), command_id=cmd.id)
             return
+        if isinstance(cmd, MONEY_COMMANDS) and not self._room_for_money():
+            refusal = m.expired_reply(cmd, self.clock()) or m.Reply(
+                cmd.id, False, m.ErrorCode.STORAGE_FULL, NO_ROOM
+            )
+            log.warning("command_refused", code=refusal.code, command_id=cmd.id)
+            self._apply(Effects(reply=refusal))  # not stored: the same id may come again
+            return
         if isinstance(cmd, m.Refund):
             self._refund(cmd)
             return
@@ -333,7 +360,8 @@ class RemoteVending:
             return
         if isinstance(cmd, m.Voucher | m.Credit) and self._credit_repeated(cmd):
             return
-        fx = self.engine.on_command(cmd, self.clock())
+        now = self.clock()
+        fx = self.engine.on_command(cmd, now)
         log.info(
             "command",
             op=type(cmd).__name__.lower(),
@@ -341,7 +369,10 @@ class RemoteVending:
             ok=fx.reply.ok if fx.reply else None,
             code=fx.reply.code.value if fx.reply and fx.reply.code else None,
         )
-        self._apply(fx, command_id=cmd.id)
+        self._apply(fx, command_id=cmd.id, at=now)
+
+    def _room_for_money(self) -> bool:
+        return self.storage is None or self.storage.check()
 
     def _bad_signature(self, command_id: str, op: str, refusal: signing.Refusal) -> None:
         """Refuse a command for its signature and report it; the refusal is not kept under
@@ -449,8 +480,12 @@ class RemoteVending:
         command_id: str | None = None,
         refunds: Sequence[RefundRow] = (),
         state: dict[str, bytes] | None = None,
+        *,
+        at: float | None = None,
     ) -> None:
-        at = self.clock()
+        """Journal ``fx`` and act on it; ``at``: the time the engine decided it by (read
+        before it closed a transaction: the steady clock may step once nothing is open)."""
+        at = self.clock() if at is None else at
         topics = self.topics
         messages = (
             [] if topics is None else [event_message(e, topics.events, at) for e in fx.events]

@@ -36,6 +36,7 @@ from vmc.journal import Journal, JournalRecord
 from vmc.services import bus_messages as msg
 from vmc.services.stock_book import StockBook
 from vmc.stock import Vend
+from vmc.storage import StorageGuard
 
 if TYPE_CHECKING:  # it imports this module's log_report
     from vmc.services.remote_vend import RemoteVending
@@ -100,8 +101,11 @@ class LocalVending:
         stock: StockBook,
         *,
         machine: RemoteVending | None = None,
+        storage: StorageGuard | None = None,
     ) -> None:
+        """``storage``: while it is full, ``accept`` denies (nothing could be booked)."""
         self.accept = accept
+        self.storage = storage
         self.journal = journal
         self.send = send
         self.stock = stock
@@ -149,13 +153,19 @@ class LocalVending:
         reader = machine.engine.reader_state
         return self.accept and reader is ev.State.SESSION_IDLE and not machine.busy
 
+    def _room(self) -> bool:
+        return self.storage is None or self.storage.check()
+
     def _offers_sessions(self) -> bool:
         return self.accept and not self.always_idle
 
     def _decide(self, report: object) -> None:
         match report:
             case ev.VendRequested(vend_id=vend_id, price=price, negative=negative):
-                if self.accept and not negative:
+                if self.accept and not negative and not self._room():
+                    log.warning("vend_refused", vend_id=vend_id, code="storage_full")
+                    self.send(msg.DenyVend(vend_id))
+                elif self.accept and not negative:
                     self.send(msg.ApproveVend(vend_id, price))
                 else:
                     self.send(msg.DenyVend(vend_id))
