@@ -208,7 +208,8 @@ async def remote_vends(
         def heard(txn_id: str) -> int:
             """The vend results and end states the backend heard for ``txn_id``."""
             vends = sum(
-                e.get("txn_id") == txn_id and e["type"] == "txn.vend" for e in backend.event_log
+                bool(e.get("txn_id") == txn_id and e["type"] == "txn.vend")
+                for e in backend.event_log
             )
             entry = books.entries.get(txn_id)
             return vends + (sum(s in FINAL_STATES for s in entry.states) if entry else 0)
@@ -428,6 +429,7 @@ async def refills_and_planograms(
         for run in range(runs):
             stream: list[dict[str, Any]] = []
             for n in range(STREAM):
+                body: dict[str, Any]
                 if n % 4 == 3:
                     version += 1
                     body = {"op": "planogram.set", "planogram": planogram(version)}
