@@ -62,17 +62,22 @@ async def machine(
     balances: dict[str, int] | None = None,
     extra: tuple[str, ...] = (),
     initialise: bool = True,
+    mqtt_url: str | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
-    ``initialise``: then the VMC has not said a word yet)."""
+    ``initialise``: then the VMC has not said a word yet); the daemon reaches the broker at
+    ``mqtt_url`` when given (a proxy in front of it), the backend always directly; ``wrap``
+    is a command the daemon runs under (``ip netns exec NS``)."""
     pair = PtyPair()
     daemon = DaemonProcess(
         pair,
         tmp_path / "state",
         level=level,
         local_approval="deny",
-        extra=("--mqtt", broker.url, "--device-id", DEVICE, *extra),
+        extra=("--mqtt", mqtt_url or broker.url, "--device-id", DEVICE, *extra),
     )
+    daemon.args[:0] = wrap
     backend = SimBackend(broker.url, policy=policy, balances=balances or {"alice": 10_000})
     backend_task = asyncio.create_task(backend.run())
     await backend.ready()
