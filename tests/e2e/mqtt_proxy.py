@@ -197,22 +197,49 @@ class ImpairedLink:
         self.figures.connections += 1
         self._writers.add(writer)
         try:
-            await self._healed.wait()  # a SYN sent into a partition is answered when it heals
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+            early = await self._until_healed(reader)
+            if early is not None:
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", self.upstream_port
+                )
         except (ConnectionError, OSError):
+            early = None
+        if early is None:
             self._writers.discard(writer)
             writer.close()
             return
         self._writers.add(up_writer)
         try:
+            up = _Direction(up_writer)
+            if early:
+                self._queue(up, early)
             await asyncio.gather(
-                self._direction(reader, _Direction(up_writer)),
-                self._direction(up_reader, _Direction(writer)),
+                self._direction(reader, up), self._direction(up_reader, _Direction(writer))
             )
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.close()
+
+    async def _until_healed(self, reader: asyncio.StreamReader) -> bytes | None:
+        """A connection opened into a partition reaches the other side only when it heals
+        (its SYN is retransmitted until then); what the client sent meanwhile, or None if it
+        gave up first (then nothing of it ever arrives)."""
+        early = b""
+        while self.partitioned:
+            healed = asyncio.ensure_future(self._healed.wait())
+            reading = asyncio.ensure_future(reader.read(65536))
+            await asyncio.wait({healed, reading}, return_when=asyncio.FIRST_COMPLETED)
+            healed.cancel()
+            if not reading.done():
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                break
+            data = reading.result()
+            if not data:
+                return None
+            early += data
+        return early
 
     async def _direction(self, reader: asyncio.StreamReader, out: _Direction) -> None:
         sending = asyncio.create_task(self._send(out))
