@@ -29,9 +29,10 @@ import pytest
 
 from protocols.mdb import commands as c
 from sim.broker import MosquittoBroker
-from tests.e2e.cloud_rig import Rig, machine
+from tests.e2e.cloud_rig import DEVICE, Rig, machine
 from tests.e2e.mqtt_proxy import ImpairedLink, Impairment
 from tests.waiting import wait_until
+from vmc.cloud.sync import BACKOFF_MAX_S
 
 BAD_LINK = Impairment(delay_s=0.3, jitter_s=0.1, loss=0.05, split=0.2)
 """5 % of segments lost, 300 ms ± 100 ms each way, a fifth of the chunks split."""
@@ -39,6 +40,9 @@ NETEM = ("delay", "300ms", "100ms", "loss", "5%", "reorder", "10%")
 PRICE = 150
 VMC_GRACE_S = 3.0
 """The simulated VMC polls this long past its deadline, to see an approval that came late."""
+RECONNECT_S = 1.5 * BACKOFF_MAX_S + 20
+"""The longest a reconnect attempt can be away (the backoff's cap with its jitter), and one
+attempt's connect timeout with slack."""
 OUTCOMES = {"vended": "success", "failed": "failure", "unknown": "unknown"}
 
 
@@ -153,6 +157,13 @@ async def _partition_run(
     await traffic.some("before", around)
     async with partition:
         await traffic.during("partition", seconds)
+    # A device that gave its connection up during the partition is back at its next reconnect
+    # attempt (exponential backoff, at most a minute apart); vends before that expire.
+    loop = asyncio.get_running_loop()
+    healed = loop.time()
+    online = await wait_until(lambda: rig.backend.status.get(DEVICE) == "online", RECONNECT_S)
+    assert online, "the device did not come back after the partition"
+    back_s = loop.time() - healed
     await traffic.some("after", around)
     assert await wait_until(lambda: rig.outbox_size() == 0, 120), "the outbox did not drain"
     settled = await wait_until(
@@ -174,6 +185,7 @@ async def _partition_run(
         "network:",
         {
             "too_late": too_late,
+            "online_after_heal_s": round(back_s, 1),
             "approved": dict(traffic.approved),
             "denied": dict(traffic.denied),
             "sales": dict(traffic.sales),
