@@ -69,6 +69,8 @@ async def machine(
     device_key: bool = False,
     state_dir: Path | None = None,
     env: Mapping[str, str] | None = None,
+    mqtt_url: str | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
     ``initialise``: then the VMC has not said a word yet). On an mTLS broker vmcd and the
@@ -77,7 +79,9 @@ async def machine(
     signs what it publishes with a key of its own, which the backend checks. ``state_dir``:
     the journal's directory (default ``tmp_path/state``, with the log); if given, the log is
     written to ``tmp_path`` (a journal on a small filesystem must not share it with the log).
-    ``env``: more environment for vmcd."""
+    ``env``: more environment for vmcd. The daemon reaches the broker at ``mqtt_url`` when
+    given (a proxy in front of it), the backend always directly; ``wrap`` is a command the
+    daemon runs under (``ip netns exec NS``)."""
     signed: list[str] = []
     device_keys = {}
     if signing_key is not None:
@@ -93,7 +97,8 @@ async def machine(
         cloud: tuple[str, ...] = ("--config", str(config))
         backend_url, tls = broker.tls_url, broker.client_context("backend")
     else:
-        cloud, backend_url, tls = ("--mqtt", broker.url, "--device-id", DEVICE), broker.url, None
+        cloud = ("--mqtt", mqtt_url or broker.url, "--device-id", DEVICE)
+        backend_url, tls = broker.url, None
         if signed:
             config.write_text("[cloud]\n" + "".join(f"{s}\n" for s in signed))
             cloud = (*cloud, "--config", str(config))
@@ -106,6 +111,7 @@ async def machine(
         log_path=None if state_dir is None else tmp_path / "vmcd.log",
         env=env,
     )
+    daemon.args[:0] = wrap
     backend = SimBackend(
         backend_url,
         policy=policy,
