@@ -20,49 +20,38 @@ within ``--wait`` is one line and exit 1.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import base64
 import datetime as dt
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeAlias
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from drivers.dex_port import open_dex_port
-from protocols.dex import DexError
 from protocols.errors import ConfigError, ParseError, PortError
-from protocols.evadts import choose, parse_all
-from protocols.evadts.deltas import AuditDelta, Change, delta
-from protocols.evadts.records import Audit, JsonObject, Sales
 from vmc import cli_views as views
-from vmc.cloud import messages as m
-from vmc.cloud.outbox import new_id
-from vmc.cloud.topics import Topics
-from vmc.config import Config, check_host, control_socket_path, load_config
 from vmc.control.client import (
     ControlClient,
+    NoAnswerError,
     NoReplyError,
     NotRunningError,
     SocketPermissionError,
 )
 from vmc.control.protocol import ControlError, ErrorCode, Json
-from vmc.credit import format_test_vend
-from vmc.journal import JOURNAL_NAME, Journal
-from vmc.logs import configure_logging
-from vmc.profile import format_profile
-from vmc.services.dex_read import read_audit
-from vmc.services.local_ops import Answer, LocalOps, NoAnswerError
-from vmc.services.stock_book import StockBook
-from vmc.state_lock import LOCK_NAME, try_lock
-from vmc.stock_view import stock_view
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from protocols.evadts.deltas import AuditDelta, Change
+    from protocols.evadts.records import Audit, JsonObject
+    from vmc.cloud import messages as m
+    from vmc.cloud.topics import Topics
+    from vmc.config import Config
+    from vmc.journal import Journal
+    from vmc.services.local_ops import Answer
 
 Handler: TypeAlias = Callable[[argparse.Namespace], int]
 SubCommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -73,11 +62,11 @@ EXIT_INTERRUPTED = 130
 WAIT_S = 10.0
 """How long a stock operation waits for a running vmcd to take it."""
 ANSWER_S = 10.0
+"""How long vmctl waits for vmcd's answer to a question (status, txn, events)."""
 TEST_VEND_MARGIN_S = 60.0
+"""Beyond a test vend's session: the reader's wait for the vend result and vmcd's margin."""
 MAX_REF = 256
 """A presented reference's longest, as the cloud's ``ref``."""
-"""Beyond a test vend's session: the reader's wait for the vend result and vmcd's margin."""
-"""How long vmctl waits for vmcd's answer to a question (status, txn, events)."""
 REPLY_GRACE_S = 2.0
 """An operation expires after ``--wait``; its answer may take this much longer to arrive."""
 STARTING_S = 3.0
@@ -95,10 +84,23 @@ class _CliError(Exception):
     """A one-line reason to exit with status 2."""
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed vmc's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print vmctl's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from importlib.metadata import version
+
+        parser.exit(message=f"vmctl {version('vmc')}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmctl", description="vmc field tool")
-    parser.add_argument("--version", action="version", version=f"vmctl {version('vmc')}")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument("--socket", help=SOCKET_HELP)
+    parser.set_defaults(logs=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_daemon_commands(commands)
     add_dex_commands(commands)
@@ -246,12 +248,12 @@ def add_dex_commands(commands: SubCommands) -> SubCommands:
     parse = dex_commands.add_parser("parse", help="summarise the audit in a file")
     parse.add_argument("file", type=Path, help="a saved audit (any line endings, junk allowed)")
     parse.add_argument("--json", action="store_true", help="print one JSON object")
-    parse.set_defaults(handler=_dex_parse)
+    parse.set_defaults(handler=_dex_parse, logs=False)  # a file in, a summary out: fast
     change = dex_commands.add_parser("delta", help="what happened between two reads")
     change.add_argument("old", type=Path, help="the earlier read")
     change.add_argument("new", type=Path, help="the later read of the same machine")
     change.add_argument("--json", action="store_true", help="print one JSON object")
-    change.set_defaults(handler=_dex_delta)
+    change.set_defaults(handler=_dex_delta, logs=False)
     read = dex_commands.add_parser("read", help="read the machine's audit now and save it")
     read.add_argument(
         "--port",
@@ -287,14 +289,14 @@ def add_stock_commands(commands: SubCommands) -> None:
     refill.add_argument(
         "lines", nargs="+", metavar="KEY=AMOUNT", help="selection number or ingredient id"
     )
-    _operation_options(refill, m.Op.STOCK_REFILL)
+    _operation_options(refill, "stock.refill")
     inventory = stock_commands.add_parser("inventory", help="set the levels counted")
     inventory.add_argument(
         "lines", nargs="+", metavar="KEY=LEVEL", help="selection number or ingredient id"
     )
-    _operation_options(inventory, m.Op.STOCK_INVENTORY)
+    _operation_options(inventory, "stock.inventory")
     restock = stock_commands.add_parser("restock", help="every selection and ingredient to par")
-    _operation_options(restock, m.Op.STOCK_RESTOCK)
+    _operation_options(restock, "stock.restock")
     planogram = commands.add_parser(
         "planogram", help="what the machine sells", description="the planogram in force"
     )
@@ -303,7 +305,7 @@ def add_stock_commands(commands: SubCommands) -> None:
     )
     load = planogram_commands.add_parser("set", help="load a planogram document (JSON)")
     load.add_argument("file", type=Path, help="the document planogram.set takes, as JSON")
-    _operation_options(load, m.Op.PLANOGRAM_SET)
+    _operation_options(load, "planogram.set")
     current = planogram_commands.add_parser("show", help="print the planogram in force (JSON)")
     _journal_options(current)
     current.set_defaults(handler=_planogram_show)
@@ -313,7 +315,8 @@ def _journal_options(parser: argparse.ArgumentParser) -> None:
     _daemon_options(parser)
 
 
-def _operation_options(parser: argparse.ArgumentParser, op: m.Op) -> None:
+def _operation_options(parser: argparse.ArgumentParser, op: str) -> None:
+    """The options every stock operation takes; ``op``: the cloud's op it is (``m.Op``)."""
     _journal_options(parser)
     parser.add_argument(
         "--id", type=_local_id, help="the operation's id (a retry with it changes nothing)"
@@ -348,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        configure_logging("warning", sys.stderr)  # stdout carries the commands' output only
+        if args.logs:  # a command that runs vmc's services: their log lines go to stderr
+            from vmc.logs import configure_logging
+
+            configure_logging("warning", sys.stderr)  # stdout carries the output only
         handler: Handler = args.handler
         return handler(args)
     except (_CliError, SocketPermissionError) as exc:
@@ -371,6 +377,8 @@ def _say(exc: Exception, code: int) -> int:
 
 def _load(path: Path) -> tuple[Audit, int]:
     """The audit a file's reader should use, and how many audits the file holds."""
+    from protocols.evadts import choose, parse_all
+
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -383,6 +391,8 @@ def _load(path: Path) -> tuple[Audit, int]:
 
 
 def _dex_parse(args: argparse.Namespace) -> int:
+    from protocols.evadts.records import Sales
+
     audit, count = _load(args.file)
     if args.json:
         summary: JsonObject = audit.to_json()
@@ -433,6 +443,12 @@ def _dex_read(args: argparse.Namespace) -> int:
 
 
 def _read_port(args: argparse.Namespace, config: Config) -> bytes:
+    import asyncio
+
+    from drivers.dex_port import open_dex_port
+    from protocols.dex import DexError
+    from vmc.services.dex_read import read_audit
+
     dex = config.dex
     url = args.port or dex.port
     if url is None:
@@ -463,6 +479,10 @@ def _read_port(args: argparse.Namespace, config: Config) -> bytes:
 def _read_by_vmcd(args: argparse.Namespace, config: Config) -> bytes | None:
     """The audit as a running vmcd read it for us; None when no vmcd runs on the state
     directory, or it reads no DEX port (then we read the port ourselves)."""
+    import base64
+
+    from vmc.cloud import messages as m
+
     client = _daemon_if_running(args, config)
     if client is None:
         return None
@@ -498,6 +518,8 @@ def _check_writable(out: Path) -> None:
 
 
 def _dex_delta(args: argparse.Namespace) -> int:
+    from protocols.evadts.deltas import delta
+
     old, _ = _load(args.old)
     new, _ = _load(args.new)
     result = delta(old, new)
@@ -558,6 +580,8 @@ def _money(minor: int | None, decimals: int) -> str:
 
 def _config(args: argparse.Namespace) -> Config:
     """vmcd's configuration (``--config``), its state directory from ``--state-dir`` if given."""
+    from vmc.config import load_config
+
     try:
         return load_config(args.config, {"daemon.state_dir": args.state_dir})
     except ConfigError as exc:
@@ -567,6 +591,10 @@ def _config(args: argparse.Namespace) -> Config:
 @contextmanager
 def _journal(config: Config) -> Iterator[Journal]:
     """vmcd's journal; a missing state directory or journal is a mistake, never created."""
+    import sqlite3
+
+    from vmc.journal import JOURNAL_NAME, Journal
+
     state_dir = config.daemon.state_dir
     if not state_dir.is_dir():
         raise _CliError(f"no state directory {state_dir}: give vmcd's --state-dir or --config")
@@ -584,6 +612,10 @@ def _journal(config: Config) -> Iterator[Journal]:
 
 
 def _stock_show(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from vmc.stock_view import stock_view
+
     config = _config(args)
     client = _daemon_if_running(args, config)
     if client is not None:
@@ -655,7 +687,11 @@ def _planogram_show(args: argparse.Namespace) -> int:
 
 def _stock_operation(args: argparse.Namespace) -> int:
     """Build the cloud's command for the operation and have it applied (by vmcd if it runs)."""
-    op: m.Op = args.op
+    from vmc.cloud import messages as m
+    from vmc.cloud.outbox import new_id
+    from vmc.logs import configure_logging
+
+    op = m.Op(args.op)
     command: dict[str, Any] = {"id": args.id or new_id(), "op": op.value}
     given: list[str] = getattr(args, "lines", [])
     if op is m.Op.PLANOGRAM_SET:
@@ -677,6 +713,12 @@ def _stock_operation(args: argparse.Namespace) -> int:
 def _apply(args: argparse.Namespace, config: Config, command: dict[str, Any]) -> Answer:
     """Have ``command`` applied: by vmcd over its socket when it runs, else by us, holding the
     state directory's lock (a vmcd starting meanwhile waits for it)."""
+    import sqlite3
+
+    from vmc.services.local_ops import Answer, LocalOps
+    from vmc.services.stock_book import StockBook
+    from vmc.state_lock import try_lock
+
     command["expires"] = time.time() + args.wait  # vmcd refuses it later: no late surprise
     deadline = time.monotonic() + args.wait
     while True:
@@ -716,6 +758,8 @@ def _not_vmcd_user(path: object, reason: str | None) -> _CliError:
 
 def _topics(config: Config) -> Topics | None:
     """The cloud's topics when one is configured: the operation's events are queued for it."""
+    from vmc.cloud.topics import Topics
+
     cloud = config.cloud
     if cloud.url is None or cloud.device_id is None:
         return None
@@ -796,6 +840,8 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def _socket_path(args: argparse.Namespace, config: Config) -> Path:
     """``--socket``, else ``VMC_SOCKET``, else where vmcd puts it for this configuration."""
+    from vmc.config import control_socket_path
+
     given = getattr(args, "socket", None) or os.environ.get("VMC_SOCKET")
     if given:
         return Path(given)
@@ -813,6 +859,8 @@ def _daemon_if_running(args: argparse.Namespace, config: Config) -> ControlClien
     No socket while the state directory's lock is held means vmcd is starting (or serves its
     socket elsewhere): vmctl waits a moment for it rather than touch what vmcd owns.
     """
+    from vmc.state_lock import LOCK_NAME
+
     path = _socket_path(args, config)
     deadline = time.monotonic() + STARTING_S
     while True:
@@ -832,6 +880,9 @@ def _daemon_if_running(args: argparse.Namespace, config: Config) -> ControlClien
 
 def _locked(state_dir: Path) -> bool:
     """Whether a vmcd holds the state directory's lock now."""
+    from vmc.journal import JOURNAL_NAME
+    from vmc.state_lock import try_lock
+
     if not (state_dir / JOURNAL_NAME).is_file():
         return False  # vmcd has never run there
     try:
@@ -878,6 +929,8 @@ def _txn_show(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
     client = _daemon(args)
     with client:
         if not args.follow:
@@ -942,6 +995,8 @@ def _monitor(
 
 
 def _test_vend(args: argparse.Namespace) -> int:
+    from vmc.credit import format_test_vend
+
     with _daemon(args) as client:
         print(
             f"test vend of selection {args.selection}: select it on the machine"
@@ -975,6 +1030,8 @@ def _present(args: argparse.Namespace) -> int:
 
 
 def _selftest(args: argparse.Namespace) -> int:
+    from vmc.profile import format_profile
+
     profile = _ask(args, "selftest")
     if args.json:
         print(json.dumps(profile))
@@ -985,6 +1042,8 @@ def _selftest(args: argparse.Namespace) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     """vmcd's start-up checks on FILE, as ``vmcd --config FILE`` runs them; nothing starts."""
+    from vmc.config import check_host, control_socket_path, load_config
+
     try:
         config = load_config(args.file)
         if config.mdb.port is None:

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from vmc.control.status import CHECKS, Code
-
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -138,6 +136,8 @@ def print_status(status: Mapping[str, Any]) -> None:
     if not codes:
         out.print("codes: none (nothing to fix)")
         return
+    from vmc.control.status import CHECKS, Code  # the daemon's side: only when shown
+
     table = _table("CODE", "WHAT TO CHECK")
     for code in codes:
         known = Code.__members__.get(code.upper())

@@ -11,19 +11,26 @@ N&W BlueRed's put theirs in front of it), unless it is part of a segment (``_dxs
 file without DXS is read from its first known segment, if it has one. An audit ends at its
 ``DXE``; what follows up to the next DXS is junk.
 
-Written for throughput (a reporter parses megabyte audits on a small CPU): the text is split
-once into lines, each line once into elements, the segment id picks a handler from a dict,
-products (most lines) are read in the loop itself with no call per line, records nobody reads
-stay raw tuples, the G85 CRC is folded with big-integer XORs instead of a byte loop
-(``g85_crc``), and the garbage collector rests during a parse. Bench: ``bench/dex.py``.
+Written for throughput (a reporter parses megabyte audits on a small CPU). Products are most
+of a large audit's text, and most audits' product lines are plain: a selection, digits where
+numbers go. Such a block of product lines is found with one regular-expression pass, checked
+for anything that could make a warning with another (``_SUSPECT``), and cut into one string per
+product with a C-level split; each product is converted the first time somebody reads it
+(:class:`LazyProducts`). Any other block (escapes in numbers, negatives, empty selections, a
+PA2 without its PA1) makes its audit take the general path, line by line, which gives the same
+records and its warnings. The other segments are split into elements once and dispatched by
+segment id; records nobody reads stay raw tuples, the G85 CRC is folded with big-integer XORs
+instead of a byte loop (``g85_crc``), and the garbage collector rests during a parse. Bench:
+``bench/dex.py``.
 """
 
 from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import overload
 
 from protocols.crc16 import crc16_arc
 from protocols.errors import ParseError
@@ -137,6 +144,7 @@ def _parse_all(data: bytes | str) -> tuple[Audit, ...]:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = text.split("\n")
+    runs = _product_runs(text)
     starts, enveloped = _dxs_lines(text, lines)
     if starts:
         bounds = [*starts[1:], len(lines)]
@@ -145,7 +153,7 @@ def _parse_all(data: bytes | str) -> tuple[Audit, ...]:
             lead = []
             if begin == starts[0] and (enveloped or _count_junk(lines, 0, begin)):
                 lead.append("ignored text before DXS")
-            audits.append(_read_audit(lines, begin, end, has_dxs=True, warnings=lead))
+            audits.append(_read_audit(lines, begin, end, has_dxs=True, warnings=lead, runs=runs))
         return tuple(audits)
     first = _first_segment(lines)
     if first is None:
@@ -154,7 +162,7 @@ def _parse_all(data: bytes | str) -> tuple[Audit, ...]:
     lead = ["no DXS header; read from the first audit segment"]
     if _count_junk(lines, 0, first):
         lead.append("ignored text before the first audit segment")
-    return (_read_audit(lines, first, len(lines), has_dxs=False, warnings=lead),)
+    return (_read_audit(lines, first, len(lines), has_dxs=False, warnings=lead, runs=runs),)
 
 
 def _dxs_lines(text: str, lines: list[str]) -> tuple[list[int], bool]:
@@ -232,17 +240,19 @@ def _num(f: list[str], i: int, warnings: list[str]) -> int | None:
 
 
 def _four(
-    f: list[str], warnings: list[str]
+    f: list[str], warnings: list[str], at: int = 1
 ) -> tuple[int | None, int | None, int | None, int | None]:
-    """Elements 01-04 as numbers, with a fast path for four plain counters (the PA2 line)."""
+    """Elements ``at`` to ``at + 3`` (01-04 by default) as numbers, with a fast path for four
+    plain counters (the PA2 line, a PA7's sales)."""
     try:
-        a, b, c, d = int(f[1]), int(f[2]), int(f[3]), int(f[4])
+        a, b, c, d = int(f[at]), int(f[at + 1]), int(f[at + 2]), int(f[at + 3])
     except (ValueError, IndexError):
         pass
     else:
         if 0 <= (a | b | c | d) < NOT_SUPPORTED:  # none negative, none the sentinel
             return a, b, c, d
-    return _num(f, 1, warnings), _num(f, 2, warnings), _num(f, 3, warnings), _num(f, 4, warnings)
+    w = warnings
+    return _num(f, at, w), _num(f, at + 1, w), _num(f, at + 2, w), _num(f, at + 3, w)
 
 
 def _text(f: list[str], i: int) -> str | None:
@@ -422,44 +432,17 @@ class _Builder:
             self.se = (index, f)
 
     def product(self, group: list[list[str]]) -> Product:
-        """A PA1 and its PA2-PA9 in general; ``_read_audit`` converts a plain PA1+PA2 itself."""
-        w = self.warnings
-        pa1 = group[0]
-        selection = _text(pa1, 1)
-        if selection is None and (selection := _kikko_selection(pa1)) is not None:
-            self.shifted += 1
-            price = _num(pa1, 3, w)
-            product_id = None
-        else:
-            price = _num(pa1, 2, w)
-            product_id = _text(pa1, 3)
-            self.unnamed += selection is None
-        paid = test = free = None
-        by_payment: list[PaymentSales] = []
-        other: list[RawRecord] = []
-        for f in group[1:]:
-            tag = f[0]
-            if tag == "PA2":
-                paid = _new(Sales, _four(f, w))
-            elif tag == "PA3":
-                test = _new(Sales, _four(f, w))
-            elif tag == "PA4":
-                free = _new(Sales, _four(f, w))
-            elif tag == "PA7":
-                sales = Sales(*(_num(f, i, w) for i in range(5, 9)))
-                by_payment.append(PaymentSales(_text(f, 2), _text(f, 3), _num(f, 4, w), sales))
-            else:
-                other.append(tuple(f))
-        if paid is None and by_payment:
-            paid = _sum_sales([entry.sales for entry in by_payment])
-        return Product(
-            selection, price, product_id, paid, test, free, tuple(by_payment), tuple(other)
-        )
+        """A PA1 and its PA2-PA9, counting the selections read with the KIKKO shift or none."""
+        product, shifted, unnamed = _product(group, self.warnings)
+        self.shifted += shifted
+        self.unnamed += unnamed
+        return product
 
-    def audit(self, lines: list[str], start: int, *, dxe: bool) -> Audit:
+    def audit(
+        self, lines: list[str], start: int, products: Sequence[Product], *, dxe: bool
+    ) -> Audit:
         """The audit read so far; ``start`` is where the G85 CRC and the SE01 count begin."""
         w = self.warnings
-        products = tuple(self.products)
         if self.shifted:
             w.append(
                 f"{self.shifted} PA1 with an empty PA101: selection read from PA102 and price"
@@ -550,6 +533,124 @@ class _Builder:
             self.warnings.append(f"SE01 says {declared} segments, counted {counted}")
 
 
+def _product(group: list[list[str]], w: list[str]) -> tuple[Product, bool, bool]:
+    """A PA1 and its PA2-PA9; whether its selection came from the KIKKO shift, or is absent."""
+    pa1 = group[0]
+    selection = _text(pa1, 1)
+    shifted = unnamed = False
+    if selection is None and (selection := _kikko_selection(pa1)) is not None:
+        shifted = True
+        price = _num(pa1, 3, w)
+        product_id = None
+    else:
+        price = _num(pa1, 2, w)
+        product_id = _text(pa1, 3)
+        unnamed = selection is None
+    paid = test = free = None
+    by_payment: list[PaymentSales] = []
+    other: list[RawRecord] = []
+    for f in group[1:]:
+        tag = f[0]
+        if tag == "PA2":
+            paid = _new(Sales, _four(f, w))
+        elif tag == "PA3":
+            test = _new(Sales, _four(f, w))
+        elif tag == "PA4":
+            free = _new(Sales, _four(f, w))
+        elif tag == "PA7":
+            sales = _new(Sales, _four(f, w, 5))
+            entry = (_text(f, 2), _text(f, 3), _num(f, 4, w), sales)
+            by_payment.append(_new(PaymentSales, entry))
+        else:
+            other.append(tuple(f))
+    if paid is None and by_payment:
+        paid = _sum_sales([entry.sales for entry in by_payment])
+    fields = (selection, price, product_id, paid, test, free, tuple(by_payment), tuple(other))
+    return _new(Product, fields), shifted, unnamed
+
+
+def _block_product(block: str) -> Product:
+    """The product of a plain block (``_SUSPECT`` found nothing in it): its lines with the PA1
+    line's ``PA1*`` cut off, as the split of a run leaves them. No warning can arise.
+
+    The commonest block, a PA1 and one PA2 of plain values, is converted here at once.
+    """
+    head, _, pa2 = block.partition("\nPA2*")
+    if pa2 and "\n" not in pa2 and "\n" not in head and "^" not in head:
+        pa1, f = head.split("*"), pa2.split("*")
+        try:
+            price = int(pa1[1])
+            a, b, c, d = int(f[0]), int(f[1]), int(f[2]), int(f[3])
+        except (ValueError, IndexError):
+            pass
+        else:
+            if 0 <= (price | a | b | c | d) < NOT_SUPPORTED:  # as in _four
+                product_id = pa1[2].strip() if len(pa1) > 2 else ""
+                paid = _new(Sales, (a, b, c, d))
+                fields = (pa1[0].strip(), price, product_id or None, paid, None, None, (), ())
+                return _new(Product, fields)
+    lines = block.split("\n")
+    pa1 = lines[0].split("*")
+    group = [["PA1", *pa1]]
+    group += [line.split("*") for line in lines[1:]]
+    return _product(group, [])[0]
+
+
+class LazyProducts(Sequence[Product]):
+    """An audit's products, each converted from its text the first time it is read.
+
+    Compares, hashes and prints as the tuple of its products, so an audit built from it equals
+    one built eagerly from the same text.
+    """
+
+    __slots__ = ("_blocks", "_done")
+
+    def __init__(self, blocks: list[str]) -> None:
+        self._blocks = blocks
+        self._done: list[Product | None] = [None] * len(blocks)
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    @overload
+    def __getitem__(self, index: int) -> Product: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Product, ...]: ...
+
+    def __getitem__(self, index: int | slice) -> Product | tuple[Product, ...]:
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self._blocks))))
+        product = self._done[index]
+        if product is None:
+            product = self._done[index] = _block_product(self._blocks[index])
+        return product
+
+    def __iter__(self) -> Iterator[Product]:
+        done = self._done
+        if None in done:
+            blocks = self._blocks
+            if done.count(None) == len(done):  # none read yet: the usual case
+                done[:] = map(_block_product, blocks)
+            else:
+                done[:] = [
+                    _block_product(block) if product is None else product
+                    for product, block in zip(done, blocks, strict=True)
+                ]
+        return iter(done)  # type: ignore[arg-type]  # no None left
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, LazyProducts | tuple | list):
+            return tuple(self) == tuple(other)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
 def _kikko_selection(pa1: list[str]) -> str | None:
     """PA102 if this PA1 has the N&W KIKKO shift (PA101 empty, PA102 selection, PA103 price)."""
     if len(pa1) < 4 or not pa1[3].strip().isdecimal():
@@ -566,60 +667,126 @@ def _sum_sales(parts: list[Sales]) -> Sales:
     return Sales(*totals)
 
 
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Consecutive product lines (PA1-PA9) from line ``start`` to before ``end``; ``blocks`` is
+    one string per product when the run is plain (it starts with a PA1 and ``_SUSPECT`` finds
+    nothing in it), else None."""
+
+    start: int
+    end: int
+    blocks: list[str] | None
+
+
+_RUN = re.compile(r"(?:^PA[1-9](?:\*[^\n]*)?(?:\n|\Z))+", re.MULTILINE)
+_NUMBER = "[0-9]{0,18}+"  # possessive: a line is looked at once, never backtracked over
+_SUSPECT = re.compile(
+    "\\nPA(?:"
+    "1(?!\\*)"  # a PA1 with no elements
+    "|1\\*[^\\S\\n]*+(?:[*\\n]|\\Z)"  # PA101 blank: no selection, or the KIKKO shift
+    f"|1\\*[^*\\n]*+\\*{_NUMBER}[^*\\n]"  # PA102, the price
+    f"|[234]\\*(?:{_NUMBER}\\*){{0,3}}+{_NUMBER}[^*\\n]"  # PA2-PA4 01-04
+    f"|7\\*(?:[^*\\n]*+\\*){{3}}(?:{_NUMBER}\\*){{0,4}}+{_NUMBER}[^*\\n]"  # PA7 04-08
+    ")"
+)
+"""Where a product line holds something other than digits (up to 18; the character after them
+is neither ``*`` nor the line's end) in a number the model reads, or a PA1 without a
+selection: what could make a warning. A run without any converts
+lazily; a match sends the audit down the general path, which is exact whatever the text."""
+
+
+def _product_runs(text: str) -> list[_Run]:
+    """Every run of product lines in ``text`` (newlines normalised), in order."""
+    runs: list[_Run] = []
+    line = 0
+    last = 0
+    for match in _RUN.finditer(text):
+        begin, stop = match.span()
+        line += text.count("\n", last, begin)
+        last = stop
+        count = text.count("\n", begin, stop)
+        if text.endswith("\n", begin, stop):
+            stop -= 1
+        else:
+            count += 1  # the last line of the text, with no newline after it
+        plain = text.startswith("PA1*", begin) and (
+            _SUSPECT.search(text, begin - 1, stop) is None
+            if begin
+            else _SUSPECT.search("\n" + text[:stop]) is None
+        )
+        blocks = text[begin + 4 : stop].split("\nPA1*") if plain else None
+        runs.append(_Run(line, line + count, blocks))
+        line += count
+    return runs
+
+
 def _read_audit(
-    lines: list[str], begin: int, end: int, *, has_dxs: bool, warnings: list[str]
+    lines: list[str],
+    begin: int,
+    end: int,
+    *,
+    has_dxs: bool,
+    warnings: list[str],
+    runs: Sequence[_Run],
 ) -> Audit:
     """The audit in ``lines[begin:end]`` (``begin`` is its DXS line if ``has_dxs``).
 
-    Products are most of a large audit's lines, so the loop handles them with no call per line:
-    a PA1 opens a group, PA2-PA9 join it, the next PA1 or LS/LE closes it and
-    ``_Builder.product`` converts it. The common product, a PA1 and one PA2 of plain values, is
-    converted here as its PA2 arrives, and reopened as a group if a PA3-PA9 follows after all.
+    When every run of product lines in it is plain, the lines between the runs are read one by
+    one and the runs become :class:`LazyProducts`; otherwise every line is (``_scan``).
     """
     builder = _Builder(warnings)
     first = begin
     if has_dxs:
         builder.dxs(lines[begin].split("*"))
         first += 1
+    inside = [run for run in runs if first <= run.start < end]
+    dxe: int | None = None
+    products: Sequence[Product]
+    if inside and all(run.blocks is not None for run in inside):
+        blocks: list[str] = []
+        index = first
+        for run in inside:
+            dxe = _scan(builder, lines, index, run.start)
+            if dxe is not None:
+                break
+            assert run.blocks is not None
+            blocks += run.blocks
+            index = run.end
+        else:
+            dxe = _scan(builder, lines, index, end)
+        products = LazyProducts(blocks)
+    else:
+        dxe = _scan(builder, lines, first, end)
+        products = tuple(builder.products)
+    if dxe is not None and _count_junk(lines, dxe + 1, end):
+        warnings.append("ignored text after DXE")
+    if builder.st is None and has_dxs:
+        warnings.append("no ST segment")
+    if dxe is None and builder.se is None:
+        warnings.append("audit ends without SE or DXE (truncated)")
+    start = first if builder.st is None else builder.st
+    return builder.audit(lines, start, products, dxe=dxe is not None)
+
+
+def _scan(builder: _Builder, lines: list[str], begin: int, end: int) -> int | None:
+    """Read ``lines[begin:end]`` into ``builder``, line by line; the DXE's index if reached.
+
+    A PA1 opens a product group, PA2-PA9 join it, the next PA1 or LS/LE (or the end) closes
+    it and ``_Builder.product`` converts it; a PA2-PA9 with no group is an orphan.
+    """
     get = builder.handlers.get
     products = builder.products
     product = builder.product
     group: list[list[str]] | None = None  # the open product group, converted when it closes
-    plain: list[list[str]] | None = None  # the open PA1+PA2, already converted: products[-1]
     dxe = None
-    for index, line in enumerate(lines[first:end], first):
+    for index, line in enumerate(lines[begin:end], begin):
         f = line.split("*")
         tag = f[0]
         if tag == "PA1":
             if group is not None:
                 products.append(product(group))
             group = [f]
-            plain = None
-        elif tag == "PA2" and group is not None and len(group) == 1:
-            pa1 = group[0]
-            group.append(f)
-            try:
-                selection = pa1[1].strip()
-                price = int(pa1[2])
-                product_id = pa1[3].strip() if len(pa1) > 3 else ""
-                a, b, c, d = int(f[1]), int(f[2]), int(f[3]), int(f[4])
-            except (ValueError, IndexError):
-                pass  # left to the general conversion when the group closes
-            else:
-                if (
-                    selection
-                    and 0 <= (price | a | b | c | d) < NOT_SUPPORTED  # as in _four
-                    and "^" not in selection
-                    and "^" not in product_id
-                ):
-                    paid = _new(Sales, (a, b, c, d))
-                    fields = (selection, price, product_id or None, paid, None, None, (), ())
-                    products.append(_new(Product, fields))
-                    plain, group = group, None
         elif tag in _PRODUCT_MEMBERS:
-            if plain is not None:  # not a plain product after all
-                products.pop()
-                group, plain = plain, None
             if group is None:
                 builder.orphan(f)
             else:
@@ -629,7 +796,7 @@ def _read_audit(
         elif tag in _LOOP_MARKS:
             if group is not None:
                 products.append(product(group))
-            group = plain = None
+            group = None
             builder.loops += 1
         elif tag == "DXE":
             dxe = index
@@ -638,14 +805,7 @@ def _read_audit(
             builder.unknown(f)
     if group is not None:
         products.append(product(group))
-    if dxe is not None and _count_junk(lines, dxe + 1, end):
-        warnings.append("ignored text after DXE")
-    if builder.st is None and has_dxs:
-        warnings.append("no ST segment")
-    if dxe is None and builder.se is None:
-        warnings.append("audit ends without SE or DXE (truncated)")
-    start = first if builder.st is None else builder.st
-    return builder.audit(lines, start, dxe=dxe is not None)
+    return dxe
 
 
 _PRODUCT_MEMBERS = frozenset(("PA2", "PA3", "PA4", "PA5", "PA6", "PA7", "PA8", "PA9"))

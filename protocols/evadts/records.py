@@ -12,6 +12,7 @@ twice as fast. Both are immutable and typed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, TypeAlias
@@ -282,7 +283,7 @@ class Audit:
     cashless: Peripheral = Peripheral()
     cashless2: Peripheral = Peripheral()
     tokens: Peripheral = Peripheral()
-    products: tuple[Product, ...] = ()
+    products: Sequence[Product] = ()
     events: tuple[Event, ...] = ()
     event_counters: tuple[EventCounter, ...] = ()
     reads: ReadStats | None = None

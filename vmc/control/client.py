@@ -47,6 +47,11 @@ class SocketPermissionError(VmcError):
         self.path = path
 
 
+class NoAnswerError(VmcError):
+    """A running vmcd did not answer in time: whether the operation was applied is unknown
+    (a repeat with its id says), or it stopped before the read it took had finished."""
+
+
 class NoReplyError(VmcError):
     """vmcd did not answer in time, or closed the connection before its answer."""
 

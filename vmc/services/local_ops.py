@@ -34,7 +34,6 @@ from typing import Any
 import cbor2
 import structlog
 
-from protocols.errors import VmcError
 from vmc.cloud import codec
 from vmc.cloud import messages as m
 from vmc.journal import Journal
@@ -44,11 +43,6 @@ from vmc.services.stock_book import StockBook
 log = structlog.get_logger("vmc.local_ops")
 
 LOCAL_COMMANDS = (m.SetPlanogram, m.Refill, m.TakeInventory, m.RestockToPar, m.DataRequest)
-
-
-class NoAnswerError(VmcError):
-    """A running vmcd did not answer in time: whether the operation was applied is unknown
-    (a repeat with its id says), or it stopped before the read it took had finished."""
 
 
 @dataclass(frozen=True, slots=True)
