@@ -93,7 +93,8 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
         from importlib.metadata import version
 
-        parser.exit(message=f"vmctl {version('vmc')}\n")
+        print(f"vmctl {version('vmc')}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -226,8 +226,12 @@ async def test_status_with_the_cloud_and_a_dex_port(
         await load_planogram(rig)
         status = await status_where(
             state,
-            lambda s: s["cloud"]["state"] == "connected" and s["reporter"]["last_read"],
-            "the cloud connected and the audit read at start",
+            lambda s: (
+                s["cloud"]["state"] == "connected"
+                and s["reporter"]["last_read"]
+                and s["bus"]["state"] == "enabled"
+            ),  # vmcd says the link is up about 1 s after start
+            "the cloud connected, the audit read at start and the MDB link up",
         )
         cloud = status["cloud"]
         assert (cloud["url"], cloud["device_id"], cloud["last_error"]) == (
