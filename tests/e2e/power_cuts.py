@@ -96,6 +96,20 @@ class Figures:
         }
 
 
+async def _cut_during(
+    rig: Rig, cuts: CutPoints, figures: Figures, customer: asyncio.Task[float], run: int
+) -> bool:
+    """Run 0 only times a whole session (False); later runs cut the power where ``cuts``
+    says, mid-session or not, and restart vmcd."""
+    if not run:
+        await cuts.probe(customer)
+        return False
+    await asyncio.sleep(cuts.next())  # where the cut falls, not a wait
+    figures.mid_session += not cuts.ran_whole(customer)
+    await cut_and_restart(rig, customer)
+    return True
+
+
 async def cut_and_restart(rig: Rig, customer: asyncio.Task[float] | None = None) -> None:
     """kill -9 the daemon, let the VMC's session end against the dead reader, start it again
     on the same journal (the VMC initialises it as after a power cut)."""
@@ -195,12 +209,8 @@ async def remote_vends(
             seen[txn_id] = OnTheBus()
             item = rng.randrange(1, 60)
             customer = asyncio.create_task(_selections(rig, seen[txn_id], [item], {item: 150}, 0.0))
-            if not run:
-                await cuts.probe(customer)
+            if not await _cut_during(rig, cuts, figures, customer, run):
                 continue
-            await asyncio.sleep(cuts.next())  # where the cut falls, not a wait
-            figures.mid_session += not cuts.ran_whole(customer)
-            await cut_and_restart(rig, customer)
             with contextlib.suppress(TimeoutError):
                 await backend.wait_done(txn_id, 20)
         books = backend.books
@@ -284,12 +294,8 @@ async def vouchers_and_credits(
             assert reply["ok"], reply
             seen[key] = OnTheBus()
             customer = asyncio.create_task(_selections(rig, seen[key], items, PRICES, DISPENSE_S))
-            if not run:
-                await cuts.probe(customer)
+            if not await _cut_during(rig, cuts, figures, customer, run):
                 continue
-            await asyncio.sleep(cuts.next())  # where the cut falls, not a wait
-            figures.mid_session += not cuts.ran_whole(customer)
-            await cut_and_restart(rig, customer)
             with contextlib.suppress(TimeoutError):
                 await backend.wait_credit(*key, timeout=20)
         books = backend.books
