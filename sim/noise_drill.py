@@ -30,25 +30,42 @@ from protocols.mdb import commands as c
 from sim.daemon_proc import DaemonProcess
 from sim.noise import NoiseCounts, NoiseRelay, NoiseSpec
 from sim.scenarios import CUSTOMERS, DEFAULT_WEIGHTS, Customers
-from sim.vmc_master import Answer, VmcMaster
+from sim.vmc_master import Answer, VmcMaster, VmcSimError
 from vmc.journal import Journal
 
 ANSWER_TIMEOUT_S = 0.1  # the relay adds a hop; silence is still told from an answer at once
 POLL_PERIOD_S = 0.005
 MAX_RECOVERY_POLLS = 50
+COMMAND_TRIES = 30  # a VMC repeats a command until the non-response time (seconds)
 READER_WAIT_S = 20.0
 
 
 class WatchedVmc(VmcMaster):
     """A VMC that keeps the books the drill is judged by: approvals expected and not, and the
-    reader's answers whose CHK it caught (each costs a RET)."""
+    reader's answers whose CHK it caught (each costs a RET).
+
+    Like a real VMC on a noisy line it sends a command again when the answer never came, was
+    garbled twice, or was a NAK or another lone word that is not ACK, up to
+    :data:`COMMAND_TRIES` times; so a command the reader did get may reach it twice, which it
+    must survive.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.approvals = 0
         self.unexpected_approvals = 0
         self.checksum_errors = 0
+        self.resent = 0
         self._awaiting_approval = False
+
+    async def command(self, payload: bytes, what: str, *, timed: bool = True) -> Answer:
+        for _ in range(COMMAND_TRIES - 1):
+            with contextlib.suppress(VmcSimError):
+                answer = await super().command(payload, what, timed=timed)
+                if not _garbled(answer):
+                    return answer
+            self.resent += 1
+        return await super().command(payload, what, timed=timed)
 
     async def _retransmit(self, what: str) -> Answer:
         self.checksum_errors += 1
@@ -81,6 +98,12 @@ class WatchedVmc(VmcMaster):
     def bus_reset(self) -> None:
         self._awaiting_approval = False
         super().bus_reset()
+
+
+def _garbled(answer: Answer) -> bool:
+    """Silence, a NAK (the reader's word for a block that failed its CHK), or one word that
+    is not ACK: all mean "send it again"."""
+    return answer.timed_out or (len(answer.words) == 1 and not answer.is_ack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +158,7 @@ class NoiseFigures:
     words_dropped: int = 0
     checksum_errors_reader: int = 0
     checksum_errors_vmc: int = 0
+    commands_resent: int = 0
     sessions: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     resets_mid_vend: int = 0
@@ -271,6 +295,7 @@ def _sold_ids(state_dir: Path) -> list[int]:
 
 def _judge(figures: NoiseFigures, vmc: WatchedVmc, log: DaemonLog, sold: list[int]) -> None:
     figures.checksum_errors_vmc = vmc.checksum_errors
+    figures.commands_resent = vmc.resent
     figures.checksum_errors_reader = log.checksum_errors
     figures.approvals_seen = vmc.approvals + vmc.unexpected_approvals
     figures.vend_requests_reader = log.vend_requests
