@@ -9,7 +9,8 @@ What it judges, from both ends of the line:
 
 * false approvals: a VEND APPROVED the VMC took that it was not waiting for (no request open,
   or one a RESET or BREAK aborted), any approval the VMC saw under the ``deny`` policy, and
-  on the reader's side any vend approved twice or approved under ``deny`` (its log);
+  on the reader's side any vend approved twice or approved under ``deny`` (its log); and the
+  VMC may not take more approvals than vmcd sent (one forged by noise that passed the CHK);
 * dispensed without approval: a sale the reader journaled for a vend it never approved;
 * crashes: the bus process exiting, a traceback in the log, a non-zero exit at stop.
 """
@@ -307,12 +308,14 @@ def _judge(figures: NoiseFigures, vmc: WatchedVmc, log: DaemonLog, sold: list[in
         false += vmc.approvals + len(log.approved_ids)
     figures.false_approvals = false
     figures.sales_without_approval = len(set(sold) - set(log.approved_ids))
+    forged = figures.approvals_seen - figures.approvals_reader
     expected_sale = "vended" if figures.policy == "accept" else "denied"
     checks = {
         f"{false} false approvals": false == 0,
         f"{figures.sales_without_approval} sales without approval": not (
             figures.sales_without_approval
         ),
+        f"the VMC took {forged} more approvals than vmcd sent": forged <= 0,
         f"{log.bus_exits} bus process exits": log.bus_exits == 0,
         f"{log.tracebacks} tracebacks in the log": log.tracebacks == 0,
         f"vmcd exited with {figures.exit_code}": figures.exit_code == 0,
