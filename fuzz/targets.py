@@ -40,6 +40,7 @@ from vmc.config import load_config
 ROOT = Path(__file__).resolve().parent.parent
 MDB_LEVELS = (1, 2, 3)
 TICK_EVERY_S = 0.7
+SCRATCH_ENV = "VMC_FUZZ_SCRATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +91,18 @@ def _codec(data: bytes) -> None:
 
 
 class _ConfigFile:
-    """One scratch file the config target rewrites for every input (on tmpfs when there),
-    made on the first input and removed when the process ends."""
+    """One scratch file the config target rewrites for every input, made on the first one: in
+    the directory ``VMC_FUZZ_SCRATCH`` names (fuzz/run's, removed after the run), else on
+    tmpfs when there, removed when the process ends normally."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
 
     def __call__(self, data: bytes) -> None:
         if self.path is None:
-            where = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            where = os.environ.get(SCRATCH_ENV) or (
+                "/dev/shm" if os.path.isdir("/dev/shm") else None
+            )
             fd, name = tempfile.mkstemp(prefix="vmc-fuzz-", suffix=".toml", dir=where)
             os.close(fd)
             self.path = Path(name)
