@@ -52,7 +52,10 @@ class PortUrl:
 
 def parse_port_url(url: str, kind: PortKind = PortKind.MDB) -> PortUrl:
     """Check ``url`` for a ``kind`` port; :class:`PortError` names what is wrong and allowed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ or ], read as a broken IPv6 host
+        raise PortError(f"{kind.value} port URL {url!r}: not a URL ({exc})") from exc
     schemes = _OPTIONS[kind]
     if parts.scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)

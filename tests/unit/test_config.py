@@ -89,6 +89,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ({"extra.key": 1}, "[extra]", "mdb, reader, daemon, cloud"),
         ({"cloud.url": "http://x"}, "cloud.url", "mqtt://HOST:PORT"),
         ({"cloud.url": "mqtt://x:99999"}, "cloud.url", "bad port"),
+        ({"cloud.url": "mqtt://bro]ker:8883"}, "cloud.url", "mqtt://HOST:PORT"),
+        ({"cloud.url": "mqtts://[::1:8883"}, "cloud.url", "mqtt://HOST:PORT"),
         ({"cloud.url": "mqtt://x:1883"}, "cloud.device_id", "--device-id"),
         ({"cloud.url": "mqtt://x", "cloud.device_id": "a/b"}, "cloud.device_id", "A-Z"),
         (

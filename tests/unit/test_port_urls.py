@@ -64,6 +64,8 @@ def test_good_urls(url: str, kind: PortKind, parsed: PortUrl) -> None:
         ),
         ("uart:///dev/t?baud=9601", PortKind.DEX, "baud='9601'; allowed: 1200, 2400"),
         ("loop://x", PortKind.DEX, "allowed schemes: uart://, pty://"),
+        ("pty://[x", PortKind.MDB, "not a URL"),
+        ("uart://]/dev/ttyAMA0", PortKind.DEX, "not a URL"),
     ],
 )
 def test_bad_urls(url: str, kind: PortKind, match: str) -> None:

@@ -72,7 +72,12 @@ class MqttSettings:
 
 
 def validate_mqtt_url(url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ or ]: not echoed, it may hold a password
+        raise ConfigError(
+            f"cloud.url: not a URL ({exc}); it must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
+        ) from exc
     shown = _without_password(url, parts.password)
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
         raise ConfigError(
