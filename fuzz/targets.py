@@ -5,7 +5,8 @@
   a :class:`CashlessDevice`, whose ``receive`` and ``tick`` raise nothing (the bus process
   does not catch around them). Each complete block is also given to ``parse_command``, which
   may raise :class:`RemoteProtocolError`.
-* ``evadts``: :func:`protocols.evadts.parser.parse_all`, which raises only ``NoAuditError``.
+* ``evadts``: :func:`protocols.evadts.parser.parse_all`, which raises only ``NoAuditError``,
+  and whose lazy products must equal the general path's.
 * ``codec``: :func:`vmc.cloud.codec.decode_command`, which raises only ``CommandError``.
 * ``config``: :func:`vmc.config.load_config` on the bytes as a file, which raises only
   ``ConfigError``.
@@ -21,6 +22,7 @@ import atexit
 import contextlib
 import os
 import random
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +31,9 @@ from pathlib import Path
 import cbor2
 
 from protocols.errors import ConfigError, RemoteProtocolError
+from protocols.evadts import parser
 from protocols.evadts.parser import NoAuditError, parse_all
+from protocols.evadts.records import Audit
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
 from protocols.mdb.commands import parse_command
 from protocols.mdb.link import BlockReceived
@@ -82,8 +86,30 @@ def _mdb(data: bytes) -> None:
                 parse_command(event.data, wide=was_wide or wide)
 
 
+_EVERY_RUN = re.compile("")
+"""Matches everywhere: as ``parser._SUSPECT`` it sends every product run down the general
+path, the one the lazy products must agree with."""
+
+
 def _evadts(data: bytes) -> None:
-    parse_all(data)
+    """Parse, and parse again by the general path only: the two audits must be equal (their
+    products read in full, warnings included); a difference is a crash like any other."""
+    lazy = _audits_or_none(data)
+    suspect = parser._SUSPECT
+    parser._SUSPECT = _EVERY_RUN
+    try:
+        general = _audits_or_none(data)
+    finally:
+        parser._SUSPECT = suspect
+    if lazy != general:
+        raise AssertionError("the lazy and the general path give different audits")
+
+
+def _audits_or_none(data: bytes) -> tuple[Audit, ...] | None:
+    try:
+        return parse_all(data)
+    except NoAuditError:
+        return None
 
 
 def _codec(data: bytes) -> None:
