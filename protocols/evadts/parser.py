@@ -147,6 +147,8 @@ def _parse_all(data: bytes | str) -> tuple[Audit, ...]:
     runs = _product_runs(text)
     starts, enveloped = _dxs_lines(text, lines)
     if starts:
+        # A DXS after a PA line's text starts an audit on that line: its run goes by line.
+        runs = [_whole(r) if any(r.start <= s < r.end for s in starts) else r for r in runs]
         bounds = [*starts[1:], len(lines)]
         audits = []
         for begin, end in zip(starts, bounds, strict=True):
@@ -718,6 +720,11 @@ def _product_runs(text: str) -> list[_Run]:
         runs.append(_Run(line, line + count, blocks))
         line += count
     return runs
+
+
+def _whole(run: _Run) -> _Run:
+    """``run`` to be read line by line, by the general path."""
+    return replace(run, blocks=None)
 
 
 def _read_audit(

@@ -111,3 +111,15 @@ def test_lazy_and_general_paths_agree_on_any_product_lines(
     with pytest.MonkeyPatch.context() as monkeypatch:
         _both(HEAD + body + TAIL, monkeypatch)
         _both(HEAD + body, monkeypatch)  # truncated after the products
+
+
+def test_a_dxs_inside_a_run_of_product_lines_starts_the_next_audit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fuzzing: a PA line whose text runs into a DXS (a carrier's envelope) ends its
+    audit there (its text before the DXS is dropped); the lazy path had read that line as one
+    more product."""
+    second = "PA1*2*75*NAME>" + HEAD + "PA1*3*50\r\nPA2*1*2*3*4\r\n" + TAIL
+    first, later = _both(HEAD + "PA1*1*150\r\nPA2*1*2*3*4\r\n" + second, monkeypatch)
+    assert [p.selection for p in first.products] == ["1"]  # the DXS line is the next audit's
+    assert [p.selection for p in later.products] == ["3"]
