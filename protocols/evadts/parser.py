@@ -746,7 +746,7 @@ def _read_audit(
     if has_dxs:
         builder.dxs(lines[begin].split("*"))
         first += 1
-    inside = [run for run in runs if first <= run.start < end]
+    inside = [run for run in runs if run.start < end and run.end > first]
     dxe: int | None = None
     products: Sequence[Product]
     if inside and all(run.blocks is not None for run in inside):

@@ -123,3 +123,15 @@ def test_a_dxs_inside_a_run_of_product_lines_starts_the_next_audit(
     first, later = _both(HEAD + "PA1*1*150\r\nPA2*1*2*3*4\r\n" + second, monkeypatch)
     assert [p.selection for p in first.products] == ["1"]  # the DXS line is the next audit's
     assert [p.selection for p in later.products] == ["3"]
+
+
+def test_product_lines_right_after_a_dxs_inside_a_run_belong_to_the_new_audit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by fuzzing: the run that holds the new audit's DXS line goes on into that audit;
+    its products there must not be lost when a later run of the audit is plain."""
+    dxs = "DXS*T9*VA*V0/6*1\r\n"
+    text = HEAD + "PA1*1*150\r\nPA1*2*75*N^" + dxs + "PA1*3*50\r\nID4*2\r\nPA1*4*60\r\n" + TAIL
+    first, later = _both(text, monkeypatch)
+    assert [p.selection for p in first.products] == ["1"]
+    assert [p.selection for p in later.products] == ["3", "4"]
