@@ -61,7 +61,10 @@ async def test_bus_noise_short_run(tmp_path: Path, spec: NoiseSpec, policy: str)
     figures = await run_drill(tmp_path, spec, frames=200, policy=policy, seed=5)
     _passed(figures)
     assert figures.frames_corrupted > 0
-    assert figures.checksum_errors_reader + figures.checksum_errors_vmc > 0
+    # The line noticed: a bad checksum, or (a dropped word cut a frame short, which a loaded
+    # machine's timing turns into silence rather than a bad checksum) a command sent again.
+    noticed = figures.checksum_errors_reader + figures.checksum_errors_vmc
+    assert noticed + figures.commands_resent > 0, figures.as_json()
 
 
 async def test_bus_noise_vmc_reset_mid_vend(tmp_path: Path) -> None:
