@@ -902,31 +902,26 @@ def _ask(args: argparse.Namespace, cmd: str, given: Mapping[str, Json] | None = 
         return client.call(cmd, given, timeout=ANSWER_S)
 
 
-def _status(args: argparse.Namespace) -> int:
-    status = _ask(args, "status")
-    if args.json:
-        print(json.dumps(status))
+def _shown(answer: dict[str, Json], as_json: bool, view: Callable[[dict[str, Json]], None]) -> int:
+    """vmcd's answer as JSON for scripts, or through ``view`` for people."""
+    if as_json:
+        print(json.dumps(answer))
     else:
-        views.print_status(status)
+        view(answer)
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    return _shown(_ask(args, "status"), args.json, views.print_status)
 
 
 def _txn_list(args: argparse.Namespace) -> int:
     page = _ask(args, "txn.list", {"limit": args.limit, "from": args.since})
-    if args.json:
-        print(json.dumps(page))
-    else:
-        views.print_txns(page)
-    return 0
+    return _shown(page, args.json, views.print_txns)
 
 
 def _txn_show(args: argparse.Namespace) -> int:
-    shown = _ask(args, "txn.show", {"txn_id": args.txn_id})
-    if args.json:
-        print(json.dumps(shown))
-    else:
-        views.print_txn(shown)
-    return 0
+    return _shown(_ask(args, "txn.show", {"txn_id": args.txn_id}), args.json, views.print_txn)
 
 
 def _events(args: argparse.Namespace) -> int:

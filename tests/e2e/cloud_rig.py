@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import sqlite3
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +135,24 @@ async def machine(
         customers = Customers(vmc, random.Random(5), poll_period=0.01)
         yield Rig(broker, daemon, vmc, backend, customers, pair, level)
     finally:
-        vmc.close()
-        await daemon.stop()
-        await backend.close()
-        backend_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await backend_task
-        pair.close()
+        await take_down(vmc.close, daemon.stop, backend, backend_task, pair)
+
+
+async def take_down(
+    close_vmc: Callable[[], None],
+    stop_daemon: Callable[[], Awaitable[object]],
+    backend: SimBackend,
+    backend_task: asyncio.Task[None],
+    pair: PtyPair,
+) -> None:
+    """A machine rig's parts stopped in order: the VMC, vmcd, the backend, the pty pair."""
+    close_vmc()
+    await stop_daemon()
+    await backend.close()
+    backend_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await backend_task
+    pair.close()
 
 
 @dataclass

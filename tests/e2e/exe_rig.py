@@ -16,6 +16,7 @@ from sim.backend import Policy, SimBackend
 from sim.broker import MosquittoBroker
 from sim.daemon_proc import ExeDaemonProcess
 from sim.exe_vmc import ExeVmc
+from tests.e2e.cloud_rig import take_down
 from tests.waiting import wait_for
 
 DEVICE = "exe1"
@@ -128,10 +129,4 @@ async def exe_machine(
             await rig.set_prices(prices)
         yield rig
     finally:
-        vmc.close()
-        await daemon.stop()
-        await backend.close()
-        backend_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await backend_task
-        pair.close()
+        await take_down(vmc.close, daemon.stop, backend, backend_task, pair)
