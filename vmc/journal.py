@@ -764,6 +764,17 @@ class Journal:
 
         self._write(delete, durable=False)
 
+    def delivered_through(self, seq: int) -> int:
+        """Forget every row up to ``seq``, all acknowledged; how many there were. Not fsynced."""
+        deleted = 0
+
+        def delete(db: sqlite3.Connection) -> None:
+            nonlocal deleted
+            deleted = db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
+
+        self._write(delete, durable=False)
+        return deleted
+
     def prune_commands(self, older_than: float) -> None:
         with self._transaction(durable=False) as db:
             db.execute("DELETE FROM commands WHERE at < ?", (older_than,))
