@@ -26,6 +26,12 @@ _CORK: int = getattr(socket, "TCP_CORK", 0)
 """Linux's option (0: none here, and each publish is a segment of its own)."""
 
 
+def _set_cork(sock: socket.socket | None, on: int) -> None:
+    if sock is not None and sock.fileno() != -1:  # -1: paho closed it on a failed write
+        with contextlib.suppress(OSError):  # a reset connection: the reader reports it
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, on)
+
+
 @dataclass(frozen=True, slots=True)
 class Puback:
     mid: int
@@ -61,20 +67,27 @@ class PubackTap:
 
         With TCP_NODELAY each paho packet would be a segment of its own, and on loopback each
         send also runs the receiver's side: the drain's largest cost. Corked, the sends only
-        queue; paho writes them here, not from the event loop's writer, and the uncork pushes
-        them out at once.
+        queue, and the uncork pushes them out at once. paho writes them here, not from the
+        event loop's writer, which aiomqtt would add a turn later, maybe for a socket that
+        this write found broken and closed.
         """
-        sock = self._paho.socket()
+        paho_client = self._paho
+        register = paho_client.on_socket_register_write
+        paho_client.on_socket_register_write = None
+        sock = paho_client.socket()
         if not _CORK or not isinstance(sock, socket.socket):  # an SSLSocket is one too
             sock = None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        _set_cork(sock, 1)
         try:
             yield
         finally:
-            self._paho.loop_write()
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+            paho_client.on_socket_register_write = register
+            paho_client.loop_write()
+            _set_cork(sock, 0)
+            still_open = paho_client.socket()
+            if register is not None and still_open is not None and paho_client.want_write():
+                # A full socket buffer: paho counts on a writer it did not ask for above.
+                register(paho_client, paho_client.user_data_get(), still_open)
             asyncio.get_running_loop().call_soon(self._settle_writer)
 
     def _settle_writer(self) -> None:

@@ -39,8 +39,8 @@ log = structlog.get_logger("vmc.cloud")
 
 IN_FLIGHT = 20
 """Publishes waiting for PUBACK: Mosquitto's default receive maximum."""
-FETCH_ROWS = 10 * IN_FLIGHT
-DELETE_EVERY = 5 * IN_FLIGHT
+FETCH_ROWS = 25 * IN_FLIGHT
+DELETE_EVERY = 10 * IN_FLIGHT
 ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
@@ -257,9 +257,9 @@ class CloudSync:
         """Keep :data:`IN_FLIGHT` outbox rows in flight, the next one out as each PUBACK comes.
 
         Rows are read :data:`FETCH_ROWS` at a time and sent in seq order. Acknowledged rows
-        are deleted together, once :data:`DELETE_EVERY` of them or the whole window are
-        acknowledged, and whatever is acknowledged when the session ends: a row is never
-        deleted before its PUBACK, and a reconnect resends from the oldest one left.
+        are deleted together: every :data:`DELETE_EVERY`, when all that was read is
+        acknowledged, and when the session ends. A row is never deleted before its PUBACK,
+        and a reconnect resends from the oldest one left.
         """
         tap = PubackTap(client)
         window = SendWindow(IN_FLIGHT)
@@ -271,12 +271,13 @@ class CloudSync:
             while True:
                 if not queued and window.room:
                     queued.extend(self.journal.pending(FETCH_ROWS, after))
-                with tap.corked():
-                    while queued and window.room:
-                        row = queued.popleft()
-                        payload = row.payload if sign is None else sign(row.payload)
-                        window.sent(row.seq, tap.publish(row.topic, payload))
-                        after = row.seq
+                if queued and window.room:
+                    with tap.corked():
+                        while queued and window.room:
+                            row = queued.popleft()
+                            payload = row.payload if sign is None else sign(row.payload)
+                            window.sent(row.seq, tap.publish(row.topic, payload))
+                            after = row.seq
                 if not window.in_flight:  # the fetch above found nothing new
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -286,7 +287,8 @@ class CloudSync:
                     if window.acked(ack.mid) and ack.refused is not None:
                         log.warning("mqtt_publish_refused", reason=ack.refused)
                 window.release()
-                if window.acked_through - deleted >= DELETE_EVERY or not window.in_flight:
+                caught_up = not window.in_flight and not queued
+                if caught_up or window.acked_through - deleted >= DELETE_EVERY:
                     deleted = self._forget(deleted, window.acked_through)
         finally:
             tap.close()
