@@ -13,8 +13,11 @@ Measured, each part with a private Mosquitto (``sim.broker``) on loopback:
 - ``journal``: durable commits (WAL, ``synchronous=FULL``) through ``Journal.commit`` with one
   transaction transition and one outbox message each, in a temp dir on this machine's disk.
 - ``drain``: a fresh journal's outbox filled with ``--drain`` messages of ~200 bytes, drained by
-  ``CloudSync`` (QoS 1, 20 in flight); a subscriber in another process (``mosquitto_sub``)
-  counts what arrived.
+  ``CloudSync`` (QoS 1, a sliding window of ``IN_FLIGHT`` = 20 publishes awaiting PUBACK); a
+  subscriber in another process (``mosquitto_sub``) counts what arrived. Before it, the same
+  payloads from one plain aiomqtt publisher with the same window and socket options give the
+  ceiling on this machine (``drain_ceiling_per_s``, ``drain_vs_ceiling``). Both also report
+  this process's CPU time per message, steadier than a rate on a shared machine.
 - ``broker``: a plain QoS 1 publish -> subscriber time on the machine's broker, the baseline
   for the overheads below (each includes one such hop).
 - ``machine``: the real vmcd on a pty pair with ``--mqtt``, the simulated VMC at level 3 with
@@ -37,8 +40,8 @@ as ``SimBackend`` has it): otherwise the backend's own Nagle stall, ~40 ms after
 ``txn.request`` and publishes ``paid`` at once, would be charged to the device.
 
 Targets (reported, not asserted): request and approve overhead p99 <= 5 ms each, >= 1,000
-durable journal records/s, outbox drain >= 5,000 messages/s, MDB answer p99 <= 0.5 ms with no
-answer over 5 ms.
+durable journal records/s, outbox drain >= 15,000 messages/s, MDB answer p99 <= 0.5 ms with
+no answer over 5 ms. ``--only drain`` (or ``journal``, ``machine``) runs just those phases.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ TARGETS = {
     "request_overhead_p99_ms": ("<=", 5.0),
     "approve_overhead_p99_ms": ("<=", 5.0),
     "journal_records_per_s": (">=", 1000.0),
-    "outbox_drain_per_s": (">=", 5000.0),
+    "outbox_drain_per_s": (">=", 15000.0),
     "mdb_p99_ms": ("<=", 0.5),
     "mdb_over_5ms": ("<=", 0),
 }

@@ -2,10 +2,11 @@
 
 Theory of operation. ``run`` keeps a connection up with jittered, growing backoff. On each
 connection it publishes the retained ``online`` status (the will says ``lost``), subscribes to
-the command topic and drains the journal's outbox in seq order at QoS 1, at most
-:data:`IN_FLIGHT` messages at a time (Mosquitto's receive maximum is 20). A row is deleted only
-after its PUBACK, so a broker outage of any length loses nothing; what was sent but not
-acknowledged is sent again after the reconnect and the backend drops the duplicate by id.
+the command topic and drains the journal's outbox in seq order at QoS 1, keeping
+:data:`IN_FLIGHT` messages awaiting PUBACK (Mosquitto's default receive maximum is 20). A row
+is deleted only after its PUBACK, so a broker outage of any length loses nothing; what was sent
+but not acknowledged is sent again after the reconnect and the backend drops the duplicate by
+id.
 MQTT 5 first; a broker that refuses it gets MQTT 3.1.1.
 """
 
