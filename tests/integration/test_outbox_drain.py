@@ -12,6 +12,7 @@ import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
@@ -83,44 +84,50 @@ async def running(*coros: object) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def sync_for(broker: MosquittoBroker, journal: Journal) -> CloudSync:
+@dataclass
+class Rig:
+    journal: Journal
+    subscriber: Subscriber
+    sync: CloudSync
+
+
+@contextlib.asynccontextmanager
+async def subscribed(tmp_path: Path, broker: MosquittoBroker) -> AsyncIterator[Rig]:
+    """A journal, its CloudSync (not started) and a subscriber already listening."""
+    journal = Journal(tmp_path / "journal.sqlite3")
     settings = MqttSettings(url=broker.url, device_id=DEVICE)
-    return CloudSync(settings, journal, lambda _payload: None, lambda: {"test": True})
+    sync = CloudSync(settings, journal, lambda _payload: None, lambda: {"test": True})
+    rig = Rig(journal, Subscriber(broker), sync)
+    async with running(rig.subscriber.run()):
+        await asyncio.wait_for(rig.subscriber.subscribed.wait(), 10)
+        yield rig
 
 
 async def test_a_full_outbox_arrives_whole_in_order_once_and_empties(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
-    seqs = fill(journal, ROWS)
-    subscriber = Subscriber(broker)
-    sync = sync_for(broker, journal)
-    async with running(subscriber.run()):
-        await asyncio.wait_for(subscriber.subscribed.wait(), 10)
-        async with running(sync.run()):
-            assert await wait_until(lambda: len(subscriber.seqs) >= ROWS)
-            assert await wait_until(lambda: journal.outbox_size() == 0)
-            assert sync.delivered == ROWS
-    assert subscriber.seqs == seqs
+    async with subscribed(tmp_path, broker) as rig:
+        seqs = fill(rig.journal, ROWS)
+        async with running(rig.sync.run()):
+            assert await wait_until(lambda: len(rig.subscriber.seqs) >= ROWS)
+            assert await wait_until(lambda: rig.journal.outbox_size() == 0)
+            assert rig.sync.delivered == ROWS
+    assert rig.subscriber.seqs == seqs
 
 
 async def test_rows_committed_while_draining_follow_in_order(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
-    journal = Journal(tmp_path / "journal.sqlite3")
-    subscriber = Subscriber(broker)
-    sync = sync_for(broker, journal)
     seqs: list[int] = []
-    async with running(subscriber.run(), sync.run()):
-        await asyncio.wait_for(subscriber.subscribed.wait(), 10)
-        await asyncio.wait_for(sync.connected.wait(), 10)
+    async with subscribed(tmp_path, broker) as rig, running(rig.sync.run()):
+        await asyncio.wait_for(rig.sync.connected.wait(), 10)
         for _ in range(50):  # a trickle, as a vending machine makes: one wake-up each
-            seqs += fill(journal, 7, seqs[-1] if seqs else 0)
-            sync.wake()
+            seqs += fill(rig.journal, 7, seqs[-1] if seqs else 0)
+            rig.sync.wake()
             await asyncio.sleep(0.002)
-        assert await wait_until(lambda: len(subscriber.seqs) >= len(seqs))
-        assert await wait_until(lambda: journal.outbox_size() == 0)
-    assert subscriber.seqs == seqs
+        assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
+        assert await wait_until(lambda: rig.journal.outbox_size() == 0)
+    assert rig.subscriber.seqs == seqs
 
 
 async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unacknowledged(
@@ -134,12 +141,9 @@ async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unackno
         return publish(tap, topic, payload)
 
     monkeypatch.setattr(PubackTap, "publish", recording)
-    journal = Journal(tmp_path / "journal.sqlite3")
-    seqs = fill(journal, ROWS)
-    subscriber = Subscriber(broker)
-    sync = sync_for(broker, journal)
-    async with running(subscriber.run()):
-        await asyncio.wait_for(subscriber.subscribed.wait(), 10)
+    async with subscribed(tmp_path, broker) as rig:
+        journal, sync = rig.journal, rig.sync
+        seqs = fill(journal, ROWS)
         async with running(sync.run()):
             assert await wait_until(lambda: sync.delivered >= ROWS // 10, interval=0.001)
             broker.stop()
@@ -150,7 +154,7 @@ async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unackno
             assert 0 < len(unacked) < ROWS
             broker.start()
             assert await wait_until(lambda: journal.outbox_size() == 0, timeout=60)
-            assert await wait_until(lambda: len(set(subscriber.seqs)) >= ROWS)
+            assert await wait_until(lambda: len(set(rig.subscriber.seqs)) >= ROWS)
     # The first session sent a prefix in order; the second exactly what was left, in order:
     # only rows without a PUBACK went twice.
     second = len(sent) - len(unacked)
@@ -159,4 +163,4 @@ async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unackno
     assert {seq for seq, times in Counter(sent).items() if times > 1} <= set(unacked)
     # The backend got everything, first copies in order (the broker itself may redeliver what
     # it had sent the subscriber but not yet seen acknowledged when it stopped).
-    assert list(dict.fromkeys(subscriber.seqs)) == seqs
+    assert list(dict.fromkeys(rig.subscriber.seqs)) == seqs
