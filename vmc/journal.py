@@ -755,15 +755,6 @@ class Journal:
         row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
         return None if row[0] is None else float(row[0])
 
-    def delivered(self, seqs: Iterable[int]) -> None:
-        """Forget rows the broker acknowledged. Not fsynced: a lost delete only resends."""
-        rows = [(s,) for s in seqs]
-
-        def delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM outbox WHERE seq = ?", rows)
-
-        self._write(delete, durable=False)
-
     def delivered_through(self, seq: int) -> int:
         """Forget every row up to ``seq``, all acknowledged; how many there were. Not fsynced."""
         deleted = 0
