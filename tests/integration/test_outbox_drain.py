@@ -21,8 +21,9 @@ import pytest
 from sim.broker import MosquittoBroker
 from tests.waiting import wait_until
 from vmc.cloud.puback import PubackTap
-from vmc.cloud.sync import CloudSync, MqttSettings
+from vmc.cloud.sync import IN_FLIGHT, OTHER_PUBLISHES, CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
+from vmc.cloud.window import SendWindow
 from vmc.journal import Journal, NewMessage
 
 DEVICE = "m1"
@@ -73,6 +74,20 @@ def broker() -> Iterator[MosquittoBroker]:
         yield running
 
 
+@pytest.fixture
+def most_in_flight(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The most messages the drain ever had awaiting PUBACK, as a one-item list."""
+    most = [0]
+    sent = SendWindow.sent
+
+    def counting(window: SendWindow, seq: int, mid: int) -> None:
+        sent(window, seq, mid)
+        most[0] = max(most[0], window.in_flight)
+
+    monkeypatch.setattr(SendWindow, "sent", counting)
+    return most
+
+
 @contextlib.asynccontextmanager
 async def running(*coros: object) -> AsyncIterator[None]:
     tasks = [asyncio.ensure_future(c) for c in coros]  # type: ignore[call-overload]
@@ -104,7 +119,7 @@ async def subscribed(tmp_path: Path, broker: MosquittoBroker) -> AsyncIterator[R
 
 
 async def test_a_full_outbox_arrives_whole_in_order_once_and_empties(
-    tmp_path: Path, broker: MosquittoBroker
+    tmp_path: Path, broker: MosquittoBroker, most_in_flight: list[int]
 ) -> None:
     async with subscribed(tmp_path, broker) as rig:
         seqs = fill(rig.journal, ROWS)
@@ -113,6 +128,7 @@ async def test_a_full_outbox_arrives_whole_in_order_once_and_empties(
             assert await wait_until(lambda: rig.journal.outbox_size() == 0)
             assert rig.sync.delivered == ROWS
     assert rig.subscriber.seqs == seqs
+    assert most_in_flight == [IN_FLIGHT]  # the broker's receive maximum, all of it used
 
 
 async def test_rows_committed_while_draining_follow_in_order(
@@ -164,3 +180,16 @@ async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unackno
     # The backend got everything, first copies in order (the broker itself may redeliver what
     # it had sent the subscriber but not yet seen acknowledged when it stopped).
     assert list(dict.fromkeys(rig.subscriber.seqs)) == seqs
+
+
+async def test_a_broker_with_a_smaller_receive_maximum_never_gets_more_in_flight(
+    tmp_path: Path, most_in_flight: list[int]
+) -> None:
+    with MosquittoBroker(receive_maximum=5) as small:
+        async with subscribed(tmp_path, small) as rig:
+            seqs = fill(rig.journal, 500)
+            async with running(rig.sync.run()):
+                assert await wait_until(lambda: rig.journal.outbox_size() == 0)
+                assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
+    assert rig.subscriber.seqs == seqs
+    assert most_in_flight == [5 - OTHER_PUBLISHES]  # room left for the status and state publishes

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -22,6 +22,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
+NO_RECEIVE_MAXIMUM = 65535
 _CORK: int = getattr(socket, "TCP_CORK", 0)
 """Linux's option (0: none here, and each publish is a segment of its own)."""
 
@@ -125,3 +126,22 @@ class PubackTap:
             waiter.set_result(None)
         if self._chained is not None:
             self._chained(client, userdata, mid, reason, properties)
+
+
+def on_receive_maximum(client: aiomqtt.Client, told: Callable[[int], None]) -> None:
+    """Call ``told`` with the broker's receive maximum from each CONNACK of ``client``.
+
+    paho reads the CONNACK's Receive Maximum but does not act on it, nor does aiomqtt pass it
+    on. MQTT 3.1.1 has none, and an MQTT 5 broker that names none allows 65,535.
+    """
+    paho_client: paho.Client = client._client
+    inner = cast("paho.CallbackOnConnect_v2 | None", paho_client.on_connect)
+
+    def on_connect(
+        hooked: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
+    ) -> None:
+        told(int(getattr(properties, "ReceiveMaximum", NO_RECEIVE_MAXIMUM)))
+        if inner is not None:
+            inner(hooked, userdata, flags, reason, properties)
+
+    paho_client.on_connect = on_connect

@@ -30,7 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ConfigError
 from vmc.cloud import codec
-from vmc.cloud.puback import PubackTap
+from vmc.cloud.puback import PubackTap, on_receive_maximum
 from vmc.cloud.signing import DeviceKey
 from vmc.cloud.topics import Topics
 from vmc.cloud.window import SendWindow
@@ -40,6 +40,8 @@ log = structlog.get_logger("vmc.cloud")
 
 IN_FLIGHT = 20
 """Publishes waiting for PUBACK: Mosquitto's default receive maximum."""
+OTHER_PUBLISHES = 2
+"""The status and the state publish: each has at most one message awaiting PUBACK."""
 FETCH_ROWS = 25 * IN_FLIGHT
 DELETE_EVERY = 10 * IN_FLIGHT
 ACK_TIMEOUT_S = 10.0
@@ -160,6 +162,7 @@ class CloudSync:
         self._state_dirty = asyncio.Event()
         self._protocol = aiomqtt.ProtocolVersion.V5
         self._client: aiomqtt.Client | None = None
+        self._window = IN_FLIGHT
         self._tls = (
             tls_context(settings.ca_file, settings.cert_file, settings.key_file)
             if settings.tls
@@ -227,7 +230,17 @@ class CloudSync:
         )
         # Every in-flight publish is a pending call: stay below the warning threshold.
         client.pending_calls_threshold = 10 * IN_FLIGHT
+        on_receive_maximum(client, self._told_receive_maximum)
         return client
+
+    def _told_receive_maximum(self, most: int) -> None:
+        """Size the drain's window for this broker's CONNACK.
+
+        paho keeps at most :data:`IN_FLIGHT` on the wire, the status and state publishes
+        included, so a broker allowing that many needs nothing more; below it the drain
+        leaves room for those two.
+        """
+        self._window = IN_FLIGHT if most >= IN_FLIGHT else max(1, most - OTHER_PUBLISHES)
 
     async def _session(self) -> None:
         async with self._client_for() as client:
@@ -263,7 +276,7 @@ class CloudSync:
         and a reconnect resends from the oldest one left.
         """
         tap = PubackTap(client)
-        window = SendWindow(IN_FLIGHT)
+        window = SendWindow(self._window)
         queued: deque[OutboxRow] = deque()
         sign = self._signer.sign_payload if self._signer is not None else None
         after = 0  # the last seq sent in this session
