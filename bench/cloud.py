@@ -918,7 +918,10 @@ def human(report: dict[str, Any]) -> str:
             f"journal           {get('journal_records_per_s')} durable records/s"
             f" (fsync p50 {get('disk_fsync_p50_ms')} ms)",
             f"outbox drain      {get('outbox_drain_per_s')} messages/s,"
-            f" {get('drain_delivered')}/{get('drain_messages')} delivered",
+            f" {get('drain_delivered')}/{get('drain_messages')} delivered,"
+            f" {get('drain_cpu_us_per_msg')} us CPU each"
+            f" (plain aiomqtt {get('drain_ceiling_per_s')}/s,"
+            f" {get('drain_ceiling_cpu_us_per_msg')} us)",
             f"MDB under cloud   p50 {get('mdb_p50_ms')} p99 {get('mdb_p99_ms')}"
             f" p99.9 {get('mdb_p999_ms')} max {get('mdb_max_ms')} ms,"
             f" {get('mdb_over_5ms')} over 5 ms, {get('mdb_polls')} polls,"
