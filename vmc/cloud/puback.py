@@ -6,7 +6,9 @@ time. The drain keeps its own window (:mod:`vmc.cloud.window`), so it hands each
 straight to the paho client under aiomqtt and takes the PUBACKs from paho's ``on_publish``
 callback in batches; the callback passes every PUBACK on to aiomqtt's, which still waits for
 the status and state publishes. paho keeps at most ``max_inflight_messages`` on the wire and
-queues the rest in order, so the broker's receive maximum holds across both publishers.
+queues the rest in order; a broker that allows fewer says so in its CONNACK, which
+:func:`on_receive_maximum` reports so the drain can shrink its window. Both reach into
+aiomqtt's paho client (``_client``), which aiomqtt 2 does not expose otherwise.
 """
 
 from __future__ import annotations
