@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -34,7 +34,6 @@ from protocols.mdb.events import State
 from vmc.clock import SteadyClock, wall_clock
 from vmc.cloud.outbox import new_id
 from vmc.cloud.signing import CommandKeys
-from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import (
     APPROVAL_POLICIES,
@@ -51,7 +50,6 @@ from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal, StorageFullError
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
-from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusProgram, BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand, Ready
 from vmc.services.bus_watch import BusWatch
@@ -63,7 +61,6 @@ from vmc.services.local_ops import LocalOps
 from vmc.services.price_feed import PriceFeed
 from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
-from vmc.services.reporter import Reporter
 from vmc.services.service_monitor import ServiceMonitor
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
@@ -71,6 +68,11 @@ from vmc.state_lock import StateDirBusyError, hold
 from vmc.storage import StorageGuard
 from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
+
+if TYPE_CHECKING:
+    # Imported where configured: the MQTT client with --mqtt, the DEX stack with a DEX port.
+    from vmc.cloud.sync import CloudSync
+    from vmc.services.reporter import Reporter
 
 log = structlog.get_logger("vmc.daemon")
 
@@ -184,6 +186,8 @@ def _cloud_services(
     profile: ProfileService,
     storage: StorageGuard,
 ) -> CloudServices:
+    from vmc.cloud.sync import CloudSync, MqttSettings
+
     cloud = config.cloud
     assert cloud.url is not None
     assert cloud.device_id is not None
@@ -323,6 +327,9 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
 
     reporter = None
     if config.dex.port is not None:
+        from vmc.services.audit_store import AuditStore
+        from vmc.services.reporter import Reporter
+
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
         zone = ZoneInfo(config.daemon.timezone)
         reporter = Reporter(config.dex, journal, store, None, zone=zone)

@@ -25,7 +25,7 @@ import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -44,7 +44,9 @@ from vmc.data_request import (
 )
 from vmc.journal import Journal, NewMessage, RequestWrite
 from vmc.planogram import Planogram
-from vmc.services.reporter import ReadOutcome, Reporter
+
+if TYPE_CHECKING:
+    from vmc.services.reporter import ReadOutcome, Reporter
 
 log = structlog.get_logger("vmc.data")
 
