@@ -36,12 +36,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
 import random
 import shutil
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -66,6 +68,15 @@ from sim.scenarios import Customers  # noqa: E402
 from sim.vmc_master import PROBE_SETTLE_S, VmcMaster  # noqa: E402
 
 CONFIGS = ("no_mqtt", "mqtt")
+COLD_START_KEYS = {
+    "cold_start_s": None,
+    "cpu_s": "cold_start_cpu_ms_p50",
+    "vmcd_started": "vmcd_started_ms_p50",
+    "bus_ready": "bus_ready_ms_p50",
+}
+"""Per cold start (run key -> its median's report key): the first answer (reported with its
+own p50/max), the CPU time daemon and bus process used by then, and when each logged that
+it was up."""
 DEVICE = "m1"
 PROBE_S = 0.005
 """How long a RESET probe waits for its answer before the next: the cold start's resolution."""
@@ -73,6 +84,8 @@ STARTUP_TIMEOUT_S = 15.0
 SETTLE_S = 0.5
 """After the session: the journal's and the outbox's last writes land before memory is read."""
 MB = 1024 * 1024
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PFN_MASK = (1 << 55) - 1
 FLOOR_DAEMON = """
 import asyncio, json, sqlite3, sys, tempfile
 import serial, structlog
@@ -112,6 +125,59 @@ class Memory:
                     fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
         private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
         return cls(fields["Pss"], fields["Rss"], private)
+
+
+def resident_pages(pid: int) -> set[int]:
+    """The physical pages (frame numbers) ``pid`` has resident, from ``/proc/PID/pagemap``
+    (frame numbers need root; empty without)."""
+    frames: set[int] = set()
+    with open(f"/proc/{pid}/maps", encoding="ascii") as maps:
+        ranges = [line.split(None, 1)[0].split("-") for line in maps]
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        for low, high in ranges:
+            start, end = int(low, 16) // PAGE, int(high, 16) // PAGE
+            pagemap.seek(start * 8)
+            try:
+                data = pagemap.read((end - start) * 8)
+            except OSError:  # [vsyscall] and the like
+                continue
+            for (entry,) in struct.iter_unpack("<Q", data):
+                if entry >> 63 and entry & PFN_MASK:
+                    frames.add(entry & PFN_MASK)
+    return frames
+
+
+def pair_unique_mb(pids: list[int]) -> float | None:
+    """The pages the processes have resident, each counted once: what they occupy where no
+    other process shares their libraries (PSS on a Pi where they are the only Python
+    processes is at most this). None where frame numbers cannot be read."""
+    frames: set[int] = set()
+    for pid in pids:
+        frames |= resident_pages(pid)
+    return mb(len(frames) * PAGE) if frames else None
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) ``pid`` has used so far."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def log_times(path: Path, exec_at: float) -> dict[str, float]:
+    """Seconds from exec to the daemon's ``vmcd_started`` and the bus process's ``bus_ready``
+    log lines (their ISO timestamps; the wall clock's resolution)."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for line in path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                event = json.loads(line)
+                name = event["event"]
+                if name in ("vmcd_started", "bus_ready") and name not in out:
+                    at = dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+                    out[name] = at - exec_at
+    return out
 
 
 def mb(value: float) -> float:
@@ -233,9 +299,13 @@ async def one_run(
     vmc = VmcMaster(port, answer_timeout=PROBE_S)
     out: dict[str, Any] = {}
     try:
-        started = time.perf_counter()
+        exec_at, started = time.time(), time.perf_counter()
         await daemon.start()
         out["cold_start_s"] = await first_answer(vmc, started)
+        assert daemon.proc is not None
+        pid = daemon.proc.pid
+        out["cpu_s"] = sum(cpu_s(p) for p in (pid, *children(pid)))
+        out.update(log_times(daemon.log_path, exec_at))
         if not session:
             return out
         vmc.answer_timeout = 0.05
@@ -245,12 +315,11 @@ async def one_run(
         else:
             out["vends_ok"] = await cloud_session(vmc, port, daemon, backend, problems)
         await asyncio.sleep(SETTLE_S)
-        assert daemon.proc is not None
-        pid = daemon.proc.pid
         bus = children(pid)
         if len(bus) != 1:
             problems.add(f"{config}: vmcd has {len(bus)} child processes, not one bus process")
         out.update(memory_keys(Memory.of(pid), Memory.of(bus[0]) if len(bus) == 1 else None))
+        out["unique_mb_total"] = pair_unique_mb([pid, *bus])
     finally:
         vmc.close()
         out["daemon_exit"] = await daemon.stop()
@@ -263,7 +332,7 @@ async def bench_config(config: str, runs: int, problems: Problems) -> dict[str, 
     one also runs the vend session and is measured."""
     tmp = Path(tempfile.mkdtemp(prefix=f"vmc-bench-footprint-{config}-"))
     broker = MosquittoBroker() if config == "mqtt" else None
-    starts: list[float] = []
+    starts: dict[str, list[float]] = {key: [] for key in COLD_START_KEYS}
     out: dict[str, Any] = {}
     try:
         if broker is not None:
@@ -281,7 +350,9 @@ async def bench_config(config: str, runs: int, problems: Problems) -> dict[str, 
                 except (VmcError, TimeoutError) as exc:
                     problems.add(f"{config} run {i}: {type(exc).__name__}: {exc}")
                     continue
-                starts.append(run.pop("cold_start_s"))
+                for key, values in starts.items():
+                    if key in run:
+                        values.append(run.pop(key))
                 if run.get("daemon_exit") not in (0, None):
                     problems.add(f"{config} run {i}: vmcd exited with {run['daemon_exit']}")
                 if last:
@@ -290,12 +361,20 @@ async def bench_config(config: str, runs: int, problems: Problems) -> dict[str, 
         if broker is not None:
             broker.close()
         shutil.rmtree(tmp, ignore_errors=True)
-    ordered = sorted(starts)
+    ordered = sorted(starts["cold_start_s"])
     out["cold_starts"] = len(ordered)
-    out["cold_start_ms_p50"] = round(statistics.median(ordered) * 1000, 1) if ordered else None
-    out["cold_start_ms_max"] = round(ordered[-1] * 1000, 1) if ordered else None
-    out["cold_start_ms_min"] = round(ordered[0] * 1000, 1) if ordered else None
+    out["cold_start_ms_p50"] = ms(statistics.median(ordered)) if ordered else None
+    out["cold_start_ms_max"] = ms(ordered[-1]) if ordered else None
+    out["cold_start_ms_min"] = ms(ordered[0]) if ordered else None
+    for key, name in COLD_START_KEYS.items():
+        if name is not None:
+            values = starts[key]
+            out[name] = ms(statistics.median(values)) if values else None
     return out
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
 
 
 async def bench_floor() -> dict[str, Any]:
@@ -315,12 +394,14 @@ async def bench_floor() -> dict[str, Any]:
             assert proc.stdout is not None
             await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT_S)
         daemon, bus = (Memory.of(proc.pid) for proc in procs)
+        out = memory_keys(daemon, bus)
+        out["unique_mb_total"] = pair_unique_mb([proc.pid for proc in procs])
     finally:
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.close()
             await proc.wait()
-    return memory_keys(daemon, bus)
+    return out
 
 
 def host_info() -> dict[str, Any]:

@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -100,9 +99,24 @@ def _address(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; use 0x10 or 0x60") from None
 
 
+class _Version(argparse.Action):
+    """``--version``, with the installed version looked up only when asked: importlib.metadata
+    costs a starting vmcd tens of milliseconds and about 2 MB."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import version
+
+        print(f"vmcd {version('vmc')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmcd", description="vmc machine-side daemon")
-    p.add_argument("--version", action="version", version=f"vmcd {version('vmc')}")
+    p.add_argument("--version", action=_Version, help="show vmcd's version and exit")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--mdb", help="MDB port URL: uart:///dev/ttyAMA0, pty:///dev/pts/N, loop://N")
     p.add_argument("--exe", help="Executive port URL (vmc as the EXE master instead of --mdb)")

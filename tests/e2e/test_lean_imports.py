@@ -4,8 +4,9 @@ vmcd runs as the console script does (``vmc.launch.vmcd``) on a pty pair; after 
 initialised the reader and bought something (and, with ``--mqtt``, the cloud link is up),
 SIGUSR2 makes it write the names in ``sys.modules`` to a file. Without ``--mqtt`` no MQTT
 client may be there, without keys no cryptography, without a DEX port no DEX link, and never
-rich or pygments (structlog would pull them in for its console tracebacks). No timing is
-asserted: ``bench/footprint.py`` measures what this saves.
+rich or pygments (structlog would pull them in for its console tracebacks) nor
+importlib.metadata (only ``--version`` and ``vmctl status`` need it). No timing is asserted:
+``bench/footprint.py`` measures what this saves.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ signal.signal(signal.SIGUSR2, dump)
 sys.argv = ["vmcd", *sys.argv[2:]]
 sys.exit(vmcd())
 """
-NEVER = ("rich", "pygments", "cryptography", "protocols.dex", "vmc.services.reporter")
+NEVER = (
+    "rich",
+    "pygments",
+    "cryptography",
+    "protocols.dex",
+    "vmc.services.reporter",
+    "importlib.metadata",
+)
 WITHOUT_MQTT = ("aiomqtt", "paho", "vmc.cloud.sync")
 
 

@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -158,6 +157,8 @@ class DaemonCommands:
     # --- status ---------------------------------------------------------------------------------
 
     async def status(self, _args: Args) -> Json:
+        from importlib.metadata import version  # only when asked: see vmc.daemon's _Version
+
         now = self.clock()
         service = self.service.state()
         status: dict[str, Any] = {
