@@ -12,12 +12,15 @@ VMC (``sim.vmc_master``), in two configurations:
   approving (``sim.backend``, post billing): a select-first vend the backend pays for and a
   cash sale, each in the backend's books before the memory is read.
 
-Per configuration, ``--runs`` cold starts: the clock starts just before the daemon's exec and
-stops when the answer to a RESET probe arrives (a probe every ``PROBE_S``, so that is the
-resolution). The last run goes on: the reader is initialised, the vend session runs, and the
-memory of vmcd and of its bus process (its child) is read from ``/proc/PID/smaps_rollup``:
-PSS (shared pages split between the processes that map them), RSS (every page counted whole)
-and USS (private pages only).
+Per configuration, one start to warm up, then ``--runs`` cold starts: the clock starts just
+before the daemon's exec and stops when the answer to a RESET probe arrives (a probe every
+``PROBE_S``, so that is the resolution); with it, the CPU time the daemon and its bus
+process used by then (``cold_start_cpu_ms_p50``, what the start costs on an idle core) and
+when each logged that it was up. The last run goes on: the reader is initialised, the vend
+session runs, and the memory of vmcd and of its bus process (its child) is read from
+``/proc/PID/smaps_rollup``: PSS (shared pages split between the processes that map them), RSS
+(every page counted whole) and USS (private pages only), and ``unique_mb_total``, the pair's
+resident pages each counted once (from ``/proc/PID/pagemap``, as root).
 
 PSS depends on who else maps the same pages: on a development machine where other Python
 processes run, the interpreter's shared library and the wheels' shared objects are split
@@ -27,6 +30,11 @@ interpreters that stand for the least the pair can be: one that imports what a d
 do without (asyncio, sqlite3 with an open WAL journal, pyserial, structlog, json) and one that
 imports asyncio only (the bus process's loop, without ssl as the bus process runs it).
 ``pss_ratio_to_floor`` compares the pair with them.
+
+Bytecode: an installed vmc has its modules compiled (pip does it at install), so the daemon
+here runs with a bytecode cache of its own (``PYTHONPYCACHEPREFIX`` in the bench's temp
+directory, filled by the warm-up start) even where ``PYTHONDONTWRITEBYTECODE`` is set;
+``--no-pyc-cache`` leaves the environment as it is (``pyc_cache`` in the report says which).
 
 Usage: ``bench/footprint.py --json`` (``--runs N``, ``--config mqtt|no_mqtt|both``).
 """
@@ -88,7 +96,10 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 PFN_MASK = (1 << 55) - 1
 FLOOR_DAEMON = """
 import asyncio, json, sqlite3, sys, tempfile
-import serial, structlog
+import serial
+sys.modules["rich"] = None  # as vmc.launch.import_structlog_without_rich does
+import structlog
+del sys.modules["rich"]
 db = sqlite3.connect(tempfile.mkdtemp() + "/floor.sqlite")
 db.execute("PRAGMA journal_mode=WAL")
 db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
@@ -275,6 +286,13 @@ async def cloud_session(
     return ok
 
 
+def pyc_env(cache: Path | None) -> dict[str, str]:
+    """The environment that gives Python a bytecode cache in ``cache`` (None: as it is)."""
+    if cache is None:
+        return {}
+    return {"PYTHONPYCACHEPREFIX": str(cache), "PYTHONDONTWRITEBYTECODE": ""}
+
+
 async def one_run(
     config: str,
     tmp: Path,
@@ -283,6 +301,7 @@ async def one_run(
     problems: Problems,
     *,
     session: bool,
+    env: dict[str, str],
 ) -> dict[str, Any]:
     """One cold start; with ``session``, the vend session and the memory after it."""
     pair = PtyPair()
@@ -294,6 +313,7 @@ async def one_run(
         local_approval="accept" if broker is None else "deny",
         extra=extra,
         log_path=tmp / "vmcd.log",
+        env=env,
     )
     port = TimedPort(pair.master)
     vmc = VmcMaster(port, answer_timeout=PROBE_S)
@@ -327,9 +347,11 @@ async def one_run(
     return out
 
 
-async def bench_config(config: str, runs: int, problems: Problems) -> dict[str, Any]:
-    """``runs`` cold starts of fresh daemons (each with a fresh state directory); the last
-    one also runs the vend session and is measured."""
+async def bench_config(
+    config: str, runs: int, problems: Problems, env: dict[str, str]
+) -> dict[str, Any]:
+    """A warm-up start, then ``runs`` cold starts of fresh daemons (each with a fresh state
+    directory); the last one also runs the vend session and is measured."""
     tmp = Path(tempfile.mkdtemp(prefix=f"vmc-bench-footprint-{config}-"))
     broker = MosquittoBroker() if config == "mqtt" else None
     starts: dict[str, list[float]] = {key: [] for key in COLD_START_KEYS}
@@ -341,15 +363,17 @@ async def bench_config(config: str, runs: int, problems: Problems) -> dict[str, 
             backend = (
                 None if broker is None else await stack.enter_async_context(backend_on(broker))
             )
-            for i in range(runs):
+            for i in range(-1, runs):
                 last = i == runs - 1
                 try:
                     run = await one_run(
-                        config, tmp / f"run{i}", broker, backend, problems, session=last
+                        config, tmp / f"run{i}", broker, backend, problems, session=last, env=env
                     )
                 except (VmcError, TimeoutError) as exc:
                     problems.add(f"{config} run {i}: {type(exc).__name__}: {exc}")
                     continue
+                if i < 0:
+                    continue  # the warm-up: page cache, bytecode cache
                 for key, values in starts.items():
                     if key in run:
                         values.append(run.pop(key))
@@ -377,8 +401,14 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-async def bench_floor() -> dict[str, Any]:
-    """The two bare interpreters of the module's docstring, alive together, measured."""
+async def bench_floor(env: dict[str, str]) -> dict[str, Any]:
+    """The two bare interpreters of the module's docstring, alive together, measured (after
+    a first pair that fills the bytecode cache as the daemon's warm-up does)."""
+    await floor_pair(env)
+    return await floor_pair(env)
+
+
+async def floor_pair(env: dict[str, str]) -> dict[str, Any]:
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -386,6 +416,7 @@ async def bench_floor() -> dict[str, Any]:
             code,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, **env},
         )
         for code in (FLOOR_DAEMON, FLOOR_BUS)
     ]
@@ -417,10 +448,13 @@ def host_info() -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     problems = Problems()
     report: dict[str, Any] = {"bench": "footprint", "host": host_info(), "runs": args.runs}
+    report["pyc_cache"] = not args.no_pyc_cache
     configs = CONFIGS if args.config == "both" else (args.config,)
-    for config in configs:
-        report[config] = await bench_config(config, args.runs, problems)
-    floor = await bench_floor()
+    with tempfile.TemporaryDirectory(prefix="vmc-bench-footprint-pyc-") as cache:
+        env = pyc_env(None if args.no_pyc_cache else Path(cache))
+        for config in configs:
+            report[config] = await bench_config(config, args.runs, problems, env)
+        floor = await bench_floor(env)
     report["floor"] = floor
     for config in configs:
         total = report[config].get("pss_mb_total")
@@ -447,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--runs", type=int, default=5, help="cold starts per configuration")
     p.add_argument("--config", choices=(*CONFIGS, "both"), default="both")
+    p.add_argument(
+        "--no-pyc-cache",
+        action="store_true",
+        help="run vmcd with the environment as it is (no bytecode cache of the bench's own)",
+    )
     return p
 
 
