@@ -47,7 +47,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -60,13 +59,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-for _path in (str(ROOT), str(BENCH)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+BENCH = str(Path(__file__).resolve().parent)
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
 
-from cloud import SETTLE_TIMEOUT_S, Machine, TimedPort, TimingBackend, VendSamples  # noqa: E402
+# bench/cloud.py puts the repository's root on sys.path too.
+from cloud import (  # noqa: E402
+    SETTLE_TIMEOUT_S,
+    Machine,
+    TimedPort,
+    TimingBackend,
+    VendSamples,
+    host_info,
+)
 
 from drivers.pty import PtyPair  # noqa: E402
 from protocols.errors import VmcError  # noqa: E402
@@ -435,19 +440,10 @@ async def floor_pair(env: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def host_info() -> dict[str, Any]:
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "machine": platform.machine(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-    }
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     problems = Problems()
-    report: dict[str, Any] = {"bench": "footprint", "host": host_info(), "runs": args.runs}
+    host = {**host_info(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    report: dict[str, Any] = {"bench": "footprint", "host": host, "runs": args.runs}
     report["pyc_cache"] = not args.no_pyc_cache
     configs = CONFIGS if args.config == "both" else (args.config,)
     with tempfile.TemporaryDirectory(prefix="vmc-bench-footprint-pyc-") as cache:
