@@ -310,6 +310,10 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     storage.start()
     journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
     journal.on_full = storage.write_failed
+    try:
+        journal.skip_seqs()
+    except StorageFullError:  # the skip guards a rare case: not worth a daemon that cannot start
+        log.warning("seq_skip_failed", reason="storage_full")
     feed = EventFeed()
     journal.on_commit = feed.committed
     watch = BusWatch()
