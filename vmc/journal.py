@@ -55,7 +55,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -934,6 +934,19 @@ class Journal:
         """Forget data requests completed before ``older_than``."""
         with self._transaction(durable=False) as db:
             db.execute("DELETE FROM data_requests WHERE done < ?", (older_than,))
+
+    def take_over_checkpoints(self) -> None:
+        """Commits stop copying the WAL back into the database: SQLite does that inside the
+        commit that takes the WAL past 1,000 pages (a write and an fsync of the database on
+        that commit's path, a vend's approval say). :meth:`checkpoint` does it instead (vmcd,
+        from a worker thread)."""
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's commits back into the database without waiting for a writer
+        (PASSIVE), over a connection of its own: a worker thread runs it while vmcd commits."""
+        with closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
         self._db.close()
