@@ -2,9 +2,10 @@
 
 A power cut may then lose the transaction from the journal after the backend got its request.
 kill -9 alone cannot lose a commit that reached the kernel, so the test makes that loss itself:
-it keeps a copy of the journal taken just before the customer selects (the request's commit is
-the only one after it, and it is not fsynced), kills vmcd with SIGKILL once the backend has the
-request, and puts the copy back before vmcd starts again: the journal a power cut can leave.
+it keeps a copy of the journal taken just before the customer selects (no commit after it is
+fsynced: the request's, and the outbox's delete after its PUBACK), kills vmcd with SIGKILL once
+the backend has the request, and puts the copy back before vmcd starts again: the journal a
+power cut can leave.
 The backend's ``paid`` for that transaction, sent while vmcd is down and again once it is back,
 must never make the VMC dispense, must get a clear refusal, and the ``seq`` of the lost request
 must not be given to a later event.
