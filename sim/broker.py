@@ -60,6 +60,7 @@ class MosquittoBroker:
         *,
         users: dict[str, str] | None = None,
         persistence: bool = False,
+        receive_maximum: int = 20,
         tls: bool = False,
         mtls: bool = False,
     ) -> None:
@@ -72,6 +73,7 @@ class MosquittoBroker:
         self.log_path = self._dir / "mosquitto.log"
         self.users = users
         self.persistence = persistence
+        self.receive_maximum = receive_maximum
         self.mtls = mtls
         self.tls_port = free_port() if tls or mtls else None
         self._ca = CertificateAuthority(self._dir / "ca") if tls or mtls else None
@@ -129,7 +131,8 @@ class MosquittoBroker:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self._dir}/",
             f"log_dest file {self.log_path}",
-            "max_inflight_messages 20",
+            # Also the Receive Maximum its CONNACK gives MQTT 5 clients.
+            f"max_inflight_messages {self.receive_maximum}",
             "max_queued_messages 100000",
         ]
         if self.tls_port is not None:

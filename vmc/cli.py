@@ -31,16 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from protocols.errors import ConfigError, ParseError, PortError
-from vmc import cli_views as views
-from vmc.control.client import (
-    ControlClient,
-    NoAnswerError,
-    NoReplyError,
-    NotRunningError,
-    SocketPermissionError,
-)
-from vmc.control.protocol import ControlError, ErrorCode, Json
+from protocols.errors import ConfigError, ParseError, PortError, VmcError
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -50,6 +41,8 @@ if TYPE_CHECKING:
     from vmc.cloud import messages as m
     from vmc.cloud.topics import Topics
     from vmc.config import Config
+    from vmc.control.client import ControlClient
+    from vmc.control.protocol import Json
     from vmc.journal import Journal
     from vmc.services.local_ops import Answer
 
@@ -73,7 +66,6 @@ STARTING_S = 3.0
 """How long vmctl waits for the socket of a vmcd that holds its lock (it may be starting)."""
 DEX_READ_S = 930.0
 """vmcd follows a read for 900 s at most; its answer may take a little longer."""
-USAGE_CODES = frozenset({ErrorCode.BAD_ARGS, ErrorCode.UNKNOWN_COMMAND, "not_found"})
 """vmcd's error codes that mean the request was wrong (exit 2); others are exit 1."""
 MAX_LOCAL_ID = 64
 LINE_PATH = re.compile(r"lines\[(\d+)\](?:\.\w+)?")
@@ -97,16 +89,20 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """vmctl's parser; given the command a line starts with, only that command's group.
+
+    Building every command's options costs a Pi tens of milliseconds, most of a ``vmctl dex
+    parse``; a line that starts with a command name needs only that group to parse the same.
+    """
     parser = argparse.ArgumentParser(prog="vmctl", description="vmc field tool")
     parser.add_argument("--version", action=_Version)
     parser.add_argument("--socket", help=SOCKET_HELP)
     parser.set_defaults(logs=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_daemon_commands(commands)
-    add_dex_commands(commands)
-    add_stock_commands(commands)
-    add_config_commands(commands)
+    only = COMMAND_GROUPS.get(command or "")
+    for group in (only,) if only else dict.fromkeys(COMMAND_GROUPS.values()):
+        group(commands)
     return parser
 
 
@@ -332,6 +328,17 @@ def _operation_options(parser: argparse.ArgumentParser, op: str) -> None:
     parser.set_defaults(handler=_stock_operation, op=op)
 
 
+COMMAND_GROUPS: dict[str, Callable[[SubCommands], object]] = {
+    **dict.fromkeys(
+        ("status", "txn", "events", "mdb", "test-vend", "present", "selftest"), add_daemon_commands
+    ),
+    "dex": add_dex_commands,
+    **dict.fromkeys(("stock", "planogram"), add_stock_commands),
+    **dict.fromkeys(("config", "keygen"), add_config_commands),
+}
+"""Each top-level command, by the function that adds its group (in ``vmctl --help`` order)."""
+
+
 def _local_id(text: str) -> str:
     if not 0 < len(text) <= MAX_LOCAL_ID or not text.isprintable() or " " in text:
         raise argparse.ArgumentTypeError(f"use 1..{MAX_LOCAL_ID} printable characters, no spaces")
@@ -349,26 +356,39 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        parser = build_parser(words[0] if words else None)
+        args = parser.parse_args(words)
         if args.logs:  # a command that runs vmc's services: their log lines go to stderr
             from vmc.logs import configure_logging
 
             configure_logging("warning", sys.stderr)  # stdout carries the output only
         handler: Handler = args.handler
         return handler(args)
-    except (_CliError, SocketPermissionError) as exc:
+    except _CliError as exc:
         return _say(exc, EXIT_USAGE)
-    except ControlError as exc:  # vmcd's answer: the request was wrong, or vmcd could not
-        return _say(exc, EXIT_USAGE if exc.code in USAGE_CODES else EXIT_NO_ANSWER)
-    except (NoAnswerError, NotRunningError, NoReplyError) as exc:
-        return _say(exc, EXIT_NO_ANSWER)
+    except VmcError as exc:
+        return _say(exc, _exit_status(exc))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # ``vmctl events --follow | head``: the reader has had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _exit_status(exc: VmcError) -> int:
+    """The status for an error that ended a command: 2 when the request was wrong, 1 when vmcd
+    is not there or could not answer. The control modules load here, not on every start."""
+    from vmc.control.client import NoAnswerError, NoReplyError, NotRunningError
+    from vmc.control.protocol import ControlError, ErrorCode
+
+    if isinstance(exc, ControlError):  # vmcd's answer: the request was wrong, or vmcd could not
+        usage = exc.code in (ErrorCode.BAD_ARGS, ErrorCode.UNKNOWN_COMMAND, "not_found")
+        return EXIT_USAGE if usage else EXIT_NO_ANSWER
+    if isinstance(exc, NoAnswerError | NotRunningError | NoReplyError):
+        return EXIT_NO_ANSWER
+    return EXIT_USAGE
 
 
 def _say(exc: Exception, code: int) -> int:
@@ -448,6 +468,7 @@ def _read_port(args: argparse.Namespace, config: Config) -> bytes:
 
     from drivers.dex_port import open_dex_port
     from protocols.dex import DexError
+    from vmc import cli_views as views
     from vmc.services.dex_read import read_audit
 
     dex = config.dex
@@ -482,7 +503,10 @@ def _read_by_vmcd(args: argparse.Namespace, config: Config) -> bytes | None:
     directory, or it reads no DEX port (then we read the port ourselves)."""
     import base64
 
+    from vmc import cli_views as views
     from vmc.cloud import messages as m
+    from vmc.control.client import NoAnswerError, NoReplyError
+    from vmc.control.protocol import ControlError
 
     client = _daemon_if_running(args, config)
     if client is None:
@@ -573,6 +597,8 @@ def _count(number: int | None) -> str:
 
 def _money(minor: int | None, decimals: int) -> str:
     """Minor units shown in major units, the decimal point where ID401 puts it."""
+    from vmc import cli_views as views
+
     return views.money(minor, decimals)
 
 
@@ -716,6 +742,7 @@ def _apply(args: argparse.Namespace, config: Config, command: dict[str, Any]) ->
     state directory's lock (a vmcd starting meanwhile waits for it)."""
     import sqlite3
 
+    from vmc.control.client import NoAnswerError, NoReplyError
     from vmc.services.local_ops import Answer, LocalOps
     from vmc.services.stock_book import StockBook
     from vmc.state_lock import try_lock
@@ -851,6 +878,8 @@ def _socket_path(args: argparse.Namespace, config: Config) -> Path:
 
 def _daemon(args: argparse.Namespace) -> ControlClient:
     """A connection to the running vmcd (:class:`NotRunningError` when there is none)."""
+    from vmc.control.client import ControlClient
+
     return ControlClient(_socket_path(args, _config(args)))
 
 
@@ -860,6 +889,7 @@ def _daemon_if_running(args: argparse.Namespace, config: Config) -> ControlClien
     No socket while the state directory's lock is held means vmcd is starting (or serves its
     socket elsewhere): vmctl waits a moment for it rather than touch what vmcd owns.
     """
+    from vmc.control.client import ControlClient, NoAnswerError, NotRunningError
     from vmc.state_lock import LOCK_NAME
 
     path = _socket_path(args, config)
@@ -912,20 +942,29 @@ def _shown(answer: dict[str, Json], as_json: bool, view: Callable[[dict[str, Jso
 
 
 def _status(args: argparse.Namespace) -> int:
+    from vmc import cli_views as views
+
     return _shown(_ask(args, "status"), args.json, views.print_status)
 
 
 def _txn_list(args: argparse.Namespace) -> int:
+    from vmc import cli_views as views
+
     page = _ask(args, "txn.list", {"limit": args.limit, "from": args.since})
     return _shown(page, args.json, views.print_txns)
 
 
 def _txn_show(args: argparse.Namespace) -> int:
+    from vmc import cli_views as views
+
     return _shown(_ask(args, "txn.show", {"txn_id": args.txn_id}), args.json, views.print_txn)
 
 
 def _events(args: argparse.Namespace) -> int:
     from zoneinfo import ZoneInfo
+
+    from vmc import cli_views as views
+    from vmc.control.client import NoAnswerError
 
     client = _daemon(args)
     with client:
@@ -1017,6 +1056,8 @@ def _ref(text: str) -> str:
 def _present(args: argparse.Namespace) -> int:
     """Exit 0 when the machine offers the customer a session (online: the backend decides the
     selection; offline: approved within the allowance), 1 when it refused."""
+    from vmc import cli_views as views
+
     answer = _ask(args, "present", {"ref": args.ref})
     if args.json:
         print(json.dumps(answer))

@@ -780,14 +780,16 @@ class Journal:
 
         self._write(skip, durable=True)
 
-    def delivered(self, seqs: Iterable[int]) -> None:
-        """Forget rows the broker acknowledged. Not fsynced: a lost delete only resends."""
-        rows = [(s,) for s in seqs]
+    def delivered_through(self, seq: int) -> int:
+        """Forget every row up to ``seq``, all acknowledged; how many there were. Not fsynced."""
+        deleted = 0
 
         def delete(db: sqlite3.Connection) -> None:
-            db.executemany("DELETE FROM outbox WHERE seq = ?", rows)
+            nonlocal deleted
+            deleted = db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,)).rowcount
 
         self._write(delete, durable=False)
+        return deleted
 
     def prune_commands(self, older_than: float) -> None:
         with self._transaction(durable=False) as db:

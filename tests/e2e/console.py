@@ -17,6 +17,8 @@ BIN = Path(sys.executable).parent
 VMC_SIM = str(BIN / "vmc-sim")
 VMCD = str(BIN / "vmcd")
 VMCTL = BIN / "vmctl"
+UNPRIVILEGED = ("unshare", "--user")
+"""A prefix that runs a command as this uid without root's powers, even when tests run as root."""
 
 
 class Running:

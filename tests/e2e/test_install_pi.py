@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.console import UNPRIVILEGED
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "install-pi"
 SYSTEMD = REPO / "systemd"
@@ -47,7 +49,6 @@ BORROW_USR = (
     'mount --bind /usr "$0/usr" && mount -o remount,bind,ro "$0/usr"'
     ' && mount --bind "$0/.usr-local" "$0/usr/local" && exec "$@"'
 )
-UNPRIVILEGED = ("unshare", "--user")  # this uid without root's powers, even when tests run as root
 MARK_BEGIN = "# >>> vmc: the PL011 UART on GPIO14/15 for the MDB bus (scripts/install-pi)"
 # Raspberry Pi OS Bookworm's boot files, shortened: the last section is for another model and
 # the last line has no newline.

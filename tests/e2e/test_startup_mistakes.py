@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from drivers.pty import PtyPair
+from tests.e2e.console import UNPRIVILEGED
 
 BIN = Path(sys.executable).parent
 # Runs a command with this user's uid but none of root's powers over files (a user namespace
 # with no mapping): what the systemd unit's unprivileged user meets, even when tests run as root.
-UNPRIVILEGED = ("unshare", "--user")
 MQTTS = ("--mqtt", "mqtts://127.0.0.1:8883", "--device-id", "m1")
 
 
@@ -98,19 +98,6 @@ def test_state_dir_is_created_when_missing(tmp_path: Path) -> None:
     config = _tls_config(tmp_path, ca_file=tmp_path / "ca.pem")  # refused after the state dir
     _one_line(_vmcd(state, *MQTTS, "--config", config), "cloud.ca_file")
     assert state.is_dir()
-
-
-@pytest.fixture
-def unprivileged() -> None:
-    """Skip where no user namespace can be made (unshare missing or refused)."""
-    try:
-        probe = subprocess.run(
-            [*UNPRIVILEGED, "true"], check=False, capture_output=True, timeout=30
-        )
-    except OSError:
-        probe = None
-    if probe is None or probe.returncode != 0:
-        pytest.skip("no user namespace for an unprivileged run (unshare --user)")
 
 
 @pytest.mark.usefixtures("unprivileged")

@@ -32,7 +32,7 @@ from sim.broker import MosquittoBroker, free_port
 from sim.daemon_proc import DaemonProcess
 from sim.vmc_master import VmcMaster
 from tests.e2e.cloud_rig import DEVICE, machine, machine_with_dex
-from tests.e2e.console import VMCTL, vmctl
+from tests.e2e.console import UNPRIVILEGED, VMCTL, vmctl
 from tests.e2e.test_local_stock import events, local_machine
 from tests.e2e.test_stock_flow import load_planogram
 from tests.e2e.vmcd_proc import Vmcd
@@ -41,7 +41,6 @@ from vmc.control.protocol import MAX_REQUEST
 from vmc.journal import JOURNAL_NAME, Journal
 from vmc.state_lock import try_lock
 
-UNPRIVILEGED = ("unshare", "--user")
 """This uid with none of root's powers over files (see test_startup_mistakes.py)."""
 
 
@@ -489,18 +488,6 @@ async def test_socket_under_runtime_directory_is_found_from_the_state_dir(tmp_pa
     finally:
         await vmcd.close()
         pair.close()
-
-
-@pytest.fixture
-def unprivileged() -> None:
-    try:
-        probe = subprocess.run(
-            [*UNPRIVILEGED, "true"], check=False, capture_output=True, timeout=30
-        )
-    except OSError:
-        probe = None
-    if probe is None or probe.returncode != 0:
-        pytest.skip("no user namespace for an unprivileged run (unshare --user)")
 
 
 @pytest.mark.usefixtures("unprivileged")

@@ -2,10 +2,11 @@
 
 Theory of operation. ``run`` keeps a connection up with jittered, growing backoff. On each
 connection it publishes the retained ``online`` status (the will says ``lost``), subscribes to
-the command topic and drains the journal's outbox in seq order at QoS 1, at most
-:data:`IN_FLIGHT` messages at a time (Mosquitto's receive maximum is 20). A row is deleted only
-after its PUBACK, so a broker outage of any length loses nothing; what was sent but not
-acknowledged is sent again after the reconnect and the backend drops the duplicate by id.
+the command topic and drains the journal's outbox in seq order at QoS 1, keeping
+:data:`IN_FLIGHT` messages awaiting PUBACK (Mosquitto's default receive maximum is 20). A row
+is deleted only after its PUBACK, so a broker outage of any length loses nothing; what was sent
+but not acknowledged is sent again after the reconnect and the backend drops the duplicate by
+id.
 MQTT 5 first; a broker that refuses it gets MQTT 3.1.1.
 """
 
@@ -17,6 +18,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +30,21 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ConfigError
 from vmc.cloud import codec
+from vmc.cloud.puback import PubackTap, on_receive_maximum
 from vmc.cloud.signing import DeviceKey
 from vmc.cloud.topics import Topics
-from vmc.journal import Journal
+from vmc.cloud.window import SendWindow
+from vmc.journal import Journal, OutboxRow
 
 log = structlog.get_logger("vmc.cloud")
 
 IN_FLIGHT = 20
+"""Publishes waiting for PUBACK: Mosquitto's default receive maximum."""
+OTHER_PUBLISHES = 2
+"""The status and the state publish: each has at most one message awaiting PUBACK."""
+FETCH_ROWS = 25 * IN_FLIGHT
+DELETE_EVERY = 10 * IN_FLIGHT
+ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
 BACKOFF_FIRST_S = 0.5
@@ -152,6 +162,7 @@ class CloudSync:
         self._state_dirty = asyncio.Event()
         self._protocol = aiomqtt.ProtocolVersion.V5
         self._client: aiomqtt.Client | None = None
+        self._window = IN_FLIGHT
         self._tls = (
             tls_context(settings.ca_file, settings.cert_file, settings.key_file)
             if settings.tls
@@ -213,13 +224,23 @@ class CloudSync:
             keepalive=s.keepalive,
             tls_context=self._tls,
             max_inflight_messages=IN_FLIGHT,
-            timeout=10,
+            timeout=ACK_TIMEOUT_S,
             # Nagle would hold our small publishes back until the broker's delayed ACK (~40 ms).
             socket_options=[NO_DELAY],
         )
         # Every in-flight publish is a pending call: stay below the warning threshold.
         client.pending_calls_threshold = 10 * IN_FLIGHT
+        on_receive_maximum(client, self._told_receive_maximum)
         return client
+
+    def _told_receive_maximum(self, most: int) -> None:
+        """Size the drain's window for this broker's CONNACK.
+
+        paho keeps at most :data:`IN_FLIGHT` on the wire, the status and state publishes
+        included, so a broker allowing that many needs nothing more; below it the drain
+        leaves room for those two.
+        """
+        self._window = IN_FLIGHT if most >= IN_FLIGHT else max(1, most - OTHER_PUBLISHES)
 
     async def _session(self) -> None:
         async with self._client_for() as client:
@@ -247,28 +268,51 @@ class CloudSync:
         return codec.encode_map({"state": state, "at": time.time()})
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        while True:
-            rows = self.journal.pending(IN_FLIGHT)
-            if not rows:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
-                continue
-            sign = self._signer.sign_payload if self._signer is not None else None
-            results = await asyncio.gather(
-                *(
-                    client.publish(r.topic, r.payload if sign is None else sign(r.payload), qos=1)
-                    for r in rows
-                ),
-                return_exceptions=True,
-            )
-            done = [r.seq for r, res in zip(rows, results, strict=True) if res is None]
-            if done:
-                self.journal.delivered(done)
-                self.delivered += len(done)
-            for res in results:
-                if isinstance(res, BaseException):
-                    raise res
+        """Keep :data:`IN_FLIGHT` outbox rows in flight, the next one out as each PUBACK comes.
+
+        Rows are read :data:`FETCH_ROWS` at a time and sent in seq order. Acknowledged rows
+        are deleted together: every :data:`DELETE_EVERY`, when all that was read is
+        acknowledged, and when the session ends. A row is never deleted before its PUBACK,
+        and a reconnect resends from the oldest one left.
+        """
+        tap = PubackTap(client)
+        window = SendWindow(self._window)
+        queued: deque[OutboxRow] = deque()
+        sign = self._signer.sign_payload if self._signer is not None else None
+        after = 0  # the last seq sent in this session
+        deleted = 0  # the last seq deleted
+        try:
+            while True:
+                if not queued and window.room:
+                    queued.extend(self.journal.pending(FETCH_ROWS, after))
+                if queued and window.room:
+                    with tap.corked():
+                        while queued and window.room:
+                            row = queued.popleft()
+                            payload = row.payload if sign is None else sign(row.payload)
+                            window.sent(row.seq, tap.publish(row.topic, payload))
+                            after = row.seq
+                if not window.in_flight:  # the fetch above found nothing new
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+                    continue
+                for ack in await tap.arrived(ACK_TIMEOUT_S):
+                    if window.acked(ack.mid) and ack.refused is not None:
+                        log.warning("mqtt_publish_refused", reason=ack.refused)
+                window.release()
+                caught_up = not window.in_flight and not queued
+                if caught_up or window.acked_through - deleted >= DELETE_EVERY:
+                    deleted = self._forget(deleted, window.acked_through)
+        finally:
+            tap.close()
+            self._forget(deleted, window.acked_through)
+
+    def _forget(self, deleted: int, through: int) -> int:
+        """Delete the acknowledged rows after ``deleted`` up to ``through``; the new mark."""
+        if through > deleted:
+            self.delivered += self.journal.delivered_through(through)
+        return through
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
