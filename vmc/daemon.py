@@ -23,9 +23,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -35,7 +34,6 @@ from protocols.mdb.events import State
 from vmc.clock import SteadyClock, wall_clock
 from vmc.cloud.outbox import new_id
 from vmc.cloud.signing import CommandKeys
-from vmc.cloud.sync import CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
 from vmc.config import (
     APPROVAL_POLICIES,
@@ -52,7 +50,6 @@ from vmc.data_request import Machine
 from vmc.journal import JOURNAL_NAME, Journal, StorageFullError
 from vmc.launch import quiet_early_stops
 from vmc.logs import configure_logging
-from vmc.services.audit_store import AuditStore
 from vmc.services.bus import BusProgram, BusStatus, BusSupervisor
 from vmc.services.bus_messages import BusCommand, Ready
 from vmc.services.bus_watch import BusWatch
@@ -64,7 +61,6 @@ from vmc.services.local_ops import LocalOps
 from vmc.services.price_feed import PriceFeed
 from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
-from vmc.services.reporter import Reporter
 from vmc.services.service_monitor import ServiceMonitor
 from vmc.services.stock_book import StockBook
 from vmc.services.vending import LocalVending
@@ -72,6 +68,11 @@ from vmc.state_lock import StateDirBusyError, hold
 from vmc.storage import StorageGuard
 from vmc.systemd import notify, watchdog_interval
 from vmc.transaction import Engine, EngineConfig, Money
+
+if TYPE_CHECKING:
+    # Imported where configured: the MQTT client with --mqtt, the DEX stack with a DEX port.
+    from vmc.cloud.sync import CloudSync
+    from vmc.services.reporter import Reporter
 
 log = structlog.get_logger("vmc.daemon")
 
@@ -101,9 +102,24 @@ def _address(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; use 0x10 or 0x60") from None
 
 
+class _Version(argparse.Action):
+    """``--version``, with the installed version looked up only when asked: importlib.metadata
+    costs a starting vmcd tens of milliseconds and about 2 MB."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.update(nargs=0, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import version
+
+        print(f"vmcd {version('vmc')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmcd", description="vmc machine-side daemon")
-    p.add_argument("--version", action="version", version=f"vmcd {version('vmc')}")
+    p.add_argument("--version", action=_Version, help="show vmcd's version and exit")
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--mdb", help="MDB port URL: uart:///dev/ttyAMA0, pty:///dev/pts/N, loop://N")
     p.add_argument("--exe", help="Executive port URL (vmc as the EXE master instead of --mdb)")
@@ -187,6 +203,8 @@ def _cloud_services(
     profile: ProfileService,
     storage: StorageGuard,
 ) -> CloudServices:
+    from vmc.cloud.sync import CloudSync, MqttSettings
+
     cloud = config.cloud
     assert cloud.url is not None
     assert cloud.device_id is not None
@@ -330,6 +348,9 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
 
     reporter = None
     if config.dex.port is not None:
+        from vmc.services.audit_store import AuditStore
+        from vmc.services.reporter import Reporter
+
         store = AuditStore(config.daemon.state_dir / "audits", config.dex.keep)
         zone = ZoneInfo(config.daemon.timezone)
         reporter = Reporter(config.dex, journal, store, None, zone=zone)

@@ -14,6 +14,9 @@ With keys configured (``[cloud] command_keys``, several during a rotation) a com
 is in :data:`SIGNED_OPS` must carry a good signature, and any other command is checked when it
 carries one. Without keys nothing is checked and ``sig``/``kid`` are unknown keys the codec
 ignores.
+
+``cryptography`` (a large native library) is imported only where a key is made, read or
+used: a daemon without keys never loads it.
 """
 
 from __future__ import annotations
@@ -25,21 +28,18 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    NoEncryption,
-    PrivateFormat,
-    PublicFormat,
-    load_pem_private_key,
-)
 
 from protocols.errors import ConfigError
 from vmc.cloud import messages as m
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 SIG_FIELD = "sig"
 KID_FIELD = "kid"
@@ -94,15 +94,20 @@ def signed_bytes(command: Mapping[str, Any]) -> bytes:
     return cbor2.dumps({k: v for k, v in command.items() if k != SIG_FIELD}, canonical=True)
 
 
+def _raw(public: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     """A key's id: the first 16 hex digits of the SHA-256 of its 32 raw bytes."""
-    raw = public.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:KID_HEX]
+    return hashlib.sha256(_raw(public)).hexdigest()[:KID_HEX]
 
 
 def public_text(public: Ed25519PublicKey) -> str:
     """A public key as ``command_keys`` takes it: base64 of its 32 raw bytes."""
-    return base64.b64encode(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    return base64.b64encode(_raw(public)).decode()
 
 
 def sign(command: Mapping[str, Any], private: Ed25519PrivateKey) -> dict[str, Any]:
@@ -147,6 +152,8 @@ class CommandKeys:
                 raise ConfigError(
                     f"{where}: {len(raw)} bytes; an Ed25519 public key is {KEY_BYTES}"
                 )
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
             key = Ed25519PublicKey.from_public_bytes(raw)
             if key_id(key) in {key_id(k) for k in keys}:
                 raise ConfigError(f"{where}: the same key is listed before it")
@@ -184,6 +191,8 @@ class CommandKeys:
 
 
 def _verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     try:
         key.verify(sig, message)
     except InvalidSignature:
@@ -208,6 +217,9 @@ class DeviceKey:
     @classmethod
     def load(cls, path: str) -> DeviceKey:
         """The key in ``path``; a missing, unreadable or wrong file is a one-line ConfigError."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
         where = f"cloud.device_key_file: {path}"
         try:
             with open(path, "rb") as file:
@@ -225,6 +237,13 @@ class DeviceKey:
     @classmethod
     def create(cls, path: str) -> DeviceKey:
         """A new key written to ``path`` (mode 0600, never over an existing file)."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from cryptography.hazmat.primitives.serialization import (
+            Encoding,
+            NoEncryption,
+            PrivateFormat,
+        )
+
         key = cls(Ed25519PrivateKey.generate())
         pem = key.private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

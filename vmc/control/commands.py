@@ -17,16 +17,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import cbor2
 
 from vmc.cloud import messages as m
 from vmc.cloud.outbox import new_id
-from vmc.cloud.sync import CloudSync
 from vmc.config import Config
 from vmc.control.protocol import Args, ControlError, ErrorCode, Json
 from vmc.control.server import Emit, Registry
@@ -41,9 +39,12 @@ from vmc.services.event_feed import KEEP, EventFeed
 from vmc.services.local_ops import LocalOps
 from vmc.services.profile_service import ProfileService
 from vmc.services.remote_vend import RemoteVending
-from vmc.services.reporter import ReadOutcome, Reporter
 from vmc.services.service_monitor import ServiceMonitor
 from vmc.stock_view import stock_view
+
+if TYPE_CHECKING:
+    from vmc.cloud.sync import CloudSync
+    from vmc.services.reporter import ReadOutcome, Reporter
 
 DAY_S = 86400.0
 MAX_TXNS = 500
@@ -156,6 +157,8 @@ class DaemonCommands:
     # --- status ---------------------------------------------------------------------------------
 
     async def status(self, _args: Args) -> Json:
+        from importlib.metadata import version  # only when asked: see vmc.daemon's _Version
+
         now = self.clock()
         service = self.service.state()
         status: dict[str, Any] = {

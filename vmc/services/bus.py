@@ -65,6 +65,15 @@ REPORTS_PER_TURN = 64
 """Messages of the bus process handled in one turn of the loop at most (a monitor's burst
 must not hold up the cloud's), the rest on the next."""
 """Frames one monitor listener may have waiting; more are dropped (and counted) for it."""
+BUS_PRELUDE = "import sys; sys.modules['ssl'] = None"
+"""What a bus process runs before its imports: ``ssl`` made unimportable. A bus process never
+speaks TLS, and asyncio would otherwise load it (and libssl with it, about 4 MB of RSS) as it
+imports; asyncio runs without it when it is absent."""
+BUS_BOOT = (
+    f"{BUS_PRELUDE}; from importlib import import_module; "
+    "sys.exit(import_module(sys.argv[1]).main(sys.argv[2:]))"
+)
+"""How a bus program starts: ``python -c BUS_BOOT module options...``."""
 
 
 class BusState(Enum):
@@ -77,8 +86,8 @@ class BusState(Enum):
 
 @dataclass(frozen=True, slots=True)
 class BusProgram:
-    """The bus process to run (``python -m module options...``) and how its link is named
-    and judged: up while the peer was heard within ``silent_s``."""
+    """The bus process to run (``module``'s ``main(options...)``, see :data:`BUS_BOOT`) and
+    how its link is named and judged: up while the peer was heard within ``silent_s``."""
 
     module: str
     options: tuple[str, ...]
@@ -346,7 +355,8 @@ class BusSupervisor:
         program = self.program
         args = [
             sys.executable,
-            "-m",
+            "-c",
+            BUS_BOOT,
             program.module,
             "--port",
             self.port_url,

@@ -17,7 +17,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,8 +31,10 @@ from vmc.cloud.topics import Topics
 from vmc.collection import NO_DEX_PORT, AuditError, Collection, audit_part, audit_problem
 from vmc.journal import Journal
 from vmc.sales import totals
-from vmc.services.reporter import Reporter
 from vmc.transaction import Money
+
+if TYPE_CHECKING:
+    from vmc.services.reporter import Reporter
 
 log = structlog.get_logger("vmc.collector")
 

@@ -24,8 +24,7 @@ import dataclasses
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -44,7 +43,9 @@ from vmc.data_request import (
 )
 from vmc.journal import Journal, NewMessage, RequestWrite
 from vmc.planogram import Planogram
-from vmc.services.reporter import ReadOutcome, Reporter
+
+if TYPE_CHECKING:
+    from vmc.services.reporter import ReadOutcome, Reporter
 
 log = structlog.get_logger("vmc.data")
 
@@ -55,6 +56,8 @@ KEEP_S = 86400.0
 def machine_config(config: Config, planogram: Planogram | None) -> dict[str, Any]:
     """A data request's ``config``: versions, the settings in force (secrets masked, as in the
     logs) and the planogram, as vmc holds them."""
+    from importlib.metadata import version  # only when asked: see vmc.daemon's _Version
+
     return {
         "versions": {
             "vmc": version("vmc"),

@@ -15,7 +15,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,7 +34,9 @@ from vmc.profile import (
     to_json,
 )
 from vmc.services import bus_messages as msg
-from vmc.services.reporter import ReadOutcome
+
+if TYPE_CHECKING:
+    from vmc.services.reporter import ReadOutcome
 
 log = structlog.get_logger("vmc.profile")
 
