@@ -18,6 +18,7 @@ import dataclasses
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -84,6 +85,8 @@ STOP_STEPS_S = STOP_BUDGET_S - 0.5
 """The orderly part of a stop: the bus process voids what is undecided and exits, the cloud
 hears ``offline``. What still runs then is cancelled (the bus process killed) in the rest."""
 PRUNE_EVERY_S = 3600.0
+CHECKPOINT_EVERY_S = 1.0
+"""How often the journal's WAL is copied back into the database, off the event loop."""
 LOCK_WAIT_S = 3.0
 """How long a starting vmcd waits for the state directory's lock: a vmctl applying a stock
 operation holds it for a moment; another vmcd holds it for good."""
@@ -328,6 +331,10 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     storage.start()
     journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
     journal.on_full = storage.write_failed
+    try:
+        journal.skip_seqs()
+    except StorageFullError:  # the skip guards a rare case: not worth a daemon that cannot start
+        log.warning("seq_skip_failed", reason="storage_full")
     feed = EventFeed()
     journal.on_commit = feed.committed
     watch = BusWatch()
@@ -461,6 +468,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
                 group.create_task(
                     _pruner(journal, config.daemon.sales_retention_days), name="journal-prune"
                 ),
+                group.create_task(_checkpointer(journal), name="journal-checkpoint"),
                 group.create_task(
                     _ticker(service, vending, profile, prices, storage), name="ticker"
                 ),
@@ -533,6 +541,18 @@ async def _pruner(journal: Journal, retention_days: int) -> None:
         except StorageFullError:
             log.warning("journal_prune_skipped", reason="storage_full")
         await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def _checkpointer(journal: Journal) -> None:
+    """The journal's checkpoints, from a worker thread every :data:`CHECKPOINT_EVERY_S`: none
+    runs inside a commit on a vend's path any more."""
+    journal.take_over_checkpoints()
+    while True:
+        await asyncio.sleep(CHECKPOINT_EVERY_S)
+        try:
+            await asyncio.to_thread(journal.checkpoint)
+        except sqlite3.Error as exc:  # a full disk, say: the WAL keeps the commits meanwhile
+            log.warning("journal_checkpoint_failed", error=str(exc))
 
 
 async def _watchdog(bus: BusSupervisor, on_link: Callable[[], None]) -> None:

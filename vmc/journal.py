@@ -55,7 +55,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +209,9 @@ CREATE INDEX IF NOT EXISTS data_requests_pending ON data_requests (created) WHER
 """
 JOURNAL_NAME = "journal.sqlite3"
 """The journal's file in the state directory."""
+SEQ_MARGIN = 1000
+"""How far vmcd's start moves the next outbox ``seq`` on: more than the rows a power cut can
+lose (those committed since the last fsync: one ``txn.request``, a few repeated replies)."""
 OFFLINE_LIST = "offline.list"
 """The ``state`` key of the allow-list in force for offline approvals (JSON)."""
 STOCK_META = "stock"
@@ -301,8 +304,13 @@ def key_from_text(text: str) -> StockKey:
     return SlotKey(int(name)) if kind == "s" else IngredientKey(name)
 
 
+_TXN_FIELDS = tuple(f.name for f in dataclasses.fields(Txn))
+
+
 def txn_to_json(txn: Txn) -> str:
-    return json.dumps(dataclasses.asdict(txn), default=str)
+    """A transaction as stored; its fields are flat, so no ``asdict`` deep copy (on the hot
+    path of every transition)."""
+    return json.dumps({name: getattr(txn, name) for name in _TXN_FIELDS}, default=str)
 
 
 def txn_record(txn: Txn, refunded: int) -> dict[str, object]:
@@ -755,6 +763,23 @@ class Journal:
         row = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()
         return None if row[0] is None else float(row[0])
 
+    def skip_seqs(self, margin: int = SEQ_MARGIN) -> None:
+        """Move the outbox's next ``seq`` ``margin`` past the last one on disk (fsynced).
+
+        vmcd calls it at start: a ``txn.request`` is published before its commit is fsynced,
+        so a power cut may lose its row after the backend got it; without the skip, the next
+        message would be given that ``seq`` again.
+        """
+
+        def skip(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'outbox', 0"
+                " WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'outbox')"
+            )
+            db.execute("UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'outbox'", (margin,))
+
+        self._write(skip, durable=True)
+
     def delivered_through(self, seq: int) -> int:
         """Forget every row up to ``seq``, all acknowledged; how many there were. Not fsynced."""
         deleted = 0
@@ -911,6 +936,19 @@ class Journal:
         """Forget data requests completed before ``older_than``."""
         with self._transaction(durable=False) as db:
             db.execute("DELETE FROM data_requests WHERE done < ?", (older_than,))
+
+    def take_over_checkpoints(self) -> None:
+        """Commits stop copying the WAL back into the database: SQLite does that inside the
+        commit that takes the WAL past 1,000 pages (a write and an fsync of the database on
+        that commit's path, a vend's approval say). :meth:`checkpoint` does it instead (vmcd,
+        from a worker thread)."""
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's commits back into the database without waiting for a writer
+        (PASSIVE), over a connection of its own: a worker thread runs it while vmcd commits."""
+        with closing(sqlite3.connect(self.path, isolation_level=None)) as db:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def close(self) -> None:
         self._db.close()

@@ -5,6 +5,7 @@ Secrets never reach a log: any key that looks like one is masked by :func:`redac
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -18,8 +19,10 @@ SECRET_KEYS = ("password", "secret", "token", "key_file", "passphrase")
 MASK = "***"
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret(key: str) -> bool:
-    """Whether a value under this key may be a secret (logs and reports mask it)."""
+    """Whether a value under this key may be a secret (logs and reports mask it). Remembered:
+    every log line asks it of each of its keys, and the keys are a small set."""
     return any(part in key.lower() for part in SECRET_KEYS)
 
 

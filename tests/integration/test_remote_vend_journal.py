@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
@@ -12,7 +14,7 @@ from vmc.cloud.topics import Topics
 from vmc.journal import Journal
 from vmc.services import bus_messages as bus
 from vmc.services.remote_vend import RemoteVending
-from vmc.transaction import Engine, EngineConfig, Money, TxnState
+from vmc.transaction import Engine, EngineConfig, Money, Txn, TxnState
 
 
 def _rig(path: Path, sent: list[bus.BusCommand]) -> RemoteVending:
@@ -150,3 +152,45 @@ def test_refund_is_judged_from_the_journal_after_a_restart(tmp_path: Path) -> No
     assert result["total"] == {"count": 1, "amount": 180}
     assert result["refunds"]["success"] == {"count": 1, "amount": 80}
     assert result["net"] == 100
+
+
+class _DurabilityJournal(Journal):
+    """A real journal that notes, per commit, its transitions' states and whether it was fsynced."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits: list[tuple[tuple[TxnState, ...], bool]] = []
+
+    def commit(self, transitions: Iterable[Txn], *args: Any, durable: bool, **kw: Any) -> None:
+        transitions = list(transitions)
+        self.commits.append((tuple(t.state for t in transitions), durable))
+        super().commit(transitions, *args, durable=durable, **kw)
+
+
+def test_a_request_is_published_unsynced_and_its_approval_fsynced(tmp_path: Path) -> None:
+    """A txn.request moves no money (docs/cloud-api.md 6.4): its commit is not fsynced; the
+    approval's is, before the bus hears it, and so is any other event's."""
+    journal = _DurabilityJournal(tmp_path / "j.sqlite3")
+    sent: list[bus.BusCommand] = []
+    counter = itertools.count(1)
+    engine = Engine(EngineConfig(Money(978, 2)), lambda: f"txn{next(counter)}")
+
+    def send(command: bus.BusCommand) -> bool:
+        sent.append(command)
+        return True
+
+    remote = RemoteVending(engine, journal, Topics("m1"), send)
+    remote.handle_bus(ev.StateChanged(ev.State.DISABLED, ev.State.ENABLED))
+    remote.handle_command(_command("lock", "L1"))
+    remote.handle_bus(ev.VendRequested(1, 9, 200))
+    remote.handle_command(_command("paid", "P1", txn_id="txn1", amount=200))
+    remote.handle_bus(ev.VendApprovedSent(1, 200))
+    remote.handle_bus(ev.VendSucceeded(1, 9, 200))
+    remote.handle_bus(ev.CashSaleReported(3, 100))
+    durable = {states: flag for states, flag in journal.commits if states}
+    assert durable[(TxnState.LOCKED,)] is True  # a lock's reply is a promise
+    assert durable[(TxnState.REQUESTED,)] is False
+    assert durable[(TxnState.APPROVING,)] is True
+    assert durable[(TxnState.VENDED,)] is True
+    assert journal.commits[-1] == ((), True)  # a cash sale's event
+    assert bus.ApproveVend(1, 200) in sent

@@ -61,6 +61,9 @@ def missing_port_hint(bus: str) -> str:
 
 MISSING_PORT_HINT = missing_port_hint("MDB")
 MONITOR_BACKLOG = 1024
+REPORTS_PER_TURN = 64
+"""Messages of the bus process handled in one turn of the loop at most (a monitor's burst
+must not hold up the cloud's), the rest on the next."""
 """Frames one monitor listener may have waiting; more are dropped (and counted) for it."""
 BUS_PRELUDE = "import sys; sys.modules['ssl'] = None"
 """What a bus process runs before its imports: ``ssl`` made unimportable. A bus process never
@@ -397,31 +400,59 @@ class BusSupervisor:
                 await proc.wait()
 
     async def _pump(self, sock: socket.socket) -> None:
+        """Hand on every report until the bus process's socket closes.
+
+        Read from a reader callback that stays registered: a report reaches the daemon's
+        decision in the loop turn its bytes arrive in (a vend request on its way to the cloud),
+        with no task switch and no change of the selector per message. An exception in a
+        report's handling ends the pump with it.
+        """
         loop = asyncio.get_running_loop()
-        while True:
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
             try:
-                data = await loop.sock_recv(sock, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                report = msg.decode(data)
-            except RemoteProtocolError as exc:
-                log.error("bus_message_bad", error=str(exc))
-                continue
-            self._heard_at = time.monotonic()
-            self.state = BusState.SERVING
-            if isinstance(report, msg.PortFailed):
-                self._port_error = report.error  # logged once, with the exit
-                continue
-            if isinstance(report, msg.Exchange):
-                frame = decode(report)
-                for listener in tuple(self._listeners):
-                    listener.offer(frame)
-                continue
-            if isinstance(report, msg.Ready) and self._listeners:
-                self.send(msg.Monitor(True))  # a new bus process: it starts unmonitored
-            if isinstance(report, msg.Heartbeat):
-                self.last_heartbeat = report
-            self.on_report(report)
+                for _ in range(REPORTS_PER_TURN):
+                    if closed.done():
+                        return
+                    try:
+                        data = sock.recv(65536)
+                    except BlockingIOError:
+                        return
+                    except OSError:
+                        data = b""
+                    if not data:
+                        closed.set_result(None)
+                        return
+                    self._report(data)
+            except Exception as exc:  # the pump's awaiter gets it
+                closed.set_exception(exc)
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            await closed
+        finally:
+            loop.remove_reader(sock.fileno())
+
+    def _report(self, data: bytes) -> None:
+        """One message of the bus process."""
+        try:
+            report = msg.decode(data)
+        except RemoteProtocolError as exc:
+            log.error("bus_message_bad", error=str(exc))
+            return
+        self._heard_at = time.monotonic()
+        self.state = BusState.SERVING
+        if isinstance(report, msg.PortFailed):
+            self._port_error = report.error  # logged once, with the exit
+            return
+        if isinstance(report, msg.Exchange):
+            frame = decode(report)
+            for listener in tuple(self._listeners):
+                listener.offer(frame)
+            return
+        if isinstance(report, msg.Ready) and self._listeners:
+            self.send(msg.Monitor(True))  # a new bus process: it starts unmonitored
+        if isinstance(report, msg.Heartbeat):
+            self.last_heartbeat = report
+        self.on_report(report)

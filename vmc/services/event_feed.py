@@ -5,7 +5,9 @@ outbox rows it wrote (events for the cloud and command replies) and which local-
 record (``--local-approval`` without a cloud). The feed keeps the last :data:`KEEP` of them
 in memory, since vmcd started (the outbox itself empties on each PUBACK), and hands new ones
 to whoever follows. Each item is decoded once and shortened (long texts, long lists), so the
-memory it holds is bounded whatever the messages carry (a raw audit, say).
+memory it holds is bounded whatever the messages carry (a raw audit, say). The decoding waits
+for the event loop's next turn: a commit's caller (an approval on its way to the bus, a
+``txn.request`` to the outbox) does not wait for it.
 
 A follower that reads too slowly loses the oldest items it has not read and is told how many.
 """
@@ -96,17 +98,35 @@ class EventFeed:
         self._recent: deque[FeedItem] = deque(maxlen=KEEP)
         self._followers: set[Follower] = set()
         self._numbers = itertools.count(1)
+        self._undecoded: list[tuple[Sequence[OutboxRow], JournalRecord | None, float]] = []
 
     def committed(self, rows: Sequence[OutboxRow], record: JournalRecord | None, at: float) -> None:
-        """The journal's :attr:`~vmc.journal.Journal.on_commit`."""
-        items = [self._from_row(row, at) for row in rows]
-        if record is not None:
-            fields = {k: _plain(v) for k, v in dataclasses.asdict(record).items() if k != "kind"}
-            items.append(FeedItem(next(self._numbers), at, Kind.LOCAL, record.kind, None, fields))
-        for item in items:
-            self._recent.append(item)
-            for follower in self._followers:
-                follower.push(item)
+        """The journal's :attr:`~vmc.journal.Journal.on_commit`: noted now, decoded on the
+        loop's next turn (at once without a running loop)."""
+        self._undecoded.append((rows, record, at))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._decode()
+            return
+        if len(self._undecoded) == 1:
+            loop.call_soon(self._decode)
+
+    def _decode(self) -> None:
+        undecoded, self._undecoded = self._undecoded, []
+        for rows, record, at in undecoded:
+            items = [self._from_row(row, at) for row in rows]
+            if record is not None:
+                fields = {
+                    k: _plain(v) for k, v in dataclasses.asdict(record).items() if k != "kind"
+                }
+                items.append(
+                    FeedItem(next(self._numbers), at, Kind.LOCAL, record.kind, None, fields)
+                )
+            for item in items:
+                self._recent.append(item)
+                for follower in self._followers:
+                    follower.push(item)
 
     def _from_row(self, row: OutboxRow, at: float) -> FeedItem:
         try:
@@ -125,12 +145,14 @@ class EventFeed:
 
     def recent(self, limit: int) -> list[FeedItem]:
         """The last ``limit`` items, oldest first."""
+        self._decode()
         if limit <= 0:
             return []
         return list(self._recent)[-limit:]
 
     @contextlib.contextmanager
     def follow(self) -> Iterator[Follower]:
+        self._decode()  # what was committed before is not news to the new follower
         follower = Follower()
         self._followers.add(follower)
         try:

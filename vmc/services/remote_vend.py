@@ -283,13 +283,17 @@ class RemoteVending:
         self._apply(fx, at=now)
 
     def handle_bus(self, report: object) -> None:
-        log_report(report)
+        """The report's log line comes after its decision is committed and handed on (to the
+        bus, to the outbox): the line is not on the vend's critical path."""
         if isinstance(report, ev.VendRequested):
             for wait in self._tests.values():
                 if report.item != wait.selection:
                     wait.others.append(report.item)
         now = self.clock()
-        self._apply(self.engine.on_bus(report, now), at=now)
+        try:
+            self._apply(self.engine.on_bus(report, now), at=now)
+        finally:
+            log_report(report)
         if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
 
@@ -362,14 +366,16 @@ class RemoteVending:
             return
         now = self.clock()
         fx = self.engine.on_command(cmd, now)
-        log.info(
-            "command",
-            op=type(cmd).__name__.lower(),
-            command_id=cmd.id,
-            ok=fx.reply.ok if fx.reply else None,
-            code=fx.reply.code.value if fx.reply and fx.reply.code else None,
-        )
-        self._apply(fx, command_id=cmd.id, at=now)
+        try:
+            self._apply(fx, command_id=cmd.id, at=now)  # an approval reaches the bus first
+        finally:
+            log.info(
+                "command",
+                op=type(cmd).__name__.lower(),
+                command_id=cmd.id,
+                ok=fx.reply.ok if fx.reply else None,
+                code=fx.reply.code.value if fx.reply and fx.reply.code else None,
+            )
 
     def _room_for_money(self) -> bool:
         return self.storage is None or self.storage.check()
@@ -505,7 +511,11 @@ class RemoteVending:
                 self.send_bus(command)
             return
         # An event or a command's reply, once published, is a promise: it must survive too.
-        durable = fx.durable or bool(fx.events) or stored is not None
+        # A txn.request is a question that moves no money: published without waiting for an
+        # fsync, since a power cut that loses it leaves a transaction no paid can approve
+        # (docs/cloud-api.md 6.4); the commit that approves it is fsynced, and the request's
+        # with it.
+        durable = fx.durable or stored is not None or not _only_requests(fx.events)
         self.journal.commit(
             fx.transitions,
             messages,
@@ -583,6 +593,11 @@ def _vend_of(fx: Effects, session: CreditSession) -> m.TxnVend | None:
     return next(
         (e for e in fx.events if isinstance(e, m.TxnVend) and e.txn_id in session.txn_ids), None
     )
+
+
+def _only_requests(events: Iterable[m.Event]) -> bool:
+    """Whether every event is a ``txn.request`` (or there is none)."""
+    return all(isinstance(event, m.TxnRequest) for event in events)
 
 
 def _sales(events: Iterable[m.Event], at: float) -> Iterable[tuple[str, SaleRow]]:
