@@ -4,6 +4,7 @@ vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, b
 vmc-sim demo --exe                            the same on an Executive machine (vmc the master)
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
+vmc-sim fleet [--machines N] [--broker NAME]  N simulated machines on one broker, remote vends
 
 Exit codes: 0 when everything agreed, 1 when something did not (a check, a session, a reader
 that never answered), 2 for a usage or start-up mistake (one line on stderr), 128 + the signal
@@ -27,8 +28,10 @@ from urllib.parse import urlsplit
 from protocols.errors import ParseError, VmcError
 from sim import StartError, checks
 from sim.backend import Policy
+from sim.brokers import KINDS
 from sim.demo import cloud_demo, local_demo, play_customers, session_problems, summarise
 from sim.demo_exe import demo_flags_for_exe, exe_demo
+from sim.fleet import FleetPlan, run_fleet
 from sim.ports import SimPort
 from sim.replay import replay_over_port
 from sim.scenarios import Report
@@ -147,7 +150,55 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to repeat the first line until the reader answers (default:"
         f" {READER_WAIT_S:g} on a new pty pair; with --port, the reader is taken as running)",
     )
+    _add_fleet(sub)
     return parser
+
+
+def _add_fleet(sub: Any) -> None:
+    p = sub.add_parser("fleet", help="many simulated machines on one broker, remote vends")
+    p.add_argument(
+        "--machines",
+        type=_number(int, 1, 100_000, "a whole number"),
+        default=100,
+        help="machines, each with its own MQTT session, 1..100000 (100)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_number(int, 1, 64, "a whole number"),
+        default=2,
+        help="worker processes that share the machines, 1..64 (2)",
+    )
+    p.add_argument(
+        "--vends",
+        type=_number(int, 0, 1_000_000, "a whole number"),
+        default=100,
+        help="remote vends on machines drawn at random, 0..1000000 (100)",
+    )
+    p.add_argument(
+        "--rate",
+        type=_number(float, 0.1, 10_000, "a number of vends a second"),
+        default=20.0,
+        help="vends started a second, 0.1..10000 (20)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--broker", choices=list(KINDS), default="mosquitto", help="start a private broker"
+    )
+    where.add_argument("--mqtt", type=_mqtt_url, help="use this broker instead")
+    p.add_argument(
+        "--mqtt-version",
+        choices=("auto", "5", "3.1.1"),
+        default="auto",
+        help="auto: 5 where the broker speaks it, else 3.1.1 (3.1.1 with --mqtt)",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=_number(int, 5, 3600, "a whole number of seconds"),
+        default=30,
+        help="MQTT keepalive of every machine, 5..3600 s (30)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the machines drawn")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _version() -> str:
@@ -235,6 +286,23 @@ def _open(url: str | None, cleanup: contextlib.AsyncExitStack) -> SimPort:
     return sim
 
 
+async def fleet_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    plan = FleetPlan(
+        machines=args.machines,
+        workers=min(args.workers, args.machines),
+        vends=args.vends,
+        rate=args.rate,
+        broker=args.broker,
+        url=args.mqtt,
+        mqtt_version=args.mqtt_version,
+        keepalive=args.keepalive,
+        seed=args.seed,
+    )
+    report = await run_fleet(plan, cleanup)
+    print(report.as_json() if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
 # --- running until done or stopped -------------------------------------------------------
 
 
@@ -292,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo": demo,
             "vmc": vmc_command,
             "replay": replay_command,
+            "fleet": fleet_command,
         }
         command = commands[args.command]
         return run(command, args)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -23,9 +24,10 @@ from sim.brokers import raise_nofile
 from sim.fleet_machine import FleetMachine, Outgoing
 from sim.mqtt_lite import V5, V311, Message, MqttLiteError, Session, Will
 
-CONNECTS_IN_FLIGHT = 64
+CONNECTS_IN_FLIGHT = 32
 CONNECT_TRIES = 5
 TICK_S = 0.25
+LOOK_S = 1.0
 STATE_MIN_INTERVAL_S = 0.2  # as vmcd: the steps of one vend coalesce into one state publish
 STOP_ACK_S = 5.0
 
@@ -34,6 +36,7 @@ STOP_ACK_S = 5.0
 class Totals:
     connected: int = 0
     failed: int = 0
+    retries: int = 0
     dropped: int = 0
     commands: int = 0
     vends: int = 0
@@ -123,6 +126,7 @@ async def _connect_all(links: list[Link], args: argparse.Namespace, totals: Tota
                     if link.session is not None:
                         link.session.abort()
                         link.session = None
+                    totals.retries += 1
                     await asyncio.sleep(0.1 * 2**attempt)
                     continue
                 totals.connected += 1
@@ -133,26 +137,31 @@ async def _connect_all(links: list[Link], args: argparse.Namespace, totals: Tota
 
 
 async def _keep(links: list[Link], busy: set[Link], keepalive: int, totals: Totals) -> None:
-    """Ping idle sessions, run deadlines, count sessions the broker dropped."""
+    """Ping idle sessions, run deadlines, count sessions the broker dropped.
+
+    Every session is looked at each second, so pings spread out as the connects did rather
+    than leaving in one burst per keepalive.
+    """
     loop = asyncio.get_running_loop()
-    last_ping = loop.time()
+    last_look = loop.time()
     while True:
         await asyncio.sleep(TICK_S)
         now = time.time()
         for link in list(busy):
             link.tick(now)
-        if loop.time() - last_ping >= keepalive / 4:
-            last_ping = loop.time()
-            for link in links:
-                session = link.session
-                if session is None:
-                    continue
-                if session.closed.done():
-                    totals.dropped += 1
-                    link.session = None
-                    continue
-                with contextlib.suppress(MqttLiteError):
-                    session.ping_if_idle(loop.time(), keepalive / 2)
+        if loop.time() - last_look < LOOK_S:
+            continue
+        last_look = loop.time()
+        for link in links:
+            session = link.session
+            if session is None:
+                continue
+            if session.closed.done():
+                totals.dropped += 1
+                link.session = None
+                continue
+            with contextlib.suppress(MqttLiteError):
+                session.ping_if_idle(last_look, keepalive / 2)
 
 
 async def _stop(links: list[Link]) -> None:
@@ -195,9 +204,11 @@ async def work(args: argparse.Namespace) -> None:
         {
             "connected": totals.connected,
             "failed": totals.failed,
+            "retries": totals.retries,
             "connect_s": round(time.monotonic() - started, 3),
         }
     )
+    gc.freeze()  # the sessions live to the end: keep full collections from walking them
     keeper = asyncio.create_task(_keep(links, busy, args.keepalive, totals))
     await _stdin_closed()
     keeper.cancel()
