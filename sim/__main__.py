@@ -197,6 +197,12 @@ def _add_fleet(sub: Any) -> None:
         default=30,
         help="MQTT keepalive of every machine, 5..3600 s (30)",
     )
+    p.add_argument(
+        "--connects",
+        type=_number(int, 1, 1000, "a whole number"),
+        default=32,
+        help="connects in flight per worker, 1..1000 (32)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the machines drawn")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -296,6 +302,7 @@ async def fleet_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitS
         url=args.mqtt,
         mqtt_version=args.mqtt_version,
         keepalive=args.keepalive,
+        connects=args.connects,
         seed=args.seed,
     )
     report = await run_fleet(plan, cleanup)

@@ -7,7 +7,8 @@ clustered engines that fleets use; what each speaks is in :data:`KINDS` and docs
 - **NATS** (``nats-server``, 2.9 in Debian 12): MQTT 3.1.1 only, on top of JetStream, so the
   config needs ``server_name`` and a ``jetstream`` store. A CONNECT at level 5 is refused.
 - **RabbitMQ** (``rabbitmq-server`` 3.10 with its ``rabbitmq_mqtt`` plugin): MQTT 3.1.1 only
-  before 3.13; a CONNECT at level 5 gets no CONNACK. A private node: its own node name,
+  before 3.13; a CONNECT at level 5 gets no CONNACK, and a retained message reaches only a
+  subscription to its exact topic, not one with a wildcard. A private node: its own node name,
   distribution port, mnesia and log folders, config file and enabled-plugins file, and an
   Erlang cookie in its own HOME. Starting takes several seconds.
 
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -37,19 +39,34 @@ RABBIT_START_S = 60.0
 STOP_S = 10.0
 
 
+class V5Connect(StrEnum):
+    """What a broker does with an MQTT 5 CONNECT."""
+
+    ACCEPTED = "accepted"
+    REFUSED = "refused"  # CONNACK code 1: vmcd's ``auto`` falls back to 3.1.1
+    CLOSED = "closed"  # no CONNACK: vmcd needs ``[cloud] mqtt_version = "3.1.1"``
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerKind:
-    """What a broker speaks, as measured here (docs/scaling.md)."""
+    """What a broker does, as measured here (tests/e2e/test_fleet.py, docs/scaling.md)."""
 
     name: str
-    mqtt5: bool
+    v5_connect: V5Connect
+    retained_on_wildcard: bool
+    """A subscription with a wildcard (a backend's ``vmc/+/status``) gets retained messages."""
     shared_subscriptions: bool
+    """``$share/GROUP/...`` spreads messages over a group's subscribers."""
+
+    @property
+    def mqtt5(self) -> bool:
+        return self.v5_connect is V5Connect.ACCEPTED
 
 
 KINDS = {
-    "mosquitto": BrokerKind("mosquitto", mqtt5=True, shared_subscriptions=True),
-    "nats": BrokerKind("nats", mqtt5=False, shared_subscriptions=False),
-    "rabbitmq": BrokerKind("rabbitmq", mqtt5=False, shared_subscriptions=False),
+    "mosquitto": BrokerKind("mosquitto", V5Connect.ACCEPTED, True, True),
+    "nats": BrokerKind("nats", V5Connect.REFUSED, True, False),
+    "rabbitmq": BrokerKind("rabbitmq", V5Connect.CLOSED, False, False),
 }
 
 
@@ -130,6 +147,7 @@ class _ServerBroker:
     """A server process in a temporary folder of its own, stopped with its process group."""
 
     what = "broker"
+    mtls = False  # a plain listener only
 
     def __init__(self, prefix: str) -> None:
         self.port = free_port()

@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ WORKER_STOP_S = 20.0
 ONLINE_WAIT_S = 30.0
 ONLINE_POLL_S = 0.1
 BACKEND_READY_S = 10.0
+BUSY_WAIT_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,9 @@ class FleetPlan:
     mqtt_version: str = "auto"
     """``5``, ``3.1.1``, or ``auto``: 5 where the broker speaks it."""
     keepalive: int = 30
+    connects: int = 32
+    """Connects in flight per worker: a broker that does work per session (NATS keeps each in
+    JetStream) falls behind and times sessions out when too many arrive at once."""
     connect_timeout_s: float = 600.0
     seed: int = 1
     id_prefix: str = "fleet-"
@@ -85,6 +90,9 @@ class FleetReport:
     dropped: int = 0
     unacked: int = 0
     commands: int = 0
+    vend_failures: dict[str, int] = field(default_factory=dict)
+    """Vends that did not succeed, by what went wrong (``no_txn_vend``: the backend never
+    heard the result)."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -168,6 +176,7 @@ async def _start_workers(
             f"--id-prefix={plan.id_prefix}",
             f"--mqtt-version={plan.version()}",
             f"--keepalive={plan.keepalive}",
+            f"--connects={plan.connects}",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -178,28 +187,34 @@ async def _start_workers(
     return workers
 
 
-async def _vend(backend: SimBackend, device: str) -> float | None:
-    """One remote vend; its milliseconds when it succeeded, None when it did not."""
+async def _vend(backend: SimBackend, device: str) -> float | str:
+    """One remote vend: its milliseconds when it succeeded, else what went wrong."""
     started = time.perf_counter()
     try:
         txn_id = await backend.lock(device)
+    except LockRefusedError:
+        return "lock_refused"
+    except TimeoutError:
+        return "no_lock_reply"
+    try:
         entry = await backend.wait_done(txn_id, VEND_TIMEOUT_S)
-    except (LockRefusedError, TimeoutError):
-        return None
+    except TimeoutError:
+        entry = backend.books.entries[txn_id]
+        return "no_txn_vend" if "requested" in entry.states else "no_txn_request"
     if entry.result != "success":
-        return None
+        return f"ended_{entry.result or entry.states[-1]}"
     return (time.perf_counter() - started) * 1000
 
 
-async def _vend_at_rate(plan: FleetPlan, backend: SimBackend, ids: list[str]) -> list[float | None]:
+async def _vend_at_rate(plan: FleetPlan, backend: SimBackend, ids: list[str]) -> list[float | str]:
     """``plan.vends`` vends started ``plan.rate`` a second on machines that are not vending."""
     rng = random.Random(plan.seed)
     busy: set[str] = set()
-    tasks: list[asyncio.Task[float | None]] = []
+    tasks: list[asyncio.Task[float | str]] = []
     loop = asyncio.get_running_loop()
     start = loop.time()
 
-    async def one(device: str) -> float | None:
+    async def one(device: str) -> float | str:
         try:
             return await _vend(backend, device)
         finally:
@@ -207,8 +222,11 @@ async def _vend_at_rate(plan: FleetPlan, backend: SimBackend, ids: list[str]) ->
 
     for n in range(plan.vends):
         await asyncio.sleep(max(0.0, start + n / plan.rate - loop.time()))
-        free = [d for d in rng.sample(ids, min(len(ids), 8)) if d not in busy]
-        device = free[0] if free else rng.choice(ids)
+        while len(busy) >= len(ids):  # every machine is vending: the next one to finish
+            await asyncio.sleep(BUSY_WAIT_S)
+        device = rng.choice(ids)
+        while device in busy:
+            device = rng.choice(ids)
         busy.add(device)
         tasks.append(asyncio.create_task(one(device)))
     return list(await asyncio.gather(*tasks))
@@ -290,7 +308,8 @@ async def run_fleet(plan: FleetPlan, cleanup: contextlib.AsyncExitStack) -> Flee
 
     gc.freeze()  # the backend's books of every machine: keep full collections from walking them
     times = await _vend_at_rate(plan, backend, ids) if plan.vends and report.connected else []
-    done = [t for t in times if t is not None]
+    done = [t for t in times if isinstance(t, float)]
+    report.vend_failures = dict(Counter(t for t in times if isinstance(t, str)))
     report.vends = len(times)
     report.vends_ok = len(done)
     report.vend_p50_ms = _ms(percentile(done, 50))

@@ -24,7 +24,6 @@ from sim.brokers import raise_nofile
 from sim.fleet_machine import FleetMachine, Outgoing
 from sim.mqtt_lite import V5, V311, Message, MqttLiteError, Session, Will
 
-CONNECTS_IN_FLIGHT = 32
 CONNECT_TRIES = 5
 TICK_S = 0.25
 LOOK_S = 1.0
@@ -87,9 +86,8 @@ class Link:
         session = self.session
         if session is None:
             return None
-        future = session.publish(message.topic, message.payload, qos=1, retain=message.retain)
-        if future is not None:
-            future.add_done_callback(self.totals.ack_failed)
+        future = session.publish(message.topic, message.payload, retain=message.retain)
+        future.add_done_callback(self.totals.ack_failed)
         return future
 
     async def connect(self, host: str, port: int, version: int, keepalive: int) -> None:
@@ -114,7 +112,7 @@ class Link:
 
 
 async def _connect_all(links: list[Link], args: argparse.Namespace, totals: Totals) -> None:
-    gate = asyncio.Semaphore(CONNECTS_IN_FLIGHT)
+    gate = asyncio.Semaphore(args.connects)
     version = V5 if args.mqtt_version == "5" else V311
 
     async def one(link: Link) -> None:
@@ -236,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic-prefix", default="vmc")
     parser.add_argument("--mqtt-version", choices=("5", "3.1.1"), default="5")
     parser.add_argument("--keepalive", type=int, default=30)
+    parser.add_argument("--connects", type=int, default=32, help="connects in flight")
     args = parser.parse_args(argv)
     raise_nofile()
     with contextlib.suppress(KeyboardInterrupt):

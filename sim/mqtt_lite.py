@@ -319,20 +319,11 @@ class Session(asyncio.Protocol):
         self.send(subscribe(packet_id, topic, qos, version=self.version))
         return future
 
-    def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> asyncio.Future[None] | None:
-        """Send; at QoS 1 a future done at the PUBACK, at QoS 0 None."""
-        if qos == 0:
-            self.send(
-                publish(topic, payload, qos=0, packet_id=None, retain=retain, version=self.version)
-            )
-            return None
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> asyncio.Future[None]:
+        """Send at QoS 1 (all the contract uses); the future is done at the PUBACK."""
         packet_id, future = self._new_ack()
         self.send(
-            publish(
-                topic, payload, qos=qos, packet_id=packet_id, retain=retain, version=self.version
-            )
+            publish(topic, payload, qos=1, packet_id=packet_id, retain=retain, version=self.version)
         )
         return future
 

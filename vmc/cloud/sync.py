@@ -6,7 +6,8 @@ the command topic and drains the journal's outbox in seq order at QoS 1, at most
 :data:`IN_FLIGHT` messages at a time (Mosquitto's receive maximum is 20). A row is deleted only
 after its PUBACK, so a broker outage of any length loses nothing; what was sent but not
 acknowledged is sent again after the reconnect and the backend drops the duplicate by id.
-MQTT 5 first; a broker that refuses it gets MQTT 3.1.1.
+MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 (``mqtt_version`` ``auto``). A broker
+that neither speaks 5 nor refuses it (RabbitMQ before 3.13 sends no CONNACK) needs ``3.1.1``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class MqttSettings:
     keepalive: int = 30
     topic_prefix: str = "vmc"
     device_key_file: str | None = None
+    mqtt_version: str = "auto"
+    """``auto`` (5, then 3.1.1 if refused), ``5`` or ``3.1.1``."""
 
     @property
     def host(self) -> str:
@@ -150,7 +153,11 @@ class CloudSync:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._state_dirty = asyncio.Event()
-        self._protocol = aiomqtt.ProtocolVersion.V5
+        self._protocol = (
+            aiomqtt.ProtocolVersion.V311
+            if settings.mqtt_version == "3.1.1"
+            else aiomqtt.ProtocolVersion.V5
+        )
         self._client: aiomqtt.Client | None = None
         self._tls = (
             tls_context(settings.ca_file, settings.cert_file, settings.key_file)
@@ -176,7 +183,11 @@ class CloudSync:
                 await self._session()
             except aiomqtt.MqttCodeError as exc:
                 code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
-                if self._protocol is aiomqtt.ProtocolVersion.V5 and code in _UNSUPPORTED_PROTOCOL:
+                if (
+                    self.settings.mqtt_version == "auto"
+                    and self._protocol is aiomqtt.ProtocolVersion.V5
+                    and code in _UNSUPPORTED_PROTOCOL
+                ):
                     log.warning("mqtt_v5_refused", fallback="3.1.1")
                     self._protocol = aiomqtt.ProtocolVersion.V311
                     continue
