@@ -37,6 +37,7 @@ from sim.replay import replay_over_port
 from sim.scenarios import Report
 from sim.trace import TraceLine, read_trace, recording
 from sim.vmc_master import TimingStats, VmcMaster, measure_in_realtime
+from vmc.config import MQTT_VERSIONS
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RECANCEL_S = 0.2
@@ -154,26 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_FLEET_COUNTS = (  # flag, least, most, default, what it is
+    ("--machines", 1, 100_000, 100, "machines, each with its own MQTT session"),
+    ("--workers", 1, 64, 2, "worker processes that share the machines"),
+    ("--vends", 0, 1_000_000, 100, "remote vends on machines drawn at random"),
+    ("--keepalive", 5, 3600, 30, "MQTT keepalive of every machine, in seconds"),
+    ("--connects", 1, 1000, 32, "connects in flight per worker"),
+)
+
+
 def _add_fleet(sub: Any) -> None:
     p = sub.add_parser("fleet", help="many simulated machines on one broker, remote vends")
-    p.add_argument(
-        "--machines",
-        type=_number(int, 1, 100_000, "a whole number"),
-        default=100,
-        help="machines, each with its own MQTT session, 1..100000 (100)",
-    )
-    p.add_argument(
-        "--workers",
-        type=_number(int, 1, 64, "a whole number"),
-        default=2,
-        help="worker processes that share the machines, 1..64 (2)",
-    )
-    p.add_argument(
-        "--vends",
-        type=_number(int, 0, 1_000_000, "a whole number"),
-        default=100,
-        help="remote vends on machines drawn at random, 0..1000000 (100)",
-    )
+    for flag, least, most, default, what in _FLEET_COUNTS:
+        p.add_argument(
+            flag,
+            type=_number(int, least, most, "a whole number"),
+            default=default,
+            help=f"{what}, {least}..{most} ({default})",
+        )
     p.add_argument(
         "--rate",
         type=_number(float, 0.1, 10_000, "a number of vends a second"),
@@ -187,21 +186,15 @@ def _add_fleet(sub: Any) -> None:
     where.add_argument("--mqtt", type=_mqtt_url, help="use this broker instead")
     p.add_argument(
         "--mqtt-version",
-        choices=("auto", "5", "3.1.1"),
+        choices=MQTT_VERSIONS,
         default="auto",
         help="auto: 5 where the broker speaks it, else 3.1.1 (3.1.1 with --mqtt)",
     )
     p.add_argument(
-        "--keepalive",
-        type=_number(int, 5, 3600, "a whole number of seconds"),
-        default=30,
-        help="MQTT keepalive of every machine, 5..3600 s (30)",
-    )
-    p.add_argument(
-        "--connects",
-        type=_number(int, 1, 1000, "a whole number"),
-        default=32,
-        help="connects in flight per worker, 1..1000 (32)",
+        "--settle",
+        type=_number(float, 0, 3600, "a number of seconds"),
+        default=0.0,
+        help="seconds between the last connect and the first vend, 0..3600 (0)",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the machines drawn")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -303,6 +296,7 @@ async def fleet_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitS
         mqtt_version=args.mqtt_version,
         keepalive=args.keepalive,
         connects=args.connects,
+        settle_s=args.settle,
         seed=args.seed,
     )
     report = await run_fleet(plan, cleanup)

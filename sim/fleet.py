@@ -58,6 +58,9 @@ class FleetPlan:
     connects: int = 32
     """Connects in flight per worker: a broker that does work per session (NATS keeps each in
     JetStream) falls behind and times sessions out when too many arrive at once."""
+    settle_s: float = 0.0
+    """Seconds to wait between the last connect and the first vend (a broker's own work after a
+    connect storm, measured apart from it)."""
     connect_timeout_s: float = 600.0
     seed: int = 1
     id_prefix: str = "fleet-"
@@ -306,6 +309,7 @@ async def run_fleet(plan: FleetPlan, cleanup: contextlib.AsyncExitStack) -> Flee
     ids = [f"{plan.id_prefix}{n:05d}" for n in range(plan.machines)]
     report.backend_online = await _online(backend, report.connected)
 
+    await asyncio.sleep(plan.settle_s)
     gc.freeze()  # the backend's books of every machine: keep full collections from walking them
     times = await _vend_at_rate(plan, backend, ids) if plan.vends and report.connected else []
     done = [t for t in times if isinstance(t, float)]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -210,3 +212,44 @@ async def test_vmcd_vends_remotely_on_nats_and_rabbitmq(
         assert entry.charged == entry.price > 0
         assert [e["type"] for e in rig.backend.event_log] == ["txn.request", "txn.vend"]
         assert rig.outbox_size() == 0
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found |= {child, *_descendants(child)}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_ends_the_workers_and_the_broker(sig: int) -> None:
+    with subprocess.Popen(
+        [VMC_SIM, "fleet", "--machines", "200", "--vends", "100000", "--rate", "20"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        deadline = time.monotonic() + 30
+        started: set[int] = set()
+        while len(started) < 3 and time.monotonic() < deadline:  # the broker and 2 workers
+            time.sleep(0.2)
+            started = _descendants(proc.pid)
+        assert len(started) >= 3, started
+        time.sleep(2)  # connected, vending
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert not [pid for pid in started if _alive(pid)]
