@@ -432,7 +432,9 @@ class SimBackend:
         if not reply["ok"]:
             raise LockRefusedError(f"lock refused: {reply['code']}: {reply['message']}")
         txn_id: str = reply["result"]["txn_id"]
-        self.books.entries[txn_id] = Entry(txn_id, device, member)
+        # The transaction's first events may have been read before this coroutine resumed
+        # (they follow the reply at once): keep the entry they opened.
+        self.books.entries.setdefault(txn_id, Entry(txn_id, device, member))
         return txn_id
 
     async def data_request(

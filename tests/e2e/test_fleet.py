@@ -82,15 +82,8 @@ def test_a_small_fleet_vends_on_each_broker(any_broker: tuple[str, RunningBroker
     assert result.stdout, result.stderr
     report = json.loads(result.stdout)
     assert (report["machines"], report["connected"], report["backend_online"]) == (20, 20, 20)
-    # NATS 2.9 lost about one QoS 1 delivery in a thousand to the backend (docs/scaling.md):
-    # one such vend is allowed there, and named.
-    lost = report["vend_failures"].get("no_txn_request", 0) + report["vend_failures"].get(
-        "no_txn_vend", 0
-    )
-    assert report["vends"] == 20
-    assert report["vends_ok"] == 20 - lost
-    assert lost <= (1 if name == "nats" else 0), report["vend_failures"]
-    assert result.returncode == (0 if lost == 0 else 1), result.stderr
+    assert (report["vends"], report["vends_ok"], report["vend_failures"]) == (20, 20, {})
+    assert result.returncode == 0, result.stderr
     assert (report["dropped"], report["unacked"], report["problems"]) == (0, 0, [])
 
 
