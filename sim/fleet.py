@@ -15,6 +15,7 @@ The report's keys are those of ``bench/fleet.py --json`` (docs/scaling.md).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import json
@@ -261,6 +262,21 @@ async def _online(backend: SimBackend, wanted: int) -> int:
         await asyncio.sleep(ONLINE_POLL_S)
 
 
+async def _start_private(name: str) -> RunningBroker:
+    """A private broker, started in a thread (RabbitMQ takes seconds). A stop meanwhile waits
+    for that start to end, then stops the broker: nothing is left running."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        starting = pool.submit(start_broker, name)
+        try:
+            return await asyncio.wrap_future(starting)
+        except BrokerError as exc:
+            raise StartError(str(exc)) from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(BrokerError):
+                starting.result().close()
+            raise
+
+
 async def run_fleet(plan: FleetPlan, cleanup: contextlib.AsyncExitStack) -> FleetReport:
     raise_nofile()
     version = plan.version()
@@ -268,10 +284,7 @@ async def run_fleet(plan: FleetPlan, cleanup: contextlib.AsyncExitStack) -> Flee
     report.vend_rate = plan.rate
     broker: RunningBroker | None = None
     if plan.url is None:
-        try:
-            broker = await asyncio.to_thread(start_broker, plan.broker)
-        except BrokerError as exc:
-            raise StartError(str(exc)) from None
+        broker = await _start_private(plan.broker)
         cleanup.callback(broker.close)
         url = broker.url
         report.broker = plan.broker
