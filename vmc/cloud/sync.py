@@ -6,8 +6,7 @@ the command topic and drains the journal's outbox in seq order at QoS 1, at most
 :data:`IN_FLIGHT` messages at a time (Mosquitto's receive maximum is 20). A row is deleted only
 after its PUBACK, so a broker outage of any length loses nothing; what was sent but not
 acknowledged is sent again after the reconnect and the backend drops the duplicate by id.
-MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 (``mqtt_version`` ``auto``). A broker
-that neither speaks 5 nor refuses it (RabbitMQ before 3.13 sends no CONNACK) needs ``3.1.1``.
+MQTT 5 first; a broker that refuses it gets MQTT 3.1.1.
 """
 
 from __future__ import annotations
@@ -58,7 +57,8 @@ class MqttSettings:
     topic_prefix: str = "vmc"
     device_key_file: str | None = None
     mqtt_version: str = "auto"
-    """``auto`` (5, then 3.1.1 if refused), ``5`` or ``3.1.1``."""
+    """``auto`` (5, then 3.1.1 if refused), ``5`` or ``3.1.1``: a broker that neither speaks 5
+    nor refuses it (RabbitMQ before 3.13 sends no CONNACK) needs ``3.1.1``."""
 
     @property
     def host(self) -> str:
