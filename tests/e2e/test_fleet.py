@@ -23,6 +23,7 @@ from sim.brokers import KINDS, NATS_BINARY, RABBIT_BINARY, RunningBroker, V5Conn
 from sim.mqtt_lite import V5, V311, Message, MqttLiteError, Session, Will
 from tests.e2e.cloud_rig import DEVICE, machine
 from tests.e2e.console import VMC_SIM
+from tests.waiting import wait_until
 
 BINARIES = {"nats": NATS_BINARY, "rabbitmq": RABBIT_BINARY}
 SETTLE_S = 1.0
@@ -204,7 +205,7 @@ async def test_vmcd_vends_remotely_on_nats_and_rabbitmq(
         assert entry.result == "success"
         assert entry.charged == entry.price > 0
         assert [e["type"] for e in rig.backend.event_log] == ["txn.request", "txn.vend"]
-        assert rig.outbox_size() == 0
+        assert await wait_until(lambda: rig.outbox_size() == 0)  # every PUBACK came
 
 
 def _descendants(pid: int) -> set[int]:
