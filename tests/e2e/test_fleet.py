@@ -247,3 +247,18 @@ def test_a_stop_ends_the_workers_and_the_broker(sig: int) -> None:
     assert proc.returncode == 128 + sig, err
     assert "Traceback" not in err
     assert not [pid for pid in started if _alive(pid)]
+
+
+async def test_vmcd_needs_3_1_1_on_rabbitmq(tmp_path: Path) -> None:
+    """Why ``[cloud] mqtt_version`` exists: RabbitMQ 3.10 never answers a version-5 CONNECT,
+    so ``auto`` (which falls back only when 5 is refused) times out and tries 5 again."""
+    for broker in _broker("rabbitmq"):
+        with pytest.raises(TimeoutError):  # the rig's wait for the machine's "online"
+            async with machine(tmp_path, broker, backend_protocol=aiomqtt.ProtocolVersion.V311):
+                pass
+    log = (tmp_path / "state" / "vmcd.log").read_text().splitlines()
+    events = [json.loads(line) for line in log if line.startswith("{")]
+    timed_out = [e for e in events if e["event"] == "mqtt_disconnected"]
+    assert timed_out
+    assert all(e["error"] == "Operation timed out" for e in timed_out)
+    assert not [e for e in events if e["event"] == "mqtt_v5_refused"]
