@@ -4,6 +4,7 @@ vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, b
 vmc-sim demo --exe                            the same on an Executive machine (vmc the master)
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
+vmc-sim fleet [--machines N] [--broker NAME]  N simulated machines on one broker, remote vends
 
 Exit codes: 0 when everything agreed, 1 when something did not (a check, a session, a reader
 that never answered), 2 for a usage or start-up mistake (one line on stderr), 128 + the signal
@@ -27,13 +28,16 @@ from urllib.parse import urlsplit
 from protocols.errors import ParseError, VmcError
 from sim import StartError, checks
 from sim.backend import Policy
+from sim.brokers import KINDS
 from sim.demo import cloud_demo, local_demo, play_customers, session_problems, summarise
 from sim.demo_exe import demo_flags_for_exe, exe_demo
+from sim.fleet import FleetPlan, run_fleet
 from sim.ports import SimPort
 from sim.replay import replay_over_port
 from sim.scenarios import Report
 from sim.trace import TraceLine, read_trace, recording
 from sim.vmc_master import TimingStats, VmcMaster, measure_in_realtime
+from vmc.config import MQTT_VERSIONS
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RECANCEL_S = 0.2
@@ -147,7 +151,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to repeat the first line until the reader answers (default:"
         f" {READER_WAIT_S:g} on a new pty pair; with --port, the reader is taken as running)",
     )
+    _add_fleet(sub)
     return parser
+
+
+_FLEET_COUNTS = (  # flag, least, most, default, what it is
+    ("--machines", 1, 100_000, 100, "machines, each with its own MQTT session"),
+    ("--workers", 1, 64, 2, "worker processes that share the machines"),
+    ("--vends", 0, 1_000_000, 100, "remote vends on machines drawn at random"),
+    ("--keepalive", 5, 3600, 30, "MQTT keepalive of every machine, in seconds"),
+    ("--connects", 1, 1000, 32, "connects in flight per worker"),
+)
+
+
+def _add_fleet(sub: Any) -> None:
+    p = sub.add_parser("fleet", help="many simulated machines on one broker, remote vends")
+    for flag, least, most, default, what in _FLEET_COUNTS:
+        p.add_argument(
+            flag,
+            type=_number(int, least, most, "a whole number"),
+            default=default,
+            help=f"{what}, {least}..{most} ({default})",
+        )
+    p.add_argument(
+        "--rate",
+        type=_number(float, 0.1, 10_000, "a number of vends a second"),
+        default=20.0,
+        help="vends started a second, 0.1..10000 (20)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--broker", choices=list(KINDS), default="mosquitto", help="start a private broker"
+    )
+    where.add_argument("--mqtt", type=_mqtt_url, help="use this broker instead")
+    p.add_argument(
+        "--mqtt-version",
+        choices=MQTT_VERSIONS,
+        default="auto",
+        help="auto: 5 where the broker speaks it, else 3.1.1 (3.1.1 with --mqtt)",
+    )
+    p.add_argument(
+        "--settle",
+        type=_number(float, 0, 3600, "a number of seconds"),
+        default=0.0,
+        help="seconds between the last connect and the first vend, 0..3600 (0)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of the machines drawn")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _version() -> str:
@@ -235,6 +285,25 @@ def _open(url: str | None, cleanup: contextlib.AsyncExitStack) -> SimPort:
     return sim
 
 
+async def fleet_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    plan = FleetPlan(
+        machines=args.machines,
+        workers=min(args.workers, args.machines),
+        vends=args.vends,
+        rate=args.rate,
+        broker=args.broker,
+        url=args.mqtt,
+        mqtt_version=args.mqtt_version,
+        keepalive=args.keepalive,
+        connects=args.connects,
+        settle_s=args.settle,
+        seed=args.seed,
+    )
+    report = await run_fleet(plan, cleanup)
+    print(report.as_json() if args.json else report.summary())
+    return 0 if report.ok else 1
+
+
 # --- running until done or stopped -------------------------------------------------------
 
 
@@ -292,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "demo": demo,
             "vmc": vmc_command,
             "replay": replay_command,
+            "fleet": fleet_command,
         }
         command = commands[args.command]
         return run(command, args)

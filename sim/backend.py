@@ -249,9 +249,11 @@ class SimBackend:
         signing_key: Ed25519PrivateKey | None = None,
         device_keys: dict[str, Ed25519PublicKey] | None = None,
         tls_context: ssl.SSLContext | None = None,
+        protocol: aiomqtt.ProtocolVersion | None = None,
     ) -> None:
         """``tls_context`` for an mqtts:// ``url`` (with the backend's client certificate for a
-        broker that requires one)."""
+        broker that requires one); ``protocol`` for a broker without MQTT 5 (default: 5, or
+        3.1.1 when ``persistent``)."""
         parts = urlsplit(url)
         self.host = parts.hostname or "localhost"
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
@@ -265,6 +267,9 @@ class SimBackend:
         self.password = password
         self.answer_delay = answer_delay
         self.persistent = persistent
+        self.protocol = protocol or (
+            aiomqtt.ProtocolVersion.V311 if persistent else aiomqtt.ProtocolVersion.V5
+        )
         self.nodelay = nodelay
         self.logger = logger
         self.signing_key = signing_key
@@ -306,9 +311,7 @@ class SimBackend:
             identifier=self.identifier,
             username=self.username,
             password=self.password,
-            protocol=(
-                aiomqtt.ProtocolVersion.V311 if self.persistent else aiomqtt.ProtocolVersion.V5
-            ),
+            protocol=self.protocol,
             clean_session=False if self.persistent else None,
             socket_options=[NO_DELAY] if self.nodelay else [],
             logger=self.logger,
@@ -429,7 +432,9 @@ class SimBackend:
         if not reply["ok"]:
             raise LockRefusedError(f"lock refused: {reply['code']}: {reply['message']}")
         txn_id: str = reply["result"]["txn_id"]
-        self.books.entries[txn_id] = Entry(txn_id, device, member)
+        # The transaction's first events may have been read before this coroutine resumed
+        # (they follow the reply at once): keep the entry they opened.
+        self.books.entries.setdefault(txn_id, Entry(txn_id, device, member))
         return txn_id
 
     async def data_request(

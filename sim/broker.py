@@ -88,6 +88,11 @@ class MosquittoBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int | None:
+        """The running server's process id (None when stopped)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def listen_port(self) -> int:
         """The port that tells the broker is up: its plain one, or its mTLS one."""
         if self.mtls:

@@ -30,6 +30,7 @@ from vmc.offline import Bounds
 APPROVAL_POLICIES = ("accept", "deny")
 MIN_APPROVAL_TIMEOUT_S = 1.0
 DEVICE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MQTT_VERSIONS = ("auto", "5", "3.1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -85,6 +86,8 @@ class CloudConfig:
     topic_prefix: str = "vmc"
     lock_timeout: float = 60.0
     keepalive: int = 30
+    mqtt_version: str = "auto"
+    """``auto`` (MQTT 5, 3.1.1 when the broker refuses 5), ``5`` or ``3.1.1``."""
     command_keys: tuple[str, ...] = ()
     """The backend's Ed25519 public keys (base64 of 32 bytes): set, commands that move money
     or goods must be signed by one of them (several while a key is rotated)."""
@@ -356,6 +359,7 @@ def _cloud(cloud: CloudConfig) -> CloudConfig:
     if cloud.lock_timeout <= 0:
         raise ConfigError(f"cloud.lock_timeout: {cloud.lock_timeout!r} must be positive seconds")
     _range("cloud.keepalive", cloud.keepalive, 5, 3600)
+    _choice("cloud.mqtt_version", cloud.mqtt_version, MQTT_VERSIONS)
     if (cloud.cert_file is None) != (cloud.key_file is None):
         raise ConfigError("cloud.cert_file and cloud.key_file go together")
     tls_files = {"ca_file": cloud.ca_file, "cert_file": cloud.cert_file, "key_file": cloud.key_file}

@@ -217,6 +217,7 @@ def _cloud_services(
         cert_file=cloud.cert_file,
         key_file=cloud.key_file,
         keepalive=cloud.keepalive,
+        mqtt_version=cloud.mqtt_version,
         topic_prefix=cloud.topic_prefix,
         device_key_file=cloud.device_key_file,
     )

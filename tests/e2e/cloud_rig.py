@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.pty import PtyPair
 from protocols.dex.ucs import MAX_BLOCK
 from sim.backend import Policy, SimBackend
 from sim.broker import MosquittoBroker
+from sim.brokers import RunningBroker
 from sim.daemon_proc import DaemonProcess
 from sim.dex_source import DexSource, SourceFaults
 from sim.scenarios import Customers
@@ -28,7 +30,7 @@ DEVICE = "m1"
 
 @dataclass
 class Rig:
-    broker: MosquittoBroker
+    broker: RunningBroker
     daemon: DaemonProcess
     vmc: VmcMaster
     backend: SimBackend
@@ -58,7 +60,7 @@ class Rig:
 @contextlib.asynccontextmanager
 async def machine(
     tmp_path: Path,
-    broker: MosquittoBroker,
+    broker: RunningBroker,
     *,
     level: int = 3,
     policy: Policy = Policy.POST_BILLING,
@@ -71,6 +73,7 @@ async def machine(
     env: Mapping[str, str] | None = None,
     mqtt_url: str | None = None,
     wrap: tuple[str, ...] = (),
+    backend_protocol: aiomqtt.ProtocolVersion | None = None,
 ) -> AsyncIterator[Rig]:
     """The whole machine, its VMC having initialised and enabled the reader (unless not
     ``initialise``: then the VMC has not said a word yet). On an mTLS broker vmcd and the
@@ -81,7 +84,8 @@ async def machine(
     written to ``tmp_path`` (a journal on a small filesystem must not share it with the log).
     ``env``: more environment for vmcd. The daemon reaches the broker at ``mqtt_url`` when
     given (a proxy in front of it), the backend always directly; ``wrap`` is a command the
-    daemon runs under (``ip netns exec NS``)."""
+    daemon runs under (``ip netns exec NS``). ``broker`` may be any of :mod:`sim.brokers`;
+    ``backend_protocol`` is the backend's MQTT version there."""
     signed: list[str] = []
     device_keys = {}
     if signing_key is not None:
@@ -92,7 +96,7 @@ async def machine(
         signed.append(f'device_key_file = "{key_file}"')
     pair = PtyPair()
     config = tmp_path / "cloud.toml"
-    if broker.mtls:
+    if isinstance(broker, MosquittoBroker) and broker.mtls:
         config.write_text(broker.device_config(DEVICE) + "".join(f"{s}\n" for s in signed))
         cloud: tuple[str, ...] = ("--config", str(config))
         backend_url, tls = broker.tls_url, broker.client_context("backend")
@@ -119,6 +123,7 @@ async def machine(
         tls_context=tls,
         signing_key=signing_key,
         device_keys=device_keys,
+        protocol=backend_protocol,
     )
     backend_task = asyncio.create_task(backend.run())
     await backend.ready()

@@ -324,6 +324,7 @@ def test_vmcd_bad_values(tmp_path: Path, args: tuple[str, ...], fragment: str) -
         ('[mdb]\nlevel = "3"\n', "mdb.level: '3' is not allowed; expected int"),
         ('[dex]\nschedule = "02:00"\n', "dex.schedule"),
         ('[cloud]\nurl = "mqtt://h"\ndevice_id = "m1"\nkeepalive = 3.5\n', "cloud.keepalive"),
+        ('[cloud]\nurl = "mqtt://h"\ndevice_id = "m1"\nmqtt_version = "3"\n', "cloud.mqtt_version"),
     ],
 )
 def test_vmcd_bad_config_values(tmp_path: Path, text: str, fragment: str) -> None:

@@ -103,6 +103,16 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
             "cloud.cert_file",
             "together",
         ),
+        (
+            {"cloud.url": "mqtt://x", "cloud.device_id": "m", "cloud.mqtt_version": "4"},
+            "cloud.mqtt_version",
+            "auto, 5, 3.1.1",
+        ),
+        (
+            {"cloud.url": "mqtt://x", "cloud.device_id": "m", "cloud.mqtt_version": 5},
+            "cloud.mqtt_version",
+            "expected str",
+        ),
         ({"reader.approval_timeout": 0.5}, "reader.approval_timeout", "at least"),
         ({"service.out_of_service_after_s": 0}, "service.out_of_service_after_s", "positive"),
         ({"service.low_change_below": 0}, "service.low_change_below", "1..2147483648"),

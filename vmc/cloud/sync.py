@@ -66,6 +66,9 @@ class MqttSettings:
     keepalive: int = 30
     topic_prefix: str = "vmc"
     device_key_file: str | None = None
+    mqtt_version: str = "auto"
+    """``auto`` (5, then 3.1.1 if refused), ``5`` or ``3.1.1``: a broker that neither speaks 5
+    nor refuses it (RabbitMQ before 3.13 sends no CONNACK) needs ``3.1.1``."""
 
     @property
     def host(self) -> str:
@@ -160,7 +163,11 @@ class CloudSync:
         self.last_error: str | None = None
         self._wake = asyncio.Event()
         self._state_dirty = asyncio.Event()
-        self._protocol = aiomqtt.ProtocolVersion.V5
+        self._protocol = (
+            aiomqtt.ProtocolVersion.V311
+            if settings.mqtt_version == "3.1.1"
+            else aiomqtt.ProtocolVersion.V5
+        )
         self._client: aiomqtt.Client | None = None
         self._window = IN_FLIGHT
         self._tls = (
@@ -187,7 +194,11 @@ class CloudSync:
                 await self._session()
             except aiomqtt.MqttCodeError as exc:
                 code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
-                if self._protocol is aiomqtt.ProtocolVersion.V5 and code in _UNSUPPORTED_PROTOCOL:
+                if (
+                    self.settings.mqtt_version == "auto"
+                    and self._protocol is aiomqtt.ProtocolVersion.V5
+                    and code in _UNSUPPORTED_PROTOCOL
+                ):
                     log.warning("mqtt_v5_refused", fallback="3.1.1")
                     self._protocol = aiomqtt.ProtocolVersion.V311
                     continue
