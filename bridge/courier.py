@@ -1,0 +1,136 @@
+"""Delivers the queued callbacks to the third parties: at least once, in order per machine.
+
+Each (third party, machine) has one callback in flight at most, its oldest. A callback is
+delivered when the third party answers 2xx; anything else (no connection, a timeout, another
+status) is tried again after a backoff of 0.5 s doubling to 60 s, for ``give_up_after``
+seconds, after which it is set aside as undeliverable (listed, never dropped silently) and the
+machine's next callback goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import structlog
+
+from bridge.config import BridgeConfig, ThirdParty
+from bridge.store import Delivery, SqliteStore
+
+log = structlog.get_logger("bridge.courier")
+
+FIRST_BACKOFF = 0.5
+MAX_BACKOFF = 60.0
+IDLE_WAIT = 0.5
+CALL_TIMEOUT = 10.0
+
+AnswerHandler = Callable[[Delivery, dict[str, Any]], Awaitable[None]]
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try after ``attempts`` failed ones (1, 2, ...)."""
+    return float(min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** max(0, attempts - 1)))
+
+
+def auth_for(party: ThirdParty) -> tuple[dict[str, str], httpx.BasicAuth | None]:
+    headers = {} if party.outbound_api_key is None else {"X-API-Key": party.outbound_api_key}
+    basic = None if party.outbound_user is None else httpx.BasicAuth(*party.outbound_user)
+    return headers, basic
+
+
+class Courier:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        store: SqliteStore,
+        on_answer: AnswerHandler,
+        http: httpx.AsyncClient,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.on_answer = on_answer
+        self.http = http
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """New callbacks were queued: look now rather than at the next idle tick."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            due = await self.store.due(time.time())
+            if due:
+                await asyncio.gather(*(self._deliver(d) for d in due))
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        party = self.config.third_party(delivery.third_party)
+        headers, basic = auth_for(party)
+        error: str
+        try:
+            response = await self.http.post(
+                party.base_url + delivery.path,
+                json=delivery.body,
+                headers=headers,
+                auth=basic or httpx.USE_CLIENT_DEFAULT,
+                timeout=CALL_TIMEOUT,
+            )
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.is_success:
+                await self.store.delivered(delivery.id, time.time())
+                log.info(
+                    "callback_delivered",
+                    third_party=party.name,
+                    machine=delivery.machine,
+                    path=delivery.path,
+                    event_id=delivery.event_id,
+                )
+                await self.on_answer(delivery, _json(response))
+                return
+            error = f"HTTP {response.status_code}"
+        await self._failed(delivery, error)
+
+    async def _failed(self, delivery: Delivery, error: str) -> None:
+        now = time.time()
+        attempts = delivery.attempts + 1
+        if now - delivery.created_at >= self.config.give_up_after:
+            await self.store.give_up(delivery.id, now, error)
+            log.error(
+                "callback_undeliverable",
+                third_party=delivery.third_party,
+                machine=delivery.machine,
+                path=delivery.path,
+                event_id=delivery.event_id,
+                attempts=attempts,
+                error=error,
+            )
+            return
+        wait = backoff(attempts)
+        await self.store.retry(delivery.id, now + wait, error)
+        log.warning(
+            "callback_failed",
+            third_party=delivery.third_party,
+            path=delivery.path,
+            event_id=delivery.event_id,
+            attempts=attempts,
+            error=error,
+            retry_in=wait,
+        )
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """The third party's CallbackResponse, or {} when the body is not a JSON object."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

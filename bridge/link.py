@@ -1,0 +1,136 @@
+"""The bridge's MQTT side: commands out with their replies, events and presence in.
+
+A persistent session (MQTT 3.1.1, clean_session false, a fixed client id) so the broker
+keeps the events published while the bridge is away. A command is resent with the same id
+until its reply comes or its time is up: the device answers a repeated id with its first reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+import cbor2
+import structlog
+
+from bridge.config import BridgeConfig
+from vmc.cloud import codec
+from vmc.cloud import messages as m
+from vmc.cloud.topics import Topics
+
+log = structlog.get_logger("bridge.link")
+
+RESEND_AFTER = 2.0
+NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+EventHandler = Callable[[str, bytes], Awaitable[None]]
+PresenceHandler = Callable[[str, str, object], None]
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Link:
+    def __init__(
+        self, config: BridgeConfig, on_event: EventHandler, on_presence: PresenceHandler
+    ) -> None:
+        self.config = config
+        self.on_event = on_event
+        self.on_presence = on_presence
+        self._client: aiomqtt.Client | None = None
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Stay connected, reconnecting with a short backoff."""
+        delay = 0.2
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt_disconnected", error=str(exc), retry_in=delay)
+            self.connected.clear()
+            self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _session(self) -> None:
+        async with aiomqtt.Client(
+            self.config.mqtt_host,
+            self.config.mqtt_port,
+            identifier=self.config.client_id,
+            username=self.config.mqtt_username,
+            password=self.config.mqtt_password,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            clean_session=False,
+            socket_options=[NO_DELAY],
+        ) as client:
+            prefix = self.config.topic_prefix
+            for leaf in ("events", "reply", "status", "state"):
+                await client.subscribe(f"{prefix}/+/{leaf}", qos=1)
+            self._client = client
+            self.connected.set()
+            log.info("mqtt_connected", host=self.config.mqtt_host, port=self.config.mqtt_port)
+            async for message in client.messages:
+                await self._dispatch(str(message.topic), message.payload)
+
+    async def _dispatch(self, topic: str, payload: Any) -> None:
+        parts = topic.split("/")
+        if len(parts) != 3 or not isinstance(payload, bytes | bytearray):
+            return
+        _, machine, leaf = parts
+        if leaf == "events":
+            await self.on_event(machine, bytes(payload))
+            return
+        try:
+            body = cbor2.loads(payload)
+        except Exception:  # what cannot be read is dropped
+            return
+        if leaf == "reply" and isinstance(body, dict):
+            waiter = self._waiting.get(str(body.get("id")))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(body)
+        elif leaf in ("status", "state"):
+            self.on_presence(machine, leaf, body)
+
+    async def command(
+        self,
+        machine: str,
+        op: m.Op,
+        fields: dict[str, Any],
+        *,
+        command_id: str,
+        expires: float | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any] | None:
+        """Send a command and wait for its reply (None: no reply in time, or no broker)."""
+        wait = self.config.reply_timeout if timeout is None else timeout
+        body = {
+            "id": command_id,
+            "op": op.value,
+            "expires": time.time() + wait + 1.0 if expires is None else expires,
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        payload = codec.encode_map(body)
+        topic = Topics(machine, self.config.topic_prefix).commands
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[command_id] = future
+        deadline = time.monotonic() + wait
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                client = self._client
+                if client is not None:
+                    with contextlib.suppress(aiomqtt.MqttError):
+                        await client.publish(topic, payload, qos=1)
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), min(left, RESEND_AFTER))
+            return None
+        finally:
+            self._waiting.pop(command_id, None)

@@ -1,0 +1,127 @@
+"""The inbound document's schemas as pydantic models, named as the document names them.
+
+Every property is optional in the document; the models say so, and the served OpenAPI shows
+each one with the document's type and format (``WithJsonSchema``) rather than pydantic's
+``anyOf``-with-null, so the two can be compared field by field. The texts are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+
+MAX_TEXT = 256
+INT64 = 2**63 - 1
+
+
+def _shown(kind: str, fmt: str | None = None) -> WithJsonSchema:
+    return WithJsonSchema({"type": kind} if fmt is None else {"type": kind, "format": fmt})
+
+
+Text = Annotated[StrictStr | None, Field(max_length=MAX_TEXT), _shown("string")]
+Int64 = Annotated[StrictInt | None, Field(ge=-INT64 - 1, le=INT64), _shown("integer", "int64")]
+Int32 = Annotated[StrictInt | None, Field(ge=-(2**31), le=2**31 - 1), _shown("integer", "int32")]
+Flag = Annotated[StrictBool | None, _shown("boolean")]
+
+
+def about(description: str) -> Any:
+    """An optional field (absent: None) with its description."""
+    return Field(None, description=description)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StandardResponse(_Body):
+    message: Text = about("why it failed; empty on success")
+    success: Flag = about("whether the call did what it asked")
+
+
+class LockRequest(_Body):
+    balance: Int64 = about("the customer's balance in minor units; 65535 when unknown")
+    id: Text = about("the machine's id (older name of vm_id)")
+    vm_id: Text = about("the machine's id")
+    txnRef: Text = about("the third party's transaction id")  # noqa: N815
+
+
+class LockResponse(StandardResponse):
+    timeout: Int64 = about("seconds the machine stays locked at most")
+
+
+class TransactionPaidRequest(_Body):
+    discount: Int64 = about("discount in minor units")
+    price: Int64 = about("the price before discount and surcharge, in minor units")
+    surcharge: Int64 = about("the third party's surcharge in minor units")
+    txnRef: Text = about("the third party's transaction id")  # noqa: N815
+
+
+class TransactionPaidResponse(StandardResponse):
+    pass
+
+
+class CancelRequest(_Body):
+    id: Text = about("the machine's id (older name of vm_id)")
+    vm_id: Text = about("the machine's id")
+    txnRef: Text = about("the third party's transaction id")  # noqa: N815
+
+
+class CancelResponse(StandardResponse):
+    pass
+
+
+class KeypadItem(_Body):
+    id: Int64 = about("the key's index")
+    display_value: Text = about("the key's label")
+    h: Int32 = about("rows the key spans")
+    w: Int32 = about("columns the key spans")
+    x: Int32 = about("the key's column, from 0")
+    y: Int32 = about("the key's row, from 0")
+
+
+class KeypadConfiguration(_Body):
+    keypad_items: list[KeypadItem] | None = None
+    total_action_needed: Int32 = about("keys pressed for one selection")
+    total_column_number: Int32 = about("the keypad's columns")
+    total_row_number: Int32 = about("the keypad's rows")
+    virtual_keypad_enabled: Flag = about("whether selections can be made remotely")
+
+
+class VendingMachine(_Body):
+    address: Text = about("where the machine stands")
+    business_address: Text = about("the merchant's address")
+    busy: Flag = about("a transaction, voucher or credit is open")
+    company_external_name: Text = about("the merchant's name")
+    id: Text = about("the machine's id")
+    keypad_configuration: KeypadConfiguration | None = None
+    online: Flag = about("connected to the broker")
+    operator_contact_number: Text = about("the operator's phone")
+    operator_name: Text = about("the operator")
+    photo_url: Text = about("a photo of the machine")
+
+
+class BulkSearchRequest(_Body):
+    vms: list[Annotated[StrictStr, Field(max_length=MAX_TEXT)]] | None = None
+
+
+class BulkSearchResponse(StandardResponse):
+    vendingMachines: list[VendingMachine] | None = None  # noqa: N815
+
+
+class SearchRequest(_Body):
+    vm_id: Text = about("the machine's id")
+
+
+class SearchResponse(StandardResponse):
+    vendingMachine: VendingMachine | None = None  # noqa: N815
+
+
+class UserKeysRequest(_Body):
+    keys: list[StrictInt] | None = None
+    txnRef: Text = about("the third party's transaction id")  # noqa: N815
+    vm_id: Text = about("the machine's id")
+
+
+class UserKeysResponse(StandardResponse):
+    pass

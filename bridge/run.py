@@ -1,0 +1,78 @@
+"""The bridge put together: the store, the MQTT link, the courier and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from bridge.api import create_app
+from bridge.config import BridgeConfig
+from bridge.courier import Courier
+from bridge.service import Bridge
+from bridge.store import SqliteStore
+
+
+@contextlib.asynccontextmanager
+async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]:
+    """The bridge with its link and courier running, and its ASGI app (not yet served)."""
+    store = SqliteStore(config.database)
+    await store.open()
+    bridge = Bridge(config, store)
+    try:
+        async with httpx.AsyncClient() as http:
+            bridge.courier = Courier(config, store, bridge.on_answer, http)
+            tasks = [
+                asyncio.create_task(bridge.link.run(), name="bridge-link"),
+                asyncio.create_task(bridge.courier.run(), name="bridge-courier"),
+            ]
+            try:
+                yield bridge, create_app(bridge)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await store.close()
+
+
+class Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the caller decides when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def server(app: FastAPI) -> Server:
+    return Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound now so a taken port is a clear mistake (OSError)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(128)
+    return sock
+
+
+async def serve(config: BridgeConfig, sock: socket.socket) -> None:
+    """Run until SIGTERM or SIGINT."""
+    async with started(config) as (_bridge, app):
+        http = server(app)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, setattr, http, "should_exit", True)
+        await http.serve(sockets=[sock])
