@@ -6,7 +6,7 @@ cannot read, 401 for missing or wrong credentials. Credentials are compared in c
 and never logged.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations": FastAPI reads the handlers' annotations at runtime.
 
 import hmac
 from typing import Annotated, Any
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials
+from starlette.exceptions import HTTPException
 
 from bridge import models as md
 from bridge.config import ThirdParty
@@ -29,6 +30,8 @@ NO_KEYPAD = (
     "the virtual keypad is not supported: a vmc machine takes the selection on its own "
     "keypad (the contract has no remote selection)"
 )
+
+UNAUTHORIZED = "unauthorized: wrong or missing X-API-Key or basic auth"
 
 api_key = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyAuth", auto_error=False)
 basic = HTTPBasic(scheme_name="BasicAuth", auto_error=False)
@@ -93,9 +96,21 @@ def create_app(bridge: Bridge) -> FastAPI:
     @app.exception_handler(UnauthorizedError)
     async def unauthorized(_request: Request, _exc: UnauthorizedError) -> JSONResponse:
         return JSONResponse(
-            {"success": False, "message": "unauthorized: wrong or missing X-API-Key or basic auth"},
+            {"success": False, "message": UNAUTHORIZED},
             status_code=401,
             headers={"WWW-Authenticate": 'Basic realm="vmc-bridge"'},
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such path, an unreadable basic header) in the
+        standard body; the credentials' details are never echoed."""
+        unauthorized = exc.status_code == 401
+        message = UNAUTHORIZED if unauthorized else str(exc.detail)
+        return JSONResponse(
+            {"success": False, "message": message},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -118,7 +118,9 @@ class SearchResponse(StandardResponse):
 
 
 class UserKeysRequest(_Body):
-    keys: list[StrictInt] | None = None
+    keys: list[Annotated[StrictInt, _shown("integer", "int64")]] | None = about(
+        "the keypad items pressed, by index"
+    )
     txnRef: Text = about("the third party's transaction id")  # noqa: N815
     vm_id: Text = about("the machine's id")
 
