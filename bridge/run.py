@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from starlette.applications import Starlette
 
 from bridge.api import create_app
 from bridge.config import BridgeConfig
@@ -50,7 +51,7 @@ class Server(uvicorn.Server):
         yield
 
 
-def server(app: FastAPI) -> Server:
+def server(app: Starlette) -> Server:
     return Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
 
 

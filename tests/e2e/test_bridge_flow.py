@@ -1,0 +1,160 @@
+"""The Connectivity Platform's flows through vmc-bridge: a third party written from the seed's
+documents, the bridge, a real Mosquitto, vmcd on a pty and the simulated VMC."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from protocols.mdb import commands as c
+from sim.backend import Policy as Observer
+from sim.broker import MosquittoBroker
+from tests.e2e.bridge_rig import Policy, bridged, eventually
+from tests.e2e.cloud_rig import DEVICE, machine
+
+
+async def test_bridge_seven_steps_post_billing(tmp_path: Path, broker: MosquittoBroker) -> None:
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker) as bridge,
+    ):
+        third = bridge.third_party
+        # 1. the third party locks the machine
+        locked = await third.lock("order-1", "alice", balance=10_000)
+        assert locked["success"] is True, locked
+        assert 0 < locked["timeout"] <= 60
+        # 2. the customer selects; 3. /txn/request; 4. /api/paid; 5-6. dispense, pick up
+        outcome = await rig.customers.run("purchase", 1)
+        assert outcome.outcome == "vended", outcome
+        # 7. /txn/vend, then the transaction feed
+        await eventually(lambda: len(bridge.books.calls) >= 3)
+        assert bridge.books.paths() == ["/txn/request", "/txn/vend", "/feed/transactions"]
+        (request,) = bridge.books.bodies("/txn/request")
+        machine_request = next(e for e in rig.backend.event_log if e["type"] == "txn.request")
+        assert request == {
+            "txn_ref": "order-1",
+            "selection": str(machine_request["selection"]),
+            "cents": machine_request["price"],
+        }
+        assert bridge.books.paid_answers["order-1"] == {"success": True, "message": ""}
+        assert bridge.books.bodies("/txn/vend") == [
+            {"txn_ref": "order-1", "success": True, "code": ""}
+        ]
+        (feed,) = bridge.books.bodies("/feed/transactions")
+        assert feed["vm_id"] == DEVICE
+        assert feed["cashless_value"] == machine_request["price"]
+        assert (feed["cash_value"], feed["dispense_quantity"]) == (0, 1)
+        assert feed["code"] == machine_request["selection"]
+        assert bridge.books.balances["alice"] == 10_000 - machine_request["price"]
+        # The same /api/paid again is the same command: the machine vended once.
+        again = await third.call(
+            "/api/paid", {"txnRef": "order-1", "price": machine_request["price"]}
+        )
+        assert again["success"] is True
+        late_unlock = await third.call("/api/unlock", {"vm_id": DEVICE, "txnRef": "order-1"})
+        assert late_unlock == {"success": True, "message": "already paid: unlock has no effect"}
+        kinds = [e["type"] for e in rig.backend.event_log if e["type"].startswith("txn.")]
+        assert kinds == ["txn.request", "txn.vend"]
+
+
+async def test_bridge_reference_payment_refunds_a_failed_vend(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker, policy=Policy.REFERENCE_PAYMENT) as bridge,
+    ):
+        third = bridge.third_party
+        assert (await third.lock("pay-1", "bob"))["success"]
+        assert (await rig.customers.run("purchase", 1)).outcome == "vended"
+        await eventually(lambda: len(bridge.books.bodies("/feed/transactions")) == 1)
+        assert bridge.books.charged["pay-1"] > 0
+        assert (await third.lock("pay-2", "bob"))["success"]
+        assert (await rig.customers.run("vend_failure", 2)).outcome == "vend_failed"
+        await eventually(lambda: len(bridge.books.bodies("/txn/vend")) == 2)
+        failed = bridge.books.bodies("/txn/vend")[1]
+        assert failed == {"txn_ref": "pay-2", "success": False, "code": "vend_failed"}
+        assert bridge.books.charged["pay-2"] == 0  # refunded
+        assert len(bridge.books.bodies("/feed/transactions")) == 1  # nothing dispensed
+
+
+async def test_bridge_deny_on_a_refused_request(tmp_path: Path, broker: MosquittoBroker) -> None:
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker, balances={"carol": 1}) as bridge,
+    ):
+        assert (await bridge.third_party.lock("order-2", "carol"))["success"]
+        assert (await rig.customers.run("purchase", 1)).outcome == "denied"
+        await eventually(lambda: bridge.books.bodies("/txn/unlock"))
+        assert bridge.books.bodies("/txn/unlock") == [
+            {"txn_ref": "order-2", "code": "insufficient balance"}
+        ]
+        assert bridge.books.balances["carol"] == 1
+        status = next(e for e in rig.backend.event_log if e["type"] == "txn.status")
+        assert (status["state"], status["ref"]) == ("denied", "order-2")
+
+
+async def test_bridge_lock_expires_and_unlock_cancels(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with (
+        machine(tmp_path, broker, level=1, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker, lock_timeout=1.0) as bridge,
+    ):
+        third = bridge.third_party
+        locked = await third.lock("walk-1", "alice")
+        assert (locked["success"], locked["timeout"]) == (True, 1)
+        await rig.customers.poll_for({c.Resp.BEGIN_SESSION}, 3)
+        await rig.customers.poll_for({c.Resp.SESSION_CANCEL_REQUEST}, 5)
+        await rig.customers.end_session()
+        await eventually(lambda: bridge.books.bodies("/txn/unlock"))
+        assert bridge.books.bodies("/txn/unlock") == [{"txn_ref": "walk-1", "code": "lock_timeout"}]
+        await eventually(lambda: (v := bridge.bridge.fleet.view(DEVICE)) and v.ready)
+        assert (await third.lock("walk-2", "alice"))["success"]
+        await rig.customers.poll_for({c.Resp.BEGIN_SESSION}, 3)
+        cancel = await third.call("/api/unlock", {"id": DEVICE, "txnRef": "walk-2"})
+        assert cancel == {"success": True, "message": ""}
+        await rig.customers.poll_for({c.Resp.SESSION_CANCEL_REQUEST}, 3)
+        await rig.customers.end_session()
+        await eventually(lambda: len(bridge.books.bodies("/txn/unlock")) == 2)
+        assert bridge.books.bodies("/txn/unlock")[1] == {"txn_ref": "walk-2", "code": "unlocked"}
+        again = await third.call("/api/unlock", {"vm_id": DEVICE, "txnRef": "walk-2"})
+        assert again["success"] is True
+
+
+async def test_bridge_machine_offline(tmp_path: Path, broker: MosquittoBroker) -> None:
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker) as bridge,
+    ):
+        third = bridge.third_party
+        found = await third.call("/api/vmc_search", {"vm_id": DEVICE})
+        assert found["vendingMachine"]["online"] is True
+        await rig.daemon.stop()
+        await eventually(lambda: not bridge.bridge.fleet.view(DEVICE).online)  # type: ignore[union-attr]
+        refused = await third.lock("order-3", "alice")
+        assert refused == {"success": False, "message": "the vending machine is offline"}
+        found = await third.call("/api/vmc_search", {"vm_id": DEVICE})
+        assert (found["success"], found["vendingMachine"]["online"]) == (True, False)
+
+
+async def test_bridge_third_party_down_loses_nothing(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker) as bridge,
+    ):
+        bridge.books.refuse_next = 3
+        for number in range(3):
+            assert (await rig.customers.run("cash_sale", number)).ok
+        await eventually(lambda: len(bridge.books.bodies("/feed/transactions")) == 3, 20)
+        sales = [e for e in rig.backend.event_log if e["type"] == "sale"]
+        feeds = bridge.books.bodies("/feed/transactions")
+        assert [f["cash_value"] for f in feeds] == [s["price"] for s in sales]  # in order, once
+        assert bridge.books.refused == 3
+        store = bridge.bridge.store
+        async with asyncio.timeout(5):
+            while await store.undelivered():  # marked delivered once the answer is in
+                await asyncio.sleep(0.05)
+        assert len(await store.deliveries()) == 3
