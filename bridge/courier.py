@@ -42,6 +42,13 @@ def auth_for(party: ThirdParty) -> tuple[dict[str, str], httpx.BasicAuth | None]
     return headers, basic
 
 
+def idempotency_key(delivery: Delivery) -> str:
+    """The same for every try of one callback: the device's event id and the path (one event
+    may give two callbacks). The document's bodies carry no id; this header lets a third party
+    drop a callback it already booked."""
+    return f"{delivery.event_id}{delivery.path}"
+
+
 class Courier:
     def __init__(
         self,
@@ -78,7 +85,7 @@ class Courier:
             response = await self.http.post(
                 party.base_url + delivery.path,
                 json=delivery.body,
-                headers=headers,
+                headers=headers | {"Idempotency-Key": idempotency_key(delivery)},
                 auth=basic or httpx.USE_CLIENT_DEFAULT,
                 timeout=CALL_TIMEOUT,
             )

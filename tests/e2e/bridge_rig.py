@@ -57,6 +57,9 @@ class ThirdPartyBooks:
     refuse_next: int = 0
     """Answer this many callbacks 503 first (a third party that is down)."""
     refused: int = 0
+    keys: set[str] = field(default_factory=set)
+    """Idempotency-Key headers seen: a callback booked once however often it comes."""
+    duplicates: int = 0
 
     def paths(self) -> list[str]:
         return [path for path, _ in self.calls]
@@ -82,6 +85,11 @@ class FakeThirdParty:
             self.books.refused += 1
             return JSONResponse({"success": False, "message": "down"}, status_code=503)
         body = await request.json()
+        key = request.headers["idempotency-key"]
+        if key in self.books.keys:
+            self.books.duplicates += 1
+            return JSONResponse({"success": True, "message": "seen before"})
+        self.books.keys.add(key)
         self.books.calls.append((request.url.path, body))
         return JSONResponse(self.answer(request.url.path, body))
 
