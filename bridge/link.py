@@ -1,8 +1,10 @@
 """The bridge's MQTT side: commands out with their replies, events and presence in.
 
 A persistent session (MQTT 3.1.1, clean_session false, a fixed client id) so the broker
-keeps the events published while the bridge is away. A command is resent with the same id
-until its reply comes or its time is up: the device answers a repeated id with its first reply.
+keeps the events published while the bridge is away. A message is acknowledged
+once handled (an event once committed), so none is lost between the broker and the store. A
+command is resent with the same id until its reply comes or its time is up: the device answers
+a repeated id with its first reply.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from vmc.cloud.topics import Topics
 log = structlog.get_logger("bridge.link")
 
 RESEND_AFTER = 2.0
+FIRST_BACKOFF = 0.2
+MAX_BACKOFF = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 EventHandler = Callable[[str, bytes], Awaitable[None]]
@@ -47,22 +51,26 @@ class Link:
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.connected = asyncio.Event()
+        self._backoff = FIRST_BACKOFF
 
     async def run(self) -> None:
-        """Stay connected, reconnecting with a short backoff."""
-        delay = 0.2
+        """Stay connected, reconnecting with a short backoff. A message whose handling failed
+        (the store could not commit) is not acknowledged: the broker sends it again after the
+        reconnect."""
         while True:
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning("mqtt_disconnected", error=str(exc), retry_in=delay)
+                log.warning("mqtt_disconnected", error=str(exc), retry_in=self._backoff)
+            except Exception:
+                log.exception("mqtt_handling_failed", retry_in=self._backoff)
             self.connected.clear()
             self._client = None
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            await asyncio.sleep(self._backoff)
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
     async def _session(self) -> None:
-        async with aiomqtt.Client(
+        client = aiomqtt.Client(
             self.config.mqtt_host,
             self.config.mqtt_port,
             identifier=self.config.client_id,
@@ -71,15 +79,24 @@ class Link:
             protocol=aiomqtt.ProtocolVersion.V311,
             clean_session=False,
             socket_options=[NO_DELAY],
-        ) as client:
+        )
+        # PUBACK only once a message is handled (an event committed to the store): a bridge
+        # killed before that gets the event again from the broker. Set before connecting, as
+        # the persistent session's queued messages may come at once. aiomqtt does not offer
+        # it; paho's own switch is on its client.
+        paho = client._client
+        paho.manual_ack_set(True)
+        async with client:
             prefix = self.config.topic_prefix
             for leaf in ("events", "reply", "status", "state"):
                 await client.subscribe(f"{prefix}/+/{leaf}", qos=1)
             self._client = client
+            self._backoff = FIRST_BACKOFF
             self.connected.set()
             log.info("mqtt_connected", host=self.config.mqtt_host, port=self.config.mqtt_port)
             async for message in client.messages:
                 await self._dispatch(str(message.topic), message.payload)
+                paho.ack(message.mid, message.qos)
 
     async def _dispatch(self, topic: str, payload: Any) -> None:
         parts = topic.split("/")

@@ -192,9 +192,11 @@ async def bridged(
     policy: Policy = Policy.POST_BILLING,
     balances: dict[str, int] | None = None,
     lock_timeout: float = 60.0,
+    books: ThirdPartyBooks | None = None,
 ) -> AsyncIterator[BridgeRig]:
-    """vmc-bridge between the broker and a third party (its callbacks' server running)."""
-    books = ThirdPartyBooks(policy, dict(balances or {"alice": 10_000}))
+    """vmc-bridge between the broker and a third party (its callbacks' server running);
+    ``books``: the third party's from an earlier run (it keeps them across a bridge restart)."""
+    books = books or ThirdPartyBooks(policy, dict(balances or {"alice": 10_000}))
     placeholder = FakeThirdParty(books, "")
     async with serving(placeholder.app) as third_party_url:
         config = BridgeConfig(

@@ -158,3 +158,26 @@ async def test_bridge_third_party_down_loses_nothing(
             while await store.undelivered():  # marked delivered once the answer is in
                 await asyncio.sleep(0.05)
         assert len(await store.deliveries()) == 3
+
+
+async def test_bridge_restart_loses_nothing(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """Events published while the bridge is down wait in its persistent session; the ones it
+    had already handled are not called back twice."""
+    async with machine(tmp_path, broker, policy=Observer.SILENT) as rig:
+        async with bridged(tmp_path, broker) as bridge:
+            assert (await rig.customers.run("cash_sale", 1)).ok
+            await eventually(lambda: bridge.books.bodies("/feed/transactions"))
+            books = bridge.books
+        for number in range(2, 4):
+            assert (await rig.customers.run("cash_sale", number)).ok
+        await rig.backend.wait_for(
+            lambda: len([e for e in rig.backend.event_log if e["type"] == "sale"]) == 3, 5
+        )
+        async with bridged(tmp_path, broker, books=books) as bridge:
+            await eventually(lambda: len(bridge.books.bodies("/feed/transactions")) == 3)
+            sales = [e for e in rig.backend.event_log if e["type"] == "sale"]
+            feeds = bridge.books.bodies("/feed/transactions")
+            assert [f["cash_value"] for f in feeds] == [s["price"] for s in sales]
+            await asyncio.sleep(0.5)
+            assert len(bridge.books.calls) == 3
+            assert bridge.books.duplicates == 0
