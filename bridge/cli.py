@@ -9,7 +9,7 @@ import sys
 from typing import NoReturn
 
 from bridge.config import ConfigError, load
-from bridge.store import SqliteStore
+from bridge.store import SqlStore, open_store
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.action == "undelivered":
-        return asyncio.run(_undelivered(SqliteStore(config.database)))
+        return asyncio.run(_undelivered(open_store(config.database)))
     from vmc.logs import configure_logging
 
     configure_logging(args.log_level)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _undelivered(store: SqliteStore) -> int:
+async def _undelivered(store: SqlStore) -> int:
     """One JSON line per callback not delivered yet, oldest first."""
     await store.open()
     try:

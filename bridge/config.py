@@ -46,7 +46,8 @@ class ThirdParty:
 class BridgeConfig:
     mqtt_host: str
     mqtt_port: int
-    database: Path
+    database: Path | str
+    """A SQLite file, or a PostgreSQL URL."""
     third_parties: tuple[ThirdParty, ...]
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
@@ -211,10 +212,12 @@ def _listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _database(url: str, base: Path) -> Path:
-    if url.startswith(("postgresql:", "postgres:")):
-        raise ConfigError("bridge.database: PostgreSQL is not supported yet; use sqlite:///PATH")
+def _database(url: str, base: Path) -> Path | str:
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
     if not url.startswith("sqlite:///"):
-        raise ConfigError("bridge.database: must be sqlite:///PATH (relative) or sqlite:////PATH")
+        raise ConfigError(
+            "bridge.database: must be sqlite:///PATH (relative), sqlite:////PATH or postgresql://..."
+        )
     path = Path(url.removeprefix("sqlite:///"))
     return path if path.is_absolute() else base / path

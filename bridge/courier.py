@@ -19,7 +19,7 @@ import httpx
 import structlog
 
 from bridge.config import BridgeConfig, ThirdParty
-from bridge.store import Delivery, SqliteStore
+from bridge.store import Delivery, SqlStore
 
 log = structlog.get_logger("bridge.courier")
 
@@ -53,7 +53,7 @@ class Courier:
     def __init__(
         self,
         config: BridgeConfig,
-        store: SqliteStore,
+        store: SqlStore,
         on_answer: AnswerHandler,
         http: httpx.AsyncClient,
     ) -> None:

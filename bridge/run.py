@@ -17,13 +17,13 @@ from bridge.api import create_app
 from bridge.config import BridgeConfig
 from bridge.courier import Courier
 from bridge.service import Bridge
-from bridge.store import SqliteStore
+from bridge.store import open_store
 
 
 @contextlib.asynccontextmanager
 async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]:
     """The bridge with its link and courier running, and its ASGI app (not yet served)."""
-    store = SqliteStore(config.database)
+    store = open_store(config.database)
     await store.open()
     bridge = Bridge(config, store)
     try:

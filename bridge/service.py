@@ -20,7 +20,7 @@ from bridge.courier import Courier
 from bridge.fleet import Fleet, MachineView
 from bridge.link import Link, new_command_id
 from bridge.mapping import Callback, Event
-from bridge.store import Delivery, NewDelivery, SeenEvent, SqliteStore, Txn, TxnState
+from bridge.store import Delivery, NewDelivery, SeenEvent, SqlStore, Txn, TxnState
 from vmc.cloud import messages as m
 
 log = structlog.get_logger("bridge")
@@ -53,7 +53,7 @@ NO_REPLY = "the vending machine did not answer"
 
 
 class Bridge:
-    def __init__(self, config: BridgeConfig, store: SqliteStore) -> None:
+    def __init__(self, config: BridgeConfig, store: SqlStore) -> None:
         self.config = config
         self.store = store
         self.fleet = Fleet()

@@ -1,22 +1,24 @@
 """The bridge's storage: the txnRef mapping, the events seen and the callback queue.
 
-SQLite in WAL mode by default. One connection, used from one worker thread, so the event
-loop never waits on the disk and every method is one transaction. The methods are what a
-PostgreSQL store would offer behind the same names.
+One SQL core (:class:`SqlStore`) on two engines: SQLite in WAL mode by default (one file, one
+connection used from a worker thread, so the event loop never waits on the disk) and
+PostgreSQL for production (:mod:`bridge.pgstore`). Each method is one database transaction.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -28,48 +30,50 @@ CREATE TABLE IF NOT EXISTS txns (
     state TEXT NOT NULL,
     lock_cmd TEXT NOT NULL,
     txn_id TEXT,
-    selection INTEGER,
-    price INTEGER,
-    deadline REAL,
+    selection BIGINT,
+    price BIGINT,
+    deadline DOUBLE PRECISION,
     paid_cmd TEXT,
-    amount INTEGER,
-    discount INTEGER,
-    surcharge INTEGER,
-    created_at REAL NOT NULL
+    amount BIGINT,
+    discount BIGINT,
+    surcharge BIGINT,
+    created_at DOUBLE PRECISION NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS txns_by_vmc_id ON txns (machine, txn_id);
 CREATE TABLE IF NOT EXISTS seen_events (
     event_id TEXT PRIMARY KEY,
     machine TEXT NOT NULL,
-    seq INTEGER,
+    seq BIGINT,
     type TEXT NOT NULL,
-    at REAL NOT NULL
+    at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     third_party TEXT NOT NULL,
     machine TEXT NOT NULL,
     event_id TEXT NOT NULL,
     path TEXT NOT NULL,
     body TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_try DOUBLE PRECISION NOT NULL,
     last_error TEXT,
-    delivered_at REAL,
-    failed_at REAL,
+    delivered_at DOUBLE PRECISION,
+    failed_at DOUBLE PRECISION,
     UNIQUE (third_party, event_id, path)
 );
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (third_party, machine, id)
     WHERE delivered_at IS NULL AND failed_at IS NULL;
 CREATE TABLE IF NOT EXISTS coils (
     machine TEXT NOT NULL,
-    code INTEGER NOT NULL,
-    price INTEGER,
-    current_stock INTEGER,
+    code BIGINT NOT NULL,
+    price BIGINT,
+    current_stock BIGINT,
     PRIMARY KEY (machine, code)
 );
 """
+"""The tables, in SQL both engines read; ``{serial}`` is the engine's auto-numbered key, whose
+order is the callback queue's."""
 
 
 class TxnState(StrEnum):
@@ -187,101 +191,76 @@ def _delivery(row: Sequence[Any]) -> Delivery:
     )
 
 
-class SqliteStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-db")
-        self._db: sqlite3.Connection | None = None
+class Tx(Protocol):
+    """One database transaction: statements with ``?`` placeholders."""
 
-    async def open(self) -> None:
-        await self._run(self._open)
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SCHEMA)
-        self._db = db
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
 
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=True)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+class SqlStore(abc.ABC):
+    """The store's operations, in SQL that SQLite and PostgreSQL both run."""
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        assert self._db is not None, "store not open"
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def tx(self) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+
+    async def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        async with self.tx() as tx:
+            rows = await tx.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self.tx() as tx:
+            return await tx.fetch(sql, *args)
 
     # --- transactions --------------------------------------------------------------------------
 
     async def begin_lock(
         self, txn_ref: str, third_party: str, machine: str, lock_cmd: str, now: float
     ) -> Txn:
-        """The txnRef's row: a new one in ``locking``, a refused one taken again with a new
-        lock command, or the existing one unchanged (the caller judges it)."""
-
-        def go() -> Txn:
-            with self._tx() as db:
-                row = db.execute(
-                    f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", (txn_ref,)
-                ).fetchone()
-                if row is not None and TxnState(row[3]) is not TxnState.REFUSED:
-                    return _txn(row)
-                db.execute(
-                    "INSERT OR REPLACE INTO txns (txn_ref, third_party, machine, state, lock_cmd,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    (txn_ref, third_party, machine, TxnState.LOCKING, lock_cmd, now),
-                )
-                return Txn(txn_ref, third_party, machine, TxnState.LOCKING, lock_cmd)
-
-        return await self._run(go)
+        """The txnRef's row: a new one in ``locking``, a refused one of the same third party
+        and machine taken again with a new lock command, or the existing one unchanged (the
+        caller judges it)."""
+        async with self.tx() as tx:
+            await tx.execute(
+                "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO UPDATE SET"
+                " state = excluded.state, lock_cmd = excluded.lock_cmd, txn_id = NULL"
+                " WHERE txns.state = ? AND txns.third_party = excluded.third_party"
+                " AND txns.machine = excluded.machine",
+                txn_ref,
+                third_party,
+                machine,
+                TxnState.LOCKING.value,
+                lock_cmd,
+                now,
+                TxnState.REFUSED.value,
+            )
+            rows = await tx.fetch(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
+        return _txn(rows[0])
 
     async def txn(self, txn_ref: str) -> Txn | None:
-        def go() -> Txn | None:
-            assert self._db is not None
-            row = self._db.execute(
-                f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", (txn_ref,)
-            ).fetchone()
-            return None if row is None else _txn(row)
-
-        return await self._run(go)
+        row = await self._one(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
+        return None if row is None else _txn(row)
 
     async def txn_by_id(self, machine: str, txn_id: str) -> Txn | None:
-        def go() -> Txn | None:
-            assert self._db is not None
-            row = self._db.execute(
-                f"SELECT {_TXN_COLUMNS} FROM txns WHERE machine = ? AND txn_id = ?",
-                (machine, txn_id),
-            ).fetchone()
-            return None if row is None else _txn(row)
-
-        return await self._run(go)
+        row = await self._one(
+            f"SELECT {_TXN_COLUMNS} FROM txns WHERE machine = ? AND txn_id = ?", machine, txn_id
+        )
+        return None if row is None else _txn(row)
 
     async def update_txn(self, txn_ref: str, **fields: Any) -> None:
-        names = sorted(fields)
-        assert set(names) <= _TXN_FIELDS, names
-
-        def go() -> None:
-            with self._tx() as db:
-                assignments = ", ".join(f"{n} = ?" for n in names)
-                db.execute(
-                    f"UPDATE txns SET {assignments} WHERE txn_ref = ?",
-                    (*(fields[n] for n in names), txn_ref),
-                )
-
-        await self._run(go)
+        async with self.tx() as tx:
+            await _update_txn(tx, txn_ref, fields)
 
     # --- events --------------------------------------------------------------------------------
 
@@ -296,89 +275,78 @@ class SqliteStore:
     ) -> bool:
         """Record an event once, with its callbacks, its txn change and its coil, all in one
         commit; False (and nothing written) when its id was seen before."""
-
-        def go() -> bool:
-            with self._tx() as db:
-                seen = db.execute(
-                    "INSERT OR IGNORE INTO seen_events (event_id, machine, seq, type, at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (event.event_id, event.machine, event.seq, event.type, event.at),
-                )
-                if seen.rowcount == 0:
-                    return False
-                if txn is not None:
-                    self._write_txn(db, txn, txn_fields or {}, event.at)
-                if coil is not None:
-                    db.execute(
-                        "INSERT INTO coils (machine, code, price, current_stock)"
-                        " VALUES (?, ?, ?, ?)"
-                        " ON CONFLICT (machine, code) DO UPDATE SET"
-                        " price = COALESCE(excluded.price, price),"
-                        " current_stock = COALESCE(excluded.current_stock, current_stock)",
-                        (event.machine, coil.code, coil.price, coil.current_stock),
-                    )
-                for d in deliveries:
-                    db.execute(
-                        "INSERT OR IGNORE INTO deliveries (third_party, machine, event_id, path,"
-                        " body, created_at, next_try) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            d.third_party,
-                            event.machine,
-                            event.event_id,
-                            d.path,
-                            json.dumps(d.body),
-                            event.at,
-                            0.0,
-                        ),
-                    )
-                return True
-
-        return await self._run(go)
-
-    @staticmethod
-    def _write_txn(db: sqlite3.Connection, txn: Txn, fields: dict[str, Any], at: float) -> None:
-        """A select-first txn is new here; a locked one gets the event's changes."""
-        db.execute(
-            "INSERT OR IGNORE INTO txns (txn_ref, third_party, machine, state, lock_cmd, txn_id,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (txn.txn_ref, txn.third_party, txn.machine, txn.state, txn.lock_cmd, txn.txn_id, at),
-        )
-        if fields:
-            names = sorted(fields)
-            assert set(names) <= _TXN_FIELDS, names
-            db.execute(
-                f"UPDATE txns SET {', '.join(f'{n} = ?' for n in names)} WHERE txn_ref = ?",
-                (*(fields[n] for n in names), txn.txn_ref),
+        async with self.tx() as tx:
+            fresh = await tx.execute(
+                "INSERT INTO seen_events (event_id, machine, seq, type, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                event.event_id,
+                event.machine,
+                event.seq,
+                event.type,
+                event.at,
             )
+            if not fresh:
+                return False
+            if txn is not None:
+                # A select-first transaction is new here; a locked one gets the event's change.
+                await tx.execute(
+                    "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, txn_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO NOTHING",
+                    txn.txn_ref,
+                    txn.third_party,
+                    txn.machine,
+                    txn.state.value,
+                    txn.lock_cmd,
+                    txn.txn_id,
+                    event.at,
+                )
+                await _update_txn(tx, txn.txn_ref, txn_fields or {})
+            if coil is not None:
+                await tx.execute(
+                    "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (machine, code) DO UPDATE SET"
+                    " price = COALESCE(excluded.price, coils.price),"
+                    " current_stock = COALESCE(excluded.current_stock, coils.current_stock)",
+                    event.machine,
+                    coil.code,
+                    coil.price,
+                    coil.current_stock,
+                )
+            for d in deliveries:
+                await tx.execute(
+                    "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
+                    " created_at, next_try) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (third_party, event_id, path) DO NOTHING",
+                    d.third_party,
+                    event.machine,
+                    event.event_id,
+                    d.path,
+                    json.dumps(d.body),
+                    event.at,
+                    0.0,
+                )
+        return True
 
     async def coils(self, machine: str) -> list[CoilLevel]:
-        def go() -> list[CoilLevel]:
-            assert self._db is not None
-            rows = self._db.execute(
-                "SELECT code, price, current_stock FROM coils WHERE machine = ? ORDER BY code",
-                (machine,),
-            ).fetchall()
-            return [CoilLevel(*row) for row in rows]
-
-        return await self._run(go)
+        rows = await self._all(
+            "SELECT code, price, current_stock FROM coils WHERE machine = ? ORDER BY code",
+            machine,
+        )
+        return [CoilLevel(*row) for row in rows]
 
     # --- the callback queue --------------------------------------------------------------------
 
     async def due(self, now: float, limit: int = 32) -> list[Delivery]:
         """The first open callback of each (third party, machine) whose time has come: the
         queue's heads, so a machine's callbacks go one at a time, in order."""
-
-        def go() -> list[Delivery]:
-            assert self._db is not None
-            rows = self._db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
-                " SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
-                " GROUP BY third_party, machine) AND next_try <= ? ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            return [_delivery(r) for r in rows]
-
-        return await self._run(go)
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
+            " SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
+            " GROUP BY third_party, machine) AND next_try <= ? ORDER BY id LIMIT ?",
+            now,
+            limit,
+        )
+        return [_delivery(r) for r in rows]
 
     async def delivered(self, delivery_id: int, at: float) -> None:
         await self._set(delivery_id, "attempts = attempts + 1, delivered_at = ?", at)
@@ -394,35 +362,111 @@ class SqliteStore:
         )
 
     async def _set(self, delivery_id: int, assignments: str, *values: Any) -> None:
-        def go() -> None:
-            with self._tx() as db:
-                db.execute(
-                    f"UPDATE deliveries SET {assignments} WHERE id = ?", (*values, delivery_id)
-                )
-
-        await self._run(go)
+        async with self.tx() as tx:
+            await tx.execute(
+                f"UPDATE deliveries SET {assignments} WHERE id = ?", *values, delivery_id
+            )
 
     async def undelivered(self) -> list[Delivery]:
         """Callbacks not delivered yet: waiting (tried, or not yet) and given up."""
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivered_at IS NULL ORDER BY id"
+        )
+        return [_delivery(r) for r in rows]
 
-        def go() -> list[Delivery]:
-            assert self._db is not None
-            rows = self._db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivered_at IS NULL ORDER BY id"
-            ).fetchall()
-            return [_delivery(r) for r in rows]
+    async def deliveries(self) -> list[Delivery]:
+        """Every callback, delivered or not, in queue order."""
+        rows = await self._all(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries ORDER BY id")
+        return [_delivery(r) for r in rows]
 
-        return await self._run(go)
 
-    async def deliveries(self, third_party: str | None = None) -> list[Delivery]:
-        """Every callback, delivered or not, in queue order (tests, the status listing)."""
+async def _update_txn(tx: Tx, txn_ref: str, fields: dict[str, Any]) -> None:
+    if not fields:
+        return
+    names = sorted(fields)
+    assert set(names) <= _TXN_FIELDS, names
+    assignments = ", ".join(f"{n} = ?" for n in names)
+    await tx.execute(
+        f"UPDATE txns SET {assignments} WHERE txn_ref = ?",
+        *(_plain(fields[n]) for n in names),
+        txn_ref,
+    )
 
-        def go() -> list[Delivery]:
-            assert self._db is not None
-            where, args = ("WHERE third_party = ?", (third_party,)) if third_party else ("", ())
-            rows = self._db.execute(
-                f"SELECT {_DELIVERY_COLUMNS} FROM deliveries {where} ORDER BY id", args
-            ).fetchall()
-            return [_delivery(r) for r in rows]
 
-        return await self._run(go)
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+class _SqliteTx:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self.store.run(lambda db: db.execute(sql, args).rowcount)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self.store.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
+
+
+class SqliteStore(SqlStore):
+    """One SQLite file in WAL mode, fsynced on every commit; one transaction at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-db")
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        await self.run(lambda _db: None, opening=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        return db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self.run(lambda db: db.close())
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T], *, opening: bool = False) -> T:
+        """``work`` on the connection, in the store's thread."""
+
+        def go() -> T:
+            if opening and self._db is None:
+                self._db = self._connect()
+            assert self._db is not None, "store not open"
+            return work(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, go)
+
+    @contextlib.asynccontextmanager
+    async def tx(self) -> AsyncIterator[Tx]:
+        async with self._lock:
+            await self.run(lambda db: db.execute("BEGIN IMMEDIATE"))
+            try:
+                yield _SqliteTx(self)
+            except BaseException:
+                await self.run(lambda db: db.execute("ROLLBACK"))
+                raise
+            await self.run(lambda db: db.execute("COMMIT"))
+
+
+def placeholders(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else)."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
+
+
+def open_store(database: str | Path) -> SqlStore:
+    """The store a configuration names: a PostgreSQL URL, or a SQLite file."""
+    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+        from bridge.pgstore import PostgresStore
+
+        return PostgresStore(database)
+    return SqliteStore(Path(database))

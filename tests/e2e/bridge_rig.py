@@ -193,16 +193,18 @@ async def bridged(
     balances: dict[str, int] | None = None,
     lock_timeout: float = 60.0,
     books: ThirdPartyBooks | None = None,
+    database: str | Path | None = None,
 ) -> AsyncIterator[BridgeRig]:
     """vmc-bridge between the broker and a third party (its callbacks' server running);
-    ``books``: the third party's from an earlier run (it keeps them across a bridge restart)."""
+    ``books``: the third party's from an earlier run (it keeps them across a bridge restart);
+    ``database``: the bridge's (default a SQLite file in ``tmp_path``)."""
     books = books or ThirdPartyBooks(policy, dict(balances or {"alice": 10_000}))
     placeholder = FakeThirdParty(books, "")
     async with serving(placeholder.app) as third_party_url:
         config = BridgeConfig(
             mqtt_host="127.0.0.1",
             mqtt_port=broker.port,
-            database=tmp_path / "bridge.sqlite3",
+            database=database or tmp_path / "bridge.sqlite3",
             third_parties=(
                 ThirdParty(
                     "acme",

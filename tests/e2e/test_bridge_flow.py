@@ -4,20 +4,29 @@ documents, the bridge, a real Mosquitto, vmcd on a pty and the simulated VMC."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
+
+import pytest
 
 from protocols.mdb import commands as c
 from sim.backend import Policy as Observer
 from sim.broker import MosquittoBroker
 from tests.e2e.bridge_rig import Policy, bridged, eventually
 from tests.e2e.cloud_rig import DEVICE, machine
+from tests.postgres import scratch_database
 
 
-async def test_bridge_seven_steps_post_billing(tmp_path: Path, broker: MosquittoBroker) -> None:
-    async with (
-        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
-        bridged(tmp_path, broker) as bridge,
-    ):
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_bridge_seven_steps_post_billing(
+    tmp_path: Path, broker: MosquittoBroker, engine: str
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        database = None
+        if engine == "postgresql":
+            database = await stack.enter_async_context(scratch_database())
+        rig = await stack.enter_async_context(machine(tmp_path, broker, policy=Observer.SILENT))
+        bridge = await stack.enter_async_context(bridged(tmp_path, broker, database=database))
         third = bridge.third_party
         # 1. the third party locks the machine
         locked = await third.lock("order-1", "alice", balance=10_000)

@@ -44,7 +44,7 @@ def test_bridge_config_reads_a_good_file(tmp_path: Path) -> None:
     [
         (('mqtt = "mqtt://127.0.0.1:1883"', 'mqtt = "http://x"'), "bridge.mqtt: must be mqtt://"),
         (('listen = "127.0.0.1:0"', 'listen = "nowhere"'), "bridge.listen: must be HOST:PORT"),
-        (("sqlite:///bridge.sqlite3", "postgresql://db/x"), "PostgreSQL is not supported yet"),
+        (("sqlite:///bridge.sqlite3", "mysql://db/x"), "bridge.database: must be sqlite:///"),
         (
             ('base_url = "http://127.0.0.1:9/cb/"', 'base_url = "ftp://x"'),
             "third_party[0].base_url",

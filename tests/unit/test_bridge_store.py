@@ -1,4 +1,6 @@
-"""The bridge's SQLite store: events once, callbacks in order per machine, retries visible."""
+"""The bridge's store, on SQLite and on PostgreSQL (a database of the test's own, dropped
+after it; skipped where no server answers): events once, callbacks in order per machine,
+retries visible."""
 
 from __future__ import annotations
 
@@ -7,12 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store import CoilLevel, NewDelivery, SeenEvent, SqliteStore, Txn, TxnState
+from bridge.store import CoilLevel, NewDelivery, SeenEvent, SqlStore, Txn, TxnState, open_store
+from tests.postgres import scratch_database
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str | Path]:
+    """Where a store keeps its tables: a SQLite file, or a PostgreSQL database made for it."""
+    if request.param == "sqlite":
+        yield tmp_path / "bridge.sqlite3"
+        return
+    async with scratch_database() as url:
+        yield url
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "bridge.sqlite3")
+async def store(database: str | Path) -> AsyncIterator[SqlStore]:
+    opened = open_store(database)
     await opened.open()
     yield opened
     await opened.close()
@@ -22,7 +35,7 @@ def seen(event_id: str, machine: str = "m1", at: float = 100.0) -> SeenEvent:
     return SeenEvent(event_id, machine, 1, "sale", at)
 
 
-async def test_bridge_store_records_an_event_once(store: SqliteStore) -> None:
+async def test_bridge_store_records_an_event_once(store: SqlStore) -> None:
     calls = [NewDelivery("acme", "/feed/transactions", {"n": 1})]
     assert await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 150, None))
     assert not await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 999, 3))
@@ -30,7 +43,7 @@ async def test_bridge_store_records_an_event_once(store: SqliteStore) -> None:
     assert await store.coils("m1") == [CoilLevel(1, 150, None)]
 
 
-async def test_bridge_store_due_is_the_head_of_each_machine(store: SqliteStore) -> None:
+async def test_bridge_store_due_is_the_head_of_each_machine(store: SqlStore) -> None:
     for n, machine in enumerate(["m1", "m1", "m2"]):
         await store.record_event(seen(f"e{n}", machine), [NewDelivery("acme", "/p", {"n": n})])
     heads = await store.due(now=1000.0)
@@ -49,12 +62,14 @@ async def test_bridge_store_due_is_the_head_of_each_machine(store: SqliteStore) 
     assert waiting[0].last_error == "HTTP 503"
 
 
-async def test_bridge_store_txn_mapping(store: SqliteStore) -> None:
+async def test_bridge_store_txn_mapping(store: SqlStore) -> None:
     txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
     assert txn == Txn("R1", "acme", "m1", TxnState.LOCKING, "cmd-1")
     again = await store.begin_lock("R1", "acme", "m1", "cmd-2", now=2.0)
     assert again.lock_cmd == "cmd-1"  # no answer yet: the same command is sent again
     await store.update_txn("R1", state=TxnState.REFUSED)
+    other = await store.begin_lock("R1", "zeta", "m1", "cmd-x", now=2.5)
+    assert (other.third_party, other.lock_cmd) == ("acme", "cmd-1")  # never another's
     retaken = await store.begin_lock("R1", "acme", "m1", "cmd-3", now=3.0)
     assert (retaken.state, retaken.lock_cmd) == (TxnState.LOCKING, "cmd-3")
     await store.update_txn("R1", state=TxnState.LOCKED, txn_id="vmc-t1")
@@ -69,13 +84,12 @@ async def test_bridge_store_txn_mapping(store: SqliteStore) -> None:
     assert (now.state, now.price, now.selection, now.deadline) == (TxnState.REQUESTED, 250, 4, 8.5)
 
 
-async def test_bridge_store_survives_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "b.sqlite3"
-    first = SqliteStore(path)
+async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
+    first = open_store(database)
     await first.open()
     await first.record_event(seen("e1"), [NewDelivery("acme", "/p", {})])
     await first.close()
-    second = SqliteStore(path)
+    second = open_store(database)
     await second.open()
     assert not await second.record_event(seen("e1"), [])
     assert len(await second.undelivered()) == 1
