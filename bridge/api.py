@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBasicCredentials
 from starlette.exceptions import HTTPException
@@ -91,7 +92,11 @@ def create_app(bridge: Bridge) -> FastAPI:
         return who(parties, key, user)
 
     Caller = Annotated[ThirdParty, Depends(caller)]  # noqa: N806
-    router = APIRouter(tags=["payment endpoint"])
+    refusals: dict[int | str, dict[str, Any]] = {
+        400: {"model": md.StandardResponse, "description": "a body that cannot be read"},
+        401: {"model": md.StandardResponse, "description": "missing or wrong credentials"},
+    }
+    router = APIRouter(tags=["payment endpoint"], responses=refusals)
 
     @app.exception_handler(UnauthorizedError)
     async def unauthorized(_request: Request, _exc: UnauthorizedError) -> JSONResponse:
@@ -221,4 +226,25 @@ def create_app(bridge: Bridge) -> FastAPI:
             ],
         }
 
+    app.openapi = lambda: _without_422(app)  # type: ignore[method-assign]
     return app
+
+
+def _without_422(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, less the 422 it lists for every call: a body that cannot be read
+    is answered 400 with the standard body here."""
+    if app.openapi_schema is None:
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            routes=app.routes,
+            separate_input_output_schemas=False,
+        )
+        for methods in document["paths"].values():
+            for operation in methods.values():
+                operation["responses"].pop("422", None)
+        schemas = document.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = document
+    return app.openapi_schema

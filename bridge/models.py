@@ -9,20 +9,51 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_TEXT = 256
-INT64 = 2**63 - 1
 
 
-def _shown(kind: str, fmt: str | None = None) -> WithJsonSchema:
-    return WithJsonSchema({"type": kind} if fmt is None else {"type": kind, "format": fmt})
+def _shown(kind: str, **more: object) -> WithJsonSchema:
+    return WithJsonSchema({"type": kind, **more})
 
 
-Text = Annotated[StrictStr | None, Field(max_length=MAX_TEXT), _shown("string")]
-Int64 = Annotated[StrictInt | None, Field(ge=-INT64 - 1, le=INT64), _shown("integer", "int64")]
-Int32 = Annotated[StrictInt | None, Field(ge=-(2**31), le=2**31 - 1), _shown("integer", "int32")]
+INT64_SCHEMA = {"type": "integer", "format": "int64"}
+STRING_SCHEMA = {"type": "string", "maxLength": MAX_TEXT}
+INT64 = Field(ge=-(2**63), le=2**63 - 1)
+"""The range the format says; checked, not shown (a bound of 2**63 is no exact JSON number)."""
+
+
+def _whole(value: Any) -> Any:
+    """JSON's integers: ``5`` and ``5.0`` alike (JSON Schema counts both), never ``true``,
+    ``"5"`` or ``5.5``."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+Text = Annotated[StrictStr | None, Field(max_length=MAX_TEXT), WithJsonSchema(STRING_SCHEMA)]
+Message = Annotated[StrictStr | None, _shown("string")]
+Int64 = Annotated[Whole | None, INT64, WithJsonSchema(INT64_SCHEMA)]
+Int32 = Annotated[Whole | None, Field(ge=-(2**31), le=2**31 - 1), _shown("integer", format="int32")]
 Flag = Annotated[StrictBool | None, _shown("boolean")]
+Machines = Annotated[
+    list[Annotated[StrictStr, Field(max_length=MAX_TEXT)]] | None,
+    _shown("array", items=STRING_SCHEMA),
+]
+Keys = Annotated[list[Annotated[Whole, INT64]] | None, _shown("array", items=INT64_SCHEMA)]
 
 
 def about(description: str) -> Any:
@@ -31,11 +62,23 @@ def about(description: str) -> Any:
 
 
 class _Body(BaseModel):
+    """Every property optional, as in the document; absent is None, but an explicit null is
+    refused (the document's types are not nullable)."""
+
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, value in data.items():
+                if value is None and name in cls.model_fields:
+                    raise ValueError(f"{name} must not be null")
+        return data
 
 
 class StandardResponse(_Body):
-    message: Text = about("why it failed; empty on success")
+    message: Message = about("why it failed; empty on success")
     success: Flag = about("whether the call did what it asked")
 
 
@@ -102,7 +145,7 @@ class VendingMachine(_Body):
 
 
 class BulkSearchRequest(_Body):
-    vms: list[Annotated[StrictStr, Field(max_length=MAX_TEXT)]] | None = None
+    vms: Machines = about("the machines' ids")
 
 
 class BulkSearchResponse(StandardResponse):
@@ -118,9 +161,7 @@ class SearchResponse(StandardResponse):
 
 
 class UserKeysRequest(_Body):
-    keys: list[Annotated[StrictInt, _shown("integer", "int64")]] | None = about(
-        "the keypad items pressed, by index"
-    )
+    keys: Keys = about("the keypad items pressed, by index")
     txnRef: Text = about("the third party's transaction id")  # noqa: N815
     vm_id: Text = about("the machine's id")
 

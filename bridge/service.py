@@ -112,6 +112,8 @@ class Bridge:
         amount = price - discount
         if amount < 0:
             return Answer(False, "discount is more than the price")
+        if amount > mapping.MAX_LIMIT:
+            return Answer(False, f"price - discount is more than {mapping.MAX_LIMIT}")
         paid_cmd = txn.paid_cmd or new_command_id()
         await self.store.update_txn(
             txn_ref, paid_cmd=paid_cmd, amount=amount, discount=discount, surcharge=surcharge
