@@ -9,7 +9,8 @@ and never logged.
 # No "from __future__ import annotations": FastAPI reads the handlers' annotations at runtime.
 
 import hmac
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -33,6 +34,8 @@ NO_KEYPAD = (
 )
 
 UNAUTHORIZED = "unauthorized: wrong or missing X-API-Key or basic auth"
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[dict[str, Any]]])
 
 api_key = APIKeyHeader(name="X-API-Key", scheme_name="ApiKeyAuth", auto_error=False)
 basic = HTTPBasic(scheme_name="BasicAuth", auto_error=False)
@@ -98,6 +101,14 @@ def create_app(bridge: Bridge) -> FastAPI:
     }
     router = APIRouter(tags=["payment endpoint"], responses=refusals)
 
+    def call(
+        path: str, answer: type[md.StandardResponse], summary: str
+    ) -> Callable[[Handler], Handler]:
+        """One of the document's calls: POST, its answer without the fields left unset."""
+        return router.post(
+            path, response_model=answer, response_model_exclude_none=True, summary=summary
+        )
+
     @app.exception_handler(UnauthorizedError)
     async def unauthorized(_request: Request, _exc: UnauthorizedError) -> JSONResponse:
         return JSONResponse(
@@ -125,24 +136,14 @@ def create_app(bridge: Bridge) -> FastAPI:
         message = f"bad request: {where or 'body'}: {first.get('msg', 'unreadable')}"
         return JSONResponse({"success": False, "message": message}, status_code=400)
 
-    @router.post(
-        "/api/lock",
-        response_model=md.LockResponse,
-        response_model_exclude_none=True,
-        summary="Lock a machine for one vend",
-    )
+    @call("/api/lock", md.LockResponse, "Lock a machine for one vend")
     async def lock(body: md.LockRequest, party: Caller) -> dict[str, Any]:
         machine = body.vm_id or body.id
         if not machine or not body.txnRef:
             return _body(Answer(False, "vm_id (or id) and txnRef are required"))
         return _body(await bridge.lock(party, machine, body.txnRef, body.balance))
 
-    @router.post(
-        "/api/paid",
-        response_model=md.TransactionPaidResponse,
-        response_model_exclude_none=True,
-        summary="Approve the selection",
-    )
+    @call("/api/paid", md.TransactionPaidResponse, "Approve the selection")
     async def paid(body: md.TransactionPaidRequest, party: Caller) -> dict[str, Any]:
         if not body.txnRef or body.price is None:
             return _body(Answer(False, "txnRef and price are required"))
@@ -153,23 +154,13 @@ def create_app(bridge: Bridge) -> FastAPI:
         )
         return _body(answer)
 
-    @router.post(
-        "/api/unlock",
-        response_model=md.CancelResponse,
-        response_model_exclude_none=True,
-        summary="Cancel before payment",
-    )
+    @call("/api/unlock", md.CancelResponse, "Cancel before payment")
     async def unlock(body: md.CancelRequest, party: Caller) -> dict[str, Any]:
         if not body.txnRef:
             return _body(Answer(False, "txnRef is required"))
         return _body(await bridge.unlock(party, body.vm_id or body.id, body.txnRef))
 
-    @router.post(
-        "/api/vmc_bulk_search",
-        response_model=md.BulkSearchResponse,
-        response_model_exclude_none=True,
-        summary="Several machines",
-    )
+    @call("/api/vmc_bulk_search", md.BulkSearchResponse, "Several machines")
     async def bulk_search(body: md.BulkSearchRequest, party: Caller) -> dict[str, Any]:
         found, unknown = [], []
         for machine in body.vms or []:
@@ -181,24 +172,14 @@ def create_app(bridge: Bridge) -> FastAPI:
         message = f"unknown vending machines: {', '.join(unknown)}" if unknown else ""
         return _body(Answer(True, message), vendingMachines=found)
 
-    @router.post(
-        "/api/vmc_search",
-        response_model=md.SearchResponse,
-        response_model_exclude_none=True,
-        summary="One machine",
-    )
+    @call("/api/vmc_search", md.SearchResponse, "One machine")
     async def search(body: md.SearchRequest, party: Caller) -> dict[str, Any]:
         view = bridge.machine(party, body.vm_id or "")
         if view is None:
             return _body(Answer(False, f"unknown vending machine {body.vm_id!r}"))
         return _body(Answer(True), vendingMachine=_machine(view))
 
-    @router.post(
-        "/api/vmc_user_keys",
-        response_model=md.UserKeysResponse,
-        response_model_exclude_none=True,
-        summary="Virtual keypad",
-    )
+    @call("/api/vmc_user_keys", md.UserKeysResponse, "Virtual keypad")
     async def user_keys(body: md.UserKeysRequest, party: Caller) -> dict[str, Any]:
         del body, party
         return _body(Answer(False, NO_KEYPAD))

@@ -80,6 +80,12 @@ class Courier:
     async def _deliver(self, delivery: Delivery) -> None:
         party = self.config.third_party(delivery.third_party)
         headers, basic = auth_for(party)
+        told = log.bind(
+            third_party=party.name,
+            machine=delivery.machine,
+            path=delivery.path,
+            event_id=delivery.event_id,
+        )
         error: str
         try:
             response = await self.http.post(
@@ -94,44 +100,24 @@ class Courier:
         else:
             if response.is_success:
                 await self.store.delivered(delivery.id, time.time())
-                log.info(
-                    "callback_delivered",
-                    third_party=party.name,
-                    machine=delivery.machine,
-                    path=delivery.path,
-                    event_id=delivery.event_id,
-                )
+                told.info("callback_delivered")
                 await self.on_answer(delivery, _json(response))
                 return
             error = f"HTTP {response.status_code}"
-        await self._failed(delivery, error)
+        await self._failed(delivery, error, told)
 
-    async def _failed(self, delivery: Delivery, error: str) -> None:
+    async def _failed(
+        self, delivery: Delivery, error: str, told: structlog.typing.FilteringBoundLogger
+    ) -> None:
         now = time.time()
         attempts = delivery.attempts + 1
         if now - delivery.created_at >= self.config.give_up_after:
             await self.store.give_up(delivery.id, now, error)
-            log.error(
-                "callback_undeliverable",
-                third_party=delivery.third_party,
-                machine=delivery.machine,
-                path=delivery.path,
-                event_id=delivery.event_id,
-                attempts=attempts,
-                error=error,
-            )
+            told.error("callback_undeliverable", attempts=attempts, error=error)
             return
         wait = backoff(attempts)
         await self.store.retry(delivery.id, now + wait, error)
-        log.warning(
-            "callback_failed",
-            third_party=delivery.third_party,
-            path=delivery.path,
-            event_id=delivery.event_id,
-            attempts=attempts,
-            error=error,
-            retry_in=wait,
-        )
+        told.warning("callback_failed", attempts=attempts, error=error, retry_in=wait)
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
