@@ -1,6 +1,8 @@
 """Delivers the queued callbacks to the third parties: at least once, in order per machine.
 
-Each (third party, machine) has one callback in flight at most, its oldest. A callback is
+Each (third party, machine) has one callback in flight at most, its oldest, and an instance
+claims it in the store before the call (a lease: instances sharing a store never call the
+same callback at once, and a killed instance's claim lapses). A callback is
 delivered when the third party answers 2xx; anything else (no connection, a timeout, another
 status) is tried again after a backoff of 0.5 s doubling to 60 s, for ``give_up_after``
 seconds, after which it is set aside as undeliverable (listed, never dropped silently) and the
@@ -27,6 +29,9 @@ FIRST_BACKOFF = 0.5
 MAX_BACKOFF = 60.0
 IDLE_WAIT = 0.5
 CALL_TIMEOUT = 10.0
+LEASE = 3 * CALL_TIMEOUT
+"""How long a claimed callback is this instance's: longer than a call can take; after that
+(the instance was killed) another instance takes it."""
 
 AnswerHandler = Callable[[Delivery, dict[str, Any]], Awaitable[None]]
 
@@ -78,6 +83,9 @@ class Courier:
                 await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
 
     async def _deliver(self, delivery: Delivery) -> None:
+        now = time.time()
+        if not await self.store.claim(delivery.id, self.config.client_id, now + LEASE, now):
+            return  # another instance delivers it
         party = self.config.third_party(delivery.third_party)
         headers, basic = auth_for(party)
         told = log.bind(

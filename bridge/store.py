@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT,
     delivered_at DOUBLE PRECISION,
     failed_at DOUBLE PRECISION,
+    claimed_by TEXT,
+    claimed_until DOUBLE PRECISION,
     UNIQUE (third_party, event_id, path)
 );
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (third_party, machine, id)
@@ -342,11 +344,29 @@ class SqlStore(abc.ABC):
         rows = await self._all(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
             " SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
-            " GROUP BY third_party, machine) AND next_try <= ? ORDER BY id LIMIT ?",
+            " GROUP BY third_party, machine) AND next_try <= ?"
+            " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?",
+            now,
             now,
             limit,
         )
         return [_delivery(r) for r in rows]
+
+    async def claim(self, delivery_id: int, instance: str, until: float, now: float) -> bool:
+        """Take a callback to deliver it until ``until`` (a lease, so one that a killed
+        instance held goes to another once it lapses); False when another instance holds it
+        or it was settled meanwhile."""
+        async with self.tx() as tx:
+            taken = await tx.execute(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id = ?"
+                " AND delivered_at IS NULL AND failed_at IS NULL"
+                " AND (claimed_until IS NULL OR claimed_until < ?)",
+                instance,
+                until,
+                delivery_id,
+                now,
+            )
+        return taken == 1
 
     async def delivered(self, delivery_id: int, at: float) -> None:
         await self._set(delivery_id, "attempts = attempts + 1, delivered_at = ?", at)
@@ -364,7 +384,9 @@ class SqlStore(abc.ABC):
     async def _set(self, delivery_id: int, assignments: str, *values: Any) -> None:
         async with self.tx() as tx:
             await tx.execute(
-                f"UPDATE deliveries SET {assignments} WHERE id = ?", *values, delivery_id
+                f"UPDATE deliveries SET {assignments}, claimed_until = NULL WHERE id = ?",
+                *values,
+                delivery_id,
             )
 
     async def undelivered(self) -> list[Delivery]:

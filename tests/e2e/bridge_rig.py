@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -221,3 +223,76 @@ async def bridged(
             await asyncio.wait_for(bridge.link.connected.wait(), 10)
             await eventually(lambda: (v := bridge.fleet.view(DEVICE)) is not None and v.online)
             yield BridgeRig(bridge, placeholder, url)
+
+
+BRIDGE = str(Path(sys.executable).parent / "vmc-bridge")
+
+
+def bridge_config(
+    path: Path,
+    mqtt_url: str,
+    port: int,
+    third_party_url: str,
+    *,
+    client_id: str = "vmc-bridge",
+    database: str = "sqlite:///state/bridge.sqlite3",
+) -> Path:
+    """A vmc-bridge TOML file for the third party ``acme`` (the keys of this module, and a
+    basic user ``ops``/``hunter22``)."""
+    path.write_text(
+        f'[bridge]\nmqtt = "{mqtt_url}"\nlisten = "127.0.0.1:{port}"\n'
+        f'database = "{database}"\nclient_id = "{client_id}"\n\n'
+        f'[[third_party]]\nname = "acme"\nbase_url = "{third_party_url}"\n'
+        f'api_keys = ["{INBOUND_KEY}"]\nusers = {{ ops = "hunter22" }}\n'
+        f'outbound_api_key = "{OUTBOUND_KEY}"\n'
+    )
+    return path
+
+
+@dataclass
+class BridgeProcess:
+    """``vmc-bridge`` run as a process, its output in ``log``."""
+
+    config: Path
+    log: Path
+    port: int
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                BRIDGE, "--config", str(self.config), stdout=out, stderr=asyncio.subprocess.STDOUT
+            )
+        async with httpx.AsyncClient(base_url=self.url) as http:
+
+            async def up() -> bool:
+                try:
+                    return (await http.get("/openapi.json")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            async with asyncio.timeout(15):
+                while not await up():
+                    await asyncio.sleep(0.1)
+        await eventually(lambda: "mqtt_connected" in self.log.read_text(), 10)
+
+    def kill(self) -> None:
+        """kill -9: no clean stop of anything."""
+        assert self.proc is not None
+        self.proc.kill()
+
+    async def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode

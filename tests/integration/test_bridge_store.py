@@ -94,3 +94,19 @@ async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
     assert not await second.record_event(seen("e1"), [])
     assert len(await second.undelivered()) == 1
     await second.close()
+
+
+async def test_bridge_store_claims_are_leases(store: SqlStore) -> None:
+    """Two instances sharing the store: one takes a callback, the other skips it until the
+    lease lapses (the first was killed) or it is settled."""
+    await store.record_event(seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
+    (head,) = await store.due(now=10.0)
+    assert await store.claim(head.id, "bridge-a", until=40.0, now=10.0)
+    assert not await store.claim(head.id, "bridge-b", until=41.0, now=11.0)
+    assert await store.due(now=11.0) == []  # held: nobody else sees it due
+    assert [d.id for d in await store.due(now=41.0)] == [head.id]  # the lease lapsed
+    assert await store.claim(head.id, "bridge-b", until=71.0, now=41.0)
+    await store.retry(head.id, next_try=42.0, error="HTTP 503")
+    assert [d.id for d in await store.due(now=42.0)] == [head.id]  # a retry frees it
+    await store.delivered(head.id, at=43.0)
+    assert not await store.claim(head.id, "bridge-a", until=99.0, now=44.0)
