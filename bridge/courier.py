@@ -67,20 +67,37 @@ class Courier:
         self.on_answer = on_answer
         self.http = http
         self._wake = asyncio.Event()
+        self._flying: dict[tuple[str, str], asyncio.Task[None]] = {}
+        """The call in flight per (third party, machine): a slow one holds up no other."""
 
     def wake(self) -> None:
         """New callbacks were queued: look now rather than at the next idle tick."""
         self._wake.set()
 
     async def run(self) -> None:
-        while True:
-            self._wake.clear()
-            due = await self.store.due(time.time())
-            if due:
-                await asyncio.gather(*(self._deliver(d) for d in due))
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
+        try:
+            while True:
+                self._wake.clear()
+                for delivery in await self.store.due(time.time()):
+                    key = (delivery.third_party, delivery.machine)
+                    if key not in self._flying:
+                        self._flying[key] = asyncio.create_task(self._fly(key, delivery))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
+        finally:
+            flying = list(self._flying.values())
+            for task in flying:
+                task.cancel()
+            await asyncio.gather(*flying, return_exceptions=True)
+
+    async def _fly(self, key: tuple[str, str], delivery: Delivery) -> None:
+        try:
+            await self._deliver(delivery)
+        except Exception:
+            log.exception("callback_crashed", path=delivery.path, event_id=delivery.event_id)
+        finally:
+            del self._flying[key]
+            self.wake()  # the machine's next callback may be due now
 
     async def _deliver(self, delivery: Delivery) -> None:
         now = time.time()
