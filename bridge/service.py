@@ -126,8 +126,10 @@ class Bridge:
             expires=txn.deadline,
         )
         if reply is None:
-            return Answer(False, NO_REPLY)
+            return Answer(False, NO_REPLY)  # a retry sends the same command: it acts once
         if not reply.get("ok"):
+            # The machine keeps its answer under that id: a corrected call needs a new one.
+            await self.store.update_txn(txn_ref, paid_cmd=None)
             return Answer(False, _refused(reply))
         if txn.state is TxnState.REQUESTED:
             await self.store.update_txn(txn_ref, state=TxnState.PAID)

@@ -190,3 +190,22 @@ async def test_bridge_restart_loses_nothing(tmp_path: Path, broker: MosquittoBro
             await asyncio.sleep(0.5)
             assert len(bridge.books.calls) == 3
             assert bridge.books.duplicates == 0
+
+
+async def test_bridge_select_first_gets_a_txn_ref(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """An always-idle machine sells without a lock: the bridge names the transaction by vmc's
+    txn_id for the machine's third party, which can pay it like any other."""
+    walk_in = ""  # the third party's own pairing of a customer with the machine, not a member
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker, balances={walk_in: 1_000}) as bridge,
+    ):
+        assert (await rig.customers.run("purchase", 1)).outcome == "vended"
+        await eventually(lambda: bridge.books.bodies("/txn/vend"))
+        request = next(e for e in rig.backend.event_log if e["type"] == "txn.request")
+        assert request["ref"] is None
+        (sent,) = bridge.books.bodies("/txn/request")
+        assert sent["txn_ref"] == request["txn_id"]
+        assert bridge.books.bodies("/txn/vend") == [
+            {"txn_ref": request["txn_id"], "success": True, "code": ""}
+        ]
