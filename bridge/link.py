@@ -60,9 +60,10 @@ class Link:
         while True:
             try:
                 await self._session()
-            except aiomqtt.MqttError as exc:
-                log.warning("mqtt_disconnected", error=str(exc), retry_in=self._backoff)
-            except Exception:
+            except* aiomqtt.MqttError as lost:
+                error = str(lost.exceptions[0])
+                log.warning("mqtt_disconnected", error=error, retry_in=self._backoff)
+            except* Exception:
                 log.exception("mqtt_handling_failed", retry_in=self._backoff)
             self.connected.clear()
             self._client = None
@@ -94,18 +95,32 @@ class Link:
             self._backoff = FIRST_BACKOFF
             self.connected.set()
             log.info("mqtt_connected", host=self.config.mqtt_host, port=self.config.mqtt_port)
-            async for message in client.messages:
-                await self._dispatch(str(message.topic), message.payload)
-                paho.ack(message.mid, message.qos)
+            events: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+            # Events are handled in arrival order by one task, each acknowledged once it is
+            # committed; replies and presence at once, so a lock's reply never waits behind
+            # the events' commits.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._events(events, paho))
+                async for message in client.messages:
+                    parts = str(message.topic).split("/")
+                    if len(parts) == 3 and parts[2] == "events":
+                        events.put_nowait(message)
+                        continue
+                    self._dispatch(parts, message.payload)
+                    paho.ack(message.mid, message.qos)
 
-    async def _dispatch(self, topic: str, payload: Any) -> None:
-        parts = topic.split("/")
+    async def _events(self, queue: asyncio.Queue[aiomqtt.Message], paho: Any) -> None:
+        while True:
+            message = await queue.get()
+            machine = str(message.topic).split("/")[1]
+            if isinstance(message.payload, bytes | bytearray):
+                await self.on_event(machine, bytes(message.payload))
+            paho.ack(message.mid, message.qos)
+
+    def _dispatch(self, parts: list[str], payload: Any) -> None:
         if len(parts) != 3 or not isinstance(payload, bytes | bytearray):
             return
         _, machine, leaf = parts
-        if leaf == "events":
-            await self.on_event(machine, bytes(payload))
-            return
         try:
             body = cbor2.loads(payload)
         except Exception:  # what cannot be read is dropped

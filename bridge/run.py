@@ -16,6 +16,7 @@ from starlette.applications import Starlette
 from bridge.api import create_app
 from bridge.config import BridgeConfig
 from bridge.courier import Courier
+from bridge.link import NO_DELAY
 from bridge.service import Bridge
 from bridge.store import open_store
 
@@ -27,7 +28,10 @@ async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]
     await store.open()
     bridge = Bridge(config, store)
     try:
-        async with httpx.AsyncClient() as http:
+        # No Nagle on the callbacks: h11 writes a request's head and body apart, and the
+        # body would wait for the head's (delayed) ACK.
+        transport = httpx.AsyncHTTPTransport(socket_options=[NO_DELAY])
+        async with httpx.AsyncClient(transport=transport) as http:
             bridge.courier = Courier(config, store, bridge.on_answer, http)
             tasks = [
                 asyncio.create_task(bridge.link.run(), name="bridge-link"),
@@ -56,9 +60,13 @@ def server(app: Starlette) -> Server:
 
 
 def listening(host: str, port: int) -> socket.socket:
-    """The HTTP socket, bound now so a taken port is a clear mistake (OSError)."""
+    """The HTTP socket, bound now so a taken port is a clear mistake (OSError).
+
+    Made with the TCP protocol number, not 0: asyncio turns Nagle off (TCP_NODELAY) only on
+    connections whose socket says TCP, and with Nagle on, an answer's body waited for the
+    client's delayed ACK of its head: 40 ms on every call (measured)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -216,8 +216,7 @@ class SqlStore(abc.ABC):
         """A transaction: committed when the block ends, rolled back if it raises."""
 
     async def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        async with self.tx() as tx:
-            rows = await tx.fetch(sql, *args)
+        rows = await self._all(sql, *args)
         return rows[0] if rows else None
 
     async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -420,14 +419,29 @@ def _plain(value: Any) -> Any:
 
 
 class _SqliteTx:
+    """Statements of one transaction; BEGIN goes with the first, so each statement is one
+    trip to the store's thread (on a busy machine every trip waits for a time slice)."""
+
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
+        self.begun = False
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        begin = not self.begun
+        self.begun = True
+
+        def go(db: sqlite3.Connection) -> T:
+            if begin:
+                db.execute("BEGIN IMMEDIATE")
+            return work(db)
+
+        return await self.store.run(go)
 
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self.store.run(lambda db: db.execute(sql, args).rowcount)
+        return await self._run(lambda db: db.execute(sql, args).rowcount)
 
     async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        return await self.store.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
+        return await self._run(lambda db: [tuple(r) for r in db.execute(sql, args)])
 
 
 class SqliteStore(SqlStore):
@@ -470,13 +484,20 @@ class SqliteStore(SqlStore):
     @contextlib.asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         async with self._lock:
-            await self.run(lambda db: db.execute("BEGIN IMMEDIATE"))
+            tx = _SqliteTx(self)
             try:
-                yield _SqliteTx(self)
+                yield tx
             except BaseException:
-                await self.run(lambda db: db.execute("ROLLBACK"))
+                if tx.begun:
+                    await self.run(lambda db: db.execute("ROLLBACK"))
                 raise
-            await self.run(lambda db: db.execute("COMMIT"))
+            if tx.begun:
+                await self.run(lambda db: db.execute("COMMIT"))
+
+    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A read on its own: one trip, no transaction (between the others')."""
+        async with self._lock:
+            return await self.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
 
 
 def placeholders(sql: str) -> str:

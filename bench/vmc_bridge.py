@@ -46,7 +46,6 @@ from typing import Any
 import aiomqtt
 import cbor2
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -60,6 +59,7 @@ for _path in (str(ROOT), str(BENCH)):
 
 from mdb_latency import nearest_rank  # noqa: E402
 
+from bridge import run as bridge_run  # noqa: E402
 from sim.broker import MosquittoBroker, free_port  # noqa: E402
 
 KEY = "bench-key"
@@ -189,8 +189,8 @@ class ThirdParty:
 
 @contextlib.asynccontextmanager
 async def serving(app: Starlette) -> AsyncIterator[str]:
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    sock = bridge_run.listening("127.0.0.1", 0)  # Nagle off on its connections: see there
+    server = bridge_run.server(app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)
@@ -241,10 +241,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             listener = asyncio.create_task(fleet_loop(fleet))
             port = free_port()
             limits = httpx.Limits(max_connections=args.machines + 10)
+            transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=[NO_DELAY])
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}",
                 headers={"X-API-Key": KEY},
-                limits=limits,
+                transport=transport,
                 timeout=30,
             ) as http:
                 third = ThirdParty(http)
@@ -315,9 +316,14 @@ async def measure(
     whole: list[float] = []
     stop = time.perf_counter() + args.seconds
 
+    refused: list[str] = []
+
     async def machine_loop(machine: str) -> None:
         while time.perf_counter() < stop:
-            whole.append((await third.vend(machine))[1])
+            try:
+                whole.append((await third.vend(machine))[1])
+            except (RuntimeError, TimeoutError) as exc:
+                refused.append(str(exc))
 
     started = time.perf_counter()
     await asyncio.gather(*(machine_loop(m) for m in machines))
@@ -337,6 +343,8 @@ async def measure(
             "seconds": round(elapsed, 2),
             "vends": len(whole),
             "vends_per_s": round(len(whole) / elapsed, 1),
+            "failed": len(refused),
+            "first_failure": refused[0] if refused else None,
             "lock_to_vend": stats_ms(whole),
         },
     }
