@@ -60,6 +60,7 @@ for _path in (str(ROOT), str(BENCH)):
 from mdb_latency import nearest_rank  # noqa: E402
 
 from bridge import run as bridge_run  # noqa: E402
+from bridge.mapping import Callback  # noqa: E402
 from sim.broker import MosquittoBroker, free_port  # noqa: E402
 
 KEY = "bench-key"
@@ -249,17 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 timeout=30,
             ) as http:
                 third = ThirdParty(http)
-                routes = [
-                    Route(p, third.handle, methods=["POST"])
-                    for p in (
-                        "/txn/request",
-                        "/txn/unlock",
-                        "/txn/vend",
-                        "/feed/transactions",
-                        "/feed/refills",
-                        "/feed/alerts",
-                    )
-                ]
+                routes = [Route(p.value, third.handle, methods=["POST"]) for p in Callback]
                 async with serving(Starlette(routes=routes)) as third_url:
                     config = Path(scratch) / "bridge.toml"
                     database = args.database or "sqlite:///bridge.sqlite3"

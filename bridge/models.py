@@ -82,11 +82,16 @@ class StandardResponse(_Body):
     success: Flag = about("whether the call did what it asked")
 
 
-class LockRequest(_Body):
-    balance: Int64 = about("the customer's balance in minor units; 65535 when unknown")
+class _MachineTxn(_Body):
+    """A machine, by either of its two names, and the third party's transaction."""
+
     id: Text = about("the machine's id (older name of vm_id)")
     vm_id: Text = about("the machine's id")
     txnRef: Text = about("the third party's transaction id")  # noqa: N815
+
+
+class LockRequest(_MachineTxn):
+    balance: Int64 = about("the customer's balance in minor units; 65535 when unknown")
 
 
 class LockResponse(StandardResponse):
@@ -104,10 +109,8 @@ class TransactionPaidResponse(StandardResponse):
     pass
 
 
-class CancelRequest(_Body):
-    id: Text = about("the machine's id (older name of vm_id)")
-    vm_id: Text = about("the machine's id")
-    txnRef: Text = about("the third party's transaction id")  # noqa: N815
+class CancelRequest(_MachineTxn):
+    pass
 
 
 class CancelResponse(StandardResponse):
