@@ -202,6 +202,19 @@ def _alert(event: Event) -> tuple[AlertLevel | None, str]:
     return None, ""
 
 
+def changed(coils: Sequence[CoilLevel], change: CoilLevel | None) -> list[CoilLevel]:
+    """The coils with an event's change applied (what it does not say is kept)."""
+    if change is None:
+        return list(coils)
+    old = next((c for c in coils if c.code == change.code), CoilLevel(change.code, None, None))
+    new = CoilLevel(
+        change.code,
+        old.price if change.price is None else change.price,
+        old.current_stock if change.current_stock is None else change.current_stock,
+    )
+    return [c for c in coils if c.code != change.code] + [new]
+
+
 def coil_change(event: Event) -> CoilLevel | None:
     """What an event tells of a coil: its price (a request) or its stock (a level)."""
     selection = event.int("selection")

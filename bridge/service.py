@@ -175,8 +175,8 @@ class Bridge:
         owners = self.config.owners(machine)
         txn, txn_fields, txn_calls = await self._txn_part(machine, event, owners)
         deliveries = list(txn_calls)
-        coils = await self.store.coils(machine)
         coil = mapping.coil_change(event)
+        coils = mapping.changed(await self.store.coils(machine), coil)
         feeds = (
             (Callback.TRANSACTIONS, mapping.transaction_feed(machine, event, coils)),
             (Callback.REFILLS, mapping.refill_feed(machine, event, coils)),

@@ -209,3 +209,49 @@ async def test_bridge_select_first_gets_a_txn_ref(tmp_path: Path, broker: Mosqui
         assert bridge.books.bodies("/txn/vend") == [
             {"txn_ref": request["txn_id"], "success": True, "code": ""}
         ]
+
+
+async def test_bridge_feeds_refills_alerts_and_stock(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """The backend sets a planogram and loads a coil: the third party hears the refill, the
+    coil's alarms, and each sale with the coil's stock after it."""
+    async with (
+        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
+        bridged(tmp_path, broker) as bridge,
+    ):
+        document = {
+            "version": 1,
+            "products": [{"id": "bar", "name": "Choco bar"}],
+            "selections": [
+                {
+                    "number": 1,
+                    "product": "bar",
+                    "price": 150,
+                    "capacity": 10,
+                    "par_level": 8,
+                    "alarm_level": 2,
+                },
+            ],
+        }
+        await rig.backend.stock_command(DEVICE, "planogram.set", planogram=document)
+        await rig.backend.stock_command(
+            DEVICE, "stock.refill", lines=[{"selection": 1, "amount": 3}]
+        )
+        await eventually(lambda: bridge.books.bodies("/feed/refills"))
+        (refill,) = bridge.books.bodies("/feed/refills")
+        assert refill["vm_id"] == DEVICE
+        assert refill["refill_detail"] == [{"refill_quantity": 3, "code": 1}]
+        assert refill["planogram"] == [{"code": 1, "formatted_code": "1", "current_stock": 3}]
+        assert (await bridge.third_party.lock("coil-1", "alice"))["success"]
+        assert await rig.customers.purchase(item=1) == "vended"
+        await eventually(
+            lambda: any(a["level"] == "Medium" for a in bridge.books.bodies("/feed/alerts"))
+        )
+        low = next(a for a in bridge.books.bodies("/feed/alerts") if a["level"] == "Medium")
+        assert low["message"] == "selection 1 is low (level 2)"
+        await eventually(lambda: bridge.books.bodies("/feed/transactions"))
+        (cashless,) = bridge.books.bodies("/feed/transactions")
+        coil = next(c for c in cashless["planogram"] if c["code"] == 1)
+        assert coil["current_stock"] == 2
+        assert cashless["code"] == 1

@@ -148,3 +148,13 @@ def test_bridge_commands_decode_as_the_device_decodes_them() -> None:
         codec.encode_map({"id": "c2", "op": "paid", "expires": 2e9, "txn_id": "t", "amount": 90})
     )
     assert paid.id == "c2"
+
+
+def test_bridge_coil_changes_merge() -> None:
+    coils = [CoilLevel(1, 100, 5), CoilLevel(2, None, 1)]
+    assert mapping.changed(coils, None) == coils
+    assert sorted(mapping.changed(coils, CoilLevel(1, None, 7)), key=lambda c: c.code) == [
+        CoilLevel(1, 100, 7),
+        CoilLevel(2, None, 1),
+    ]
+    assert CoilLevel(3, 120, None) in mapping.changed(coils, CoilLevel(3, 120, None))
