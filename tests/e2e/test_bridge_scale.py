@@ -4,9 +4,11 @@ transaction on, nothing is lost and the third party books each callback once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from sim.backend import Policy as Observer
 from sim.broker import MosquittoBroker, free_port
@@ -21,6 +23,7 @@ from tests.e2e.bridge_rig import (
     serving,
 )
 from tests.e2e.cloud_rig import DEVICE, machine
+from tests.postgres import scratch_database
 
 
 async def online_at(bridge: BridgeProcess) -> None:
@@ -35,15 +38,18 @@ async def online_at(bridge: BridgeProcess) -> None:
                 await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
 async def test_bridge_two_instances_one_killed_mid_flow(
-    tmp_path: Path, broker: MosquittoBroker
+    tmp_path: Path, broker: MosquittoBroker, engine: str
 ) -> None:
     books = ThirdPartyBooks(Policy.POST_BILLING, {"alice": 10_000})
     third = FakeThirdParty(books, "")
-    async with (
-        machine(tmp_path, broker, policy=Observer.SILENT) as rig,
-        serving(third.app) as third_party_url,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        database = "sqlite:///state/bridge.sqlite3"
+        if engine == "postgresql":
+            database = await stack.enter_async_context(scratch_database())
+        rig = await stack.enter_async_context(machine(tmp_path, broker, policy=Observer.SILENT))
+        third_party_url = await stack.enter_async_context(serving(third.app))
         bridges = []
         for name in ("a", "b"):
             port = free_port()
@@ -53,6 +59,7 @@ async def test_bridge_two_instances_one_killed_mid_flow(
                 port,
                 third_party_url,
                 client_id=f"vmc-bridge-{name}",
+                database=database,
             )
             bridges.append(BridgeProcess(config, tmp_path / f"bridge-{name}.log", port))
         first, second = bridges
