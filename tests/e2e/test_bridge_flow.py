@@ -7,14 +7,17 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import httpx
 import pytest
 
 from protocols.mdb import commands as c
 from sim.backend import Policy as Observer
 from sim.broker import MosquittoBroker
-from tests.e2e.bridge_rig import Policy, bridged, eventually
+from tests.e2e.bridge_rig import INBOUND_KEY, Policy, bridged, eventually
 from tests.e2e.cloud_rig import DEVICE, machine
 from tests.postgres import scratch_database
+
+KEY = {"X-API-Key": INBOUND_KEY}
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
@@ -157,6 +160,15 @@ async def test_bridge_third_party_down_loses_nothing(
         bridge.books.refuse_next = 3
         for number in range(3):
             assert (await rig.customers.run("cash_sale", number)).ok
+        async with httpx.AsyncClient(base_url=bridge.url, headers=KEY) as http, asyncio.timeout(5):
+            while True:  # until the first failure is recorded
+                waiting = (await http.get("/bridge/undelivered")).json()["undelivered"]
+                if waiting and waiting[0]["attempts"]:
+                    break
+                await asyncio.sleep(0.05)
+        assert waiting[0]["path"] == "/feed/transactions"
+        assert waiting[0]["last_error"] == "HTTP 503"
+        assert not waiting[0]["given_up"]
         await eventually(lambda: len(bridge.books.bodies("/feed/transactions")) == 3, 20)
         sales = [e for e in rig.backend.event_log if e["type"] == "sale"]
         feeds = bridge.books.bodies("/feed/transactions")
