@@ -45,7 +45,9 @@ class PostgresStore(SqlStore):
             self._pool = None
 
     @contextlib.asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[Tx]:
         assert self._pool is not None, "store not open"
         async with self._pool.acquire() as conn, conn.transaction():
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
             yield _PgTx(conn)

@@ -91,10 +91,10 @@ class Bridge:
         if reply is None:
             return Answer(False, NO_REPLY)
         if not reply.get("ok"):
-            await self.store.update_txn(txn_ref, state=TxnState.REFUSED)
+            await self.store.update_txn(txn_ref, state=TxnState.REFUSED, only_from=TxnState.LOCKING)
             return Answer(False, _refused(reply))
         result = reply.get("result") or {}
-        await self.store.update_txn(txn_ref, state=TxnState.LOCKED, txn_id=result.get("txn_id"))
+        await self.store.lock_taken(txn_ref, str(result.get("txn_id")))
         timeout = round(float(result.get("expires", 0)) - float(reply.get("at", 0)))
         log.info("locked", third_party=party.name, machine=machine, txn_ref=txn_ref)
         return Answer(True, "", timeout if timeout > 0 else round(self.config.lock_timeout))
@@ -131,8 +131,7 @@ class Bridge:
             # The machine keeps its answer under that id: a corrected call needs a new one.
             await self.store.update_txn(txn_ref, paid_cmd=None)
             return Answer(False, _refused(reply))
-        if txn.state is TxnState.REQUESTED:
-            await self.store.update_txn(txn_ref, state=TxnState.PAID)
+        await self.store.update_txn(txn_ref, state=TxnState.PAID, only_from=TxnState.REQUESTED)
         log.info("paid", third_party=party.name, machine=txn.machine, txn_ref=txn_ref)
         return Answer(True)
 

@@ -212,8 +212,10 @@ class SqlStore(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    def tx(self) -> contextlib.AbstractAsyncContextManager[Tx]:
-        """A transaction: committed when the block ends, rolled back if it raises."""
+    def tx(self, *, durable: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A transaction: committed when the block ends, rolled back if it raises. Not
+        ``durable``: its commit does not wait for the disk (a power cut may undo it, never
+        corrupt; the next durable commit makes it durable too)."""
 
     async def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
         rows = await self._all(sql, *args)
@@ -259,9 +261,20 @@ class SqlStore(abc.ABC):
         )
         return None if row is None else _txn(row)
 
-    async def update_txn(self, txn_ref: str, **fields: Any) -> None:
+    async def update_txn(
+        self, txn_ref: str, *, only_from: TxnState | None = None, **fields: Any
+    ) -> None:
+        """Change a txnRef's row; with ``only_from``, only while it is in that state (an
+        answer never takes a transaction back over what its events already said)."""
         async with self.tx() as tx:
-            await _update_txn(tx, txn_ref, fields)
+            await _update_txn(tx, txn_ref, fields, only_from)
+
+    async def lock_taken(self, txn_ref: str, txn_id: str) -> None:
+        """The lock's reply: vmc's transaction id, and ``locked`` unless the transaction's
+        own events got there first."""
+        async with self.tx() as tx:
+            await _update_txn(tx, txn_ref, {"txn_id": txn_id}, None)
+            await _update_txn(tx, txn_ref, {"state": TxnState.LOCKED}, TxnState.LOCKING)
 
     # --- events --------------------------------------------------------------------------------
 
@@ -301,7 +314,7 @@ class SqlStore(abc.ABC):
                     txn.txn_id,
                     event.at,
                 )
-                await _update_txn(tx, txn.txn_ref, txn_fields or {})
+                await _update_txn(tx, txn.txn_ref, txn_fields or {}, None)
             if coil is not None:
                 await tx.execute(
                     "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
@@ -355,7 +368,7 @@ class SqlStore(abc.ABC):
         """Take a callback to deliver it until ``until`` (a lease, so one that a killed
         instance held goes to another once it lapses); False when another instance holds it
         or it was settled meanwhile."""
-        async with self.tx() as tx:
+        async with self.tx(durable=False) as tx:  # a lost claim costs nothing
             taken = await tx.execute(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id = ?"
                 " AND delivered_at IS NULL AND failed_at IS NULL"
@@ -381,7 +394,10 @@ class SqlStore(abc.ABC):
         )
 
     async def _set(self, delivery_id: int, assignments: str, *values: Any) -> None:
-        async with self.tx() as tx:
+        """A callback's outcome. Not durable: one a power cut undoes is delivered again, as
+        at least once allows (with its Idempotency-Key), and so the courier's commits do not
+        each wait for the disk."""
+        async with self.tx(durable=False) as tx:
             await tx.execute(
                 f"UPDATE deliveries SET {assignments}, claimed_until = NULL WHERE id = ?",
                 *values,
@@ -401,16 +417,20 @@ class SqlStore(abc.ABC):
         return [_delivery(r) for r in rows]
 
 
-async def _update_txn(tx: Tx, txn_ref: str, fields: dict[str, Any]) -> None:
+async def _update_txn(
+    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None
+) -> None:
     if not fields:
         return
     names = sorted(fields)
     assert set(names) <= _TXN_FIELDS, names
     assignments = ", ".join(f"{n} = ?" for n in names)
+    when = "" if only_from is None else " AND state = ?"
     await tx.execute(
-        f"UPDATE txns SET {assignments} WHERE txn_ref = ?",
+        f"UPDATE txns SET {assignments} WHERE txn_ref = ?{when}",
         *(_plain(fields[n]) for n in names),
         txn_ref,
+        *(() if only_from is None else (only_from.value,)),
     )
 
 
@@ -422,16 +442,19 @@ class _SqliteTx:
     """Statements of one transaction; BEGIN goes with the first, so each statement is one
     trip to the store's thread (on a busy machine every trip waits for a time slice)."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, durable: bool) -> None:
         self.store = store
+        self.durable = durable
         self.begun = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         begin = not self.begun
         self.begun = True
+        synchronous = "FULL" if self.durable else "NORMAL"
 
         def go(db: sqlite3.Connection) -> T:
             if begin:
+                db.execute(f"PRAGMA synchronous={synchronous}")
                 db.execute("BEGIN IMMEDIATE")
             return work(db)
 
@@ -482,9 +505,9 @@ class SqliteStore(SqlStore):
         return await asyncio.get_running_loop().run_in_executor(self._pool, go)
 
     @contextlib.asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[Tx]:
         async with self._lock:
-            tx = _SqliteTx(self)
+            tx = _SqliteTx(self, durable)
             try:
                 yield tx
             except BaseException:

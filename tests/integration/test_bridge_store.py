@@ -110,3 +110,20 @@ async def test_bridge_store_claims_are_leases(store: SqlStore) -> None:
     assert [d.id for d in await store.due(now=42.0)] == [head.id]  # a retry frees it
     await store.delivered(head.id, at=43.0)
     assert not await store.claim(head.id, "bridge-a", until=99.0, now=44.0)
+
+
+async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlStore) -> None:
+    """The machine's txn.request can be committed before the lock's reply is: the reply then
+    adds vmc's txn_id and leaves the state alone."""
+    txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+    request = SeenEvent("e1", "m1", 2, "txn.request", 2.0)
+    fields = {"state": TxnState.REQUESTED, "txn_id": "t1", "price": 90}
+    assert await store.record_event(request, [], txn=txn, txn_fields=fields)
+    await store.lock_taken("R1", "t1")
+    after = await store.txn("R1")
+    assert after is not None
+    assert (after.state, after.txn_id) == (TxnState.REQUESTED, "t1")
+    await store.update_txn("R1", state=TxnState.REFUSED, only_from=TxnState.LOCKING)
+    again = await store.txn("R1")
+    assert again is not None
+    assert again.state is TxnState.REQUESTED
