@@ -1,10 +1,14 @@
 """The bridge's MQTT side: commands out with their replies, events and presence in.
 
-A persistent session (MQTT 3.1.1, clean_session false, a fixed client id) so the broker
-keeps the events published while the bridge is away. A message is acknowledged
-once handled (an event once committed), so none is lost between the broker and the store. A
-command is resent with the same id until its reply comes or its time is up: the device answers
-a repeated id with its first reply.
+Two connections. The **events** one has a persistent session (MQTT 3.1.1, clean_session
+false, the configured client id), so the broker keeps the events published while the bridge
+is away, and acknowledges an event only once it is committed, so none is lost between the
+broker and the store. The **commands** one (``{client_id}-cmd``, a clean session) sends the
+commands and takes their replies and the machines' retained status and state: the broker
+holds back messages while a client has its in-flight window (20 by default) unacknowledged,
+so on one connection the replies waited behind the events' commits (measured: locks went
+unanswered with 100 machines). A command is resent with the same id until its reply comes or
+its time is up: the device answers a repeated id with its first reply.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 EventHandler = Callable[[str, bytes], Awaitable[None]]
 PresenceHandler = Callable[[str, str, object], None]
+Session = Callable[[], Awaitable[None]]
 
 
 def new_command_id() -> str:
@@ -50,72 +55,83 @@ class Link:
         self.on_presence = on_presence
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._up: set[str] = set()
         self.connected = asyncio.Event()
-        self._backoff = FIRST_BACKOFF
+        """Set while both connections are up."""
 
     async def run(self) -> None:
-        """Stay connected, reconnecting with a short backoff. A message whose handling failed
-        (the store could not commit) is not acknowledged: the broker sends it again after the
-        reconnect."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keep("events", self._events_session))
+            group.create_task(self._keep("commands", self._commands_session))
+
+    async def _keep(self, name: str, session: Session) -> None:
+        """Keep one connection, reconnecting with a short backoff. An event whose handling
+        failed (the store could not commit) is not acknowledged: the broker sends it again
+        after the reconnect."""
+        backoff = FIRST_BACKOFF
         while True:
+            started = time.monotonic()
             try:
-                await self._session()
+                await session()
             except* aiomqtt.MqttError as lost:
                 error = str(lost.exceptions[0])
-                log.warning("mqtt_disconnected", error=error, retry_in=self._backoff)
+                log.warning("mqtt_disconnected", link=name, error=error, retry_in=backoff)
             except* Exception:
-                log.exception("mqtt_handling_failed", retry_in=self._backoff)
-            self.connected.clear()
-            self._client = None
-            await asyncio.sleep(self._backoff)
-            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                log.exception("mqtt_handling_failed", link=name, retry_in=backoff)
+            self._down(name)
+            if time.monotonic() - started > MAX_BACKOFF:
+                backoff = FIRST_BACKOFF  # it had been up a while: not a failing broker
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _session(self) -> None:
-        client = aiomqtt.Client(
+    def _client_for(self, identifier: str, *, persistent: bool) -> aiomqtt.Client:
+        return aiomqtt.Client(
             self.config.mqtt_host,
             self.config.mqtt_port,
-            identifier=self.config.client_id,
+            identifier=identifier,
             username=self.config.mqtt_username,
             password=self.config.mqtt_password,
             protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=False,
+            clean_session=not persistent,
             socket_options=[NO_DELAY],
         )
-        # PUBACK only once a message is handled (an event committed to the store): a bridge
-        # killed before that gets the event again from the broker. Set before connecting, as
-        # the persistent session's queued messages may come at once. aiomqtt does not offer
-        # it; paho's own switch is on its client.
+
+    def _is_up(self, name: str) -> None:
+        self._up.add(name)
+        if len(self._up) == 2:
+            self.connected.set()
+        log.info("mqtt_connected", link=name, host=self.config.mqtt_host)
+
+    def _down(self, name: str) -> None:
+        self._up.discard(name)
+        self.connected.clear()
+        if name == "commands":
+            self._client = None
+
+    async def _events_session(self) -> None:
+        client = self._client_for(self.config.client_id, persistent=True)
+        # PUBACK only once an event is committed: a bridge killed before that gets it again
+        # from the broker. Set before connecting, as the persistent session's queued events
+        # may come at once. aiomqtt does not offer it; paho's own switch is on its client.
         paho = client._client
         paho.manual_ack_set(True)
         async with client:
-            prefix = self.config.topic_prefix
-            for leaf in ("events", "reply", "status", "state"):
-                await client.subscribe(f"{prefix}/+/{leaf}", qos=1)
-            self._client = client
-            self._backoff = FIRST_BACKOFF
-            self.connected.set()
-            log.info("mqtt_connected", host=self.config.mqtt_host, port=self.config.mqtt_port)
-            events: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-            # Events are handled in arrival order by one task, each acknowledged once it is
-            # committed; replies and presence at once, so a lock's reply never waits behind
-            # the events' commits.
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._events(events, paho))
-                async for message in client.messages:
-                    parts = str(message.topic).split("/")
-                    if len(parts) == 3 and parts[2] == "events":
-                        events.put_nowait(message)
-                        continue
-                    self._dispatch(parts, message.payload)
-                    paho.ack(message.mid, message.qos)
+            await client.subscribe(f"{self.config.topic_prefix}/+/events", qos=1)
+            self._is_up("events")
+            async for message in client.messages:
+                machine = str(message.topic).split("/")[1]
+                if isinstance(message.payload, bytes | bytearray):
+                    await self.on_event(machine, bytes(message.payload))
+                paho.ack(message.mid, message.qos)
 
-    async def _events(self, queue: asyncio.Queue[aiomqtt.Message], paho: Any) -> None:
-        while True:
-            message = await queue.get()
-            machine = str(message.topic).split("/")[1]
-            if isinstance(message.payload, bytes | bytearray):
-                await self.on_event(machine, bytes(message.payload))
-            paho.ack(message.mid, message.qos)
+    async def _commands_session(self) -> None:
+        async with self._client_for(f"{self.config.client_id}-cmd", persistent=False) as client:
+            for leaf in ("reply", "status", "state"):
+                await client.subscribe(f"{self.config.topic_prefix}/+/{leaf}", qos=1)
+            self._client = client
+            self._is_up("commands")
+            async for message in client.messages:
+                self._dispatch(str(message.topic).split("/"), message.payload)
 
     def _dispatch(self, parts: list[str], payload: Any) -> None:
         if len(parts) != 3 or not isinstance(payload, bytes | bytearray):
