@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.cli import build_parser as bridge_parser
 from sim.__main__ import build_parser as sim_parser
 from vmc.cli import build_parser as vmctl_parser
 from vmc.config import load_config
@@ -46,9 +47,25 @@ WORKSPACE = re.compile(
     r"\.\./shared(?!/corpus/)|/work/|(?<![\w/.-])shared/(?:architecture|reference|seeds)"
 )
 UP_PATH = re.compile(r"(?:\.\./)+(?!shared/corpus/)[\w.\-/]*")
-REPO_DIRS = ("docs", "systemd", "scripts", "tests", "bench", "vmc", "protocols", "drivers", "sim")
+REPO_DIRS = (
+    "docs",
+    "systemd",
+    "scripts",
+    "tests",
+    "bench",
+    "vmc",
+    "protocols",
+    "drivers",
+    "sim",
+    "bridge",
+)
 REPO_PATH = re.compile(rf"(?<![\w/.-])(?:{'|'.join(REPO_DIRS)})/[\w.\-/]*")
-PROGRAMS = {"vmcd": vmcd_parser, "vmctl": vmctl_parser, "vmc-sim": sim_parser}
+PROGRAMS = {
+    "vmcd": vmcd_parser,
+    "vmctl": vmctl_parser,
+    "vmc-sim": sim_parser,
+    "vmc-bridge": bridge_parser,
+}
 
 
 def _rel(path: Path) -> str:

@@ -1,0 +1,53 @@
+"""The bridge's store on PostgreSQL (asyncpg): the same SQL as SQLite's, in a pool."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from bridge.store import SCHEMA, SqlStore, Tx, placeholders
+
+SCHEMA_LOCK = 7_470_201
+"""The advisory lock two instances starting together take to create the tables once."""
+
+
+class _PgTx:
+    def __init__(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status: str = await self.conn.execute(placeholders(sql), *args)
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.conn.fetch(placeholders(sql), *args)]
+
+
+class PostgresStore(SqlStore):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=8)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[Tx]:
+        assert self._pool is not None, "store not open"
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not durable:
+                await conn.execute("SET LOCAL synchronous_commit TO OFF")
+            yield _PgTx(conn)

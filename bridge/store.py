@@ -1,0 +1,538 @@
+"""The bridge's storage: the txnRef mapping, the events seen and the callback queue.
+
+One SQL core (:class:`SqlStore`) on two engines: SQLite in WAL mode by default (one file, one
+connection used from a worker thread, so the event loop never waits on the disk) and
+PostgreSQL for production (:mod:`bridge.pgstore`). Each method is one database transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS txns (
+    txn_ref TEXT PRIMARY KEY,
+    third_party TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lock_cmd TEXT NOT NULL,
+    txn_id TEXT,
+    selection BIGINT,
+    price BIGINT,
+    deadline DOUBLE PRECISION,
+    paid_cmd TEXT,
+    amount BIGINT,
+    discount BIGINT,
+    surcharge BIGINT,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS txns_by_vmc_id ON txns (machine, txn_id);
+CREATE TABLE IF NOT EXISTS seen_events (
+    event_id TEXT PRIMARY KEY,
+    machine TEXT NOT NULL,
+    seq BIGINT,
+    type TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id {serial},
+    third_party TEXT NOT NULL,
+    machine TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    next_try DOUBLE PRECISION NOT NULL,
+    last_error TEXT,
+    delivered_at DOUBLE PRECISION,
+    failed_at DOUBLE PRECISION,
+    claimed_by TEXT,
+    claimed_until DOUBLE PRECISION,
+    UNIQUE (third_party, event_id, path)
+);
+CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (third_party, machine, id)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+CREATE TABLE IF NOT EXISTS coils (
+    machine TEXT NOT NULL,
+    code BIGINT NOT NULL,
+    price BIGINT,
+    current_stock BIGINT,
+    PRIMARY KEY (machine, code)
+);
+"""
+"""The tables, in SQL both engines read; ``{serial}`` is the engine's auto-numbered key, whose
+order is the callback queue's."""
+
+
+class TxnState(StrEnum):
+    """Where a third party's transaction is, as the bridge knows it."""
+
+    LOCKING = "locking"  # lock sent, no answer yet
+    REFUSED = "refused"  # the machine refused the lock: the txnRef may be locked again
+    LOCKED = "locked"
+    REQUESTED = "requested"  # txn.request seen: /api/paid may come
+    PAID = "paid"  # the machine accepted the paid
+    ENDED = "ended"  # its outcome (txn.vend or txn.status) seen
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    txn_ref: str
+    third_party: str
+    machine: str
+    state: TxnState
+    lock_cmd: str
+    txn_id: str | None = None
+    selection: int | None = None
+    price: int | None = None
+    deadline: float | None = None
+    paid_cmd: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One callback to one third party: a row of the queue."""
+
+    id: int
+    third_party: str
+    machine: str
+    event_id: str
+    path: str
+    body: dict[str, Any]
+    created_at: float
+    attempts: int
+    next_try: float
+    last_error: str | None
+    delivered_at: float | None
+    failed_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    third_party: str
+    path: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SeenEvent:
+    event_id: str
+    machine: str
+    seq: int | None
+    type: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CoilLevel:
+    """A coil's last known price and stock (from the machine's events)."""
+
+    code: int
+    price: int | None
+    current_stock: int | None
+
+
+_TXN_COLUMNS = (
+    "txn_ref, third_party, machine, state, lock_cmd, txn_id, selection, price, deadline, paid_cmd"
+)
+_TXN_FIELDS = frozenset(
+    {
+        "state",
+        "txn_id",
+        "selection",
+        "price",
+        "deadline",
+        "paid_cmd",
+        "amount",
+        "discount",
+        "surcharge",
+        "lock_cmd",
+    }
+)
+_DELIVERY_COLUMNS = (
+    "id, third_party, machine, event_id, path, body, created_at, attempts, "
+    "next_try, last_error, delivered_at, failed_at"
+)
+
+
+def _txn(row: Sequence[Any]) -> Txn:
+    return Txn(row[0], row[1], row[2], TxnState(row[3]), *row[4:])
+
+
+def _delivery(row: Sequence[Any]) -> Delivery:
+    rid, party, machine, event_id, path, body, created, attempts, next_try, error, done, failed = (
+        row
+    )
+    return Delivery(
+        rid,
+        party,
+        machine,
+        event_id,
+        path,
+        json.loads(body),
+        created,
+        attempts,
+        next_try,
+        error,
+        done,
+        failed,
+    )
+
+
+class Tx(Protocol):
+    """One database transaction: statements with ``?`` placeholders."""
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+
+class SqlStore(abc.ABC):
+    """The store's operations, in SQL that SQLite and PostgreSQL both run."""
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def tx(self, *, durable: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]:
+        """A transaction: committed when the block ends, rolled back if it raises. Not
+        ``durable``: its commit does not wait for the disk (a power cut may undo it, never
+        corrupt; the next durable commit makes it durable too)."""
+
+    async def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        rows = await self._all(sql, *args)
+        return rows[0] if rows else None
+
+    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        async with self.tx() as tx:
+            return await tx.fetch(sql, *args)
+
+    # --- transactions --------------------------------------------------------------------------
+
+    async def begin_lock(
+        self, txn_ref: str, third_party: str, machine: str, lock_cmd: str, now: float
+    ) -> Txn:
+        """The txnRef's row: a new one in ``locking``, a refused one of the same third party
+        and machine taken again with a new lock command, or the existing one unchanged (the
+        caller judges it)."""
+        async with self.tx() as tx:
+            await tx.execute(
+                "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO UPDATE SET"
+                " state = excluded.state, lock_cmd = excluded.lock_cmd, txn_id = NULL"
+                " WHERE txns.state = ? AND txns.third_party = excluded.third_party"
+                " AND txns.machine = excluded.machine",
+                txn_ref,
+                third_party,
+                machine,
+                TxnState.LOCKING.value,
+                lock_cmd,
+                now,
+                TxnState.REFUSED.value,
+            )
+            rows = await tx.fetch(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
+        return _txn(rows[0])
+
+    async def txn(self, txn_ref: str) -> Txn | None:
+        row = await self._one(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
+        return None if row is None else _txn(row)
+
+    async def txn_by_id(self, machine: str, txn_id: str) -> Txn | None:
+        row = await self._one(
+            f"SELECT {_TXN_COLUMNS} FROM txns WHERE machine = ? AND txn_id = ?", machine, txn_id
+        )
+        return None if row is None else _txn(row)
+
+    async def update_txn(
+        self, txn_ref: str, *, only_from: TxnState | None = None, **fields: Any
+    ) -> None:
+        """Change a txnRef's row; with ``only_from``, only while it is in that state (an
+        answer never takes a transaction back over what its events already said)."""
+        async with self.tx() as tx:
+            await _update_txn(tx, txn_ref, fields, only_from)
+
+    async def lock_taken(self, txn_ref: str, txn_id: str) -> None:
+        """The lock's reply: vmc's transaction id, and ``locked`` unless the transaction's
+        own events got there first."""
+        async with self.tx() as tx:
+            await _update_txn(tx, txn_ref, {"txn_id": txn_id}, None)
+            await _update_txn(tx, txn_ref, {"state": TxnState.LOCKED}, TxnState.LOCKING)
+
+    # --- events --------------------------------------------------------------------------------
+
+    async def record_event(
+        self,
+        event: SeenEvent,
+        deliveries: Sequence[NewDelivery],
+        *,
+        txn: Txn | None = None,
+        txn_fields: dict[str, Any] | None = None,
+        coil: CoilLevel | None = None,
+    ) -> bool:
+        """Record an event once, with its callbacks, its txn change and its coil, all in one
+        commit; False (and nothing written) when its id was seen before."""
+        async with self.tx() as tx:
+            fresh = await tx.execute(
+                "INSERT INTO seen_events (event_id, machine, seq, type, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                event.event_id,
+                event.machine,
+                event.seq,
+                event.type,
+                event.at,
+            )
+            if not fresh:
+                return False
+            if txn is not None:
+                # A select-first transaction is new here; a locked one gets the event's change.
+                await tx.execute(
+                    "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, txn_id,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO NOTHING",
+                    txn.txn_ref,
+                    txn.third_party,
+                    txn.machine,
+                    txn.state.value,
+                    txn.lock_cmd,
+                    txn.txn_id,
+                    event.at,
+                )
+                await _update_txn(tx, txn.txn_ref, txn_fields or {}, None)
+            if coil is not None:
+                await tx.execute(
+                    "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (machine, code) DO UPDATE SET"
+                    " price = COALESCE(excluded.price, coils.price),"
+                    " current_stock = COALESCE(excluded.current_stock, coils.current_stock)",
+                    event.machine,
+                    coil.code,
+                    coil.price,
+                    coil.current_stock,
+                )
+            for d in deliveries:
+                await tx.execute(
+                    "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
+                    " created_at, next_try) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (third_party, event_id, path) DO NOTHING",
+                    d.third_party,
+                    event.machine,
+                    event.event_id,
+                    d.path,
+                    json.dumps(d.body),
+                    event.at,
+                    0.0,
+                )
+        return True
+
+    async def coils(self, machine: str) -> list[CoilLevel]:
+        rows = await self._all(
+            "SELECT code, price, current_stock FROM coils WHERE machine = ? ORDER BY code",
+            machine,
+        )
+        return [CoilLevel(*row) for row in rows]
+
+    # --- the callback queue --------------------------------------------------------------------
+
+    async def due(self, now: float, limit: int = 32) -> list[Delivery]:
+        """The first open callback of each (third party, machine) whose time has come: the
+        queue's heads, so a machine's callbacks go one at a time, in order."""
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
+            " SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
+            " GROUP BY third_party, machine) AND next_try <= ?"
+            " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?",
+            now,
+            now,
+            limit,
+        )
+        return [_delivery(r) for r in rows]
+
+    async def claim(self, delivery_id: int, instance: str, until: float, now: float) -> bool:
+        """Take a callback to deliver it until ``until`` (a lease, so one that a killed
+        instance held goes to another once it lapses); False when another instance holds it
+        or it was settled meanwhile."""
+        async with self.tx(durable=False) as tx:  # a lost claim costs nothing
+            taken = await tx.execute(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id = ?"
+                " AND delivered_at IS NULL AND failed_at IS NULL"
+                " AND (claimed_until IS NULL OR claimed_until < ?)",
+                instance,
+                until,
+                delivery_id,
+                now,
+            )
+        return taken == 1
+
+    async def delivered(self, delivery_id: int, at: float) -> None:
+        await self._set(delivery_id, "attempts = attempts + 1, delivered_at = ?", at)
+
+    async def retry(self, delivery_id: int, next_try: float, error: str) -> None:
+        await self._set(
+            delivery_id, "attempts = attempts + 1, next_try = ?, last_error = ?", next_try, error
+        )
+
+    async def give_up(self, delivery_id: int, at: float, error: str) -> None:
+        await self._set(
+            delivery_id, "attempts = attempts + 1, failed_at = ?, last_error = ?", at, error
+        )
+
+    async def _set(self, delivery_id: int, assignments: str, *values: Any) -> None:
+        """A callback's outcome. Not durable: one a power cut undoes is delivered again, as
+        at least once allows (with its Idempotency-Key), and so the courier's commits do not
+        each wait for the disk."""
+        async with self.tx(durable=False) as tx:
+            await tx.execute(
+                f"UPDATE deliveries SET {assignments}, claimed_until = NULL WHERE id = ?",
+                *values,
+                delivery_id,
+            )
+
+    async def undelivered(self) -> list[Delivery]:
+        """Callbacks not delivered yet: waiting (tried, or not yet) and given up."""
+        rows = await self._all(
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE delivered_at IS NULL ORDER BY id"
+        )
+        return [_delivery(r) for r in rows]
+
+    async def deliveries(self) -> list[Delivery]:
+        """Every callback, delivered or not, in queue order."""
+        rows = await self._all(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries ORDER BY id")
+        return [_delivery(r) for r in rows]
+
+
+async def _update_txn(
+    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None
+) -> None:
+    if not fields:
+        return
+    names = sorted(fields)
+    assert set(names) <= _TXN_FIELDS, names
+    assignments = ", ".join(f"{n} = ?" for n in names)
+    when = "" if only_from is None else " AND state = ?"
+    await tx.execute(
+        f"UPDATE txns SET {assignments} WHERE txn_ref = ?{when}",
+        *(_plain(fields[n]) for n in names),
+        txn_ref,
+        *(() if only_from is None else (only_from.value,)),
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+class _SqliteTx:
+    """Statements of one transaction; BEGIN goes with the first, so each statement is one
+    trip to the store's thread (on a busy machine every trip waits for a time slice)."""
+
+    def __init__(self, store: SqliteStore, durable: bool) -> None:
+        self.store = store
+        self.durable = durable
+        self.begun = False
+
+    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        begin = not self.begun
+        self.begun = True
+        synchronous = "FULL" if self.durable else "NORMAL"
+
+        def go(db: sqlite3.Connection) -> T:
+            if begin:
+                db.execute(f"PRAGMA synchronous={synchronous}")
+                db.execute("BEGIN IMMEDIATE")
+            return work(db)
+
+        return await self.store.run(go)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        return await self._run(lambda db: db.execute(sql, args).rowcount)
+
+    async def fetch(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return await self._run(lambda db: [tuple(r) for r in db.execute(sql, args)])
+
+
+class SqliteStore(SqlStore):
+    """One SQLite file in WAL mode, fsynced on every commit; one transaction at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bridge-db")
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        await self.run(lambda _db: None, opening=True)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        return db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self.run(lambda db: db.close())
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T], *, opening: bool = False) -> T:
+        """``work`` on the connection, in the store's thread."""
+
+        def go() -> T:
+            if opening and self._db is None:
+                self._db = self._connect()
+            assert self._db is not None, "store not open"
+            return work(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, go)
+
+    @contextlib.asynccontextmanager
+    async def tx(self, *, durable: bool = True) -> AsyncIterator[Tx]:
+        async with self._lock:
+            tx = _SqliteTx(self, durable)
+            try:
+                yield tx
+            except BaseException:
+                if tx.begun:
+                    await self.run(lambda db: db.execute("ROLLBACK"))
+                raise
+            if tx.begun:
+                await self.run(lambda db: db.execute("COMMIT"))
+
+    async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        """A read on its own: one trip, no transaction (between the others')."""
+        async with self._lock:
+            return await self.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
+
+
+def placeholders(sql: str) -> str:
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else)."""
+    count = iter(range(1, sql.count("?") + 1))
+    return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
+
+
+def open_store(database: str | Path) -> SqlStore:
+    """The store a configuration names: a PostgreSQL URL, or a SQLite file."""
+    if isinstance(database, str) and database.startswith(("postgresql://", "postgres://")):
+        from bridge.pgstore import PostgresStore
+
+        return PostgresStore(database)
+    return SqliteStore(Path(database))
