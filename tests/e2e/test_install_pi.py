@@ -343,6 +343,7 @@ def test_enable_uart_frees_the_uart_once(fake_root: Root) -> None:
         shutil.rmtree(path / "boot")
 
 
+@pytest.mark.slow  # three installs in a row; the default run has the first install
 def test_uninstall_keeps_the_config_and_the_journal_and_a_reinstall_keeps_the_config(
     tmp_path: Path,
 ) -> None:

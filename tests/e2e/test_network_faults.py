@@ -221,7 +221,11 @@ async def _proxy_test(
             assert link.figures.resets
 
 
-@pytest.mark.parametrize("reset", [False, True], ids=["held", "reset"])
+@pytest.mark.parametrize(
+    "reset",
+    [pytest.param(False, marks=pytest.mark.slow), True],  # the held link in the long run
+    ids=["held", "reset"],
+)
 @pytest.mark.timeout(180)
 async def test_network_partition_short(
     tmp_path: Path, broker: MosquittoBroker, reset: bool
