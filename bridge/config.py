@@ -73,11 +73,11 @@ def load(path: str | Path) -> BridgeConfig:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read it: {exc.strerror or exc}") from None
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not TOML: {exc}") from None
+        raise ConfigError(f"not TOML: {exc}") from None
     return parse(doc, base=Path(path).parent)
 
 
