@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.pty import PtyPair
 from protocols.dex.ucs import MAX_BLOCK
-from sim.backend import Policy, SimBackend
+from sim.backend import Entry, Policy, SimBackend
 from sim.broker import MosquittoBroker
 from sim.brokers import RunningBroker
 from sim.daemon_proc import DaemonProcess
 from sim.dex_source import DexSource, SourceFaults
-from sim.scenarios import Customers
+from sim.scenarios import Customers, SessionResult
 from sim.vmc_counters import audit_from_counters
 from sim.vmc_master import VmcMaster
 from vmc.cloud import signing
@@ -40,6 +40,18 @@ class Rig:
     async def restart_daemon(self) -> None:
         await self.daemon.start()
         await self.vmc.initialise(level=self.level)
+
+    async def paid_remote_vend(self, ref: str = "alice") -> tuple[SessionResult, Entry]:
+        """The seven steps once: the backend locks for ``ref``, a customer buys selection 1,
+        the backend pays; checked to the backend's books (charged the price, two events)."""
+        txn_id = await self.backend.lock(DEVICE, ref)
+        outcome = await self.customers.run("purchase", 1)
+        assert outcome.ok, outcome
+        entry = await self.backend.wait_done(txn_id)
+        assert entry.result == "success"
+        assert entry.charged == entry.price > 0
+        assert [e["type"] for e in self.backend.event_log] == ["txn.request", "txn.vend"]
+        return outcome, entry
 
     def outbox_size(self) -> int:
         """Messages the daemon still has to get the broker's PUBACK for (from its journal)."""

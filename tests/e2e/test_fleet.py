@@ -21,7 +21,7 @@ import pytest
 from sim.broker import BrokerError
 from sim.brokers import KINDS, NATS_BINARY, RABBIT_BINARY, RunningBroker, V5Connect, start_broker
 from sim.mqtt_lite import V5, V311, Message, MqttLiteError, Session, Will
-from tests.e2e.cloud_rig import DEVICE, machine
+from tests.e2e.cloud_rig import machine
 from tests.e2e.console import VMC_SIM
 from tests.waiting import wait_until
 
@@ -202,13 +202,7 @@ async def test_vmcd_vends_remotely_on_nats_and_rabbitmq(
         extra=("--config", str(config)),
         backend_protocol=aiomqtt.ProtocolVersion.V311,
     ) as rig:
-        txn_id = await rig.backend.lock(DEVICE, "alice")
-        outcome = await rig.customers.run("purchase", 1)
-        assert outcome.ok, outcome
-        entry = await rig.backend.wait_done(txn_id)
-        assert entry.result == "success"
-        assert entry.charged == entry.price > 0
-        assert [e["type"] for e in rig.backend.event_log] == ["txn.request", "txn.vend"]
+        await rig.paid_remote_vend()
         assert await wait_until(lambda: rig.outbox_size() == 0)  # every PUBACK came
 
 

@@ -117,13 +117,7 @@ async def test_mtls_device_certificate_full_remote_vend(
     tmp_path: Path, mtls_broker: MosquittoBroker
 ) -> None:
     async with machine(tmp_path, mtls_broker) as rig:
-        txn_id = await rig.backend.lock(DEVICE, "alice")
-        outcome = await rig.customers.run("purchase", 1)
-        assert outcome.ok, outcome
-        entry = await rig.backend.wait_done(txn_id)
-        assert entry.result == "success"
-        assert entry.charged == entry.price > 0
-        assert [e["type"] for e in rig.backend.event_log] == ["txn.request", "txn.vend"]
+        await rig.paid_remote_vend()
     assert _broker_log_has(mtls_broker, f"as {DEVICE} (p5, c1, k30, u'{DEVICE}')")
 
 
