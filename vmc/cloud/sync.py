@@ -44,7 +44,11 @@ OTHER_PUBLISHES = 1
 """paho's own publishes awaiting PUBACK at most (the status and state, one at a time; paho
 holds the next back). The drain's count apart: its window is the rest."""
 FETCH_ROWS = 5 * IN_FLIGHT
-DELETE_EVERY = 2 * IN_FLIGHT
+DELETE_EVERY = 10 * IN_FLIGHT
+"""Acknowledged rows deleted together while a backlog drains. Each row's delete also touches
+a random page of the outbox's unique id index: with 40,000 rows waiting, batches of 200 cost
+8 us of CPU and 3.6 KB of WAL a row on the development machine, batches of 1,000 5 us and
+1.9 KB. A crash resends what was not deleted yet; the backend drops duplicates by id."""
 ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
