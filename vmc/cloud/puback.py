@@ -121,9 +121,11 @@ class PubackTap:
         paho_client.on_socket_register_write = None
         try:
             # qos 1: paho reports nothing itself for a written packet that is not QoS 0.
-            paho_client._packet_queue(_PUBLISH_QOS1, packets, 0, 1)
+            rc = paho_client._packet_queue(_PUBLISH_QOS1, packets, 0, 1)
         finally:
             paho_client.on_socket_register_write = register
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:  # no socket, or this write found it broken
+            raise aiomqtt.MqttCodeError(rc, "Could not publish message")
         still_open = paho_client.socket()
         if register is not None and still_open is not None and paho_client.want_write():
             register(paho_client, paho_client.user_data_get(), still_open)
