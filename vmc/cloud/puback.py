@@ -15,8 +15,9 @@ before 65,535 others. paho caps only its own publishes at ``max_inflight_message
 drain's window and that cap add up to what the broker allows (:func:`on_receive_maximum`).
 A session's client is never reused (aiomqtt makes one per connection), so nothing here
 survives a reconnect: rows without a PUBACK are sent again by the next session's drain.
-This reaches into paho's internals (``_client``, ``_packet_queue``, ``_packet_read``,
-``_handle_pubackcomp``, ``_in_packet``), pinned by ``paho-mqtt`` in pyproject.
+This reaches into aiomqtt's paho client (``_client``) and paho's internals (``_packet_queue``,
+``_packet_read``, ``_handle_pubackcomp``, ``_in_packet``, ``_mid_generate``); the outbox
+drain's integration tests exercise each of them (written against paho-mqtt 2.2).
 """
 
 from __future__ import annotations
