@@ -19,10 +19,12 @@ import socket
 import sys
 import time
 
-from drivers.exe_port import ExePort, ModeBit, open_exe_port
+from drivers.exe_port import ExePort, open_exe_port
+from drivers.mode_bit import ModeBit
 from protocols.errors import LocalProtocolError, VmcError
 from protocols.exe.events import LinkChanged
-from protocols.exe.master import ExeMaster, ExeSettings
+from protocols.exe.master import ExeMaster
+from protocols.exe.settings import ExeSettings
 from vmc.services import bus_messages as msg
 from vmc.services.daemon_link import (
     HEARTBEAT_S,
