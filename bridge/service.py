@@ -20,6 +20,7 @@ from bridge.courier import Courier
 from bridge.fleet import Fleet, MachineView
 from bridge.link import Link, new_command_id
 from bridge.mapping import Callback, Event
+from bridge.planograms import Planograms
 from bridge.store import Delivery, NewDelivery, SeenEvent, SqlStore, Txn, TxnState
 from vmc.cloud import messages as m
 
@@ -57,8 +58,13 @@ class Bridge:
         self.config = config
         self.store = store
         self.fleet = Fleet()
-        self.link = Link(config, self.on_event, self.fleet.update)
+        self.link = Link(config, self.on_event, self._presence)
+        self.planograms = Planograms(store, self.link, self.fleet)
         self.courier: Courier | None = None
+
+    def _presence(self, machine: str, leaf: str, body: object) -> None:
+        self.fleet.update(machine, leaf, body)
+        self.planograms.seen(machine)
 
     # --- inbound: the third party's calls ------------------------------------------------------
 

@@ -1,0 +1,82 @@
+"""Each machine's planogram, for the coils the feeds carry (names, capacities, par levels).
+
+The contract's events give a coil's price and stock, not its planogram. The machine's retained
+``state`` names the planogram in force (``planogram_version``, republished after every stock
+operation and on every connect); when it names one the store has not filled the coils from,
+the bridge asks the machine with ``stock.query`` (a read, which needs no signature) and keeps
+the answer. A bridge that starts after the planogram was pushed, a ``planogram.set`` from any
+backend and a technician's ``vmctl planogram set`` are all caught the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from bridge import mapping
+from bridge.fleet import Fleet
+from bridge.link import Link, new_command_id
+from bridge.store import SqlStore
+from vmc.cloud import messages as m
+
+log = structlog.get_logger("bridge.planograms")
+
+
+class Planograms:
+    def __init__(self, store: SqlStore, link: Link, fleet: Fleet) -> None:
+        self.store = store
+        self.link = link
+        self.fleet = fleet
+        self.known: dict[str, int] = {}
+        """machine -> the planogram version its coils were filled from."""
+        self._asking: set[str] = set()
+        self._wanted: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+
+    def seen(self, machine: str) -> None:
+        """The machine's status or state changed: ask for a planogram the coils lack, once at
+        a time per machine, while it is online."""
+        version = self.fleet.state.get(machine, {}).get("planogram_version")
+        if type(version) is not int or self.known.get(machine) == version:
+            return
+        view = self.fleet.view(machine)
+        if view is None or not view.online or machine in self._asking:
+            return
+        self._asking.add(machine)
+        self._wanted.put_nowait((machine, version))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            while True:
+                machine, version = await self._wanted.get()
+                group.create_task(self._fill(machine, version))
+
+    async def _fill(self, machine: str, version: int) -> None:
+        try:
+            if await self.store.planogram_version(machine) != version:
+                result = await self._query(machine)
+                if result is None:
+                    return  # asked again at the machine's next state
+                version = _version(result, version)
+                await self.store.save_planogram(machine, version, mapping.planogram_coils(result))
+                log.info("planogram_filled", machine=machine, version=version)
+            self.known[machine] = version
+        except Exception:
+            log.exception("planogram_failed", machine=machine)
+        finally:
+            self._asking.discard(machine)
+
+    async def _query(self, machine: str) -> dict[str, Any] | None:
+        reply = await self.link.command(machine, m.Op.STOCK_QUERY, {}, command_id=new_command_id())
+        if reply is None or not reply.get("ok") or not isinstance(reply.get("result"), dict):
+            log.warning("planogram_not_read", machine=machine, code=(reply or {}).get("code"))
+            return None
+        result: dict[str, Any] = reply["result"]
+        return result
+
+
+def _version(result: dict[str, Any], asked: int) -> int:
+    """The version the answer is of (it may be newer than the state that asked)."""
+    version = result.get("planogram_version")
+    return version if type(version) is int else asked
