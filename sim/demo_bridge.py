@@ -80,8 +80,11 @@ async def bridge_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack
     stack.push_async_callback(bridge.stop)
     await bridge.start()
     http.base_url = httpx.URL(bridge.url)
-    print(f"vmc-bridge on {bridge.url} (SQLite in {state}), third party {THIRD_PARTY} on {app_url}")
-    print(f"{THIRD_PARTY} ({books.policy.value}) approves the app's selections through the bridge")
+    print(f"vmc-bridge on {bridge.url}: bridge.toml, bridge.log and bridge.sqlite3 in {state}")
+    print(
+        f"third party {THIRD_PARTY} on {app_url} ({books.policy.value}) sells through it,"
+        f" with X-API-Key {api_key}"
+    )
 
     pair = PtyPair()
     stack.callback(pair.close)
