@@ -11,7 +11,6 @@ backend and a technician's ``vmctl planogram set`` are all caught the same way.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import structlog
 
@@ -55,28 +54,28 @@ class Planograms:
     async def _fill(self, machine: str, version: int) -> None:
         try:
             if await self.store.planogram_version(machine) != version:
-                result = await self._query(machine)
-                if result is None:
-                    return  # asked again at the machine's next state
-                version = _version(result, version)
-                await self.store.save_planogram(machine, version, mapping.planogram_coils(result))
-                log.info("planogram_filled", machine=machine, version=version)
-            self.known[machine] = version
+                await self._read(machine, version)
+            else:
+                self.known[machine] = version
         except Exception:
             log.exception("planogram_failed", machine=machine)
         finally:
             self._asking.discard(machine)
 
-    async def _query(self, machine: str) -> dict[str, Any] | None:
+    async def _read(self, machine: str, version: int) -> None:
+        """Ask the machine; a machine that does not answer is asked again at its next state,
+        one that refuses (a vmc without ``stock.query``) not before its next planogram."""
         reply = await self.link.command(machine, m.Op.STOCK_QUERY, {}, command_id=new_command_id())
-        if reply is None or not reply.get("ok") or not isinstance(reply.get("result"), dict):
-            log.warning("planogram_not_read", machine=machine, code=(reply or {}).get("code"))
-            return None
-        result: dict[str, Any] = reply["result"]
-        return result
-
-
-def _version(result: dict[str, Any], asked: int) -> int:
-    """The version the answer is of (it may be newer than the state that asked)."""
-    version = result.get("planogram_version")
-    return version if type(version) is int else asked
+        if reply is None:
+            log.warning("planogram_no_reply", machine=machine)
+            return
+        result = reply.get("result")
+        if not reply.get("ok") or not isinstance(result, dict):
+            log.warning("planogram_refused", machine=machine, code=reply.get("code"))
+            self.known[machine] = version
+            return
+        answered = result.get("planogram_version")  # newer than the state that asked, maybe
+        version = answered if type(answered) is int else version
+        await self.store.save_planogram(machine, version, mapping.planogram_coils(result))
+        self.known[machine] = version
+        log.info("planogram_filled", machine=machine, version=version)
