@@ -14,13 +14,12 @@ from typing import Any
 
 import structlog
 
-from bridge import mapping
+from bridge import mapping, planograms
 from bridge.config import BridgeConfig, ThirdParty
 from bridge.courier import Courier
 from bridge.fleet import Fleet, MachineView
 from bridge.link import Link, new_command_id
 from bridge.mapping import Callback, Event
-from bridge.planograms import Planograms
 from bridge.store import Delivery, NewDelivery, SeenEvent, SqlStore, Txn, TxnState
 from vmc.cloud import messages as m
 
@@ -58,13 +57,9 @@ class Bridge:
         self.config = config
         self.store = store
         self.fleet = Fleet()
-        self.link = Link(config, self.on_event, self._presence)
-        self.planograms = Planograms(store, self.link, self.fleet)
+        self.link = Link(config, self.on_event, self.fleet.update)
         self.courier: Courier | None = None
-
-    def _presence(self, machine: str, leaf: str, body: object) -> None:
-        self.fleet.update(machine, leaf, body)
-        self.planograms.seen(machine)
+        self.planograms = planograms.Planograms(store, self.link, self.fleet)
 
     # --- inbound: the third party's calls ------------------------------------------------------
 

@@ -47,6 +47,19 @@ CREATE TABLE IF NOT EXISTS seen_events (
     type TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS planograms (
+    machine TEXT PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS planogram_coils (
+    machine TEXT NOT NULL,
+    code BIGINT NOT NULL,
+    name TEXT,
+    placeholder BOOLEAN,
+    capacity BIGINT,
+    restock_count BIGINT,
+    PRIMARY KEY (machine, code)
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id {serial},
     third_party TEXT NOT NULL,
@@ -71,19 +84,6 @@ CREATE TABLE IF NOT EXISTS coils (
     code BIGINT NOT NULL,
     price BIGINT,
     current_stock BIGINT,
-    PRIMARY KEY (machine, code)
-);
-CREATE TABLE IF NOT EXISTS planograms (
-    machine TEXT PRIMARY KEY,
-    version BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS planogram_coils (
-    machine TEXT NOT NULL,
-    code BIGINT NOT NULL,
-    name TEXT,
-    placeholder BOOLEAN,
-    capacity BIGINT,
-    restock_count BIGINT,
     PRIMARY KEY (machine, code)
 );
 """
@@ -360,54 +360,7 @@ class SqlStore(abc.ABC):
         return True
 
     async def coils(self, machine: str) -> list[CoilLevel]:
-        rows = await self._all(
-            "SELECT c.code, c.price, c.current_stock, p.name, p.placeholder, p.capacity,"
-            " p.restock_count FROM coils c LEFT JOIN planogram_coils p"
-            " ON p.machine = c.machine AND p.code = c.code WHERE c.machine = ? ORDER BY c.code",
-            machine,
-        )
-        return [_coil(row) for row in rows]
-
-    async def planogram_version(self, machine: str) -> int | None:
-        """The version of the machine's planogram the coils were last filled from."""
-        row = await self._one("SELECT version FROM planograms WHERE machine = ?", machine)
-        return None if row is None else int(row[0])
-
-    async def save_planogram(self, machine: str, version: int, coils: Sequence[CoilLevel]) -> None:
-        """The machine's planogram in force: its coils replace the old ones (a coil it no
-        longer has is dropped), their prices are the planogram's until a request says
-        otherwise, and their stock is taken only where no ``stock.level`` gave one yet
-        (events are newer than the query's answer)."""
-        async with self.tx() as tx:
-            await tx.execute(
-                "INSERT INTO planograms (machine, version) VALUES (?, ?)"
-                " ON CONFLICT (machine) DO UPDATE SET version = excluded.version",
-                machine,
-                version,
-            )
-            await tx.execute("DELETE FROM planogram_coils WHERE machine = ?", machine)
-            await tx.execute("DELETE FROM coils WHERE machine = ?" + _not_in(coils), machine)
-            for c in coils:
-                await tx.execute(
-                    "INSERT INTO planogram_coils (machine, code, name, placeholder, capacity,"
-                    " restock_count) VALUES (?, ?, ?, ?, ?, ?)",
-                    machine,
-                    c.code,
-                    c.name,
-                    c.placeholder,
-                    c.capacity,
-                    c.restock_count,
-                )
-                await tx.execute(
-                    "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (machine, code) DO UPDATE SET"
-                    " price = COALESCE(excluded.price, coils.price),"
-                    " current_stock = COALESCE(coils.current_stock, excluded.current_stock)",
-                    machine,
-                    c.code,
-                    c.price,
-                    c.current_stock,
-                )
+        return [_coil(row) for row in await self._all(_COILS, machine)]
 
     # --- the callback queue --------------------------------------------------------------------
 
@@ -495,17 +448,18 @@ async def _update_txn(
     )
 
 
+_COILS = (
+    "SELECT c.code, c.price, c.current_stock, p.name, p.placeholder, p.capacity, p.restock_count"
+    " FROM coils c LEFT JOIN planogram_coils p ON p.machine = c.machine AND p.code = c.code"
+    " WHERE c.machine = ? ORDER BY c.code"
+)
+"""A machine's coils: what the events said, with what its planogram says of each."""
+
+
 def _coil(row: Sequence[Any]) -> CoilLevel:
     code, price, stock, name, placeholder, capacity, restock_count = row
     flag = None if placeholder is None else bool(placeholder)  # SQLite keeps 0 or 1
     return CoilLevel(code, price, stock, name, flag, capacity, restock_count)
-
-
-def _not_in(coils: Sequence[CoilLevel]) -> str:
-    """`` AND code NOT IN (...)`` for the coils' codes (integers: written as they are)."""
-    if not coils:
-        return ""
-    return f" AND code NOT IN ({', '.join(str(int(c.code)) for c in coils)})"
 
 
 def _plain(value: Any) -> Any:

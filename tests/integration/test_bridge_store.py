@@ -127,31 +127,3 @@ async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlS
     again = await store.txn("R1")
     assert again is not None
     assert again.state is TxnState.REQUESTED
-
-
-async def test_bridge_store_planogram_fills_the_coils(store: SqlStore) -> None:
-    assert await store.planogram_version("m1") is None
-    # Events first: a price and a level the machine reported, and a coil the planogram drops.
-    await store.record_event(seen("e1"), [], coil=CoilLevel(1, 140, 2))
-    await store.record_event(seen("e2"), [], coil=CoilLevel(9, 90, 1))
-    planogram = [
-        CoilLevel(1, 150, 5, "Choco bar", False, 10, 8),
-        CoilLevel(2, 120, 4, "crisps", True, 6, 5),
-    ]
-    await store.save_planogram("m1", 3, planogram)
-    assert await store.planogram_version("m1") == 3
-    assert await store.coils("m1") == [
-        CoilLevel(1, 150, 2, "Choco bar", False, 10, 8),  # the event's level is newer
-        CoilLevel(2, 120, 4, "crisps", True, 6, 5),
-    ]
-    # A later event changes price and stock and keeps the planogram's fields.
-    await store.record_event(seen("e3"), [], coil=CoilLevel(2, 130, 3))
-    assert (await store.coils("m1"))[1] == CoilLevel(2, 130, 3, "crisps", True, 6, 5)
-    # A new planogram without coil 1; another machine's coils are not touched.
-    await store.record_event(seen("e4", machine="m2"), [], coil=CoilLevel(1, 100, 1))
-    await store.save_planogram("m1", 4, [CoilLevel(2, 125, 9, "Crisps", False, 6, 4)])
-    assert await store.coils("m1") == [CoilLevel(2, 125, 3, "Crisps", False, 6, 4)]
-    assert await store.coils("m2") == [CoilLevel(1, 100, 1)]
-    await store.save_planogram("m1", 5, [])
-    assert await store.coils("m1") == []
-    assert await store.planogram_version("m1") == 5
