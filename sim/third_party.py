@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,11 @@ class AppBooks:
     def charged(self) -> int:
         return sum(order.charged for order in self.orders.values())
 
+    def open(self, txn_ref: str, member: str) -> Order:
+        """A new order: the member is about to lock a machine with ``txn_ref``."""
+        order = self.orders[txn_ref] = Order(txn_ref, member)
+        return order
+
     def request(self, order: Order, cents: int) -> str | None:
         """A selection of ``cents``: None to approve it, else why it is refused."""
         order.cents = cents
@@ -130,7 +135,6 @@ class AppServer:
         *,
         api_key: str,
         outbound_key: str,
-        on_callback: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         """``http``: a client whose base URL is the bridge's; ``api_key``: what the third party
         sends to the bridge; ``outbound_key``: what the bridge must send on its callbacks."""
@@ -138,7 +142,6 @@ class AppServer:
         self.http = http
         self.api_key = api_key
         self.outbound_key = outbound_key
-        self.on_callback = on_callback
         self.app = Starlette(routes=[Route(p, self._handle, methods=["POST"]) for p in CALLBACKS])
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -155,7 +158,7 @@ class AppServer:
 
     async def lock(self, machine: str, txn_ref: str, member: str) -> dict[str, Any]:
         """Lock ``machine`` for ``member``; the bridge's answer (``success``, ``timeout``)."""
-        self.books.orders[txn_ref] = Order(txn_ref, member)
+        self.books.open(txn_ref, member)
         balance = self.books.balances.get(member, 0)
         body = {"vm_id": machine, "txnRef": txn_ref, "balance": balance}
         return await self.call("/api/lock", body)
@@ -186,9 +189,10 @@ class AppServer:
 
     async def close(self) -> None:
         """Stop the /api/paid calls still under way."""
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _handle(self, request: Request) -> JSONResponse:
         if request.headers.get("x-api-key") != self.outbound_key:
@@ -206,8 +210,6 @@ class AppServer:
         path = request.url.path
         self.books.calls.append((path, body))
         answer = self._answer(path, body)
-        if self.on_callback is not None:
-            self.on_callback(path, body)
         self._changed.set()
         return JSONResponse(answer)
 
@@ -216,7 +218,10 @@ class AppServer:
         if path == "/txn/request":
             if order is None:
                 return {"success": False, "message": "no such order"}  # e.g. select-first
-            refused = self.books.request(order, int(body["cents"]))
+            cents = body.get("cents")
+            if type(cents) is not int:
+                return {"success": False, "message": "no price"}
+            refused = self.books.request(order, cents)
             if refused is not None:  # the bridge denies it; /txn/unlock brings the reason back
                 return {"success": False, "message": refused}
             self._later(self._pay(order))
@@ -236,7 +241,7 @@ class AppServer:
             order.paid = {"success": False, "message": str(exc)}
         self._changed.set()
 
-    def _later(self, work: Any) -> None:
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
