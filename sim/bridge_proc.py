@@ -21,7 +21,8 @@ STOP_S = 3.0  # then SIGKILL
 
 @dataclass(frozen=True, slots=True)
 class BridgeSetup:
-    """What the bridge is told: the broker, one third party and its keys, the lock's timeout."""
+    """What the bridge is told: the broker, one third party and its keys, the lock's timeout,
+    the key it signs commands with."""
 
     mqtt_url: str
     third_party: str
@@ -30,11 +31,15 @@ class BridgeSetup:
     api_key: str
     outbound_key: str
     lock_timeout: float
+    command_key_file: Path | None = None
 
     def toml(self, port: int, database: Path) -> str:
+        key = self.command_key_file
         return (
             f'[bridge]\nmqtt = "{self.mqtt_url}"\nlisten = "127.0.0.1:{port}"\n'
-            f'database = "sqlite:///{database}"\nlock_timeout = {self.lock_timeout}\n\n'
+            f'database = "sqlite:///{database}"\nlock_timeout = {self.lock_timeout}\n'
+            + ("" if key is None else f'command_key_file = "{key}"\n')
+            + "\n"
             f'[[third_party]]\nname = "{self.third_party}"\nbase_url = "{self.base_url}"\n'
             f'machines = ["{self.machine}"]\napi_keys = ["{self.api_key}"]\n'
             f'outbound_api_key = "{self.outbound_key}"\n'

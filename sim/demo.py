@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from drivers.pty import PtyPair
 from protocols.errors import VmcError
@@ -439,6 +439,7 @@ async def demo_backend(
     device: str,
     *,
     answers: bool = True,
+    also_trusted: Sequence[Ed25519PublicKey] = (),
 ) -> tuple[SimBackend, str, str]:
     """The demo's broker (a private one unless ``--mqtt`` names one) and its backend,
     connected, with the TOML ``[cloud]`` table that makes vmcd trust it.
@@ -448,8 +449,8 @@ async def demo_backend(
     signs what it publishes with a device key made in ``state`` (as ``vmctl keygen`` does),
     whose public key the backend holds for ``device``: it books nothing that does not verify.
 
-    Not ``answers``: the backend answers no request (another party approves, vmc-bridge's
-    third party), and vmcd trusts unsigned commands, since vmc-bridge does not sign.
+    Not ``answers``: the backend answers no request (another party approves: vmc-bridge, for
+    its third party, signing with a key of ``also_trusted``, which vmcd trusts as well).
     """
     url = args.mqtt
     if url is None:
@@ -479,18 +480,15 @@ async def demo_backend(
         device_keys={device: device_key.public},
     )
     await _connect(stack, backend, url)
+    trusted = [key.public_key(), *also_trusted]
     if not answers:
-        print(
-            f"the backend answers no request; vmcd signs its events (key {device_key.kid})"
-            " and takes unsigned commands (vmc-bridge does not sign)"
-        )
-        return backend, url, f'[cloud]\ndevice_key_file = "{device_key_file}"\n'
-    public = signing.public_text(key.public_key())
+        print("the backend answers no request")
     print(
-        f"the backend signs its commands (vmcd trusts key {signing.key_id(key.public_key())});"
+        f"commands are signed (vmcd trusts {', '.join(signing.key_id(k) for k in trusted)});"
         f" vmcd signs its events (key {device_key.kid})"
     )
-    toml = f'[cloud]\ncommand_keys = ["{public}"]\ndevice_key_file = "{device_key_file}"\n'
+    publics = ", ".join(f'"{signing.public_text(k)}"' for k in trusted)
+    toml = f'[cloud]\ncommand_keys = [{publics}]\ndevice_key_file = "{device_key_file}"\n'
     return backend, url, toml
 
 

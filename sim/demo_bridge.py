@@ -9,7 +9,8 @@ member through the bridge (``/api/lock``), answers the selection's ``/txn/reques
 
 The simulated backend still runs, as the operator's own: it pushes the planogram and refills
 what runs low, and answers no request (the third party is the one that approves; two deciders
-would race). vmcd trusts unsigned commands in this mode, since the bridge does not sign.
+would race). The bridge signs its commands with a key of its own, made in the demo's folder,
+which vmcd trusts beside the backend's.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from sim.third_party import AppBooks, AppServer, Order, serving
 from sim.trace import recording
 from sim.vmc_counters import SalesCounters
 from sim.vmc_master import ReaderInfo, TimingStats, VmcMaster
+from vmc.cloud.signing import DeviceKey
 
 THIRD_PARTY = "demo-app"
 BRIDGE_KINDS = ("app_purchase", "app_vend_failure", "app_cancel", "app_walk_away", "cash")
@@ -66,7 +68,13 @@ async def bridge_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack
     the feeds and vmcd agree with what the VMC saw."""
     state = state_dir(stack, args.state_dir)
     recorder = stack.enter_context(recording(args.record))
-    backend, url, cloud_toml = await demo_backend(stack, args, state, DEVICE, answers=False)
+    key_file = state / "bridge.key"
+    bridge_key = (  # a key file as `vmctl keygen` writes one; a kept folder keeps it
+        DeviceKey.load(str(key_file)) if key_file.exists() else DeviceKey.create(str(key_file))
+    )
+    backend, url, cloud_toml = await demo_backend(
+        stack, args, state, DEVICE, answers=False, also_trusted=(bridge_key.public,)
+    )
     books = AppBooks(Policy(args.policy), dict(MEMBERS))
     api_key, outbound_key = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     http = await stack.enter_async_context(httpx.AsyncClient())
@@ -74,7 +82,9 @@ async def bridge_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack
     stack.push_async_callback(app.close)
     app_url = await stack.enter_async_context(serving(app.app))
     bridge = BridgeProcess(
-        BridgeSetup(url, THIRD_PARTY, app_url, DEVICE, api_key, outbound_key, LOCK_TIMEOUT_S),
+        BridgeSetup(
+            url, THIRD_PARTY, app_url, DEVICE, api_key, outbound_key, LOCK_TIMEOUT_S, key_file
+        ),
         state,
     )
     stack.push_async_callback(bridge.stop)

@@ -44,6 +44,7 @@ def test_bridge_demo_vends_through_the_bridge(tmp_path: Path) -> None:
     for name in ("app sales, books vs VMC", "app sales, feed vs VMC", "callbacks delivered"):
         assert checks[name] in ("match", "ok"), out
     assert "vmc-bridge stopped" in checks
+    assert "commands are signed (vmcd trusts " in out  # the backend's key and the bridge's
     vended = [line for line in out.splitlines() if "vmc: vended" in line]
     assert vended, out
     assert all("demo-app: vended, charged" in line for line in vended), out
