@@ -73,6 +73,11 @@ CREATE TABLE IF NOT EXISTS coils (
     current_stock BIGINT,
     PRIMARY KEY (machine, code)
 );
+CREATE TABLE IF NOT EXISTS members (
+    client_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
 """
 """The tables, in SQL both engines read; ``{serial}`` is the engine's auto-numbered key, whose
 order is the callback queue's."""
@@ -314,7 +319,12 @@ class SqlStore(abc.ABC):
                     txn.txn_id,
                     event.at,
                 )
-                await _update_txn(tx, txn.txn_ref, txn_fields or {}, None)
+                fields = dict(txn_fields or {})
+                state = fields.pop("state", None)
+                await _update_txn(tx, txn.txn_ref, fields, None)
+                if state is not None:
+                    # Events committed out of order never take an ended transaction back.
+                    await _update_txn(tx, txn.txn_ref, {"state": state}, TxnState.ENDED, True)
             if coil is not None:
                 await tx.execute(
                     "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
@@ -348,16 +358,54 @@ class SqlStore(abc.ABC):
         )
         return [CoilLevel(*row) for row in rows]
 
+    # --- the instances' events sessions --------------------------------------------------------
+
+    async def hold(self, client_id: str, holder: str, until: float, now: float) -> bool:
+        """Take or renew the lease on ``client_id``'s events session until ``until``: an
+        instance's own (``holder`` = ``client_id``) or one it adopts. True when ``holder`` has
+        it: it was free, already its, or lapsed; False while another's lease runs."""
+        async with self.tx(durable=False) as tx:  # a lease a power cut undoes is taken again
+            taken = await tx.execute(
+                "INSERT INTO members (client_id, holder, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (client_id) DO UPDATE SET holder = excluded.holder,"
+                " until = excluded.until WHERE members.holder = excluded.holder"
+                " OR members.until < ?",
+                client_id,
+                holder,
+                until,
+                now,
+            )
+        return taken == 1
+
+    async def lapsed(self, now: float) -> list[str]:
+        """The client ids whose lease has run out: their holder was killed, or stalled."""
+        rows = await self._all(
+            "SELECT client_id FROM members WHERE until < ? ORDER BY client_id", now
+        )
+        return [row[0] for row in rows]
+
+    async def release(self, client_id: str, holder: str) -> None:
+        """``holder`` is done with ``client_id``'s session (an adopter ended it)."""
+        async with self.tx(durable=False) as tx:
+            await tx.execute(
+                "DELETE FROM members WHERE client_id = ? AND holder = ?", client_id, holder
+            )
+
     # --- the callback queue --------------------------------------------------------------------
 
     async def due(self, now: float, limit: int = 32) -> list[Delivery]:
         """The first open callback of each (third party, machine) whose time has come: the
-        queue's heads, so a machine's callbacks go one at a time, in order."""
+        queue's heads, so a machine's callbacks go one at a time, in the order of their events'
+        ``seq`` (instances sharing the events may commit a machine's events out of order),
+        and of their queueing for one event's callbacks."""
         rows = await self._all(
             f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
-            " SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
-            " GROUP BY third_party, machine) AND next_try <= ?"
-            " AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?",
+            " SELECT id FROM (SELECT d.id, ROW_NUMBER() OVER (PARTITION BY d.third_party,"
+            " d.machine ORDER BY s.seq IS NULL, s.seq, d.id) AS place FROM deliveries d"
+            " JOIN seen_events s ON s.event_id = d.event_id"
+            " WHERE d.delivered_at IS NULL AND d.failed_at IS NULL) AS heads WHERE place = 1)"
+            " AND next_try <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
+            " ORDER BY id LIMIT ?",
             now,
             now,
             limit,
@@ -418,14 +466,15 @@ class SqlStore(abc.ABC):
 
 
 async def _update_txn(
-    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None
+    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None, unless: bool = False
 ) -> None:
+    """``only_from``: only while the row is in that state; with ``unless``, only while not."""
     if not fields:
         return
     names = sorted(fields)
     assert set(names) <= _TXN_FIELDS, names
     assignments = ", ".join(f"{n} = ?" for n in names)
-    when = "" if only_from is None else " AND state = ?"
+    when = "" if only_from is None else f" AND state {'<>' if unless else '='} ?"
     await tx.execute(
         f"UPDATE txns SET {assignments} WHERE txn_ref = ?{when}",
         *(_plain(fields[n]) for n in names),
