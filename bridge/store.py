@@ -62,10 +62,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     failed_at DOUBLE PRECISION,
     claimed_by TEXT,
     claimed_until DOUBLE PRECISION,
+    seq BIGINT,
     UNIQUE (third_party, event_id, path)
 );
-CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (third_party, machine, id)
-    WHERE delivered_at IS NULL AND failed_at IS NULL;
 CREATE TABLE IF NOT EXISTS coils (
     machine TEXT NOT NULL,
     code BIGINT NOT NULL,
@@ -80,7 +79,21 @@ CREATE TABLE IF NOT EXISTS members (
 );
 """
 """The tables, in SQL both engines read; ``{serial}`` is the engine's auto-numbered key, whose
-order is the callback queue's."""
+order is the callback queue's for one event's callbacks."""
+
+ADD_SEQ = """
+ALTER TABLE deliveries ADD COLUMN seq BIGINT;
+UPDATE deliveries SET seq = COALESCE(
+    (SELECT s.seq FROM seen_events s WHERE s.event_id = deliveries.event_id), 0);
+"""
+"""A database made before the callbacks had their event's ``seq``: the column, filled in."""
+
+HEADS = """
+DROP INDEX IF EXISTS deliveries_open;
+CREATE INDEX IF NOT EXISTS deliveries_heads ON deliveries (third_party, machine, seq, id)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+"""
+"""The open callbacks in queue order (after :data:`ADD_SEQ`, which the index needs)."""
 
 
 class TxnState(StrEnum):
@@ -339,7 +352,7 @@ class SqlStore(abc.ABC):
             for d in deliveries:
                 await tx.execute(
                     "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
-                    " created_at, next_try) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " created_at, next_try, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (third_party, event_id, path) DO NOTHING",
                     d.third_party,
                     event.machine,
@@ -348,6 +361,7 @@ class SqlStore(abc.ABC):
                     json.dumps(d.body),
                     event.at,
                     0.0,
+                    0 if event.seq is None else event.seq,
                 )
         return True
 
@@ -399,11 +413,11 @@ class SqlStore(abc.ABC):
         ``seq`` (instances sharing the events may commit a machine's events out of order),
         and of their queueing for one event's callbacks."""
         rows = await self._all(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN ("
-            " SELECT id FROM (SELECT d.id, ROW_NUMBER() OVER (PARTITION BY d.third_party,"
-            " d.machine ORDER BY s.seq IS NULL, s.seq, d.id) AS place FROM deliveries d"
-            " JOIN seen_events s ON s.event_id = d.event_id"
-            " WHERE d.delivered_at IS NULL AND d.failed_at IS NULL) AS heads WHERE place = 1)"
+            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN (SELECT (SELECT e.id"
+            " FROM deliveries e WHERE e.third_party = g.third_party AND e.machine = g.machine"
+            " AND e.delivered_at IS NULL AND e.failed_at IS NULL ORDER BY e.seq, e.id LIMIT 1)"
+            " FROM (SELECT DISTINCT third_party, machine FROM deliveries"
+            " WHERE delivered_at IS NULL AND failed_at IS NULL) AS g)"
             " AND next_try <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
             " ORDER BY id LIMIT ?",
             now,
@@ -534,6 +548,9 @@ class SqliteStore(SqlStore):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}:
+            db.executescript(f"BEGIN;{ADD_SEQ}COMMIT;")
+        db.executescript(HEADS)
         return db
 
     async def close(self) -> None:

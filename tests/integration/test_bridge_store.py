@@ -4,6 +4,8 @@ retries visible."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -182,3 +184,46 @@ async def test_bridge_store_an_ended_txn_stays_ended(store: SqlStore) -> None:
     after = await store.txn("R1")
     assert after is not None
     assert (after.state, after.price, after.selection) == (TxnState.ENDED, 90, 3)
+
+
+OLD_DELIVERIES = """
+CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, machine TEXT NOT NULL, seq BIGINT,
+    type TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
+CREATE TABLE deliveries (id {serial}, third_party TEXT NOT NULL, machine TEXT NOT NULL,
+    event_id TEXT NOT NULL, path TEXT NOT NULL, body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+    next_try DOUBLE PRECISION NOT NULL, last_error TEXT, delivered_at DOUBLE PRECISION,
+    failed_at DOUBLE PRECISION, claimed_by TEXT, claimed_until DOUBLE PRECISION,
+    UNIQUE (third_party, event_id, path));
+CREATE INDEX deliveries_open ON deliveries (third_party, machine, id)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+INSERT INTO seen_events VALUES ('e7', 'm1', 7, 'sale', 1.0);
+INSERT INTO deliveries (third_party, machine, event_id, path, body, created_at, next_try)
+    VALUES ('acme', 'm1', 'e7', '/p', '{{"n": 7}}', 1.0, 0.0);
+"""
+"""The callback queue as the bridge made it before its rows had their event's seq."""
+
+
+async def test_bridge_store_gives_an_older_queue_its_seq(database: str | Path) -> None:
+    if isinstance(database, Path):
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.executescript(OLD_DELIVERIES.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    else:
+        asyncpg = pytest.importorskip("asyncpg")
+        conn = await asyncpg.connect(database)
+        await conn.execute(OLD_DELIVERIES.format(serial="BIGSERIAL PRIMARY KEY"))
+        await conn.close()
+    for _ in range(2):  # and once more: already done
+        store = open_store(database)
+        await store.open()
+        await store.close()
+    store = open_store(database)
+    await store.open()
+    try:
+        await store.record_event(seen("e5"), [NewDelivery("acme", "/p", {"n": 5})])
+        (head,) = await store.due(now=10.0)
+        assert head.body == {"n": 5}  # seen() gives seq 1: before the older row's 7
+        await store.delivered(head.id, at=10.0)
+        assert [d.body for d in await store.due(now=10.0)] == [{"n": 7}]
+    finally:
+        await store.close()
