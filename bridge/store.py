@@ -332,12 +332,8 @@ class SqlStore(abc.ABC):
                     txn.txn_id,
                     event.at,
                 )
-                fields = dict(txn_fields or {})
-                state = fields.pop("state", None)
-                await _update_txn(tx, txn.txn_ref, fields, None)
-                if state is not None:
-                    # Events committed out of order never take an ended transaction back.
-                    await _update_txn(tx, txn.txn_ref, {"state": state}, TxnState.ENDED, True)
+                # Events committed out of order never take an ended transaction back.
+                await _update_txn(tx, txn.txn_ref, txn_fields or {}, None, ended_stays=True)
             if coil is not None:
                 await tx.execute(
                     "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
@@ -480,15 +476,22 @@ class SqlStore(abc.ABC):
 
 
 async def _update_txn(
-    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None, unless: bool = False
+    tx: Tx,
+    txn_ref: str,
+    fields: dict[str, Any],
+    only_from: TxnState | None,
+    *,
+    ended_stays: bool = False,
 ) -> None:
-    """``only_from``: only while the row is in that state; with ``unless``, only while not."""
+    """``only_from``: only while the row is in that state; ``ended_stays``: the other fields
+    change, an ended row's state does not."""
     if not fields:
         return
     names = sorted(fields)
     assert set(names) <= _TXN_FIELDS, names
-    assignments = ", ".join(f"{n} = ?" for n in names)
-    when = "" if only_from is None else f" AND state {'<>' if unless else '='} ?"
+    keep = f"CASE WHEN state = '{TxnState.ENDED.value}' THEN state ELSE ? END"
+    assignments = ", ".join(f"{n} = {keep if n == 'state' and ended_stays else '?'}" for n in names)
+    when = "" if only_from is None else " AND state = ?"
     await tx.execute(
         f"UPDATE txns SET {assignments} WHERE txn_ref = ?{when}",
         *(_plain(fields[n]) for n in names),
