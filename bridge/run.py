@@ -34,7 +34,10 @@ async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]
         transport = httpx.AsyncHTTPTransport(socket_options=[NO_DELAY])
         async with httpx.AsyncClient(transport=transport) as http:
             bridge.courier = Courier(config, store, bridge.on_answer, http)
-            tasks = [asyncio.create_task(bridge.courier.run(), name="bridge-courier")]
+            tasks = [
+                asyncio.create_task(bridge.courier.run(), name="bridge-courier"),
+                asyncio.create_task(bridge.planograms.run(), name="bridge-planograms"),
+            ]
             if config.events is EventsMode.SHARED:
                 members = Members(config, store, bridge.on_event)
                 bridge.link.gate = members.own

@@ -87,3 +87,25 @@ def test_bridge_cli_missing_file_and_check(
     assert "ok, 1 third parties" in capsys.readouterr().out
     assert cli.main(["--config", str(path), "undelivered"]) == 0
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus", "--config", "x.toml"], "unrecognized arguments: --bogus"),
+        (["check", "extra"], "unrecognized arguments: extra"),
+        (["run"], "the following arguments are required: --config"),
+        ([], "the following arguments are required: --config"),
+        (["--config", "x.toml", "serve"], "argument action: invalid choice: 'serve'"),
+    ],
+)
+def test_bridge_cli_usage_mistakes_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"vmc-bridge: {message}")
