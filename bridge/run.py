@@ -13,8 +13,9 @@ import uvicorn
 from fastapi import FastAPI
 from starlette.applications import Starlette
 
+from bridge.adopt import Members
 from bridge.api import create_app
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, EventsMode
 from bridge.courier import Courier
 from bridge.link import NO_DELAY
 from bridge.service import Bridge
@@ -34,10 +35,14 @@ async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]
         async with httpx.AsyncClient(transport=transport) as http:
             bridge.courier = Courier(config, store, bridge.on_answer, http)
             tasks = [
-                asyncio.create_task(bridge.link.run(), name="bridge-link"),
                 asyncio.create_task(bridge.courier.run(), name="bridge-courier"),
                 asyncio.create_task(bridge.planograms.run(), name="bridge-planograms"),
             ]
+            if config.events is EventsMode.SHARED:
+                members = Members(config, store, bridge.on_event)
+                bridge.link.gate = members.own
+                tasks.append(asyncio.create_task(members.run(), name="bridge-members"))
+            tasks.append(asyncio.create_task(bridge.link.run(), name="bridge-link"))
             try:
                 yield bridge, create_app(bridge)
             finally:
