@@ -307,7 +307,8 @@ class CloudSync:
                 if not window.in_flight:  # the fetch above found nothing new
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+                        async with asyncio.timeout(IDLE_WAKE_S):  # wait_for: a task, 2 turns more
+                            await self._wake.wait()
                     continue
                 for ack in await tap.arrived(ACK_TIMEOUT_S):
                     if window.acked(ack.mid) and ack.refused is not None:
