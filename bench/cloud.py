@@ -1104,9 +1104,16 @@ def human(report: dict[str, Any]) -> str:
             f"request overhead  p50 {get('request_overhead_p50_ms')} ms,"
             f" p99 {get('request_overhead_p99_ms')} ms"
             f" (broker alone p50 {get('broker_rtt_p50_ms')}, p99 {get('broker_rtt_p99_ms')})",
+            f"  its floor       p50 {get('request_floor_p50_ms')} ms,"
+            f" p99 {get('request_floor_p99_ms')} ms (x{get('request_vs_floor_p50')},"
+            f" x{get('request_vs_floor_p99')})",
             f"approve overhead  p50 {get('approve_overhead_p50_ms')} ms,"
             f" p99 {get('approve_overhead_p99_ms')} ms"
             f" (poll every {get('poll_interval_mean_ms')} ms)",
+            f"  its floor       p50 {get('approve_floor_p50_ms')} ms,"
+            f" p99 {get('approve_floor_p99_ms')} ms (x{get('approve_vs_floor_p50')},"
+            f" x{get('approve_vs_floor_p99')}; disk sync p50 {get('floor_disk_sync_p50_ms')},"
+            f" p99 {get('floor_disk_sync_p99_ms')} ms)",
             f"result report     p50 {get('result_report_p50_ms')} ms,"
             f" p99 {get('result_report_p99_ms')} ms",
             f"transactions      {get('txns_ok')}/{get('txns')} ok",

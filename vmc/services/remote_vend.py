@@ -530,13 +530,13 @@ class RemoteVending:
         )
         for command in fx.bus:
             self.send_bus(command)
-        soon(_log_applied, fx)
         if self.stock is not None:
             self.stock.committed(writes)
         self._tests_ended(fx)
         self.on_outbox()
         if fx.transitions or fx.credits:
             self.on_state()
+        soon(_log_applied, fx)  # after the wake-ups above: the loop runs them first
 
     def _tests_ended(self, fx: Effects) -> None:
         """Tell the askers of the test vends that ended in this (committed) effect."""
