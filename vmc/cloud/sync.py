@@ -48,6 +48,10 @@ DELETE_EVERY = 10 * IN_FLIGHT
 ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
+STATE_SETTLE_S = 0.05
+"""A change's snapshot is taken this long after it: a remote vend's request and its approval,
+milliseconds apart, go out in one, and building and publishing it does not compete with
+them for the CPU, the broker and the backend."""
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 IDLE_WAKE_S = 1.0
@@ -366,6 +370,7 @@ class CloudSync:
             )
             await asyncio.sleep(STATE_MIN_INTERVAL_S)  # coalesce the steps of one vend
             await self._state_dirty.wait()
+            await asyncio.sleep(STATE_SETTLE_S)
 
     async def stop(self) -> None:
         """Say ``offline`` (retained), if connected; cancelling ``run`` then disconnects.
