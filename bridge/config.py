@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import protocols.errors
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 class ConfigError(Exception):
     """A configuration mistake, one line."""
+
+
+class EventsMode(StrEnum):
+    """How instances on one database divide the machines' events (docs/bridge.md §7)."""
+
+    SHARED = "shared"  # an MQTT shared subscription deals each event to one instance
+    ALL = "all"  # every instance takes every event; the database keeps each once
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,13 @@ class BridgeConfig:
     """Seconds the bridge waits for a machine's reply before answering the HTTP call."""
     give_up_after: float = 86400.0
     """Seconds a callback is retried before it is listed as undeliverable."""
+    command_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    """Signs every command (``kid``, ``sig``), for machines with ``cloud.command_keys``."""
+    events: EventsMode = EventsMode.ALL
+    share_group: str = "vmc-bridge"
+    """The shared subscription's group: instances on one database must share it."""
+    member_lease: float = 15.0
+    """Seconds after its last renewal that a silent instance's events session is adopted."""
 
     def owners(self, machine: str) -> tuple[ThirdParty, ...]:
         return tuple(t for t in self.third_parties if t.owns(machine))
@@ -110,9 +130,24 @@ def parse(doc: dict[str, Any], base: Path = Path()) -> BridgeConfig:
         lock_timeout=table.seconds("lock_timeout", 60.0, most=86400.0),
         reply_timeout=table.seconds("reply_timeout", 5.0, most=60.0),
         give_up_after=table.seconds("give_up_after", 86400.0, most=30 * 86400.0),
+        command_key=_command_key(table.text("command_key_file"), base),
+        events=_events_mode(table.text("events")),
+        share_group=_share_group(table.text("share_group")),
+        member_lease=table.seconds("member_lease", 15.0, most=3600.0),
     )
     table.done()
     return config
+
+
+def _command_key(path: str | None, base: Path) -> Ed25519PrivateKey | None:
+    if path is None:
+        return None
+    from vmc.cloud.signing import load_private_key
+
+    try:
+        return load_private_key(str(base / path), "bridge.command_key_file")
+    except protocols.errors.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class _Table:
@@ -203,6 +238,19 @@ def _mqtt_url(url: str | None) -> tuple[str, int]:
         return parts.hostname, parts.port or 1883
     except ValueError:
         raise ConfigError("bridge.mqtt: the port must be a number in 0..65535") from None
+
+
+def _events_mode(text: str | None) -> EventsMode:
+    try:
+        return EventsMode(text or EventsMode.ALL)
+    except ValueError:
+        raise ConfigError('bridge.events: must be "shared" or "all"') from None
+
+
+def _share_group(text: str | None) -> str:
+    if text is not None and any(c in text for c in "/+#"):
+        raise ConfigError("bridge.share_group: must not contain /, + or #")
+    return text or "vmc-bridge"
 
 
 def _listen(text: str) -> tuple[str, int]:
