@@ -14,11 +14,16 @@ Measured, each part with a private Mosquitto (``sim.broker``) on loopback:
 - ``journal``: durable commits (WAL, ``synchronous=FULL``) through ``Journal.commit`` with one
   transaction transition and one outbox message each, in a temp dir on this machine's disk.
 - ``drain``: a fresh journal's outbox filled with ``--drain`` messages of ~200 bytes, drained by
-  ``CloudSync`` (QoS 1, a sliding window of ``IN_FLIGHT`` = 20 publishes awaiting PUBACK); a
-  subscriber in another process (``mosquitto_sub``) counts what arrived. Before it, the same
-  payloads from one plain aiomqtt publisher with the same window and socket options give the
-  ceiling on this machine (``drain_ceiling_per_s``, ``drain_vs_ceiling``). Both also report
-  this process's CPU time per message, steadier than a rate on a shared machine.
+  ``CloudSync`` (QoS 1, a sliding window of publishes awaiting PUBACK, as many as the broker's
+  Receive Maximum allows up to ``IN_FLIGHT``); a subscriber in another process
+  (``mosquitto_sub``) counts what arrived. After it, the same payloads from one plain aiomqtt
+  publisher with the same window and socket options (``drain_ceiling_per_s``,
+  ``drain_vs_ceiling``: the ceiling before vmc wrote its own PUBLISH packets). Both also report
+  this process's CPU time per message, steadier than a rate on a shared machine. The drain
+  runs twice: on a private broker as Mosquitto ships (``max_inflight_messages`` 20, which is
+  also the Receive Maximum its CONNACK gives), the ``outbox_drain_per_s`` of the targets; and
+  with ``max_inflight_messages`` at ``--tuned-receive-maximum`` (100), as a deployment that
+  wants the outbox to catch up faster would set it, the same keys prefixed ``tuned_``.
 - ``broker``: a plain QoS 1 publish -> subscriber time on the machine's broker, the baseline
   for the overheads below (each includes one such hop).
 - ``machine``: the real vmcd on a pty pair with ``--mqtt``, the simulated VMC at level 3 with
@@ -90,6 +95,7 @@ for _path in (str(ROOT), str(BENCH)):
 from mdb_latency import (  # noqa: E402
     CountingVmc,
     choose_cpus,
+    cpu_s,
     latency_stats,
     nearest_rank,
     read_daemon_log,
@@ -108,7 +114,7 @@ from sim.scenarios import PRICES_MINOR  # noqa: E402
 from sim.vmc_master import TimingStats  # noqa: E402
 from vmc.cloud import codec  # noqa: E402
 from vmc.cloud import messages as m  # noqa: E402
-from vmc.cloud.sync import IN_FLIGHT, NO_DELAY, CloudSync, MqttSettings  # noqa: E402
+from vmc.cloud.sync import NO_DELAY, CloudSync, MqttSettings  # noqa: E402
 from vmc.cloud.topics import Topics  # noqa: E402
 from vmc.config import MdbConfig  # noqa: E402
 from vmc.journal import Journal, NewMessage  # noqa: E402
@@ -121,6 +127,9 @@ BENCH_PREFIX = "bench"  # the drain and the baseline stay out of the backend's "
 RTT_TOPIC = f"{BENCH_PREFIX}/rtt"
 READY_TOPIC = f"{BENCH_PREFIX}/ready"
 CEILING_TOPIC = f"{BENCH_PREFIX}/ceiling"
+MOSQUITTO_RECEIVE_MAXIMUM = 20
+"""Mosquitto's ``max_inflight_messages`` when its config names none: its CONNACK's Receive
+Maximum (one global setting; 0 leaves the property out, and MQTT 3.1.1 has none)."""
 STARTUP_TIMEOUT_S = 15.0
 APPROVAL_WAIT_S = 5.0  # the reader's max response time: a VMC gives up after this
 SETTLE_TIMEOUT_S = 10.0
@@ -520,17 +529,17 @@ class SubCounter:
 
 
 async def publisher_ceiling(
-    broker: MosquittoBroker, payloads: Sequence[bytes], problems: Problems
+    broker: MosquittoBroker, payloads: Sequence[bytes], window: int, problems: Problems
 ) -> Rate:
-    """Messages/s of one plain aiomqtt publisher keeping :data:`IN_FLIGHT` QoS 1 publishes in
-    flight (the same socket options as vmcd's, a subscriber counting): the drain's ceiling on
-    this machine, without a journal, ordering or acknowledgement bookkeeping."""
+    """Messages/s of one plain aiomqtt publisher keeping ``window`` QoS 1 publishes in flight
+    (the same socket options as vmcd's, a subscriber counting): the drain's ceiling on this
+    machine through aiomqtt, without a journal, ordering or acknowledgement bookkeeping."""
     counter = SubCounter(broker, CEILING_TOPIC)
     await counter.start()
     rows = iter(payloads)
 
     async def keep_publishing(client: aiomqtt.Client) -> None:
-        for payload in rows:  # one iterator shared: IN_FLIGHT of these make the window
+        for payload in rows:  # one iterator shared: ``window`` of these make the window
             await client.publish(CEILING_TOPIC, payload, qos=1)
 
     try:
@@ -538,21 +547,21 @@ async def publisher_ceiling(
             "127.0.0.1",
             broker.port,
             identifier="bench-ceiling",
-            max_inflight_messages=IN_FLIGHT,
+            max_inflight_messages=window,
             socket_options=[NO_DELAY],
         ) as client:
-            client.pending_calls_threshold = 10 * IN_FLIGHT
+            client.pending_calls_threshold = 10 * window
             gc.collect()
             started, cpu_started = time.perf_counter(), time.process_time()
-            await asyncio.gather(*(keep_publishing(client) for _ in range(IN_FLIGHT)))
+            await asyncio.gather(*(keep_publishing(client) for _ in range(window)))
             elapsed = time.perf_counter() - started
-            cpu_s = time.process_time() - cpu_started
+            cpu = time.process_time() - cpu_started
         await counter.wait_for(len(payloads), 5.0)
         if counter.count < len(payloads):
             problems.add(f"ceiling: the subscriber got {counter.count} of {len(payloads)}")
     finally:
         await counter.stop()
-    return Rate(len(payloads) / elapsed, cpu_s / len(payloads))
+    return Rate(len(payloads) / elapsed, cpu / len(payloads))
 
 
 async def bench_drain(
@@ -574,26 +583,31 @@ async def bench_drain(
         out["drain_fill_s"] = round(time.perf_counter() - fill_started, 2)
         payloads = [row.payload for row in journal.pending(count)]
         out["drain_payload_bytes"] = len(payloads[0]) if payloads else 0
-        ceiling = await publisher_ceiling(broker, payloads, problems)
         await counter.start()
+        assert broker.pid is not None
+        assert counter.proc is not None
+        others = (broker.pid, counter.proc.pid)  # their CPU time from /proc, in clock ticks
         sync = CloudSync(settings, journal, lambda _payload: None, lambda: {"bench": True})
         gc.collect()
         started = time.perf_counter()
         sync_task = asyncio.create_task(sync.run())
         await asyncio.wait_for(sync.connected.wait(), 10.0)
         connected, cpu_started = time.perf_counter(), time.process_time()
+        others_started = [cpu_s(pid) for pid in others]
         deadline = connected + budget_s
         while sync.delivered < count and time.perf_counter() < deadline:
             if sync_task.done():
                 break
             await asyncio.sleep(0.001)
-        done, cpu_s = time.perf_counter(), time.process_time() - cpu_started
+        done, cpu = time.perf_counter(), time.process_time() - cpu_started
         left = journal.outbox_size()
         drained = count - left
         if left:
             problems.add(f"drain: {left} of {count} messages still in the outbox")
         await counter.wait_for(count, 5.0)
+        broker_cpu, sub_cpu = (cpu_s(p) - t for p, t in zip(others, others_started, strict=True))
         elapsed = done - connected
+        ceiling = await publisher_ceiling(broker, payloads, sync.window, problems)
         out.update(
             outbox_drain_per_s=round(drained / elapsed, 1) if elapsed > 0 else None,
             drain_delivered=counter.count,
@@ -602,8 +616,11 @@ async def bench_drain(
             drain_left=left,
             drain_s=round(elapsed, 3),
             drain_connect_ms=round((connected - started) * 1000, 1),
-            drain_in_flight=IN_FLIGHT,
-            drain_cpu_us_per_msg=round(cpu_s / drained * 1e6, 1) if drained else None,
+            drain_receive_maximum=broker.receive_maximum,
+            drain_in_flight=sync.window,
+            drain_cpu_us_per_msg=round(cpu / drained * 1e6, 1) if drained else None,
+            drain_broker_cpu_us_per_msg=round(broker_cpu / drained * 1e6, 1) if drained else None,
+            drain_subscriber_cpu_us_per_msg=round(sub_cpu / drained * 1e6, 1) if drained else None,
             drain_ceiling_per_s=round(ceiling.per_s, 1),
             drain_ceiling_cpu_us_per_msg=round(ceiling.cpu_s_per_msg * 1e6, 1),
             drain_vs_ceiling=round(drained / elapsed / ceiling.per_s, 3) if elapsed else None,
@@ -1057,16 +1074,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if "drain" in args.only:
         t0 = time.perf_counter()
-        broker: MosquittoBroker | None = None
-        try:
-            broker = MosquittoBroker()
-            broker.start()
-            report.update(await bench_drain(broker, args.drain, args.max_seconds, problems))
-        except (aiomqtt.MqttError, VmcError, TimeoutError) as exc:
-            problems.add(f"drain: {type(exc).__name__}: {exc}")
-        finally:
-            if broker is not None:
-                broker.close()
+        for most, prefix in (
+            (MOSQUITTO_RECEIVE_MAXIMUM, ""),
+            (args.tuned_receive_maximum, "tuned_"),
+        ):
+            broker: MosquittoBroker | None = None
+            try:
+                broker = MosquittoBroker(receive_maximum=most)
+                broker.start()
+                drain = await bench_drain(broker, args.drain, args.max_seconds, problems)
+                report.update({prefix + key: value for key, value in drain.items()})
+            except (aiomqtt.MqttError, VmcError, TimeoutError) as exc:
+                problems.add(f"{prefix}drain: {type(exc).__name__}: {exc}")
+            finally:
+                if broker is not None:
+                    broker.close()
         phase_s["drain"] = round(time.perf_counter() - t0, 2)
 
     if "machine" in args.only:
@@ -1123,7 +1145,12 @@ def human(report: dict[str, Any]) -> str:
             f" {get('drain_delivered')}/{get('drain_messages')} delivered,"
             f" {get('drain_cpu_us_per_msg')} us CPU each"
             f" (plain aiomqtt {get('drain_ceiling_per_s')}/s,"
-            f" {get('drain_ceiling_cpu_us_per_msg')} us)",
+            f" {get('drain_ceiling_cpu_us_per_msg')} us), {get('drain_in_flight')} in flight",
+            f"  broker tuned    {get('tuned_outbox_drain_per_s')} messages/s,"
+            f" {get('tuned_drain_cpu_us_per_msg')} us CPU each"
+            f" (plain aiomqtt {get('tuned_drain_ceiling_per_s')}/s),"
+            f" Receive Maximum {get('tuned_drain_receive_maximum')},"
+            f" {get('tuned_drain_in_flight')} in flight",
             f"MDB under cloud   p50 {get('mdb_p50_ms')} p99 {get('mdb_p99_ms')}"
             f" p99.9 {get('mdb_p999_ms')} max {get('mdb_max_ms')} ms,"
             f" {get('mdb_over_5ms')} over 5 ms, {get('mdb_polls')} polls,"
@@ -1140,6 +1167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--txns", type=int, default=300, help="timed cloud transactions")
     p.add_argument("--records", type=int, default=5000, help="durable journal commits")
     p.add_argument("--drain", type=int, default=20000, help="outbox messages to drain")
+    p.add_argument(
+        "--tuned-receive-maximum",
+        type=int,
+        default=100,
+        help="the private broker's max_inflight_messages for the drain's second run",
+    )
     p.add_argument("--polls", type=int, default=20000, help="polls in the MDB phase")
     p.add_argument(
         "--sessions-every", type=int, default=50, help="a cloud vend every K polls (MDB phase)"

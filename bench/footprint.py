@@ -72,6 +72,7 @@ from cloud import (  # noqa: E402
     VendSamples,
     host_info,
 )
+from mdb_latency import cpu_s  # noqa: E402
 
 from drivers.pty import PtyPair  # noqa: E402
 from protocols.errors import VmcError  # noqa: E402
@@ -171,14 +172,6 @@ def pair_unique_mb(pids: list[int]) -> float | None:
     for pid in pids:
         frames |= resident_pages(pid)
     return mb(len(frames) * PAGE) if frames else None
-
-
-def cpu_s(pid: int) -> float:
-    """CPU time (user + system) ``pid`` has used so far."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def log_times(path: Path, exec_at: float) -> dict[str, float]:

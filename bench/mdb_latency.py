@@ -210,6 +210,14 @@ def read_daemon_log(path: Path) -> tuple[bool | None, int, dict[str, int] | None
     return (all(realtime) if realtime else None), warnings, monitor
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) ``pid`` has used so far."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def steal_ms() -> float | None:
     """CPU time the hypervisor took from this VM so far (all CPUs), None where unknown."""
     try:

@@ -107,10 +107,12 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(tmp_path: Path, broker: MosquittoBroker) -> AsyncIterator[Rig]:
+async def subscribed(
+    tmp_path: Path, broker: MosquittoBroker, mqtt_version: str = "auto"
+) -> AsyncIterator[Rig]:
     """A journal, its CloudSync (not started) and a subscriber already listening."""
     journal = Journal(tmp_path / "journal.sqlite3")
-    settings = MqttSettings(url=broker.url, device_id=DEVICE)
+    settings = MqttSettings(url=broker.url, device_id=DEVICE, mqtt_version=mqtt_version)
     sync = CloudSync(settings, journal, lambda _payload: None, lambda: {"test": True})
     rig = Rig(journal, Subscriber(broker), sync)
     async with running(rig.subscriber.run()):
@@ -128,7 +130,8 @@ async def test_a_full_outbox_arrives_whole_in_order_once_and_empties(
             assert await wait_until(lambda: rig.journal.outbox_size() == 0)
             assert rig.sync.delivered == ROWS
     assert rig.subscriber.seqs == seqs
-    assert most_in_flight == [IN_FLIGHT]  # the broker's receive maximum, all of it used
+    # The broker's receive maximum, all of it used but the room for the status and state.
+    assert most_in_flight == [broker.receive_maximum - OTHER_PUBLISHES]
 
 
 async def test_rows_committed_while_draining_follow_in_order(
@@ -193,3 +196,23 @@ async def test_a_broker_with_a_smaller_receive_maximum_never_gets_more_in_flight
                 assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
     assert rig.subscriber.seqs == seqs
     assert most_in_flight == [5 - OTHER_PUBLISHES]  # room left for the status and state publishes
+
+
+@pytest.mark.parametrize(
+    ("receive_maximum", "mqtt_version"),
+    [(IN_FLIGHT + 50, "5"), (0, "5"), (20, "3.1.1")],
+    ids=["more-than-ours", "none-in-connack", "mqtt-3.1.1"],
+)
+async def test_a_broker_allowing_more_gets_our_own_most_in_flight(
+    tmp_path: Path, most_in_flight: list[int], receive_maximum: int, mqtt_version: str
+) -> None:
+    # Mosquitto's max_inflight_messages 0 leaves Receive Maximum out of its CONNACK, and MQTT
+    # 3.1.1 has none: the client's own limit applies.
+    with MosquittoBroker(receive_maximum=receive_maximum) as wide:
+        async with subscribed(tmp_path, wide, mqtt_version) as rig:
+            seqs = fill(rig.journal, 2000)
+            async with running(rig.sync.run()):
+                assert await wait_until(lambda: rig.journal.outbox_size() == 0)
+                assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
+    assert rig.subscriber.seqs == seqs
+    assert most_in_flight == [IN_FLIGHT - OTHER_PUBLISHES]
