@@ -4,12 +4,23 @@ retries visible."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.store import CoilLevel, NewDelivery, SeenEvent, SqlStore, Txn, TxnState, open_store
+from bridge.store import (
+    CoilLevel,
+    NewDelivery,
+    Outcome,
+    SeenEvent,
+    SqlStore,
+    Txn,
+    TxnState,
+    open_store,
+)
 from tests.postgres import scratch_database
 
 
@@ -35,26 +46,45 @@ def seen(event_id: str, machine: str = "m1", at: float = 100.0) -> SeenEvent:
     return SeenEvent(event_id, machine, 1, "sale", at)
 
 
+async def record_event(
+    store: SqlStore, event: SeenEvent, deliveries: list[NewDelivery], **changes: Any
+) -> bool:
+    """One event in a batch of its own, as the service records it; False when seen before."""
+    async with store.events() as batch:
+        if not await batch.first_time(event):
+            return False
+        await batch.record(event, deliveries, **changes)
+    return True
+
+
+async def coils(store: SqlStore, machine: str) -> list[CoilLevel]:
+    async with store.events() as batch:
+        return await batch.coils(machine)
+
+
 async def test_bridge_store_records_an_event_once(store: SqlStore) -> None:
     calls = [NewDelivery("acme", "/feed/transactions", {"n": 1})]
-    assert await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 150, None))
-    assert not await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 999, 3))
+    assert await record_event(store, seen("e1"), calls, coil=CoilLevel(1, 150, None))
+    assert not await record_event(store, seen("e1"), calls, coil=CoilLevel(1, 999, 3))
     assert [d.body for d in await store.deliveries()] == [{"n": 1}]
-    assert await store.coils("m1") == [CoilLevel(1, 150, None)]
+    assert await coils(store, "m1") == [CoilLevel(1, 150, None)]
 
 
-async def test_bridge_store_due_is_the_head_of_each_machine(store: SqlStore) -> None:
+async def test_bridge_store_claims_the_head_of_each_machine(store: SqlStore) -> None:
     for n, machine in enumerate(["m1", "m1", "m2"]):
-        await store.record_event(seen(f"e{n}", machine), [NewDelivery("acme", "/p", {"n": n})])
-    heads = await store.due(now=1000.0)
+        await record_event(store, seen(f"e{n}", machine), [NewDelivery("acme", "/p", {"n": n})])
+    heads = await store.claim_due("bridge-a", now=1000.0, until=1030.0)
     assert [(d.machine, d.body["n"]) for d in heads] == [("m1", 0), ("m2", 2)]
-    await store.retry(heads[0].id, next_try=2000.0, error="HTTP 503")
+    assert await store.claim_due("bridge-a", now=1001.0, until=1031.0) == []  # both held
+    await store.settle(
+        [Outcome(heads[0].id, 1001.0, "HTTP 503", next_try=2000.0), Outcome(heads[1].id, 1001.0)]
+    )
     # m1's head waits for its retry: its second callback does not overtake it.
-    assert [d.body["n"] for d in await store.due(now=1000.0)] == [2]
-    await store.delivered(heads[1].id, at=1000.0)
-    assert [d.body["n"] for d in await store.due(now=2000.0)] == [0]
-    await store.give_up(heads[0].id, at=2000.0, error="HTTP 503")
-    assert [d.body["n"] for d in await store.due(now=2000.0)] == [1]
+    assert await store.claim_due("bridge-a", now=1002.0, until=1032.0) == []
+    (again,) = await store.claim_due("bridge-a", now=2000.0, until=2030.0)
+    assert again.body["n"] == 0
+    await store.settle([Outcome(again.id, 2000.0, "HTTP 503")])  # given up
+    assert [d.body["n"] for d in await store.claim_due("bridge-a", 2001.0, 2031.0)] == [1]
     waiting = {d.body["n"]: d for d in await store.undelivered()}
     assert sorted(waiting) == [0, 1]
     assert waiting[0].failed_at == 2000.0
@@ -73,12 +103,13 @@ async def test_bridge_store_txn_mapping(store: SqlStore) -> None:
     retaken = await store.begin_lock("R1", "acme", "m1", "cmd-3", now=3.0)
     assert (retaken.state, retaken.lock_cmd) == (TxnState.LOCKING, "cmd-3")
     await store.update_txn("R1", state=TxnState.LOCKED, txn_id="vmc-t1")
-    found = await store.txn_by_id("m1", "vmc-t1")
+    async with store.events() as batch:
+        found = await batch.txn_by_id("m1", "vmc-t1")
     assert found is not None
     assert found.txn_ref == "R1"
     request = SeenEvent("e9", "m1", 3, "txn.request", 5.0)
     fields = {"state": TxnState.REQUESTED, "price": 250, "selection": 4, "deadline": 8.5}
-    assert await store.record_event(request, [], txn=found, txn_fields=fields)
+    assert await record_event(store, request, [], txn=found, txn_fields=fields)
     now = await store.txn("R1")
     assert now is not None
     assert (now.state, now.price, now.selection, now.deadline) == (TxnState.REQUESTED, 250, 4, 8.5)
@@ -87,11 +118,11 @@ async def test_bridge_store_txn_mapping(store: SqlStore) -> None:
 async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
     first = open_store(database)
     await first.open()
-    await first.record_event(seen("e1"), [NewDelivery("acme", "/p", {})])
+    await record_event(first, seen("e1"), [NewDelivery("acme", "/p", {})])
     await first.close()
     second = open_store(database)
     await second.open()
-    assert not await second.record_event(seen("e1"), [])
+    assert not await record_event(second, seen("e1"), [])
     assert len(await second.undelivered()) == 1
     await second.close()
 
@@ -99,17 +130,41 @@ async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
 async def test_bridge_store_claims_are_leases(store: SqlStore) -> None:
     """Two instances sharing the store: one takes a callback, the other skips it until the
     lease lapses (the first was killed) or it is settled."""
-    await store.record_event(seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
-    (head,) = await store.due(now=10.0)
-    assert await store.claim(head.id, "bridge-a", until=40.0, now=10.0)
-    assert not await store.claim(head.id, "bridge-b", until=41.0, now=11.0)
-    assert await store.due(now=11.0) == []  # held: nobody else sees it due
-    assert [d.id for d in await store.due(now=41.0)] == [head.id]  # the lease lapsed
-    assert await store.claim(head.id, "bridge-b", until=71.0, now=41.0)
-    await store.retry(head.id, next_try=42.0, error="HTTP 503")
-    assert [d.id for d in await store.due(now=42.0)] == [head.id]  # a retry frees it
-    await store.delivered(head.id, at=43.0)
-    assert not await store.claim(head.id, "bridge-a", until=99.0, now=44.0)
+    await record_event(store, seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
+    (head,) = await store.claim_due("bridge-a", now=10.0, until=40.0)
+    assert await store.claim_due("bridge-b", now=11.0, until=41.0) == []  # held
+    (taken,) = await store.claim_due("bridge-b", now=41.0, until=71.0)  # the lease lapsed
+    assert taken.id == head.id
+    await store.settle([Outcome(head.id, 42.0, "HTTP 503", next_try=42.0)])
+    (freed,) = await store.claim_due("bridge-a", now=42.0, until=72.0)  # a retry frees it
+    assert freed.id == head.id
+    await store.settle([Outcome(head.id, 43.0)])
+    assert await store.claim_due("bridge-a", now=99.0, until=129.0) == []  # delivered
+
+
+async def test_bridge_store_two_instances_never_claim_the_same_callback(
+    database: str | Path,
+) -> None:
+    """Instances claiming at the same moment, each on its own connection, share the heads
+    out: none is taken twice, none is left."""
+    stores = [open_store(database) for _ in range(2)]
+    for opened in stores:
+        await opened.open()
+    try:
+        for n in range(40):
+            await record_event(stores[0], seen(f"e{n}", f"m{n}"), [NewDelivery("acme", "/p", {})])
+        claims = await asyncio.gather(
+            *(
+                s.claim_due(f"bridge-{i}", 10.0, 40.0, limit=7)
+                for _ in range(6)
+                for i, s in enumerate(stores)
+            )
+        )
+        ids = [d.id for claimed in claims for d in claimed]
+        assert len(ids) == len(set(ids)) == 40
+    finally:
+        for opened in stores:
+            await opened.close()
 
 
 async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlStore) -> None:
@@ -118,7 +173,7 @@ async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlS
     txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
     request = SeenEvent("e1", "m1", 2, "txn.request", 2.0)
     fields = {"state": TxnState.REQUESTED, "txn_id": "t1", "price": 90}
-    assert await store.record_event(request, [], txn=txn, txn_fields=fields)
+    assert await record_event(store, request, [], txn=txn, txn_fields=fields)
     await store.lock_taken("R1", "t1")
     after = await store.txn("R1")
     assert after is not None
@@ -127,3 +182,47 @@ async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlS
     again = await store.txn("R1")
     assert again is not None
     assert again.state is TxnState.REQUESTED
+
+
+async def test_bridge_store_a_batch_keeps_each_event_once_and_in_order(store: SqlStore) -> None:
+    """Events committed together: a duplicate within the batch, or of an earlier batch, gives
+    nothing; the callbacks queue in the batch's order; each event sees the ones before it."""
+    await record_event(store, seen("e0"), [NewDelivery("acme", "/p", {"n": 0})])
+    firsts = []
+    async with store.events() as batch:
+        for event_id in ["e1", "e0", "e2", "e1", "e3"]:
+            event = seen(event_id)
+            fresh = await batch.first_time(event)
+            firsts.append(fresh)
+            if fresh:
+                await batch.record(
+                    event, [NewDelivery("acme", "/p", {"n": int(event_id[1])})], coil=None
+                )
+    assert firsts == [True, False, True, False, True]
+    assert [d.body["n"] for d in await store.deliveries()] == [0, 1, 2, 3]
+    txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+    async with store.events() as batch:
+        request = SeenEvent("r", "m1", 2, "txn.request", 2.0)
+        assert await batch.first_time(request)
+        await batch.record(request, [], txn=txn, txn_fields={"txn_id": "t1", "price": 80})
+        found = await batch.txn_by_id("m1", "t1")  # the vend after it, in the same batch
+        assert found is not None
+        assert found.txn_ref == "R1"
+
+
+async def test_bridge_store_a_batch_that_fails_leaves_nothing(store: SqlStore) -> None:
+    """A batch whose commit does not happen writes none of its events: they are not
+    acknowledged, so they come again, and are then first-time events."""
+
+    async def three_then_a_failure() -> None:
+        async with store.events() as batch:
+            for n in range(3):
+                assert await batch.first_time(seen(f"e{n}"))
+                await batch.record(seen(f"e{n}"), [NewDelivery("acme", "/p", {"n": n})])
+            raise RuntimeError("the commit failed")
+
+    with pytest.raises(RuntimeError):
+        await three_then_a_failure()
+    assert await store.deliveries() == []
+    assert await record_event(store, seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
+    assert [d.body["n"] for d in await store.deliveries()] == [1]
