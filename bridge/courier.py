@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
@@ -63,12 +63,13 @@ class Courier:
         config: BridgeConfig,
         store: SqlStore,
         on_answer: AnswerHandler,
-        http: httpx.AsyncClient,
+        http: Sequence[httpx.AsyncClient],
     ) -> None:
         self.config = config
         self.store = store
         self.on_answer = on_answer
         self.http = http
+        """Clients to share the calls out among, a machine's always by the same one."""
         self._wake = asyncio.Event()
         self._flying: dict[tuple[str, str], asyncio.Task[None]] = {}
         """The call in flight per (third party, machine): a slow one holds up no other."""
@@ -125,7 +126,8 @@ class Courier:
         )
         error: str
         try:
-            response = await self.http.post(
+            client = self.http[hash(delivery.machine) % len(self.http)]
+            response = await client.post(
                 party.base_url + delivery.path,
                 json=delivery.body,
                 headers=headers | {"Idempotency-Key": idempotency_key(delivery)},

@@ -1,7 +1,8 @@
 """The bridge's storage: the txnRef mapping, the events seen and the callback queue.
 
 One SQL core (:class:`SqlStore`) on two engines: SQLite in WAL mode by default (one file, one
-connection used from a worker thread, so the event loop never waits on the disk) and
+connection; its BEGIN and COMMIT in a worker thread, so the event loop never waits on the
+disk or another process's lock) and
 PostgreSQL for production (:mod:`bridge.pgstore`). Each method is one database transaction;
 :meth:`SqlStore.events` is one for a whole batch of events (one durable commit for all).
 """
@@ -478,8 +479,12 @@ def _plain(value: Any) -> Any:
 
 
 class _SqliteTx:
-    """Statements of one transaction; BEGIN goes with the first, so each statement is one
-    trip to the store's thread (on a busy machine every trip waits for a time slice)."""
+    """Statements of one transaction. The first goes to the store's thread with BEGIN
+    IMMEDIATE (which may wait for another process's write lock), and COMMIT (which waits for
+    the disk) goes there too; the statements between run on the event loop's thread. They
+    change pages in SQLite's cache, written out only by the commit, and take microseconds,
+    where a trip to the thread and back waited for the loop's next turn each time, the store
+    held meanwhile: with 100 machines, the store was the bottleneck that way."""
 
     def __init__(self, store: SqliteStore, durable: bool) -> None:
         self.store = store
@@ -487,14 +492,14 @@ class _SqliteTx:
         self.begun = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        begin = not self.begun
+        if self.begun:
+            return work(self.store.connection)
         self.begun = True
         synchronous = "FULL" if self.durable else "NORMAL"
 
         def go(db: sqlite3.Connection) -> T:
-            if begin:
-                db.execute(f"PRAGMA synchronous={synchronous}")
-                db.execute("BEGIN IMMEDIATE")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("BEGIN IMMEDIATE")
             return work(db)
 
         return await self.store.run(go)
@@ -531,6 +536,11 @@ class SqliteStore(SqlStore):
             await self.run(lambda db: db.close())
             self._db = None
         self._pool.shutdown(wait=True)
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
 
     async def run(self, work: Callable[[sqlite3.Connection], T], *, opening: bool = False) -> T:
         """``work`` on the connection, in the store's thread."""
