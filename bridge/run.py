@@ -23,7 +23,7 @@ from bridge.store import open_store
 HTTP_POOLS = 16
 """HTTP clients the callbacks are shared out among, by machine: httpcore looks through all of
 a client's connections for each request, and one client with a connection per machine in
-flight (100) spent a third of the bridge's CPU there (cProfile)."""
+flight (100) spent a sixth of the bridge's CPU there (cProfile)."""
 
 
 @contextlib.asynccontextmanager
