@@ -1,6 +1,7 @@
 """The bridge's store, on SQLite and on PostgreSQL (a database of the test's own, dropped
-after it; skipped where no server answers): events once, callbacks in order per machine,
-retries visible."""
+after it; skipped where no server answers): events once, also within a batch committed
+together, callbacks in order per machine, claims that two instances never share, retries
+visible."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 
+from bridge.config import BridgeConfig, ThirdParty
+from bridge.service import Bridge
 from bridge.store import (
     CoilLevel,
     NewDelivery,
@@ -228,3 +232,35 @@ async def test_bridge_store_a_batch_that_fails_leaves_nothing(store: SqlStore) -
     assert await store.deliveries() == []
     assert await record_event(store, seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
     assert [d.body["n"] for d in await store.deliveries()] == [1]
+
+
+def event(event_id: str, kind: str, **body: Any) -> tuple[str, bytes]:
+    """An ``events`` message of m1's, as the link hands it over."""
+    return "m1", cbor2.dumps({"v": 1, "id": event_id, "seq": 1, "type": kind, "at": 100.0} | body)
+
+
+async def test_bridge_store_a_batch_of_events_through_the_service(database: str | Path) -> None:
+    """The service records a batch in order: a duplicate and an unreadable payload give
+    nothing, and the vend finds the transaction the request before it in the batch named."""
+    config = BridgeConfig("127.0.0.1", 1, database, (ThirdParty("acme", "http://127.0.0.1:9"),))
+    store = open_store(database)
+    await store.open()
+    try:
+        bridge = Bridge(config, store)
+        await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+        request = event("e1", "txn.request", txn_id="t1", ref="R1", selection=4, price=150)
+        vend = event("e2", "txn.vend", txn_id="t1", result="success", selection=4, amount=150)
+        await bridge.on_events([request, request, ("m1", b"not cbor"), vend])
+        queued = [(d.path, d.event_id) for d in await store.deliveries()]
+        assert queued == [
+            ("/txn/request", "e1"),
+            ("/txn/vend", "e2"),
+            ("/feed/transactions", "e2"),
+        ]
+        ended = await store.txn("R1")
+        assert ended is not None
+        assert (ended.state, ended.txn_id) == (TxnState.ENDED, "t1")
+        await bridge.on_events([vend])  # resent after a lost acknowledgement
+        assert len(await store.deliveries()) == 3
+    finally:
+        await store.close()
