@@ -85,9 +85,14 @@ class Courier:
         try:
             while True:
                 self._wake.clear()
-                await self._record_ended()
-                now = time.time()
-                claimed = await self.store.claim_due(self.config.client_id, now, now + LEASE)
+                try:
+                    await self._record_ended()
+                    now = time.time()
+                    claimed = await self.store.claim_due(self.config.client_id, now, now + LEASE)
+                except Exception:  # the store is away: look again in a while
+                    log.exception("courier_store_failed", retry_in=IDLE_WAIT)
+                    await asyncio.sleep(IDLE_WAIT)
+                    continue
                 for delivery in claimed:
                     key = (delivery.third_party, delivery.machine)
                     if key not in self._flying:  # else its lease lapses and it is taken again
@@ -104,7 +109,11 @@ class Courier:
 
     async def _record_ended(self) -> None:
         ended, self._ended = self._ended, []
-        await self.store.settle(ended)
+        try:
+            await self.store.settle(ended)
+        except BaseException:
+            self._ended[:0] = ended  # written at the next try, still before the next claim
+            raise
 
     async def _fly(self, key: tuple[str, str], delivery: Delivery) -> None:
         try:
