@@ -2,9 +2,9 @@
 
 One SQL core (:class:`SqlStore`) on two engines: SQLite in WAL mode by default (one file, one
 connection; its BEGIN and COMMIT in a worker thread, so the event loop never waits on the
-disk or another process's lock) and
-PostgreSQL for production (:mod:`bridge.pgstore`). Each method is one database transaction;
-:meth:`SqlStore.events` is one for a whole batch of events (one durable commit for all).
+disk or another process's lock) and PostgreSQL for production (:mod:`bridge.pgstore`). Each
+method is one database transaction; :meth:`SqlStore.events` is one for a whole batch of events
+(one durable commit for all).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sqlite3
@@ -572,8 +573,10 @@ class SqliteStore(SqlStore):
             return await self.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
 
 
+@functools.lru_cache(maxsize=256)
 def placeholders(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else)."""
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else);
+    the statements are few and run again and again."""
     count = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
 
