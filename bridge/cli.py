@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vmc-bridge",
         description="The Connectivity Platform's HTTP API in front of vmc machines (MQTT).",
     )
-    parser.add_argument("--config", required=True, help="the bridge's TOML file")
+    # Required, but checked after parsing: a mistyped flag is the mistake to name first.
+    parser.add_argument("--config", help="the bridge's TOML file (required)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     parser.add_argument(
         "action",
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        parser.error("the following arguments are required: --config")
     try:
         config = load(args.config)
     except ConfigError as exc:

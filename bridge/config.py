@@ -9,8 +9,13 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import protocols.errors
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 
@@ -61,6 +66,8 @@ class BridgeConfig:
     """Seconds the bridge waits for a machine's reply before answering the HTTP call."""
     give_up_after: float = 86400.0
     """Seconds a callback is retried before it is listed as undeliverable."""
+    command_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    """Signs every command (``kid``, ``sig``), for machines with ``cloud.command_keys``."""
 
     def owners(self, machine: str) -> tuple[ThirdParty, ...]:
         return tuple(t for t in self.third_parties if t.owns(machine))
@@ -110,9 +117,21 @@ def parse(doc: dict[str, Any], base: Path = Path()) -> BridgeConfig:
         lock_timeout=table.seconds("lock_timeout", 60.0, most=86400.0),
         reply_timeout=table.seconds("reply_timeout", 5.0, most=60.0),
         give_up_after=table.seconds("give_up_after", 86400.0, most=30 * 86400.0),
+        command_key=_command_key(table.text("command_key_file"), base),
     )
     table.done()
     return config
+
+
+def _command_key(path: str | None, base: Path) -> Ed25519PrivateKey | None:
+    if path is None:
+        return None
+    from vmc.cloud.signing import load_private_key
+
+    try:
+        return load_private_key(str(base / path), "bridge.command_key_file")
+    except protocols.errors.ConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class _Table:

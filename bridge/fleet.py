@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ class MachineView:
 class Fleet:
     status: dict[str, str] = field(default_factory=dict)
     state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    listeners: list[Callable[[str], None]] = field(default_factory=list)
+    """Told the machine's id after its status or state changed."""
 
     def update(self, machine: str, leaf: str, body: object) -> None:
         if not isinstance(body, dict):
@@ -29,6 +32,10 @@ class Fleet:
             self.status[machine] = body["state"]
         elif leaf == "state":
             self.state[machine] = body
+        else:
+            return
+        for listener in self.listeners:
+            listener(machine)
 
     def known(self, machine: str) -> bool:
         return machine in self.status or machine in self.state

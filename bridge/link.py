@@ -26,7 +26,7 @@ import cbor2
 import structlog
 
 from bridge.config import BridgeConfig
-from vmc.cloud import codec
+from vmc.cloud import codec, signing
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
 
@@ -181,6 +181,8 @@ class Link:
             **{k: v for k, v in fields.items() if v is not None},
         }
         payload = codec.encode_map(body)
+        if self.config.command_key is not None:
+            payload = signing.sign_payload(payload, self.config.command_key)
         topic = Topics(machine, self.config.topic_prefix).commands
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[command_id] = future

@@ -8,7 +8,7 @@ gives the JSON body of one outbound call, or None when the event has no counterp
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -116,11 +116,42 @@ def unlock_notice(txn_ref: str, event: Event) -> dict[str, Any] | None:
 def coil_json(coil: CoilLevel) -> dict[str, Any]:
     """A coil as the seed's Coil: only what the machine has reported is given."""
     out: dict[str, Any] = {"code": coil.code, "formatted_code": str(coil.code)}
-    if coil.price is not None:
-        out["price"] = coil.price
+    for name in ("name", "placeholder", "price", "capacity", "restock_count"):
+        value = getattr(coil, name)
+        if value is not None:
+            out[name] = value
     if coil.current_stock is not None:
         out["current_stock"] = max(0, coil.current_stock)
     return out
+
+
+def planogram_coils(result: Mapping[str, Any]) -> list[CoilLevel]:
+    """The coils of a ``stock.query`` reply's ``result``: each selection of the planogram with
+    its product's name (the product id, a ``placeholder``, when the planogram names none), its
+    price, capacity, par level (the seed's ``restock_count``) and level. A recipe's selection
+    has no count of its own: name and price only."""
+    coils = []
+    for row in result.get("selections") or []:
+        if not isinstance(row, Mapping) or type(row.get("selection")) is not int:
+            continue
+        name = row.get("name") if isinstance(row.get("name"), str) else ""
+        product = row.get("product") if isinstance(row.get("product"), str) else None
+        coils.append(
+            CoilLevel(
+                row["selection"],
+                _uint(row.get("price")),
+                _uint(row.get("level")),
+                name=name or product,
+                placeholder=not name,
+                capacity=_uint(row.get("capacity")),
+                restock_count=_uint(row.get("par_level")),
+            )
+        )
+    return coils
+
+
+def _uint(value: Any) -> int | None:
+    return value if type(value) is int and value >= 0 else None
 
 
 def _planogram(coils: Sequence[CoilLevel]) -> list[dict[str, Any]]:
@@ -131,7 +162,7 @@ def after_vend(coils: Sequence[CoilLevel], selection: int) -> list[CoilLevel]:
     """The coils once a vend of ``selection`` took one (the device's ``stock.level`` for it
     follows the vend's event)."""
     return [
-        CoilLevel(c.code, c.price, max(0, c.current_stock - 1))
+        replace(c, current_stock=max(0, c.current_stock - 1))
         if c.code == selection and c.current_stock is not None
         else c
         for c in coils
@@ -207,10 +238,10 @@ def changed(coils: Sequence[CoilLevel], change: CoilLevel | None) -> list[CoilLe
     if change is None:
         return list(coils)
     old = next((c for c in coils if c.code == change.code), CoilLevel(change.code, None, None))
-    new = CoilLevel(
-        change.code,
-        old.price if change.price is None else change.price,
-        old.current_stock if change.current_stock is None else change.current_stock,
+    new = replace(
+        old,
+        price=old.price if change.price is None else change.price,
+        current_stock=old.current_stock if change.current_stock is None else change.current_stock,
     )
     return [c for c in coils if c.code != change.code] + [new]
 

@@ -50,6 +50,7 @@ async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]
             tasks = [
                 asyncio.create_task(bridge.link.run(), name="bridge-link"),
                 asyncio.create_task(bridge.courier.run(), name="bridge-courier"),
+                asyncio.create_task(bridge.planograms.run(), name="bridge-planograms"),
             ]
             try:
                 yield bridge, create_app(bridge)

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from bridge import mapping
+from bridge import mapping, planograms
 from bridge.config import BridgeConfig, ThirdParty
 from bridge.courier import Courier
 from bridge.fleet import Fleet, MachineView
@@ -60,6 +60,7 @@ class Bridge:
         self.fleet = Fleet()
         self.link = Link(config, self.on_events, self.fleet.update)
         self.courier: Courier | None = None
+        self.planograms = planograms.Planograms(store, self.link, self.fleet)
 
     # --- inbound: the third party's calls ------------------------------------------------------
 

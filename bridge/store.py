@@ -50,6 +50,19 @@ CREATE TABLE IF NOT EXISTS seen_events (
     type TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS planograms (
+    machine TEXT PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS planogram_coils (
+    machine TEXT NOT NULL,
+    code BIGINT NOT NULL,
+    name TEXT,
+    placeholder BOOLEAN,
+    capacity BIGINT,
+    restock_count BIGINT,
+    PRIMARY KEY (machine, code)
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id {serial},
     third_party TEXT NOT NULL,
@@ -153,11 +166,16 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class CoilLevel:
-    """A coil's last known price and stock (from the machine's events)."""
+    """A coil's last known price and stock (from the machine's events), and what its
+    planogram says of it (from the machine's answer to ``stock.query``)."""
 
     code: int
     price: int | None
     current_stock: int | None
+    name: str | None = None
+    placeholder: bool | None = None
+    capacity: int | None = None
+    restock_count: int | None = None
 
 
 _TXN_COLUMNS = (
@@ -298,6 +316,9 @@ class SqlStore(abc.ABC):
         async with self.tx() as tx:
             yield EventBatch(tx)
 
+    async def coils(self, machine: str) -> list[CoilLevel]:
+        return [_coil(row) for row in await self._all(_COILS, machine)]
+
     # --- the callback queue --------------------------------------------------------------------
 
     async def claim_due(
@@ -401,11 +422,7 @@ class EventBatch:
         return _first_txn(await self.tx.fetch(_TXN_BY_ID, machine, txn_id))
 
     async def coils(self, machine: str) -> list[CoilLevel]:
-        rows = await self.tx.fetch(
-            "SELECT code, price, current_stock FROM coils WHERE machine = ? ORDER BY code",
-            machine,
-        )
-        return [CoilLevel(*row) for row in rows]
+        return [_coil(row) for row in await self.tx.fetch(_COILS, machine)]
 
     async def record(
         self,
@@ -473,6 +490,20 @@ async def _update_txn(
         txn_ref,
         *(() if only_from is None else (only_from.value,)),
     )
+
+
+_COILS = (
+    "SELECT c.code, c.price, c.current_stock, p.name, p.placeholder, p.capacity, p.restock_count"
+    " FROM coils c LEFT JOIN planogram_coils p ON p.machine = c.machine AND p.code = c.code"
+    " WHERE c.machine = ? ORDER BY c.code"
+)
+"""A machine's coils: what the events said, with what its planogram says of each."""
+
+
+def _coil(row: Sequence[Any]) -> CoilLevel:
+    code, price, stock, name, placeholder, capacity, restock_count = row
+    flag = None if placeholder is None else bool(placeholder)  # SQLite keeps 0 or 1
+    return CoilLevel(code, price, stock, name, flag, capacity, restock_count)
 
 
 def _plain(value: Any) -> Any:

@@ -18,22 +18,16 @@ same in-band escape as for MDB, whatever the setting, so the simulator reads it 
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Protocol
 
 from drivers.dex_port import DexPort, open_plain
+from drivers.mode_bit import ModeBit
 from drivers.ports import PortKind, parse_port_url
 from drivers.transport import MdbPort
 from protocols.mdb.words import Word, WordDecoder
 
 EXE_BAUD = 9600
 """The speed when the URL gives none: industry notes, not a public source (``?baud=`` sets it)."""
-
-
-class ModeBit(StrEnum):
-    MARK = "mark"
-    SPACE = "space"
-    NONE = "none"
 
 
 class ExePort(Protocol):

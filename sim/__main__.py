@@ -2,6 +2,7 @@
 
 vmc-sim demo [--sessions N] [--level 1|2|3]   the remote-vend flow: mosquitto, backend, vmcd, VMC
 vmc-sim demo --exe                            the same on an Executive machine (vmc the master)
+vmc-sim demo --bridge                         vmc-bridge too, and a platform third party selling
 vmc-sim vmc [--port URL] [--sessions N]       the sim VMC against a reader on a port
 vmc-sim replay TRACE [--port URL]             play a trace's VMC lines, report differences
 vmc-sim fleet [--machines N] [--broker NAME]  N simulated machines on one broker, remote vends
@@ -131,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="an Executive machine: vmcd --exe with price holding, a simulated EXE VMC",
             )
+            p.add_argument(
+                "--bridge",
+                action="store_true",
+                help="vmc-bridge beside vmcd, and a third party of the Connectivity Platform"
+                " that sells through it",
+            )
         else:
             p.add_argument("--port", help="port URL; default: a new pty pair")
             p.add_argument(
@@ -211,10 +218,23 @@ def _version() -> str:
 
 
 async def demo(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    if args.bridge:
+        return await _bridge_demo(args, cleanup)
     if args.exe:
         demo_flags_for_exe(args)
         return await exe_demo(args, cleanup)
     return await (local_demo if args.local else cloud_demo)(args, cleanup)
+
+
+async def _bridge_demo(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:
+    if args.local or args.exe:
+        raise StartError("--bridge runs the cloud demo of an MDB machine: not with --local, --exe")
+    try:
+        from sim.demo_bridge import bridge_demo
+    except ImportError as exc:
+        extra = "pip install 'vmc[bridge]'"
+        raise StartError(f"--bridge needs the bridge extra ({extra}): {exc}") from None
+    return await bridge_demo(args, cleanup)
 
 
 async def vmc_command(args: argparse.Namespace, cleanup: contextlib.AsyncExitStack) -> int:

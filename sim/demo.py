@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from drivers.pty import PtyPair
 from protocols.errors import VmcError
@@ -159,7 +159,7 @@ async def _play(
             entry = done.result()
     except TimeoutError:
         raise VmcError(f"session {number}: the backend heard nothing within 10 s") from None
-    await _until_reader_enabled(customers, backend)
+    await until_reader_enabled(customers, backend)
     who = member or ("cash" if scenario == "cash_sale" else "walk-up")
     price = checks.money(entry.price, decimals) if entry and entry.price else "-"
     mark = "ok " if result.ok else "ERR"
@@ -170,7 +170,7 @@ async def _play(
     return line, result.ok
 
 
-async def _until_reader_enabled(customers: Customers, backend: SimBackend) -> None:
+async def until_reader_enabled(customers: Customers, backend: SimBackend) -> None:
     """Idle-poll until the reader is free again, so the next lock is not refused as busy."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -224,7 +224,7 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
     except TimeoutError:
         raise VmcError(f"vmcd did not come online at {url} within 10 s") from None
     news = StockNews(backend)
-    await _load(backend, news, decimals)
+    await load_planogram(backend, news, decimals)
     rng = random.Random(args.seed)
     menu = {number: slot.price for number, slot in SLOTS.items()}
     customers = Customers(vmc, rng, poll_period=args.poll_ms / 1000, init=init, menu=menu)
@@ -347,7 +347,7 @@ async def _wait_stock(backend: SimBackend, probe: Any) -> None:
         raise VmcError(f"vmcd's stock events did not arrive within {STOCK_WAIT_S:g} s") from None
 
 
-async def _load(backend: SimBackend, news: StockNews, decimals: int) -> None:
+async def load_planogram(backend: SimBackend, news: StockNews, decimals: int) -> None:
     """Push the planogram and restock it to par, as a backend does for a new machine."""
     document = planogram()
     await backend.stock_command(DEVICE, "planogram.set", planogram=document)
@@ -433,7 +433,13 @@ def vmcd_stopped(code: int | None) -> checks.Check:
 
 
 async def demo_backend(
-    stack: contextlib.AsyncExitStack, args: argparse.Namespace, state: Path, device: str
+    stack: contextlib.AsyncExitStack,
+    args: argparse.Namespace,
+    state: Path,
+    device: str,
+    *,
+    answers: bool = True,
+    also_trusted: Sequence[Ed25519PublicKey] = (),
 ) -> tuple[SimBackend, str, str]:
     """The demo's broker (a private one unless ``--mqtt`` names one) and its backend,
     connected, with the TOML ``[cloud]`` table that makes vmcd trust it.
@@ -442,6 +448,9 @@ async def demo_backend(
     public key, so it acts on no command that moves money unless the backend signed it. vmcd
     signs what it publishes with a device key made in ``state`` (as ``vmctl keygen`` does),
     whose public key the backend holds for ``device``: it books nothing that does not verify.
+
+    Not ``answers``: the backend answers no request (another party approves: vmc-bridge, for
+    its third party, signing with a key of ``also_trusted``, which vmcd trusts as well).
     """
     url = args.mqtt
     if url is None:
@@ -462,7 +471,7 @@ async def demo_backend(
     )
     backend = SimBackend(
         url,
-        policy=Policy(args.policy),
+        policy=Policy(args.policy) if answers else Policy.SILENT,
         balances=MEMBERS,
         payment_failure_rate=0.2,
         seed=args.seed,
@@ -471,12 +480,15 @@ async def demo_backend(
         device_keys={device: device_key.public},
     )
     await _connect(stack, backend, url)
-    public = signing.public_text(key.public_key())
+    trusted = [key.public_key(), *also_trusted]
+    if not answers:
+        print("the backend answers no request")
     print(
-        f"the backend signs its commands (vmcd trusts key {signing.key_id(key.public_key())});"
+        f"commands are signed (vmcd trusts {', '.join(signing.key_id(k) for k in trusted)});"
         f" vmcd signs its events (key {device_key.kid})"
     )
-    toml = f'[cloud]\ncommand_keys = ["{public}"]\ndevice_key_file = "{device_key_file}"\n'
+    publics = ", ".join(f'"{signing.public_text(k)}"' for k in trusted)
+    toml = f'[cloud]\ncommand_keys = [{publics}]\ndevice_key_file = "{device_key_file}"\n'
     return backend, url, toml
 
 

@@ -18,10 +18,10 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from drivers.exe_port import ModeBit
+from drivers.mode_bit import ModeBit
 from drivers.ports import PortKind, parse_port_url
 from protocols.errors import ConfigError, PortError
-from protocols.exe.master import ExeSettings
+from protocols.exe.settings import ExeSettings
 from protocols.mdb.cashless import CASHLESS_ADDRESSES, ReaderConfig
 from vmc.cloud.codec import MAX_AMOUNT, MAX_OFFLINE_VENDS
 from vmc.logs import MASK, is_secret

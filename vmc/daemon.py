@@ -322,15 +322,41 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     """Serve until SIGTERM or SIGINT; ``listener`` is the bound control socket."""
     port = config.bus_port
     assert port is not None
-    exe = config.executive
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)  # first: a stop during start-up is a stop too
+    # The bus process starts before the services are built, so its start overlaps theirs:
+    # the VMC's RESET after a power cut is answered sooner. It serves the VMC on its own;
+    # its reports wait in their socket until the supervisor runs.
+    bus = BusSupervisor(port, _bus_program(config), lambda report: None)
+    await bus.spawn()
+    try:
+        return await _serve(config, listener, socket_path, bus, stop)
+    finally:
+        await bus.discard()  # nothing to do once the supervisor took the process over
+
+
+async def _serve(
+    config: Config,
+    listener: socket.socket,
+    socket_path: Path,
+    bus: BusSupervisor,
+    stop: asyncio.Event,
+) -> int:
+    exe = config.executive
+    loop = asyncio.get_running_loop()
     # The guard first: on a full filesystem it gives back the room the journal needs to open.
     storage = StorageGuard(config.daemon.state_dir)
     storage.start()
-    journal = Journal(config.daemon.state_dir / JOURNAL_NAME)
+    path = config.daemon.state_dir / JOURNAL_NAME
+    try:
+        journal = Journal(path)
+    except sqlite3.DatabaseError as exc:  # a directory in its place, a file that is no journal
+        raise ConfigError(
+            f"daemon.state_dir: {path} cannot be opened as the journal ({exc});"
+            " move it away to start a new one"
+        ) from exc
     journal.on_full = storage.write_failed
     try:
         journal.skip_seqs()
@@ -339,10 +365,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     feed = EventFeed()
     journal.on_commit = feed.committed
     watch = BusWatch()
-    bus: BusSupervisor
-
-    def send(command: BusCommand) -> bool:
-        return bus.send(command)  # bound late: the supervisor needs the report handler first
+    send = bus.send
 
     def link_up() -> bool:
         return bus.status().link_up
@@ -427,7 +450,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
         elif prices is not None and isinstance(report, Ready):
             prices.ready()
 
-    bus = BusSupervisor(port, _bus_program(config), on_report)
+    bus.on_report = on_report  # before the supervisor runs: no report is read until then
     registry = control.Registry()
     DaemonCommands(
         config,
@@ -450,7 +473,7 @@ async def run_daemon(config: Config, listener: socket.socket, socket_path: Path)
     log.info(
         "vmcd_started",
         bus="exe" if exe else "mdb",
-        port=port,
+        port=bus.port_url,
         address=None if exe else hex(config.mdb.address),
         mdb_level=None if exe else config.mdb.level,
         decisions="cloud" if cloud is not None else f"local_{config.mdb.local_approval}",
@@ -608,6 +631,9 @@ def main(argv: list[str] | None = None) -> int:
             made.extend(_point_at_socket(pointer, path))
         try:
             return asyncio.run(run_daemon(config, listener, path))
+        except ConfigError as exc:  # found only once running: the journal's file
+            print(f"vmcd: configuration error: {exc}", file=sys.stderr)
+            return 2
         finally:
             listener.close()
             for made_path, inode in made:

@@ -6,8 +6,11 @@ Pi; without this, a Ctrl-C in that window prints a KeyboardInterrupt traceback.
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
+import types
+from typing import Any
 
 
 def _leave_quietly(signum: int, frame: object) -> None:
@@ -37,9 +40,36 @@ def import_structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
+class _LoadedOnUse(types.ModuleType):
+    """Stands in for a module until one of its attributes is first read; the real module is
+    imported then, and takes the stand-in's place in ``sys.modules`` and in its package."""
+
+    def __getattr__(self, attr: str) -> Any:
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        return getattr(importlib.import_module(name), attr)
+
+
+def import_on_use(name: str) -> None:
+    """Let ``import name`` cost nothing until the module is used.
+
+    For ``urllib.request``: the MQTT client (paho) imports it for a proxy that it uses only
+    with PySocks installed, and it brings http.client and the email package along, about
+    0.5 MB of vmcd's memory for nothing. Whatever does use it gets the real module.
+    """
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    sys.modules[name] = _LoadedOnUse(name)
+    if parent:  # ``import urllib.request`` binds the package: its attribute is the stand-in
+        setattr(importlib.import_module(parent), child, sys.modules[name])
+
+
 def vmcd() -> int:
     quiet_early_stops()
     import_structlog_without_rich()
+    import_on_use("urllib.request")
     from vmc.daemon import main
 
     return main()

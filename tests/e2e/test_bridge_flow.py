@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bridge.store import CoilLevel
 from protocols.mdb import commands as c
 from sim.backend import Policy as Observer
 from sim.broker import MosquittoBroker
@@ -227,7 +228,7 @@ async def test_bridge_feeds_refills_alerts_and_stock(
     tmp_path: Path, broker: MosquittoBroker
 ) -> None:
     """The backend sets a planogram and loads a coil: the third party hears the refill, the
-    coil's alarms, and each sale with the coil's stock after it."""
+    coil's alarms, and each sale with the coil's planogram and its stock after it."""
     async with (
         machine(tmp_path, broker, policy=Observer.SILENT) as rig,
         bridged(tmp_path, broker) as bridge,
@@ -247,6 +248,8 @@ async def test_bridge_feeds_refills_alerts_and_stock(
             ],
         }
         await rig.backend.stock_command(DEVICE, "planogram.set", planogram=document)
+        # The retained state names the new planogram; the bridge reads it with stock.query.
+        await eventually(lambda: bridge.bridge.planograms.known.get(DEVICE) == 1)
         await rig.backend.stock_command(
             DEVICE, "stock.refill", lines=[{"selection": 1, "amount": 3}]
         )
@@ -254,7 +257,18 @@ async def test_bridge_feeds_refills_alerts_and_stock(
         (refill,) = bridge.books.bodies("/feed/refills")
         assert refill["vm_id"] == DEVICE
         assert refill["refill_detail"] == [{"refill_quantity": 3, "code": 1}]
-        assert refill["planogram"] == [{"code": 1, "formatted_code": "1", "current_stock": 3}]
+        assert refill["planogram"] == [
+            {
+                "code": 1,
+                "formatted_code": "1",
+                "name": "Choco bar",
+                "placeholder": False,
+                "price": 150,
+                "capacity": 10,
+                "restock_count": 8,
+                "current_stock": 3,
+            }
+        ]
         assert (await bridge.third_party.lock("coil-1", "alice"))["success"]
         assert await rig.customers.purchase(item=1) == "vended"
         await eventually(
@@ -265,5 +279,34 @@ async def test_bridge_feeds_refills_alerts_and_stock(
         await eventually(lambda: bridge.books.bodies("/feed/transactions"))
         (cashless,) = bridge.books.bodies("/feed/transactions")
         coil = next(c for c in cashless["planogram"] if c["code"] == 1)
-        assert coil["current_stock"] == 2
+        assert (coil["name"], coil["capacity"], coil["current_stock"]) == ("Choco bar", 10, 2)
         assert cashless["code"] == 1
+
+
+async def test_bridge_started_late_reads_the_planogram_in_force(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    """A planogram pushed before the bridge ran: the retained state names it, and the bridge
+    asks the machine for it (stock.query), levels included."""
+    async with machine(tmp_path, broker, policy=Observer.SILENT) as rig:
+        document = {
+            "version": 7,
+            "products": [{"id": "water"}],
+            "selections": [
+                {
+                    "number": 3,
+                    "product": "water",
+                    "price": 100,
+                    "capacity": 8,
+                    "par_level": 6,
+                    "alarm_level": 2,
+                },
+            ],
+        }
+        await rig.backend.stock_command(DEVICE, "planogram.set", planogram=document)
+        await rig.backend.stock_command(DEVICE, "stock.restock")
+        async with bridged(tmp_path, broker) as bridge:
+            await eventually(lambda: bridge.bridge.planograms.known.get(DEVICE) == 7)
+            assert await bridge.bridge.store.coils(DEVICE) == [
+                CoilLevel(3, 100, 6, "water", True, 8, 6)  # unnamed: the product id
+            ]

@@ -5,7 +5,9 @@ initialised the reader and bought something (and, with ``--mqtt``, the cloud lin
 SIGUSR2 makes it write the names in ``sys.modules`` to a file. Without ``--mqtt`` no MQTT
 client may be there, without keys no cryptography, without a DEX port no DEX link, and never
 rich or pygments (structlog would pull them in for its console tracebacks) nor
-importlib.metadata (only ``--version`` and ``vmctl status`` need it). No timing is asserted:
+importlib.metadata (only ``--version`` and ``vmctl status`` need it), nor http.client and email
+(paho's ``import urllib.request`` waits for a use that never comes); on these MDB machines no
+Executive master or port. No timing is asserted:
 ``bench/footprint.py`` measures what this saves.
 """
 
@@ -46,6 +48,11 @@ NEVER = (
     "protocols.dex",
     "vmc.services.reporter",
     "importlib.metadata",
+    "http",  # and the email package: urllib.request's, imported by paho, loaded only on use
+    "email",
+    "protocols.exe.master",  # an MDB machine: the Executive master and its port stay out
+    "drivers.exe_port",
+    "drivers.dex_port",
 )
 WITHOUT_MQTT = ("aiomqtt", "paho", "vmc.cloud.sync")
 

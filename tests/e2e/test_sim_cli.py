@@ -67,6 +67,8 @@ def trace(tmp_path: Path) -> Path:
         ["demo", "--local", "--state-dir", "{trace}"],
         ["demo", "--exe", "--local"],
         ["demo", "--exe", "--record", "{tmp}/x.mdb"],
+        ["demo", "--bridge", "--local"],
+        ["demo", "--bridge", "--exe"],
         ["bogus"],
         [],
     ],

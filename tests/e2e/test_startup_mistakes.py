@@ -373,3 +373,34 @@ def test_exe_bad_values(tmp_path: Path, args: tuple[str, ...], text: str, fragme
     config = tmp_path / "vmc.toml"
     config.write_text(text)
     _one_line(_vmcd_exe(tmp_path / "state", "--config", str(config), *args), fragment)
+
+
+def _processes_naming(fragment: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if fragment in text:
+            found.append(text)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["directory", "not_a_database"])
+def test_journal_that_cannot_be_opened_is_one_line_and_leaves_no_bus_process(
+    tmp_path: Path, kind: str
+) -> None:
+    """Found only once the daemon runs, after its bus process was started early: still one
+    line, and the bus process does not outlive the refusal."""
+    state = tmp_path / "state"
+    state.mkdir()
+    journal = state / "journal.sqlite3"
+    if kind == "directory":
+        journal.mkdir()
+    else:
+        journal.write_bytes(b"no journal here " * 64)
+    port = f"loop://early-{tmp_path.name}"
+    result = _run("vmcd", "--mdb", port, "--state-dir", str(state))
+    _one_line(result, "daemon.state_dir", str(journal), "move it away")
+    assert _processes_naming(port) == []

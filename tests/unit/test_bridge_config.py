@@ -8,6 +8,8 @@ import pytest
 
 from bridge import cli
 from bridge.config import ConfigError, load
+from vmc.cloud import signing
+from vmc.cloud.signing import DeviceKey
 
 GOOD = """
 [bridge]
@@ -53,6 +55,11 @@ def test_bridge_config_reads_a_good_file(tmp_path: Path) -> None:
         (("[bridge]", "[bridge]\nlock_timeout = -1"), "bridge.lock_timeout: must be a number"),
         (("[bridge]", "[bridge]\ncolour = 1"), "bridge.colour: unknown key"),
         (('outbound_api_key = "out-1"', 'outbound_username = "u"'), "set outbound_username and"),
+        (
+            ("[bridge]", '[bridge]\ncommand_key_file = "absent.key"'),
+            "bridge.command_key_file: ",
+        ),
+        (("[bridge]", '[bridge]\ncommand_key_file = "."'), "bridge.command_key_file: "),
     ],
 )
 def test_bridge_config_mistakes_are_one_line(
@@ -79,3 +86,44 @@ def test_bridge_cli_missing_file_and_check(
     assert "ok, 1 third parties" in capsys.readouterr().out
     assert cli.main(["--config", str(path), "undelivered"]) == 0
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus", "--config", "x.toml"], "unrecognized arguments: --bogus"),
+        (["check", "extra"], "unrecognized arguments: extra"),
+        (["run"], "the following arguments are required: --config"),
+        ([], "the following arguments are required: --config"),
+        (["--config", "x.toml", "serve"], "argument action: invalid choice: 'serve'"),
+    ],
+)
+def test_bridge_cli_usage_mistakes_are_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"vmc-bridge: {message}")
+
+
+def test_bridge_config_command_key_is_read_relative_to_the_file(tmp_path: Path) -> None:
+    """The key a machine's ``cloud.command_keys`` trusts; the bridge signs every command."""
+    made = DeviceKey.create(str(tmp_path / "bridge.key"))  # as `vmctl keygen` writes one
+    path = tmp_path / "bridge.toml"
+    path.write_text(GOOD.replace("[bridge]", '[bridge]\ncommand_key_file = "bridge.key"'))
+    key = load(path).command_key
+    assert key is not None
+    assert signing.key_id(key.public_key()) == made.kid
+    assert "PRIVATE" not in repr(load(path))
+
+
+def test_bridge_config_command_key_that_is_no_key_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bridge.key").write_text("not a key\n")
+    path = tmp_path / "bridge.toml"
+    path.write_text(GOOD.replace("[bridge]", '[bridge]\ncommand_key_file = "bridge.key"'))
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+        load(path)

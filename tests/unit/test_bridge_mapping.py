@@ -158,3 +158,52 @@ def test_bridge_coil_changes_merge() -> None:
         CoilLevel(2, None, 1),
     ]
     assert CoilLevel(3, 120, None) in mapping.changed(coils, CoilLevel(3, 120, None))
+
+
+def test_bridge_planogram_coils_from_a_stock_query() -> None:
+    result = {
+        "planogram_version": 2,
+        "selections": [
+            {"selection": 1, "product": "bar", "name": "Choco bar", "price": 150, "level": 3,
+             "capacity": 10, "par_level": 8, "alarm_level": 2},
+            {"selection": 2, "product": "crisps", "name": "", "price": 120, "level": 0,
+             "capacity": 6, "par_level": 5, "alarm_level": 1},
+            {"selection": 7, "product": "latte", "name": "Latte", "price": 250, "level": None,
+             "capacity": None, "par_level": None, "alarm_level": None},
+            {"selection": "x"},
+        ],
+    }  # fmt: skip
+    assert mapping.planogram_coils(result) == [
+        CoilLevel(1, 150, 3, "Choco bar", False, 10, 8),
+        CoilLevel(2, 120, 0, "crisps", True, 6, 5),  # no name: the product id, a placeholder
+        CoilLevel(7, 250, None, "Latte", False, None, None),  # a recipe: no count of its own
+    ]
+    assert mapping.planogram_coils({}) == []
+
+
+def test_bridge_coil_json_is_the_seed_coil() -> None:
+    coil = CoilLevel(1, 150, -1, "Choco bar", False, 10, 8)
+    assert mapping.coil_json(coil) == {
+        "code": 1,
+        "formatted_code": "1",
+        "name": "Choco bar",
+        "placeholder": False,
+        "price": 150,
+        "capacity": 10,
+        "restock_count": 8,
+        "current_stock": 0,  # never below 0
+    }
+    assert mapping.coil_json(CoilLevel(4, None, None)) == {"code": 4, "formatted_code": "4"}
+
+
+def test_bridge_a_vend_and_an_event_keep_the_planogram_fields() -> None:
+    coils = [CoilLevel(1, 150, 3, "Choco bar", False, 10, 8)]
+    assert mapping.after_vend(coils, 1) == [CoilLevel(1, 150, 2, "Choco bar", False, 10, 8)]
+    assert mapping.changed(coils, CoilLevel(1, 160, None)) == [
+        CoilLevel(1, 160, 3, "Choco bar", False, 10, 8)
+    ]
+    vend = event("txn.vend", result="success", selection=1, amount=150)
+    body = mapping.transaction_feed("m1", vend, coils)
+    assert body is not None
+    assert body["planogram"][0]["name"] == "Choco bar"
+    assert body["planogram"][0]["current_stock"] == 2

@@ -9,7 +9,8 @@ import pytest
 from protocols.errors import LocalProtocolError
 from protocols.exe.commands import NO_VEND_REQUEST, PNAK, VEND_SUCCESS, Command
 from protocols.exe.events import ExeFault, Fault, LinkChanged, VmcStatus
-from protocols.exe.master import ExeMaster, ExeSettings
+from protocols.exe.master import ExeMaster
+from protocols.exe.settings import ExeSettings
 from protocols.mdb import events as ev
 from protocols.mdb.commands import Feature
 from protocols.mdb.events import DenyReason, State

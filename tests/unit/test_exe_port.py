@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from drivers.exe_port import ModeBit, NineBitPort, PlainPort, open_exe_port
+from drivers.exe_port import NineBitPort, PlainPort, open_exe_port
+from drivers.mode_bit import ModeBit
 from drivers.ports import PortKind, parse_port_url
 from drivers.pty import PtyPair
 from protocols.errors import PortError

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from protocols.errors import LocalProtocolError
 from protocols.exe.commands import PNAK, Command
 from protocols.exe.events import ExeFault, Fault
-from protocols.exe.master import ExeMaster, ExeSettings
+from protocols.exe.master import ExeMaster
+from protocols.exe.settings import ExeSettings
 from protocols.mdb import events as ev
 
 SETTINGS = ExeSettings(

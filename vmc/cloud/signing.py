@@ -118,6 +118,11 @@ def sign(command: Mapping[str, Any], private: Ed25519PrivateKey) -> dict[str, An
     return body
 
 
+def sign_payload(payload: bytes, private: Ed25519PrivateKey) -> bytes:
+    """An encoded map (a command as published, ``v`` and all) with ``kid`` and ``sig`` added."""
+    return cbor2.dumps(sign(cbor2.loads(payload), private))
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A refused signature: why, and the ``kid`` the command named (if it was text)."""
@@ -200,6 +205,28 @@ def _verifies(key: Ed25519PublicKey, sig: bytes, message: bytes) -> bool:
     return True
 
 
+def load_private_key(path: str, key: str) -> Ed25519PrivateKey:
+    """The Ed25519 private key in the PEM file ``path`` (PKCS#8, unencrypted, as ``vmctl
+    keygen`` or ``openssl genpkey -algorithm ed25519`` write it); a missing, unreadable or
+    wrong file is a one-line ConfigError naming the configuration ``key`` and the file."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    where = f"{key}: {path}"
+    try:
+        with open(path, "rb") as file:
+            data = file.read(64 * 1024)
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+    try:
+        private = load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{where}: not an unencrypted PEM private key") from None
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ConfigError(f"{where}: not an Ed25519 key")
+    return private
+
+
 class DeviceKey:
     """The device's own Ed25519 key: every event and reply it publishes carries ``kid`` and
     ``sig`` over the payload's canonical CBOR, as a backend's command does.
@@ -217,22 +244,7 @@ class DeviceKey:
     @classmethod
     def load(cls, path: str) -> DeviceKey:
         """The key in ``path``; a missing, unreadable or wrong file is a one-line ConfigError."""
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        where = f"cloud.device_key_file: {path}"
-        try:
-            with open(path, "rb") as file:
-                data = file.read(64 * 1024)
-        except OSError as exc:
-            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
-        try:
-            private = load_pem_private_key(data, password=None)
-        except (ValueError, TypeError):
-            raise ConfigError(f"{where}: not an unencrypted PEM private key") from None
-        if not isinstance(private, Ed25519PrivateKey):
-            raise ConfigError(f"{where}: not an Ed25519 key")
-        return cls(private)
+        return cls(load_private_key(path, "cloud.device_key_file"))
 
     @classmethod
     def create(cls, path: str) -> DeviceKey:
@@ -259,7 +271,7 @@ class DeviceKey:
 
     def sign_payload(self, payload: bytes) -> bytes:
         """A published payload (a CBOR map) with ``kid`` and ``sig`` added."""
-        return cbor2.dumps(sign(cbor2.loads(payload), self.private))
+        return sign_payload(payload, self.private)
 
 
 def verify(message: Mapping[str, Any], public: Ed25519PublicKey) -> bool:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import structlog
 
@@ -200,6 +200,11 @@ def port_path(port_url: str, kind: PortKind = PortKind.MDB) -> str | None:
     return port.device if port.scheme in ("uart", "pty") else None
 
 
+class _Spawned(NamedTuple):
+    proc: asyncio.subprocess.Process
+    sock: socket.socket
+
+
 class BusSupervisor:
     def __init__(
         self,
@@ -224,6 +229,7 @@ class BusSupervisor:
         self._sock: socket.socket | None = None
         self._stop = asyncio.Event()
         self._listeners: set[BusMonitor] = set()
+        self._early: _Spawned | None = None
 
     def send(self, command: msg.BusCommand) -> bool:
         """Hand a decision to the bus process; False if it is not running right now."""
@@ -302,6 +308,7 @@ class BusSupervisor:
                     if await self._pause(delay):
                         return
         finally:
+            self._kill_early()  # a stop before the first process was taken over
             self.state = BusState.STOPPED
 
     def _port_missing(self) -> bool:
@@ -348,8 +355,33 @@ class BusSupervisor:
             await asyncio.wait_for(self._stop.wait(), seconds)
         return self._stop.is_set()
 
-    async def _run_once(self) -> int:
-        """One bus process, from spawn to exit; on a stop, asks it to stop and waits."""
+    async def spawn(self) -> None:
+        """Start the first bus process now, ahead of :meth:`run`.
+
+        The daemon calls this before it builds its services, so that the bus process's start
+        overlaps theirs and the VMC's RESET is answered sooner after a power cut; the bus
+        process serves the VMC on its own, and its reports wait in the socket until
+        :meth:`run` reads them. A missing port is left to :meth:`run` to wait for.
+        """
+        if self._early is None and not self._stop.is_set() and not self._port_missing():
+            self._early = await self._spawn()
+
+    async def discard(self) -> None:
+        """Kill a bus process :meth:`spawn` started if :meth:`run` never took it over (the
+        daemon failed to start), and wait for it: no orphan holds the port."""
+        early = self._kill_early()
+        if early is not None:
+            await early.proc.wait()
+
+    def _kill_early(self) -> _Spawned | None:
+        early, self._early = self._early, None
+        if early is not None:
+            early.sock.close()
+            with contextlib.suppress(ProcessLookupError):
+                early.proc.kill()
+        return early
+
+    async def _spawn(self) -> _Spawned:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent.setblocking(False)
         program = self.program
@@ -378,6 +410,12 @@ class BusSupervisor:
             raise
         finally:
             child.close()
+        return _Spawned(proc, parent)
+
+    async def _run_once(self) -> int:
+        """One bus process, from spawn to exit; on a stop, asks it to stop and waits."""
+        early, self._early = self._early, None
+        proc, parent = early if early is not None else await self._spawn()
         self._sock = parent
         try:
             pump = asyncio.create_task(self._pump(parent))

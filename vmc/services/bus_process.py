@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import gc
 import json
-import os
-import signal
 import socket
 import sys
 import time
-from collections import deque
 
 from drivers.ports import open_port
 from drivers.transport import MdbPort
-from protocols.errors import MoneyError, VmcError
+from protocols.errors import VmcError
 from protocols.mdb.cashless import CashlessDevice, ReaderConfig
-from protocols.mdb.commands import Cmd, PaymentType
+from protocols.mdb.commands import Cmd
 from protocols.mdb.link import (
     Acked,
     BlockReceived,
@@ -36,10 +31,15 @@ from protocols.mdb.link import (
 )
 from protocols.mdb.words import WordDecoder, checksum, peripheral_words
 from vmc.services import bus_messages as msg
+from vmc.services.daemon_link import (
+    HEARTBEAT_S,
+    DaemonLink,
+    request_realtime,
+    serve_link,
+    start_failed,
+)
 
 TICK_S = 0.02
-HEARTBEAT_S = 1.0
-STOP_GRACE_S = 1.0
 MONITOR_BACKLOG = 512
 """Exchanges waiting for the daemon's monitor at most; more are dropped and counted: the bus
 never waits for a slow listener."""
@@ -50,91 +50,12 @@ _ONE_WORD: dict[type, tuple[msg.ExchangeKind, bytes]] = {
 }
 
 
-def request_realtime(priority: int) -> bool:
-    """SCHED_FIFO at ``priority`` if the process may have it (CAP_SYS_NICE or root)."""
-    if priority <= 0 or not hasattr(os, "sched_setscheduler"):
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (PermissionError, OSError):
-        return False
-    return True
-
-
-class DaemonLink:
-    """The bus process's end of the daemon's socket: decisions in, reports out, never blocking.
-
-    Reports queue in order and go out as the socket takes them; the monitor's frames only when
-    no report waits. While the socket is full nothing is tried until it is writable again (no
-    system call per message). A daemon that is gone ends the bus process: ``done`` resolves.
-    Subclasses apply the decisions (:meth:`_apply`) and collect their core's events
-    (:meth:`_forward_events`).
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.outgoing: deque[bytes] = deque()
-        self.frames: deque[bytes] = deque()  # the monitor's, sent after every event
-        self.done: asyncio.Future[int] | None = None
-        self._blocked = False  # the daemon's socket is full: wait until it is writable
-
-    def on_socket_readable(self) -> None:
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self._finish(0)  # the daemon is gone: a bus without its daemon must not serve
-                return
-            self._apply(msg.decode(data))
-        self._forward_events()
-
-    def _apply(self, command: object) -> None:
-        raise NotImplementedError
-
-    def _forward_events(self) -> None:
-        raise NotImplementedError
-
-    def _send(self, message: object) -> None:
-        self.outgoing.append(msg.encode(message))
-        self._drain()
-
-    def _drain(self) -> None:
-        if self._blocked:
-            return
-        while self.outgoing or self.frames:
-            queue = self.outgoing or self.frames
-            try:
-                self.sock.send(queue[0])
-            except BlockingIOError:
-                self._blocked = True
-                loop = asyncio.get_running_loop()
-                loop.add_writer(self.sock.fileno(), self._writable)
-                return
-            except OSError:
-                self._finish(0)
-                return
-            queue.popleft()
-
-    def _writable(self) -> None:
-        asyncio.get_running_loop().remove_writer(self.sock.fileno())
-        self._blocked = False
-        self._drain()
-
-    def _finish(self, code: int) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_result(code)
-
-
 class BusLoop(DaemonLink):
     """Glue between one port, one cashless core and the daemon's socket."""
 
     def __init__(self, port: MdbPort, device: CashlessDevice, sock: socket.socket) -> None:
-        super().__init__(sock)
-        self.port = port
+        super().__init__(port, sock)
+        self.port: MdbPort = port
         self.device = device
         self.decoder = WordDecoder()
         self.bytes_in = 0
@@ -142,7 +63,6 @@ class BusLoop(DaemonLink):
         self.answers = 0
         self.answer_sum_s = 0.0
         self.answer_max_s = 0.0
-        self.stopping_since: float | None = None
         self.dropped = 0
         self._monitor_poll_at: float | None = None
 
@@ -150,8 +70,7 @@ class BusLoop(DaemonLink):
         try:
             data = self.port.read_available()
         except VmcError as exc:
-            self._send(msg.PortFailed(str(exc)))
-            self._finish(3)
+            self._port_failed(exc)
             return
         if not data:
             return
@@ -210,32 +129,19 @@ class BusLoop(DaemonLink):
             self.frames.clear()
             self.dropped = 0
 
-    def _apply(self, command: object) -> None:
-        device = self.device
-        try:
-            match command:
-                case msg.BeginSession(funds=funds, payment_type=payment_type, timeout=timeout):
-                    device.begin_session(funds, PaymentType(payment_type), timeout)
-                case msg.ApproveVend(vend_id=vend_id, amount=amount):
-                    device.approve_vend(vend_id, amount)
-                case msg.DenyVend(vend_id=vend_id):
-                    device.deny_vend(vend_id)
-                case msg.CancelSession(vend_id=vend_id):
-                    device.cancel_session(vend_id)
-                case msg.DecideRevalue(approved=approved):
-                    device.decide_revalue(approved)
-                case msg.ShowText(text=text, seconds=seconds):
-                    device.display(text, seconds)
-                case msg.Stop():
-                    self._begin_stop()
-                case msg.Monitor(on=on):
-                    self._monitor(on)
-                case _:
-                    raise VmcError(f"unknown command {command!r}")
-        except MoneyError as exc:
-            self._send(msg.CommandRefused(type(command).__name__, str(exc), msg.Refusal.MONEY))
-        except VmcError as exc:
-            self._send(msg.CommandRefused(type(command).__name__, str(exc), msg.Refusal.STATE))
+    def _core(self) -> CashlessDevice:
+        return self.device
+
+    def _apply_own(self, command: object) -> None:
+        match command:
+            case msg.DecideRevalue(approved=approved):
+                self.device.decide_revalue(approved)
+            case msg.ShowText(text=text, seconds=seconds):
+                self.device.display(text, seconds)
+            case msg.Monitor(on=on):
+                self._monitor(on)
+            case _:
+                raise VmcError(f"unknown command {command!r}")
 
     def _begin_stop(self) -> None:
         """Void what is undecided, then keep answering until the VMC has heard it."""
@@ -243,11 +149,8 @@ class BusLoop(DaemonLink):
         self.stopping_since = time.monotonic()
         self._check_stopped(self.stopping_since)
 
-    def _check_stopped(self, now: float) -> None:
-        since = self.stopping_since
-        if since is not None and (self.device.settled or now - since >= STOP_GRACE_S):
-            self._forward_events()
-            self._finish(0)
+    def _settled(self) -> bool:
+        return self.device.settled
 
     async def ticker(self) -> None:
         last_beat = 0.0
@@ -289,41 +192,9 @@ def _tapped(event: LinkEvent) -> tuple[msg.ExchangeKind, bytes]:
     return one if one is not None else (msg.ExchangeKind.BUS_RESET, b"\x00")
 
 
-def discard_stale_input(port: MdbPort) -> None:
-    """Drop what the VMC sent before we listened.
-
-    A VMC repeats RESET (or POLL) while its reader is silent, and a pty or the kernel keeps
-    those bytes. Each was due an answer within 5 ms; answered now, they would only reset the
-    reader over and over and confuse the VMC with a burst of stale answers.
-    """
-    with contextlib.suppress(VmcError):  # a dead port is reported by the loop's first read
-        while port.read_available():
-            pass
-
-
 async def serve(port: MdbPort, device: CashlessDevice, sock: socket.socket, realtime: bool) -> int:
-    loop = asyncio.get_running_loop()
     bus = BusLoop(port, device, sock)
-    bus.done = loop.create_future()
-    sock.setblocking(False)
-    loop.add_reader(port.fileno(), bus.on_port_readable)
-    loop.add_reader(sock.fileno(), bus.on_socket_readable)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, bus._begin_stop)
-    bus._send(msg.Ready(port.url, realtime))
-    ticker = asyncio.create_task(bus.ticker())
-    gc.collect()
-    gc.freeze()  # keep collections of start-up objects off the answer path
-    discard_stale_input(port)  # last: the loop reads the port from here on
-    try:
-        return await bus.done
-    finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
-        loop.remove_reader(port.fileno())
-        loop.remove_reader(sock.fileno())
-        port.close()
+    return await serve_link(bus, realtime, bus.ticker())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,11 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ReaderConfig(**json.loads(args.reader))
         port = open_port(args.port)
     except (VmcError, ValueError, TypeError) as exc:
-        try:
-            sock.send(msg.encode(msg.PortFailed(str(exc))))
-        except OSError:
-            print(f"vmc-bus: {exc}", file=sys.stderr)  # no daemon to log it
-        return 2
+        return start_failed(sock, "vmc-bus", exc)
     realtime = request_realtime(args.realtime_priority)
     device = CashlessDevice(config, time.monotonic())
     return asyncio.run(serve(port, device, sock, realtime))

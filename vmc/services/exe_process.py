@@ -14,32 +14,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
-import signal
 import socket
 import sys
 import time
 
-from drivers.exe_port import ExePort, ModeBit, open_exe_port
+from drivers.exe_port import ExePort, open_exe_port
+from drivers.mode_bit import ModeBit
 from protocols.errors import LocalProtocolError, VmcError
 from protocols.exe.events import LinkChanged
-from protocols.exe.master import ExeMaster, ExeSettings
-from protocols.mdb.commands import PaymentType
+from protocols.exe.master import ExeMaster
+from protocols.exe.settings import ExeSettings
 from vmc.services import bus_messages as msg
-from vmc.services.bus_process import HEARTBEAT_S, STOP_GRACE_S, DaemonLink, request_realtime
+from vmc.services.daemon_link import (
+    HEARTBEAT_S,
+    DaemonLink,
+    request_realtime,
+    serve_link,
+    start_failed,
+)
 
 
 class ExeLoop(DaemonLink):
     """Glue between one EXE port, one master core and the daemon's socket."""
 
     def __init__(self, port: ExePort, master: ExeMaster, sock: socket.socket) -> None:
-        super().__init__(sock)
-        self.port = port
+        super().__init__(port, sock)
+        self.port: ExePort = port
         self.master = master
         self.wake = asyncio.Event()  # a reply or a decision: the core may have work now
         self.bytes_in = 0
-        self.stopping_since: float | None = None
 
     def on_port_readable(self) -> None:
         try:
@@ -53,32 +57,24 @@ class ExeLoop(DaemonLink):
             self._forward_events()
             self.wake.set()
 
+    def _core(self) -> ExeMaster:
+        return self.master
+
     def _apply(self, command: object) -> None:
-        master = self.master
-        try:
-            match command:
-                case msg.BeginSession(funds=funds, payment_type=payment_type, timeout=timeout):
-                    master.begin_session(funds, PaymentType(payment_type), timeout)
-                case msg.ApproveVend(vend_id=vend_id, amount=amount):
-                    master.approve_vend(vend_id, amount)
-                case msg.DenyVend(vend_id=vend_id):
-                    master.deny_vend(vend_id)
-                case msg.CancelSession(vend_id=vend_id):
-                    master.cancel_session(vend_id)
-                case msg.SetPrices(prices=prices):
-                    master.set_prices(dict(prices))
-                case msg.Stop():
-                    self._begin_stop()
-                case msg.Monitor():
-                    pass  # the bus monitor shows MDB exchanges; Executive has none to show
-                case msg.DecideRevalue() | msg.ShowText():
-                    name = type(command).__name__
-                    raise LocalProtocolError(f"{name}: Executive has no such command")
-                case _:
-                    raise VmcError(f"unknown command {command!r}")
-        except VmcError as exc:
-            self._send(msg.CommandRefused(type(command).__name__, str(exc), msg.Refusal.STATE))
-        self.wake.set()
+        super()._apply(command)
+        self.wake.set()  # the core may have a command to send now
+
+    def _apply_own(self, command: object) -> None:
+        match command:
+            case msg.SetPrices(prices=prices):
+                self.master.set_prices(dict(prices))
+            case msg.Monitor():
+                pass  # the bus monitor shows MDB exchanges; Executive has none to show
+            case msg.DecideRevalue() | msg.ShowText():
+                name = type(command).__name__
+                raise LocalProtocolError(f"{name}: Executive has no such command")
+            case _:
+                raise VmcError(f"unknown command {command!r}")
 
     def _forward_events(self) -> None:
         """The core's events; a change of the link is preceded by a heartbeat, so the daemon's
@@ -95,15 +91,8 @@ class ExeLoop(DaemonLink):
         self.stopping_since = time.monotonic()
         self.wake.set()
 
-    def _check_stopped(self, now: float) -> None:
-        since = self.stopping_since
-        if since is not None and (self.master.settled or now - since >= STOP_GRACE_S):
-            self._forward_events()
-            self._finish(0)
-
-    def _port_failed(self, exc: VmcError) -> None:
-        self._send(msg.PortFailed(str(exc)))
-        self._finish(3)
+    def _settled(self) -> bool:
+        return self.master.settled
 
     def _heartbeat(self, now: float) -> None:
         """As MDB's, ``polls`` counting the VMC's replies and ``last_poll_age`` the time since
@@ -152,36 +141,9 @@ class ExeLoop(DaemonLink):
                         await self.wake.wait()
 
 
-def discard_stale_input(port: ExePort) -> None:
-    """Drop replies to a previous process's commands: none is an answer to ours."""
-    with contextlib.suppress(VmcError):  # a dead port is reported by the loop's first read
-        while port.read_available():
-            pass
-
-
 async def serve(port: ExePort, master: ExeMaster, sock: socket.socket, realtime: bool) -> int:
-    loop = asyncio.get_running_loop()
     exe = ExeLoop(port, master, sock)
-    exe.done = loop.create_future()
-    sock.setblocking(False)
-    discard_stale_input(port)
-    loop.add_reader(port.fileno(), exe.on_port_readable)
-    loop.add_reader(sock.fileno(), exe.on_socket_readable)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, exe._begin_stop)
-    exe._send(msg.Ready(port.url, realtime))
-    gc.collect()
-    gc.freeze()  # keep collections of start-up objects off the polling path
-    running = asyncio.create_task(exe.run())
-    try:
-        return await exe.done
-    finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
-        loop.remove_reader(port.fileno())
-        loop.remove_reader(sock.fileno())
-        port.close()
+    return await serve_link(exe, realtime, exe.run())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ExeSettings(**json.loads(args.exe))
         port = open_exe_port(args.port, ModeBit(args.mode_bit))
     except (VmcError, ValueError, TypeError) as exc:
-        try:
-            sock.send(msg.encode(msg.PortFailed(str(exc))))
-        except OSError:
-            print(f"vmc-exe: {exc}", file=sys.stderr)  # no daemon to log it
-        return 2
+        return start_failed(sock, "vmc-exe", exc)
     realtime = request_realtime(args.realtime_priority)
     master = ExeMaster(settings, time.monotonic())
     return asyncio.run(serve(port, master, sock, realtime))
