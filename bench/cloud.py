@@ -29,6 +29,19 @@ Measured, each part with a private Mosquitto (``sim.broker``) on loopback:
   the POLL answer carrying VEND APPROVED, the VMC polling back to back meanwhile (the mean poll
   interval is the granularity of that number); *result report* from VEND SUCCESS to the
   arrival of ``txn.vend``. Each transaction is in the backend's books before the next starts.
+- ``floors``: after each timed transaction, one sample of what each path cannot do without,
+  taken in the same minutes as the overheads: *broker hop*, one QoS 1 message from an aiomqtt
+  client to another through the broker (publish call to the subscriber's read; the
+  ``broker_rtt`` baseline is the same hop before vmcd starts); *disk sync*, one 4 KiB block
+  overwritten in place and ``fdatasync``ed in vmcd's state directory (a durable SQLite commit
+  into its WAL); *to bus* and *from bus*, one datagram each way on an AF_UNIX SEQPACKET pair
+  between two processes pinned to vmcd's CPU, the bus side real-time, as vmcd and its bus
+  process talk. The request's floor is from bus + broker hop (the bus process forwards the
+  VEND REQUEST, vmcd publishes ``txn.request``); the approval's is broker hop + disk sync + to
+  bus (``paid`` arrives, ``approving`` is fsynced, the bus process hears it). Each floor is
+  summed per sample, so its p50/p99 are those of the sums; ``*_vs_floor_p50``/``_p99`` divide
+  the overhead's percentile by the floor's. Not in either floor: the VMC's poll (the approval
+  waits for the next one), decoding, the engine and the journal's own work.
 - ``mdb``: on the same machine, every exchange's answer latency over at least ``--polls``
   back-to-back polls with a full cloud-approved vend every ``--sessions-every`` polls (a vend
   waits, polling, until the previous one is in the books, as customers are seconds apart).
@@ -97,6 +110,7 @@ from vmc.cloud import codec  # noqa: E402
 from vmc.cloud import messages as m  # noqa: E402
 from vmc.cloud.sync import IN_FLIGHT, NO_DELAY, CloudSync, MqttSettings  # noqa: E402
 from vmc.cloud.topics import Topics  # noqa: E402
+from vmc.config import MdbConfig  # noqa: E402
 from vmc.journal import Journal, NewMessage  # noqa: E402
 from vmc.logs import configure_logging  # noqa: E402
 from vmc.transaction import Txn, TxnState  # noqa: E402
@@ -129,6 +143,33 @@ client.on_connect = on_connect
 client.on_message = on_message
 client.connect("127.0.0.1", int(sys.argv[1]))
 client.loop_forever()
+"""
+HOP_PROBE = """
+import os
+import socket
+import sys
+import time
+
+os.sched_setaffinity(0, {int(sys.argv[1])})
+daemon, bus = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+if os.fork() == 0:  # the bus process's side, real-time as vmcd's bus process asks to be
+    daemon.close()
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(int(sys.argv[2])))
+    except (OSError, AttributeError):
+        pass
+    while bus.recv(64):
+        arrived = time.perf_counter_ns()
+        bus.send(arrived.to_bytes(8, "big") + time.perf_counter_ns().to_bytes(8, "big"))
+    sys.exit(0)
+bus.close()
+for _ in sys.stdin:  # one line asks for one sample: "down up" in ns
+    sent = time.perf_counter_ns()
+    daemon.send(b"x")
+    answer = daemon.recv(64)
+    back = time.perf_counter_ns()
+    arrived, answered = int.from_bytes(answer[:8], "big"), int.from_bytes(answer[8:], "big")
+    print(arrived - sent, back - answered, flush=True)
 """
 TARGETS = {
     "request_overhead_p99_ms": ("<=", 2.0),
@@ -248,48 +289,168 @@ def bench_journal(records: int, budget_s: float, problems: Problems) -> dict[str
 # --- broker baseline -------------------------------------------------------------------------
 
 
-async def bench_broker_rtt(broker: MosquittoBroker, samples: int) -> dict[str, Any]:
-    """Sequential QoS 1 publishes of ~200 bytes, timed from publish to the subscriber."""
-    arrivals: dict[int, float] = {}
-    arrived = asyncio.Event()
-    pad = sample_event(0)
+class BrokerHop:
+    """One QoS 1 publish of ~200 bytes from one aiomqtt client to another through the broker,
+    timed from the publish call to the subscriber's read: a message's way between vmcd and the
+    backend, with the same client library and socket options on both ends."""
 
-    def client(name: str) -> aiomqtt.Client:
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self._broker = broker
+        self._stack = contextlib.AsyncExitStack()
+        self._arrivals: dict[int, float] = {}
+        self._arrived = asyncio.Event()
+        self._pad = sample_event(0)
+        self._next = 0
+        self._pub: aiomqtt.Client | None = None
+
+    def _client(self, name: str) -> aiomqtt.Client:
         return aiomqtt.Client(
             "127.0.0.1",
-            broker.port,
-            identifier=f"bench-rtt-{name}",
+            self._broker.port,
+            identifier=f"bench-hop-{name}",
             protocol=aiomqtt.ProtocolVersion.V5,
+            socket_options=[NO_DELAY],
         )
 
-    async def listen(sub: aiomqtt.Client) -> None:
-        async for msg in sub.messages:
-            now = time.perf_counter()
-            if isinstance(msg.payload, bytes | bytearray):
-                arrivals[int.from_bytes(msg.payload[:4], "big")] = now
-                arrived.set()
-
-    rtt_s: list[float] = []
-    warmup = 20
-    async with client("sub") as sub, client("pub") as pub:
+    async def __aenter__(self) -> BrokerHop:
+        sub = await self._stack.enter_async_context(self._client("sub"))
+        self._pub = await self._stack.enter_async_context(self._client("pub"))
         await sub.subscribe(RTT_TOPIC, qos=1)
-        listener = asyncio.create_task(listen(sub))
-        try:
-            for i in range(warmup + samples):
-                arrived.clear()
-                t0 = time.perf_counter()
-                await pub.publish(RTT_TOPIC, i.to_bytes(4, "big") + pad, qos=1)
-                async with asyncio.timeout(2.0):
-                    while i not in arrivals:
-                        await arrived.wait()
-                        arrived.clear()
-                if i >= warmup:
-                    rtt_s.append(arrivals[i] - t0)
-        finally:
+        listener = asyncio.create_task(self._listen(sub))
+
+        async def stop_listening() -> None:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await listener
+
+        self._stack.push_async_callback(stop_listening)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def _listen(self, sub: aiomqtt.Client) -> None:
+        async for msg in sub.messages:
+            now = time.perf_counter()
+            if isinstance(msg.payload, bytes | bytearray):
+                self._arrivals[int.from_bytes(msg.payload[:4], "big")] = now
+                self._arrived.set()
+
+    async def sample(self) -> float:
+        """One hop, in seconds."""
+        assert self._pub is not None
+        i, self._next = self._next, self._next + 1
+        self._arrived.clear()
+        t0 = time.perf_counter()
+        await self._pub.publish(RTT_TOPIC, i.to_bytes(4, "big") + self._pad, qos=1)
+        async with asyncio.timeout(2.0):
+            while i not in self._arrivals:
+                await self._arrived.wait()
+                self._arrived.clear()
+        return self._arrivals.pop(i) - t0
+
+
+async def bench_broker_rtt(broker: MosquittoBroker, samples: int) -> dict[str, Any]:
+    """Sequential broker hops (:class:`BrokerHop`) before vmcd starts, after a warm-up."""
+    async with BrokerHop(broker) as hop:
+        for _ in range(20):
+            await hop.sample()
+        rtt_s = [await hop.sample() for _ in range(samples)]
     return {**ms_stats("broker_rtt", rtt_s), "broker_rtt_samples": len(rtt_s)}
+
+
+class PipeHop:
+    """The hop between vmcd and its bus process: a datagram on an AF_UNIX SEQPACKET pair, as
+    vmcd's, between two processes pinned to vmcd's CPU (the bus side real-time, as vmcd asks
+    for its bus process); each sample times one hop each way (:data:`HOP_PROBE`)."""
+
+    def __init__(self, cpu: int, priority: int) -> None:
+        self._argv = [sys.executable, "-c", HOP_PROBE, str(cpu), str(priority)]
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            *self._argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+
+    async def sample(self) -> tuple[float, float]:
+        """(vmcd -> bus process, bus process -> vmcd), in seconds."""
+        assert self._proc is not None
+        stdin, stdout = self._proc.stdin, self._proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(b"\n")
+        line = await asyncio.wait_for(stdout.readline(), 2.0)
+        down, up = line.split()
+        return int(down) / 1e9, int(up) / 1e9
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), 2.0)
+            if self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+
+
+class DiskSync:
+    """One 4 KiB block overwritten in place and ``fdatasync``ed, in the journal's directory:
+    what SQLite does to commit a durable transaction into a WAL it has started over (its
+    frames overwrite the blocks of the WAL before; Linux's SQLite syncs with fdatasync)."""
+
+    BLOCKS = 16
+
+    def __init__(self, directory: Path) -> None:
+        self._fd = os.open(directory / "bench-sync", os.O_RDWR | os.O_CREAT, 0o600)
+        os.pwrite(self._fd, b"\0" * 4096 * self.BLOCKS, 0)
+        os.fsync(self._fd)
+        self._block = b"\1" * 4096
+        self._next = 0
+
+    def sample(self) -> float:
+        """One write and sync; the sync's time in seconds."""
+        self._next = (self._next + 1) % self.BLOCKS
+        os.pwrite(self._fd, self._block, self._next * 4096)
+        t0 = time.perf_counter()
+        os.fdatasync(self._fd)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass(frozen=True, slots=True)
+class FloorSample:
+    """What each path cannot do without, sampled once after a vend (each in seconds)."""
+
+    disk_sync: float
+    broker_hop: float
+    to_bus: float
+    from_bus: float
+
+    @property
+    def request(self) -> float:
+        return self.from_bus + self.broker_hop
+
+    @property
+    def approve(self) -> float:
+        return self.broker_hop + self.disk_sync + self.to_bus
+
+
+@dataclass
+class Floors:
+    """The probes of every floor: one sample of each after each timed vend."""
+
+    disk: DiskSync
+    broker: BrokerHop
+    pipe: PipeHop
+
+    async def sample(self) -> FloorSample:
+        disk_sync = self.disk.sample()
+        to_bus, from_bus = await self.pipe.sample()
+        return FloorSample(disk_sync, await self.broker.sample(), to_bus, from_bus)
 
 
 # --- outbox drain ----------------------------------------------------------------------------
@@ -526,15 +687,35 @@ class VendSamples:
     vended: list[tuple[str, float]] = field(default_factory=list)  # (txn_id, VEND SUCCESS)
     sessions: int = 0
     sessions_ok: int = 0
+    floors: list[FloorSample] = field(default_factory=list)
 
     def summary(self, results: dict[str, float]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         out.update(ms_stats("request_overhead", self.request_s))
         out.update(ms_stats("approve_overhead", self.approve_s))
+        if self.floors:
+            out.update(self._floors())
         if self.wait_polls:
             out["poll_interval_mean_ms"] = round(self.wait_s / self.wait_polls * 1000, 3)
         reported = [results[t] - at for t, at in self.vended if t in results]
         out.update(ms_stats("result_report", reported))
+        return out
+
+    def _floors(self) -> dict[str, Any]:
+        """Each path's floor (a sum of its samples taken together) and the overhead's ratio
+        to it at p50 and p99; then each part's own figures."""
+        out: dict[str, Any] = {}
+        for path, overhead in (("request", self.request_s), ("approve", self.approve_s)):
+            floor = ms_stats(f"{path}_floor", [getattr(f, path) for f in self.floors])
+            out.update(floor)
+            over = ms_stats("x", overhead)
+            for q in ("p50", "p99"):
+                base, value = floor[f"{path}_floor_{q}_ms"], over[f"x_{q}_ms"]
+                ratio = None if not base or value is None else round(value / base, 2)
+                out[f"{path}_vs_floor_{q}"] = ratio
+        for part in ("disk_sync", "broker_hop", "to_bus", "from_bus"):
+            out.update(ms_stats(f"floor_{part}", [getattr(f, part) for f in self.floors]))
+        out["floor_samples"] = len(self.floors)
         return out
 
 
@@ -621,8 +802,9 @@ class Machine:
         return entry is not None and entry.result is not None
 
 
-async def run_transactions(machine: Machine, txns: int) -> VendSamples:
-    """Timed vends one after the other, each settled in the books before the next."""
+async def run_transactions(machine: Machine, txns: int, floors: Floors | None) -> VendSamples:
+    """Timed vends one after the other, each settled in the books before the next, and a
+    sample of each floor after each."""
     samples = VendSamples()
     for _ in range(txns):
         if not machine.daemon_alive():
@@ -634,6 +816,8 @@ async def run_transactions(machine: Machine, txns: int) -> VendSamples:
                 await machine.backend.wait_for(
                     lambda t=txn_id: machine.settled(t), SETTLE_TIMEOUT_S
                 )
+                if floors is not None:
+                    samples.floors.append(await floors.sample())
         except VmcError as exc:
             machine.problems.add(f"txns session {samples.sessions}: {exc}")
         except TimeoutError:
@@ -750,6 +934,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
         backend_task: asyncio.Task[None] | None = None
         port = TimedPort(pair.master)
         vmc: CountingVmc | None = None
+        stack = contextlib.AsyncExitStack()  # the floors' probes
         try:
             broker.start()
             t0 = time.perf_counter()
@@ -775,11 +960,19 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
             if not vmc.info.features & c.Feature.ALWAYS_IDLE:
                 raise VmcError("the reader did not enable always-idle: select-first needs it")
             machine = Machine(vmc, port, backend, daemon, random.Random(args.seed), problems)
+            floors = Floors(
+                DiskSync(tmp / "state"),
+                await stack.enter_async_context(BrokerHop(broker)),
+                PipeHop(0 if cpus is None else cpus[0], MdbConfig().realtime_priority),
+            )
+            stack.callback(floors.disk.close)
+            await floors.pipe.start()
+            stack.push_async_callback(floors.pipe.stop)
             gc.collect()
             gc.freeze()  # keep full collections of start-up objects off the measuring side
             try:
                 t0 = time.perf_counter()
-                samples = await run_transactions(machine, args.txns)
+                samples = await run_transactions(machine, args.txns, floors)
                 phase_s["transactions"] = round(time.perf_counter() - t0, 2)
                 out.update(samples.summary(backend.results))
                 out["txns"] = samples.sessions
@@ -798,6 +991,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
             finally:
                 gc.unfreeze()
         finally:
+            await stack.aclose()
             if vmc is not None:
                 vmc.close()
             out["daemon_exit"] = await daemon.stop()
@@ -910,9 +1104,16 @@ def human(report: dict[str, Any]) -> str:
             f"request overhead  p50 {get('request_overhead_p50_ms')} ms,"
             f" p99 {get('request_overhead_p99_ms')} ms"
             f" (broker alone p50 {get('broker_rtt_p50_ms')}, p99 {get('broker_rtt_p99_ms')})",
+            f"  its floor       p50 {get('request_floor_p50_ms')} ms,"
+            f" p99 {get('request_floor_p99_ms')} ms (x{get('request_vs_floor_p50')},"
+            f" x{get('request_vs_floor_p99')})",
             f"approve overhead  p50 {get('approve_overhead_p50_ms')} ms,"
             f" p99 {get('approve_overhead_p99_ms')} ms"
             f" (poll every {get('poll_interval_mean_ms')} ms)",
+            f"  its floor       p50 {get('approve_floor_p50_ms')} ms,"
+            f" p99 {get('approve_floor_p99_ms')} ms (x{get('approve_vs_floor_p50')},"
+            f" x{get('approve_vs_floor_p99')}; disk sync p50 {get('floor_disk_sync_p50_ms')},"
+            f" p99 {get('floor_disk_sync_p99_ms')} ms)",
             f"result report     p50 {get('result_report_p50_ms')} ms,"
             f" p99 {get('result_report_p99_ms')} ms",
             f"transactions      {get('txns_ok')}/{get('txns')} ok",

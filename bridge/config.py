@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,6 +23,13 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 class ConfigError(Exception):
     """A configuration mistake, one line."""
+
+
+class EventsMode(StrEnum):
+    """How instances on one database divide the machines' events (docs/bridge.md §7)."""
+
+    SHARED = "shared"  # an MQTT shared subscription deals each event to one instance
+    ALL = "all"  # every instance takes every event; the database keeps each once
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,11 @@ class BridgeConfig:
     """Seconds a callback is retried before it is listed as undeliverable."""
     command_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     """Signs every command (``kid``, ``sig``), for machines with ``cloud.command_keys``."""
+    events: EventsMode = EventsMode.ALL
+    share_group: str = "vmc-bridge"
+    """The shared subscription's group: instances on one database must share it."""
+    member_lease: float = 15.0
+    """Seconds after its last renewal that a silent instance's events session is adopted."""
 
     def owners(self, machine: str) -> tuple[ThirdParty, ...]:
         return tuple(t for t in self.third_parties if t.owns(machine))
@@ -118,6 +131,9 @@ def parse(doc: dict[str, Any], base: Path = Path()) -> BridgeConfig:
         reply_timeout=table.seconds("reply_timeout", 5.0, most=60.0),
         give_up_after=table.seconds("give_up_after", 86400.0, most=30 * 86400.0),
         command_key=_command_key(table.text("command_key_file"), base),
+        events=_events_mode(table.text("events")),
+        share_group=_share_group(table.text("share_group")),
+        member_lease=table.seconds("member_lease", 15.0, most=3600.0),
     )
     table.done()
     return config
@@ -222,6 +238,19 @@ def _mqtt_url(url: str | None) -> tuple[str, int]:
         return parts.hostname, parts.port or 1883
     except ValueError:
         raise ConfigError("bridge.mqtt: the port must be a number in 0..65535") from None
+
+
+def _events_mode(text: str | None) -> EventsMode:
+    try:
+        return EventsMode(text or EventsMode.ALL)
+    except ValueError:
+        raise ConfigError('bridge.events: must be "shared" or "all"') from None
+
+
+def _share_group(text: str | None) -> str:
+    if text is not None and any(c in text for c in "/+#"):
+        raise ConfigError("bridge.share_group: must not contain /, + or #")
+    return text or "vmc-bridge"
 
 
 def _listen(text: str) -> tuple[str, int]:

@@ -3,12 +3,15 @@
 Two connections. The **events** one has a persistent session (MQTT 3.1.1, clean_session
 false, the configured client id), so the broker keeps the events published while the bridge
 is away, and acknowledges an event only once it is committed, so none is lost between the
-broker and the store. The **commands** one (``{client_id}-cmd``, a clean session) sends the
-commands and takes their replies and the machines' retained status and state: the broker
-holds back messages while a client has its in-flight window (20 by default) unacknowledged,
-so on one connection the replies waited behind the events' commits (measured: locks went
-unanswered with 100 machines). A command is resent with the same id until its reply comes or
-its time is up: the device answers a repeated id with its first reply.
+broker and the store. It takes every machine's events, or (``events = "shared"``) this
+instance's share of them through an MQTT shared subscription, connecting only while it holds
+the lease on its session (:mod:`bridge.adopt`). The **commands** one (``{client_id}-cmd``, a
+clean session) sends the commands and takes their replies and the machines' retained status
+and state: the broker holds back messages while a client has its in-flight window (20 by
+default) unacknowledged, so on one connection the replies waited behind the events' commits
+(measured: locks went unanswered with 100 machines). A command is resent with the same id
+until its reply comes or its time is up: the device answers a repeated id with its first
+reply.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import aiomqtt
 import cbor2
 import structlog
 
-from bridge.config import BridgeConfig
+from bridge.config import BridgeConfig, EventsMode
 from vmc.cloud import codec, signing
 from vmc.cloud import messages as m
 from vmc.cloud.topics import Topics
@@ -50,6 +53,33 @@ def new_command_id() -> str:
     return uuid.uuid4().hex
 
 
+def events_filter(config: BridgeConfig, mode: EventsMode) -> str:
+    """The events' subscription in ``mode``: every machine's events, or this instance's share
+    of them in the group (an MQTT shared subscription, which the broker deals round-robin)."""
+    every = f"{config.topic_prefix}/+/events"
+    return every if mode is EventsMode.ALL else f"$share/{config.share_group}/{every}"
+
+
+def mqtt_client(config: BridgeConfig, identifier: str, *, persistent: bool) -> aiomqtt.Client:
+    """A connection to the broker; a ``persistent`` one keeps its session (and acknowledges
+    nothing by itself: its owner acks each event once it is committed)."""
+    client = aiomqtt.Client(
+        config.mqtt_host,
+        config.mqtt_port,
+        identifier=identifier,
+        username=config.mqtt_username,
+        password=config.mqtt_password,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        clean_session=not persistent,
+        socket_options=[NO_DELAY],
+    )
+    if persistent:
+        # Set before connecting, as the session's queued events may come at once. aiomqtt
+        # does not offer it; paho's own switch is on its client.
+        client._client.manual_ack_set(True)
+    return client
+
+
 class Link:
     def __init__(
         self, config: BridgeConfig, on_events: EventsHandler, on_presence: PresenceHandler
@@ -62,6 +92,9 @@ class Link:
         self._up: set[str] = set()
         self.connected = asyncio.Event()
         """Set while both connections are up."""
+        self.gate: Session | None = None
+        """Awaited before each events connection (shared mode: until this instance holds
+        the lease on its own session, :mod:`bridge.adopt`)."""
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -88,18 +121,6 @@ class Link:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    def _client_for(self, identifier: str, *, persistent: bool) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self.config.mqtt_host,
-            self.config.mqtt_port,
-            identifier=identifier,
-            username=self.config.mqtt_username,
-            password=self.config.mqtt_password,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=not persistent,
-            socket_options=[NO_DELAY],
-        )
-
     def _is_up(self, name: str) -> None:
         self._up.add(name)
         if len(self._up) == 2:
@@ -113,14 +134,18 @@ class Link:
             self._client = None
 
     async def _events_session(self) -> None:
-        client = self._client_for(self.config.client_id, persistent=True)
+        if self.gate is not None:
+            await self.gate()
         # PUBACK only once an event is committed: a bridge killed before that gets it again
-        # from the broker. Set before connecting, as the persistent session's queued events
-        # may come at once. aiomqtt does not offer it; paho's own switch is on its client.
+        # from the broker.
+        client = mqtt_client(self.config, self.config.client_id, persistent=True)
         paho = client._client
-        paho.manual_ack_set(True)
+        mode = self.config.events
+        other = EventsMode.ALL if mode is EventsMode.SHARED else EventsMode.SHARED
         async with client:
-            await client.subscribe(f"{self.config.topic_prefix}/+/events", qos=1)
+            # The session keeps its subscriptions: drop the other mode's, if it ran in it.
+            await client.unsubscribe(events_filter(self.config, other))
+            await client.subscribe(events_filter(self.config, mode), qos=1)
             self._is_up("events")
             messages = client.messages
             async for message in messages:
@@ -139,7 +164,8 @@ class Link:
                     paho.ack(m.mid, m.qos)
 
     async def _commands_session(self) -> None:
-        async with self._client_for(f"{self.config.client_id}-cmd", persistent=False) as client:
+        commands = mqtt_client(self.config, f"{self.config.client_id}-cmd", persistent=False)
+        async with commands as client:
             for leaf in ("reply", "status", "state"):
                 await client.subscribe(f"{self.config.topic_prefix}/+/{leaf}", qos=1)
             self._client = client

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from bridge.store import SCHEMA, SqlStore, Tx, placeholders
+from bridge.store import ADD_SEQ, HEADS, SCHEMA, SqlStore, Tx, placeholders
 
 SCHEMA_LOCK = 7_470_201
 """The advisory lock two instances starting together take to create the tables once."""
@@ -50,6 +50,13 @@ class PostgresStore(SqlStore):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await conn.execute(SCHEMA.format(serial="BIGSERIAL PRIMARY KEY"))
+            if not await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE"
+                " table_schema = current_schema() AND table_name = 'deliveries'"
+                " AND column_name = 'seq')"
+            ):
+                await conn.execute(ADD_SEQ)
+            await conn.execute(HEADS)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -78,10 +78,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     failed_at DOUBLE PRECISION,
     claimed_by TEXT,
     claimed_until DOUBLE PRECISION,
+    seq BIGINT,
     UNIQUE (third_party, event_id, path)
 );
-CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (third_party, machine, id)
-    WHERE delivered_at IS NULL AND failed_at IS NULL;
 CREATE TABLE IF NOT EXISTS coils (
     machine TEXT NOT NULL,
     code BIGINT NOT NULL,
@@ -89,9 +88,28 @@ CREATE TABLE IF NOT EXISTS coils (
     current_stock BIGINT,
     PRIMARY KEY (machine, code)
 );
+CREATE TABLE IF NOT EXISTS members (
+    client_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
 """
 """The tables, in SQL both engines read; ``{serial}`` is the engine's auto-numbered key, whose
-order is the callback queue's."""
+order is the callback queue's for one event's callbacks."""
+
+ADD_SEQ = """
+ALTER TABLE deliveries ADD COLUMN seq BIGINT;
+UPDATE deliveries SET seq = COALESCE(
+    (SELECT s.seq FROM seen_events s WHERE s.event_id = deliveries.event_id), 0);
+"""
+"""A database made before the callbacks had their event's ``seq``: the column, filled in."""
+
+HEADS = """
+DROP INDEX IF EXISTS deliveries_open;
+CREATE INDEX IF NOT EXISTS deliveries_heads ON deliveries (third_party, machine, seq, id)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+"""
+"""The open callbacks in queue order (after :data:`ADD_SEQ`, which the index needs)."""
 
 
 class TxnState(StrEnum):
@@ -319,6 +337,39 @@ class SqlStore(abc.ABC):
     async def coils(self, machine: str) -> list[CoilLevel]:
         return [_coil(row) for row in await self._all(_COILS, machine)]
 
+    # --- the instances' events sessions --------------------------------------------------------
+
+    async def hold(self, client_id: str, holder: str, until: float, now: float) -> bool:
+        """Take or renew the lease on ``client_id``'s events session until ``until``: an
+        instance's own (``holder`` = ``client_id``) or one it adopts. True when ``holder`` has
+        it: it was free, already its, or lapsed; False while another's lease runs."""
+        async with self.tx(durable=False) as tx:  # a lease a power cut undoes is taken again
+            taken = await tx.execute(
+                "INSERT INTO members (client_id, holder, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (client_id) DO UPDATE SET holder = excluded.holder,"
+                " until = excluded.until WHERE members.holder = excluded.holder"
+                " OR members.until < ?",
+                client_id,
+                holder,
+                until,
+                now,
+            )
+        return taken == 1
+
+    async def lapsed(self, now: float) -> list[str]:
+        """The client ids whose lease has run out: their holder was killed, or stalled."""
+        rows = await self._all(
+            "SELECT client_id FROM members WHERE until < ? ORDER BY client_id", now
+        )
+        return [row[0] for row in rows]
+
+    async def release(self, client_id: str, holder: str) -> None:
+        """``holder`` is done with ``client_id``'s session (an adopter ended it)."""
+        async with self.tx(durable=False) as tx:
+            await tx.execute(
+                "DELETE FROM members WHERE client_id = ? AND holder = ?", client_id, holder
+            )
+
     # --- the callback queue --------------------------------------------------------------------
 
     async def claim_due(
@@ -326,16 +377,21 @@ class SqlStore(abc.ABC):
     ) -> list[Delivery]:
         """Take, for ``instance`` until ``until``, the first open callback of each (third
         party, machine) whose time has come: the queue's heads, so a machine's callbacks go
-        one at a time, in order. A lease: instances sharing the store never take the same
+        one at a time, in the order of their events' ``seq`` (instances sharing the events may
+        commit a machine's events out of order), and of their queueing for one event's
+        callbacks. A lease: instances sharing the store never take the same
         callback, and one a killed instance held goes to another once it lapses. One
         statement for them all, not durable (a lost claim costs nothing)."""
         async with self.tx(durable=False) as tx:
             rows = await tx.fetch(
                 "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN ("
-                " SELECT id FROM deliveries WHERE id IN ("
-                "  SELECT MIN(id) FROM deliveries WHERE delivered_at IS NULL AND failed_at IS NULL"
-                "  GROUP BY third_party, machine) AND next_try <= ?"
-                "  AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?)"
+                " SELECT id FROM deliveries WHERE id IN (SELECT (SELECT e.id"
+                "  FROM deliveries e WHERE e.third_party = g.third_party AND e.machine = g.machine"
+                "  AND e.delivered_at IS NULL AND e.failed_at IS NULL ORDER BY e.seq, e.id LIMIT 1)"
+                "  FROM (SELECT DISTINCT third_party, machine FROM deliveries"
+                "  WHERE delivered_at IS NULL AND failed_at IS NULL) AS g)"
+                "  AND next_try <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
+                "  ORDER BY id LIMIT ?)"
                 # Again on the row itself: PostgreSQL checks these anew on a row another
                 # instance changed meanwhile, not the subquery's.
                 " AND delivered_at IS NULL AND failed_at IS NULL"
@@ -448,7 +504,8 @@ class EventBatch:
                 txn.txn_id,
                 event.at,
             )
-            await _update_txn(tx, txn.txn_ref, txn_fields or {}, None)
+            # Events committed out of order never take an ended transaction back.
+            await _update_txn(tx, txn.txn_ref, txn_fields or {}, None, ended_stays=True)
         if coil is not None:
             await tx.execute(
                 "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
@@ -463,7 +520,7 @@ class EventBatch:
         for d in deliveries:
             await tx.execute(
                 "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
-                " created_at, next_try) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " created_at, next_try, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (third_party, event_id, path) DO NOTHING",
                 d.third_party,
                 event.machine,
@@ -472,17 +529,26 @@ class EventBatch:
                 json.dumps(d.body),
                 event.at,
                 0.0,
+                0 if event.seq is None else event.seq,
             )
 
 
 async def _update_txn(
-    tx: Tx, txn_ref: str, fields: dict[str, Any], only_from: TxnState | None
+    tx: Tx,
+    txn_ref: str,
+    fields: dict[str, Any],
+    only_from: TxnState | None,
+    *,
+    ended_stays: bool = False,
 ) -> None:
+    """``only_from``: only while the row is in that state; ``ended_stays``: the other fields
+    change, an ended row's state does not."""
     if not fields:
         return
     names = sorted(fields)
     assert set(names) <= _TXN_FIELDS, names
-    assignments = ", ".join(f"{n} = ?" for n in names)
+    keep = f"CASE WHEN state = '{TxnState.ENDED.value}' THEN state ELSE ? END"
+    assignments = ", ".join(f"{n} = {keep if n == 'state' and ended_stays else '?'}" for n in names)
     when = "" if only_from is None else " AND state = ?"
     await tx.execute(
         f"UPDATE txns SET {assignments} WHERE txn_ref = ?{when}",
@@ -561,6 +627,9 @@ class SqliteStore(SqlStore):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(deliveries)")}:
+            db.executescript(f"BEGIN;{ADD_SEQ}COMMIT;")
+        db.executescript(HEADS)
         return db
 
     async def close(self) -> None:

@@ -53,9 +53,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,6 +347,12 @@ class Journal:
         self.on_full: Callable[[], bool] | None = None
         """Told when a write found no room; True if it made some (the write is tried again)."""
         self._db = sqlite3.connect(path, isolation_level=None)
+        self._checkpoints: sqlite3.Connection | None = None
+        """:meth:`checkpoint`'s own connection, used by one worker thread at a time."""
+        self._checkpointed = -1
+        """``data_version`` at the last checkpoint: unchanged, nothing was committed since."""
+        self._checkpoint_lock = threading.Lock()
+        """Held by :meth:`checkpoint`, so that :meth:`close` waits for one in a worker."""
         self._db.execute("PRAGMA journal_mode=WAL")
         self._sync = ""
         self._set_sync(durable=True)
@@ -946,12 +953,51 @@ class Journal:
 
     def checkpoint(self) -> None:
         """Copy the WAL's commits back into the database without waiting for a writer
-        (PASSIVE), over a connection of its own: a worker thread runs it while vmcd commits."""
-        with closing(sqlite3.connect(self.path, isolation_level=None)) as db:
-            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        (PASSIVE), then start the WAL over, over a connection of its own: a worker thread
+        runs it while vmcd commits.
+
+        The first commit into a WAL that is all copied back starts it over and fsyncs its new
+        header, even a commit that is not durable: left to vmcd's next commit, a vend's
+        request or approval paid that fsync after every checkpoint. A commit here of nothing
+        (the header's ``user_version`` set to itself) takes it instead. Nothing is done while
+        no other connection committed since the last call, so an idle journal is left alone.
+        """
+        with self._checkpoint_lock:
+            db = self._checkpoints
+            if db is None:
+                db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA synchronous=NORMAL")  # a checkpoint still fsyncs at NORMAL
+                self._checkpoints = db
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._checkpointed:
+                return
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if copied < frames:  # a reader held some back: the next call goes on
+                return
+            if frames > 0:
+                _start_wal_over(db)
+            self._checkpointed = version
 
     def close(self) -> None:
+        with self._checkpoint_lock:  # a worker thread may be checkpointing: let it finish
+            if self._checkpoints is not None:
+                self._checkpoints.close()
+                self._checkpoints = None
         self._db.close()
+
+
+def _start_wal_over(db: sqlite3.Connection) -> None:
+    """Commit nothing, so that SQLite starts the copied-back WAL over here (see
+    :meth:`Journal.checkpoint`)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (user_version,) = db.execute("PRAGMA user_version").fetchone()
+        db.execute(f"PRAGMA user_version={int(user_version)}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _write_stock(db: sqlite3.Connection, write: StockWrite) -> None:

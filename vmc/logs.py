@@ -5,10 +5,11 @@ Secrets never reach a log: any key that looks like one is masked by :func:`redac
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -31,6 +32,18 @@ def redact(_logger: object, _name: str, event: MutableMapping[str, Any]) -> Any:
         if is_secret(key):
             event[key] = MASK
     return event
+
+
+def soon(emit: Callable[..., object], *args: Any) -> None:
+    """``emit(*args)`` (log lines) once the event loop has run the callbacks ready now: lines
+    written after a decision must not hold back the task it woke (the outbox's drain, which
+    publishes a ``txn.request``). Without a running loop, at once."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        emit(*args)
+        return
+    loop.call_soon(emit, *args)
 
 
 def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:

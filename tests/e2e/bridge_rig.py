@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bridge import run
-from bridge.config import BridgeConfig, ThirdParty
+from bridge.config import BridgeConfig, EventsMode, ThirdParty
 from bridge.service import Bridge
 from sim.broker import MosquittoBroker
 from tests.e2e.cloud_rig import DEVICE
@@ -236,12 +236,15 @@ def bridge_config(
     *,
     client_id: str = "vmc-bridge",
     database: str = "sqlite:///state/bridge.sqlite3",
+    events: EventsMode = EventsMode.ALL,
+    member_lease: float = 15.0,
 ) -> Path:
     """A vmc-bridge TOML file for the third party ``acme`` (the keys of this module, and a
     basic user ``ops``/``hunter22``)."""
     path.write_text(
         f'[bridge]\nmqtt = "{mqtt_url}"\nlisten = "127.0.0.1:{port}"\n'
-        f'database = "{database}"\nclient_id = "{client_id}"\n\n'
+        f'database = "{database}"\nclient_id = "{client_id}"\n'
+        f'events = "{events}"\nmember_lease = {member_lease}\n\n'
         f'[[third_party]]\nname = "acme"\nbase_url = "{third_party_url}"\n'
         f'api_keys = ["{INBOUND_KEY}"]\nusers = {{ ops = "hunter22" }}\n'
         f'outbound_api_key = "{OUTBOUND_KEY}"\n'

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import sys
 from pathlib import Path
 
 import httpx
@@ -53,3 +55,60 @@ async def test_bridge_process_port_taken_is_one_line(
     lines = err.decode().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(f"vmc-bridge: cannot listen on 127.0.0.1:{port}:")
+
+
+# vmc-bridge's serve, with a task that swallows every cancellation (as a library may: see
+# bridge.run.cancelled) and a stop budget of half a second.
+STUBBORN = """
+import asyncio, sys
+from bridge import config, run
+from vmc.logs import configure_logging
+
+run.STOP_BUDGET_S = 0.5
+
+async def stubborn():
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+
+async def main():
+    loaded = config.load(sys.argv[1])
+    sock = run.listening(loaded.listen_host, loaded.listen_port)
+    asyncio.create_task(stubborn(), name="stubborn")
+    print("serving", flush=True)
+    await run.serve(loaded, sock)
+
+configure_logging("info")
+asyncio.run(main())
+"""
+
+
+async def test_bridge_stop_is_bounded_when_a_task_ignores_its_cancellation(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    config = bridge_config(tmp_path / "bridge.toml", broker.url, free_port(), "http://127.0.0.1:9")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        STUBBORN,
+        str(config),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"serving\n"
+        await asyncio.sleep(1.0)  # its tasks run
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
+    cut = [line for line in out.decode().splitlines() if "bridge_stop_cut_short" in line]
+    assert len(cut) == 1, out.decode()[-2000:]
+    assert "stubborn" in cut[0]

@@ -6,6 +6,8 @@ visible."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -262,5 +264,102 @@ async def test_bridge_store_a_batch_of_events_through_the_service(database: str 
         assert (ended.state, ended.txn_id) == (TxnState.ENDED, "t1")
         await bridge.on_events([vend])  # resent after a lost acknowledgement
         assert len(await store.deliveries()) == 3
+    finally:
+        await store.close()
+
+
+async def test_bridge_store_member_leases(store: SqlStore) -> None:
+    """Each instance leases its own events session; another takes a lapsed one over, once,
+    and the owner gets it back only when the adopter is done with it (or stalled)."""
+    assert await store.hold("a", "a", until=15.0, now=0.0)
+    assert await store.hold("b", "b", until=15.0, now=0.0)
+    assert await store.hold("a", "a", until=18.0, now=3.0)  # renewed
+    assert await store.lapsed(now=16.0) == ["b"]
+    assert not await store.hold("b", "a", until=31.0, now=14.0)  # b's lease still runs
+    assert await store.hold("b", "a", until=31.0, now=16.0)  # lapsed: a adopts it
+    assert not await store.hold("b", "c", until=31.0, now=16.0)  # one adopter
+    assert not await store.hold("b", "b", until=32.0, now=17.0)  # the owner waits
+    assert await store.hold("b", "a", until=34.0, now=19.0)  # the adopter renews
+    await store.release("b", "b")  # only its holder releases it
+    assert not await store.hold("b", "b", until=35.0, now=20.0)
+    await store.release("b", "a")
+    assert await store.hold("b", "b", until=36.0, now=21.0)  # back to its owner
+    assert await store.lapsed(now=35.0) == ["a"]
+    assert await store.hold("a", "b", until=50.0, now=35.0)
+    assert await store.hold("a", "a", until=70.0, now=55.0)  # the adopter stalled: it lapsed
+
+
+async def test_bridge_store_callbacks_go_in_seq_order(store: SqlStore) -> None:
+    """Two instances may commit a machine's events out of order: its callbacks still go in
+    the order of the events' seq (one event's two callbacks in the order they were queued)."""
+
+    def event(event_id: str, seq: int, machine: str = "m1") -> SeenEvent:
+        return SeenEvent(event_id, machine, seq, "sale", 100.0)
+
+    await record_event(store, event("e12", 12), [NewDelivery("acme", "/p", {"n": 12})])
+    await record_event(store, event("x1", 1, "m2"), [NewDelivery("acme", "/p", {"n": 1})])
+    late = [NewDelivery("acme", "/a", {"n": 10}), NewDelivery("acme", "/b", {"n": 10})]
+    await record_event(store, event("e10", 10), late)
+    order = []
+    while heads := await store.claim_due("bridge-a", now=1000.0, until=1030.0):
+        order += [(d.machine, d.path, d.body["n"]) for d in heads]
+        await store.settle([Outcome(head.id, 1000.0) for head in heads])
+    assert order == [("m2", "/p", 1), ("m1", "/a", 10), ("m1", "/b", 10), ("m1", "/p", 12)]
+
+
+async def test_bridge_store_an_ended_txn_stays_ended(store: SqlStore) -> None:
+    """The outcome committed before the request (by another instance): the request's fields
+    are kept, its state is not."""
+    txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+    await store.lock_taken("R1", "t1")
+    outcome = SeenEvent("e2", "m1", 5, "txn.status", 9.0)
+    assert await record_event(store, outcome, [], txn=txn, txn_fields={"state": TxnState.ENDED})
+    request = SeenEvent("e1", "m1", 4, "txn.request", 2.0)
+    fields = {"state": TxnState.REQUESTED, "price": 90, "selection": 3}
+    assert await record_event(store, request, [], txn=txn, txn_fields=fields)
+    after = await store.txn("R1")
+    assert after is not None
+    assert (after.state, after.price, after.selection) == (TxnState.ENDED, 90, 3)
+
+
+OLD_DELIVERIES = """
+CREATE TABLE seen_events (event_id TEXT PRIMARY KEY, machine TEXT NOT NULL, seq BIGINT,
+    type TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
+CREATE TABLE deliveries (id {serial}, third_party TEXT NOT NULL, machine TEXT NOT NULL,
+    event_id TEXT NOT NULL, path TEXT NOT NULL, body TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+    next_try DOUBLE PRECISION NOT NULL, last_error TEXT, delivered_at DOUBLE PRECISION,
+    failed_at DOUBLE PRECISION, claimed_by TEXT, claimed_until DOUBLE PRECISION,
+    UNIQUE (third_party, event_id, path));
+CREATE INDEX deliveries_open ON deliveries (third_party, machine, id)
+    WHERE delivered_at IS NULL AND failed_at IS NULL;
+INSERT INTO seen_events VALUES ('e7', 'm1', 7, 'sale', 1.0);
+INSERT INTO deliveries (third_party, machine, event_id, path, body, created_at, next_try)
+    VALUES ('acme', 'm1', 'e7', '/p', '{{"n": 7}}', 1.0, 0.0);
+"""
+"""The callback queue as the bridge made it before its rows had their event's seq."""
+
+
+async def test_bridge_store_gives_an_older_queue_its_seq(database: str | Path) -> None:
+    if isinstance(database, Path):
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.executescript(OLD_DELIVERIES.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    else:
+        asyncpg = pytest.importorskip("asyncpg")
+        conn = await asyncpg.connect(database)
+        await conn.execute(OLD_DELIVERIES.format(serial="BIGSERIAL PRIMARY KEY"))
+        await conn.close()
+    for _ in range(2):  # and once more: already done
+        store = open_store(database)
+        await store.open()
+        await store.close()
+    store = open_store(database)
+    await store.open()
+    try:
+        await record_event(store, seen("e5"), [NewDelivery("acme", "/p", {"n": 5})])
+        (head,) = await store.claim_due("bridge-a", now=10.0, until=40.0)
+        assert head.body == {"n": 5}  # seen() gives seq 1: before the older row's 7
+        await store.settle([Outcome(head.id, 10.0)])
+        assert [d.body for d in await store.claim_due("bridge-a", 10.0, 40.0)] == [{"n": 7}]
     finally:
         await store.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bridge import cli
-from bridge.config import ConfigError, load
+from bridge.config import ConfigError, EventsMode, load
 from vmc.cloud import signing
 from vmc.cloud.signing import DeviceKey
 
@@ -39,6 +39,11 @@ def test_bridge_config_reads_a_good_file(tmp_path: Path) -> None:
     assert not party.owns("m2")
     assert "k-1" not in repr(party)
     assert "pw" not in repr(config)
+    assert (config.events, config.share_group, config.member_lease) == (
+        EventsMode.ALL,
+        "vmc-bridge",
+        15.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,6 +59,9 @@ def test_bridge_config_reads_a_good_file(tmp_path: Path) -> None:
         (('api_keys = ["k-1"]\nusers = { alice = "pw" }', ""), "give api_keys or users"),
         (("[bridge]", "[bridge]\nlock_timeout = -1"), "bridge.lock_timeout: must be a number"),
         (("[bridge]", "[bridge]\ncolour = 1"), "bridge.colour: unknown key"),
+        (("[bridge]", '[bridge]\nevents = "some"'), 'bridge.events: must be "shared" or "all"'),
+        (("[bridge]", '[bridge]\nshare_group = "a/b"'), "bridge.share_group: must not"),
+        (("[bridge]", "[bridge]\nmember_lease = 0"), "bridge.member_lease: must be"),
         (('outbound_api_key = "out-1"', 'outbound_username = "u"'), "set outbound_username and"),
         (
             ("[bridge]", '[bridge]\ncommand_key_file = "absent.key"'),

@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -47,6 +48,10 @@ DELETE_EVERY = 10 * IN_FLIGHT
 ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
+STATE_SETTLE_S = 0.05
+"""A change's snapshot is taken this long after it: a remote vend's request and its approval,
+milliseconds apart, go out in one, and building and publishing it does not compete with
+them for the CPU, the broker and the backend."""
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 60.0
 IDLE_WAKE_S = 1.0
@@ -306,7 +311,8 @@ class CloudSync:
                 if not window.in_flight:  # the fetch above found nothing new
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), IDLE_WAKE_S)
+                        async with asyncio.timeout(IDLE_WAKE_S):  # wait_for: a task, 2 turns more
+                            await self._wake.wait()
                     continue
                 for ack in await tap.arrived(ACK_TIMEOUT_S):
                     if window.acked(ack.mid) and ack.refused is not None:
@@ -326,12 +332,35 @@ class CloudSync:
         return through
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            payload = message.payload
-            if isinstance(payload, bytes | bytearray):
-                self.on_command(bytes(payload))
-            else:
-                self.on_command(b"")
+        """Hand each command to :attr:`on_command` from paho's read of it, in the loop turn
+        its bytes arrive in; end when the connection is lost.
+
+        aiomqtt would queue a message for a task of ours, and its iterator makes a task and a
+        wait of its own per message: a few loop turns on an approval's path. paho calls a
+        topic's own callback instead of aiomqtt's, and sends the PUBACK after it returns.
+        aiomqtt's queue stays empty; iterating it ends (MqttError) when the link goes down.
+        A bug in the handler ends the read too, and is raised here as itself.
+        """
+        paho_client: paho.Client = client._client  # aiomqtt has no public handle on it
+        failure: list[Exception] = []
+
+        def command(_client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+            try:
+                self.on_command(bytes(message.payload))
+            except Exception as exc:
+                failure.append(exc)
+                raise  # through paho's read: aiomqtt ends the session
+
+        paho_client.message_callback_add(self.topics.commands, command)
+        try:
+            async for _message in client.messages:
+                pass  # none: every command goes to the callback above
+        except aiomqtt.MqttError:
+            if failure:
+                raise failure[0] from None
+            raise
+        finally:
+            paho_client.message_callback_remove(self.topics.commands)
 
     async def _publish_state(self, client: aiomqtt.Client) -> None:
         while True:
@@ -341,6 +370,7 @@ class CloudSync:
             )
             await asyncio.sleep(STATE_MIN_INTERVAL_S)  # coalesce the steps of one vend
             await self._state_dirty.wait()
+            await asyncio.sleep(STATE_SETTLE_S)
 
     async def stop(self) -> None:
         """Say ``offline`` (retained), if connected; cancelling ``run`` then disconnects.

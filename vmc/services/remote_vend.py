@@ -44,6 +44,7 @@ from vmc.credit import (
     ended_test_vend,
 )
 from vmc.journal import OFFLINE_LIST, Journal, NewMessage, StockWrite, txn_record
+from vmc.logs import soon
 from vmc.offline import AllowList, Bounds, Denial, Usage, offline_state
 from vmc.refunds import RefundRow, decide
 from vmc.sales import Payment, Period, PeriodError, SaleRow, period, report
@@ -293,7 +294,7 @@ class RemoteVending:
         try:
             self._apply(self.engine.on_bus(report, now), at=now)
         finally:
-            log_report(report)
+            soon(log_report, report)
         if isinstance(report, ev.StateChanged | ev.FeaturesEnabled | ev.ReaderReset):
             self.on_state()
 
@@ -529,24 +530,13 @@ class RemoteVending:
         )
         for command in fx.bus:
             self.send_bus(command)
-        for txn in fx.transitions:
-            log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
-        for credit in fx.credits:
-            log.info(
-                "credit",
-                kind=credit.kind.value,
-                credit_id=credit.credit_id,
-                state=credit.state.value,
-                used=credit.used,
-                rest=credit.rest,
-                reason=credit.reason or None,
-            )
         if self.stock is not None:
             self.stock.committed(writes)
         self._tests_ended(fx)
         self.on_outbox()
         if fx.transitions or fx.credits:
             self.on_state()
+        soon(_log_applied, fx)  # after the wake-ups above: the loop runs them first
 
     def _tests_ended(self, fx: Effects) -> None:
         """Tell the askers of the test vends that ended in this (committed) effect."""
@@ -593,6 +583,21 @@ def _vend_of(fx: Effects, session: CreditSession) -> m.TxnVend | None:
     return next(
         (e for e in fx.events if isinstance(e, m.TxnVend) and e.txn_id in session.txn_ids), None
     )
+
+
+def _log_applied(fx: Effects) -> None:
+    for txn in fx.transitions:
+        log.info("txn", txn_id=txn.txn_id, state=txn.state.value, reason=txn.reason or None)
+    for credit in fx.credits:
+        log.info(
+            "credit",
+            kind=credit.kind.value,
+            credit_id=credit.credit_id,
+            state=credit.state.value,
+            used=credit.used,
+            rest=credit.rest,
+            reason=credit.reason or None,
+        )
 
 
 def _only_requests(events: Iterable[m.Event]) -> bool:
