@@ -20,7 +20,7 @@ import time
 import structlog
 
 from bridge.config import BridgeConfig, EventsMode
-from bridge.link import EventHandler, events_filter, mqtt_client
+from bridge.link import EventsHandler, events_filter, mqtt_client
 from bridge.store import SqlStore
 
 log = structlog.get_logger("bridge.adopt")
@@ -32,10 +32,10 @@ RENEWALS = 5
 class Members:
     """This instance's lease, and the adoption of the others' lapsed ones."""
 
-    def __init__(self, config: BridgeConfig, store: SqlStore, on_event: EventHandler) -> None:
+    def __init__(self, config: BridgeConfig, store: SqlStore, on_events: EventsHandler) -> None:
         self.config = config
         self.store = store
-        self.on_event = on_event
+        self.on_events = on_events
         self.every = config.member_lease / RENEWALS
         self._adopting: dict[str, asyncio.Task[None]] = {}
         self._own = True
@@ -116,10 +116,14 @@ class Members:
                     await client.unsubscribe(events_filter(self.config, mode))
                 if not len(client.messages):
                     return events
-                while len(client.messages):
-                    message = await anext(messages)
-                    if isinstance(message.payload, bytes | bytearray):
-                        machine = str(message.topic).split("/")[1]
-                        await self.on_event(machine, bytes(message.payload))
+                batch = [await anext(messages) for _ in range(len(client.messages))]
+                await self.on_events(
+                    [
+                        (str(m.topic).split("/")[1], bytes(m.payload))
+                        for m in batch
+                        if isinstance(m.payload, bytes | bytearray)
+                    ]
+                )
+                for message in batch:  # once committed, all together
                     client._client.ack(message.mid, message.qos)
-                    events += 1
+                events += len(batch)

@@ -7,6 +7,9 @@ delivered when the third party answers 2xx; anything else (no connection, a time
 status) is tried again after a backoff of 0.5 s doubling to 60 s, for ``give_up_after``
 seconds, after which it is set aside as undeliverable (listed, never dropped silently) and the
 machine's next callback goes.
+
+The bookkeeping is grouped: one statement claims every head that is due, and the outcomes of
+the calls that ended meanwhile are recorded together, in one commit, before the next claim.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import httpx
 import structlog
 
 from bridge.config import BridgeConfig, ThirdParty
-from bridge.store import Delivery, SqlStore
+from bridge.store import Delivery, Outcome, SqlStore
 
 log = structlog.get_logger("bridge.courier")
 
@@ -60,15 +63,19 @@ class Courier:
         config: BridgeConfig,
         store: SqlStore,
         on_answer: AnswerHandler,
-        http: httpx.AsyncClient,
+        http: Sequence[httpx.AsyncClient],
     ) -> None:
         self.config = config
         self.store = store
         self.on_answer = on_answer
         self.http = http
+        """Clients to share the calls out among, a machine's always by the same one."""
         self._wake = asyncio.Event()
         self._flying: dict[tuple[str, str], asyncio.Task[None]] = {}
         """The call in flight per (third party, machine): a slow one holds up no other."""
+        self._ended: list[Outcome] = []
+        """Outcomes not recorded yet; a machine's next callback is claimed only after its
+        predecessor's is."""
 
     def wake(self) -> None:
         """New callbacks were queued: look now rather than at the next idle tick."""
@@ -78,9 +85,17 @@ class Courier:
         try:
             while True:
                 self._wake.clear()
-                for delivery in await self.store.due(time.time()):
+                try:
+                    await self._record_ended()
+                    now = time.time()
+                    claimed = await self.store.claim_due(self.config.client_id, now, now + LEASE)
+                except Exception:  # the store is away: look again in a while
+                    log.exception("courier_store_failed", retry_in=IDLE_WAIT)
+                    await asyncio.sleep(IDLE_WAIT)
+                    continue
+                for delivery in claimed:
                     key = (delivery.third_party, delivery.machine)
-                    if key not in self._flying:
+                    if key not in self._flying:  # else its lease lapses and it is taken again
                         self._flying[key] = asyncio.create_task(self._fly(key, delivery))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), IDLE_WAIT)
@@ -89,6 +104,16 @@ class Courier:
             for task in flying:
                 task.cancel()
             await asyncio.gather(*flying, return_exceptions=True)
+            with contextlib.suppress(Exception):  # unrecorded, they are delivered again
+                await self._record_ended()
+
+    async def _record_ended(self) -> None:
+        ended, self._ended = self._ended, []
+        try:
+            await self.store.settle(ended)
+        except BaseException:
+            self._ended[:0] = ended  # written at the next try, still before the next claim
+            raise
 
     async def _fly(self, key: tuple[str, str], delivery: Delivery) -> None:
         try:
@@ -100,9 +125,6 @@ class Courier:
             self.wake()  # the machine's next callback may be due now
 
     async def _deliver(self, delivery: Delivery) -> None:
-        now = time.time()
-        if not await self.store.claim(delivery.id, self.config.client_id, now + LEASE, now):
-            return  # another instance delivers it
         party = self.config.third_party(delivery.third_party)
         headers, basic = auth_for(party)
         told = log.bind(
@@ -113,7 +135,8 @@ class Courier:
         )
         error: str
         try:
-            response = await self.http.post(
+            client = self.http[hash(delivery.machine) % len(self.http)]
+            response = await client.post(
                 party.base_url + delivery.path,
                 json=delivery.body,
                 headers=headers | {"Idempotency-Key": idempotency_key(delivery)},
@@ -124,24 +147,24 @@ class Courier:
             error = f"{type(exc).__name__}: {exc}"
         else:
             if response.is_success:
-                await self.store.delivered(delivery.id, time.time())
+                self._ended.append(Outcome(delivery.id, time.time()))
                 told.info("callback_delivered")
                 await self.on_answer(delivery, _json(response))
                 return
             error = f"HTTP {response.status_code}"
-        await self._failed(delivery, error, told)
+        self._failed(delivery, error, told)
 
-    async def _failed(
+    def _failed(
         self, delivery: Delivery, error: str, told: structlog.typing.FilteringBoundLogger
     ) -> None:
         now = time.time()
         attempts = delivery.attempts + 1
         if now - delivery.created_at >= self.config.give_up_after:
-            await self.store.give_up(delivery.id, now, error)
+            self._ended.append(Outcome(delivery.id, now, error))
             told.error("callback_undeliverable", attempts=attempts, error=error)
             return
         wait = backoff(attempts)
-        await self.store.retry(delivery.id, now + wait, error)
+        self._ended.append(Outcome(delivery.id, now, error, now + wait))
         told.warning("callback_failed", attempts=attempts, error=error, retry_in=wait)
 
 

@@ -21,7 +21,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiomqtt
@@ -40,7 +40,11 @@ FIRST_BACKOFF = 0.2
 MAX_BACKOFF = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-EventHandler = Callable[[str, bytes], Awaitable[None]]
+MAX_BATCH = 256
+"""Events handed over at most at once (the broker's in-flight window is smaller by default)."""
+
+EventsHandler = Callable[[Sequence[tuple[str, bytes]]], Awaitable[None]]
+"""Takes (machine, payload) pairs in arrival order; returns once they are committed."""
 PresenceHandler = Callable[[str, str, object], None]
 Session = Callable[[], Awaitable[None]]
 
@@ -78,10 +82,10 @@ def mqtt_client(config: BridgeConfig, identifier: str, *, persistent: bool) -> a
 
 class Link:
     def __init__(
-        self, config: BridgeConfig, on_event: EventHandler, on_presence: PresenceHandler
+        self, config: BridgeConfig, on_events: EventsHandler, on_presence: PresenceHandler
     ) -> None:
         self.config = config
-        self.on_event = on_event
+        self.on_events = on_events
         self.on_presence = on_presence
         self._client: aiomqtt.Client | None = None
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -143,11 +147,21 @@ class Link:
             await client.unsubscribe(events_filter(self.config, other))
             await client.subscribe(events_filter(self.config, mode), qos=1)
             self._is_up("events")
-            async for message in client.messages:
-                machine = str(message.topic).split("/")[1]
-                if isinstance(message.payload, bytes | bytearray):
-                    await self.on_event(machine, bytes(message.payload))
-                paho.ack(message.mid, message.qos)
+            messages = client.messages
+            async for message in messages:
+                # With it, every event already received: one commit for them all.
+                batch = [message]
+                while len(messages) and len(batch) < MAX_BATCH:
+                    batch.append(await anext(messages))
+                await self.on_events(
+                    [
+                        (str(m.topic).split("/")[1], bytes(m.payload))
+                        for m in batch
+                        if isinstance(m.payload, bytes | bytearray)
+                    ]
+                )
+                for m in batch:
+                    paho.ack(m.mid, m.qos)
 
     async def _commands_session(self) -> None:
         commands = mqtt_client(self.config, f"{self.config.client_id}-cmd", persistent=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from bridge.courier import Courier
 from bridge.fleet import Fleet, MachineView
 from bridge.link import Link, new_command_id
 from bridge.mapping import Callback, Event
-from bridge.store import Delivery, NewDelivery, SeenEvent, SqlStore, Txn, TxnState
+from bridge.store import Delivery, EventBatch, NewDelivery, SeenEvent, SqlStore, Txn, TxnState
 from vmc.cloud import messages as m
 
 log = structlog.get_logger("bridge")
@@ -57,7 +58,7 @@ class Bridge:
         self.config = config
         self.store = store
         self.fleet = Fleet()
-        self.link = Link(config, self.on_event, self.fleet.update)
+        self.link = Link(config, self.on_events, self.fleet.update)
         self.courier: Courier | None = None
         self.planograms = planograms.Planograms(store, self.link, self.fleet)
 
@@ -132,7 +133,12 @@ class Bridge:
             # The machine keeps its answer under that id: a corrected call needs a new one.
             await self.store.update_txn(txn_ref, paid_cmd=None)
             return Answer(False, _refused(reply))
-        await self.store.update_txn(txn_ref, state=TxnState.PAID, only_from=TxnState.REQUESTED)
+        # Not durable: a power cut that undoes it leaves the row ``requested`` with its
+        # paid_cmd, which answers the same (a retried /api/paid resends that command, and the
+        # machine answers it with its first reply; /api/unlock says "already paid").
+        await self.store.update_txn(
+            txn_ref, state=TxnState.PAID, only_from=TxnState.REQUESTED, durable=False
+        )
         log.info("paid", third_party=party.name, machine=txn.machine, txn_ref=txn_ref)
         return Answer(True)
 
@@ -167,16 +173,37 @@ class Bridge:
 
     # --- outbound: the device's events ---------------------------------------------------------
 
-    async def on_event(self, machine: str, payload: bytes) -> None:
-        event = mapping.parse_event(payload)
-        if event is None:
-            log.warning("event_unreadable", machine=machine)
+    async def on_events(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        """Events as they came (machine, payload), recorded in one durable commit: the link
+        acknowledges them once this returns, and sends none again unless it raises. Each is
+        recorded once, by its id, in the order given (a machine's events keep theirs)."""
+        events: list[tuple[str, Event]] = []
+        for machine, payload in batch:
+            event = mapping.parse_event(payload)
+            if event is None:
+                log.warning("event_unreadable", machine=machine)
+            else:
+                events.append((machine, event))
+        if not events:
             return
+        queued = False
+        async with self.store.events() as written:
+            for machine, event in events:
+                queued |= await self._record(written, machine, event)
+        if queued and self.courier is not None:
+            self.courier.wake()
+
+    async def _record(self, written: EventBatch, machine: str, event: Event) -> bool:
+        """One event of a batch with the callbacks it gives; whether it queued any."""
+        seen = SeenEvent(event.id, machine, event.seq, event.type, event.at)
+        if not await written.first_time(seen):
+            log.info("event_duplicate", machine=machine, event_id=event.id)
+            return False
         owners = self.config.owners(machine)
-        txn, txn_fields, txn_calls = await self._txn_part(machine, event, owners)
+        txn, txn_fields, txn_calls = await self._txn_part(written, machine, event, owners)
         deliveries = list(txn_calls)
         coil = mapping.coil_change(event)
-        coils = mapping.changed(await self.store.coils(machine), coil)
+        coils = mapping.changed(await written.coils(machine), coil)
         feeds = (
             (Callback.TRANSACTIONS, mapping.transaction_feed(machine, event, coils)),
             (Callback.REFILLS, mapping.refill_feed(machine, event, coils)),
@@ -185,28 +212,22 @@ class Bridge:
         for path, body in feeds:
             if body is not None:
                 deliveries += [NewDelivery(p.name, path, body) for p in owners]
-        seen = SeenEvent(event.id, machine, event.seq, event.type, event.at)
-        fresh = await self.store.record_event(
-            seen, deliveries, txn=txn, txn_fields=txn_fields, coil=coil
-        )
-        if not fresh:
-            log.info("event_duplicate", machine=machine, event_id=event.id)
-        elif deliveries and self.courier is not None:
-            self.courier.wake()
+        await written.record(seen, deliveries, txn=txn, txn_fields=txn_fields, coil=coil)
+        return bool(deliveries)
 
     async def _txn_part(
-        self, machine: str, event: Event, owners: tuple[ThirdParty, ...]
+        self, written: EventBatch, machine: str, event: Event, owners: tuple[ThirdParty, ...]
     ) -> tuple[Txn | None, dict[str, Any], list[NewDelivery]]:
         """The transaction an event is about, its change, and its /txn/* callback."""
         txn_id = event.text("txn_id")
         if txn_id is None or not event.type.startswith("txn."):
             return None, {}, []
-        txn = await self.store.txn_by_id(machine, txn_id)
+        txn = await written.txn_by_id(machine, txn_id)
         fields: dict[str, Any] = {}
         ref = event.text("ref")
         if txn is None and ref is not None:
             # The lock's reply and this event may cross: the lock's ref is the txnRef.
-            txn = await self.store.txn(ref)
+            txn = await written.txn(ref)
             if txn is not None and (txn.machine != machine or txn.txn_id not in (None, txn_id)):
                 txn = None
             fields["txn_id"] = txn_id

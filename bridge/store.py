@@ -1,8 +1,10 @@
 """The bridge's storage: the txnRef mapping, the events seen and the callback queue.
 
 One SQL core (:class:`SqlStore`) on two engines: SQLite in WAL mode by default (one file, one
-connection used from a worker thread, so the event loop never waits on the disk) and
-PostgreSQL for production (:mod:`bridge.pgstore`). Each method is one database transaction.
+connection; its BEGIN and COMMIT in a worker thread, so the event loop never waits on the
+disk or another process's lock) and PostgreSQL for production (:mod:`bridge.pgstore`). Each
+method is one database transaction; :meth:`SqlStore.events` is one for a whole batch of events
+(one durable commit for all).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import sqlite3
@@ -169,6 +172,17 @@ class SeenEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one try of a callback: delivered (no ``error``), to be tried again at
+    ``next_try``, or given up (an ``error`` and no ``next_try``)."""
+
+    delivery_id: int
+    at: float
+    error: str | None = None
+    next_try: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CoilLevel:
     """A coil's last known price and stock (from the machine's events), and what its
     planogram says of it (from the machine's answer to ``stock.query``)."""
@@ -253,10 +267,6 @@ class SqlStore(abc.ABC):
         ``durable``: its commit does not wait for the disk (a power cut may undo it, never
         corrupt; the next durable commit makes it durable too)."""
 
-    async def _one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
-        rows = await self._all(sql, *args)
-        return rows[0] if rows else None
-
     async def _all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         async with self.tx() as tx:
             return await tx.fetch(sql, *args)
@@ -284,100 +294,45 @@ class SqlStore(abc.ABC):
                 now,
                 TxnState.REFUSED.value,
             )
-            rows = await tx.fetch(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
+            rows = await tx.fetch(_TXN_BY_REF, txn_ref)
         return _txn(rows[0])
 
     async def txn(self, txn_ref: str) -> Txn | None:
-        row = await self._one(f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?", txn_ref)
-        return None if row is None else _txn(row)
-
-    async def txn_by_id(self, machine: str, txn_id: str) -> Txn | None:
-        row = await self._one(
-            f"SELECT {_TXN_COLUMNS} FROM txns WHERE machine = ? AND txn_id = ?", machine, txn_id
-        )
-        return None if row is None else _txn(row)
+        return _first_txn(await self._all(_TXN_BY_REF, txn_ref))
 
     async def update_txn(
-        self, txn_ref: str, *, only_from: TxnState | None = None, **fields: Any
+        self,
+        txn_ref: str,
+        *,
+        only_from: TxnState | None = None,
+        durable: bool = True,
+        **fields: Any,
     ) -> None:
         """Change a txnRef's row; with ``only_from``, only while it is in that state (an
-        answer never takes a transaction back over what its events already said)."""
-        async with self.tx() as tx:
+        answer never takes a transaction back over what its events already said). Not
+        ``durable`` only where a power cut that undoes it loses nothing: see the callers."""
+        async with self.tx(durable=durable) as tx:
             await _update_txn(tx, txn_ref, fields, only_from)
 
     async def lock_taken(self, txn_ref: str, txn_id: str) -> None:
         """The lock's reply: vmc's transaction id, and ``locked`` unless the transaction's
-        own events got there first."""
-        async with self.tx() as tx:
+        own events got there first. Not durable: a power cut that undoes it loses nothing,
+        as the lock's command id is already durable (a retried ``/api/lock`` resends it and
+        the machine answers with its first reply) and the transaction's events carry the
+        txnRef as ``ref`` (the event that finds the row by it sets ``txn_id``)."""
+        async with self.tx(durable=False) as tx:
             await _update_txn(tx, txn_ref, {"txn_id": txn_id}, None)
             await _update_txn(tx, txn_ref, {"state": TxnState.LOCKED}, TxnState.LOCKING)
 
     # --- events --------------------------------------------------------------------------------
 
-    async def record_event(
-        self,
-        event: SeenEvent,
-        deliveries: Sequence[NewDelivery],
-        *,
-        txn: Txn | None = None,
-        txn_fields: dict[str, Any] | None = None,
-        coil: CoilLevel | None = None,
-    ) -> bool:
-        """Record an event once, with its callbacks, its txn change and its coil, all in one
-        commit; False (and nothing written) when its id was seen before."""
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[EventBatch]:
+        """A batch of events in one durable transaction: each recorded once, with its
+        callbacks, its txn change and its coil, all committed together or not at all (the
+        link acknowledges the events only once this commit is done)."""
         async with self.tx() as tx:
-            fresh = await tx.execute(
-                "INSERT INTO seen_events (event_id, machine, seq, type, at) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (event_id) DO NOTHING",
-                event.event_id,
-                event.machine,
-                event.seq,
-                event.type,
-                event.at,
-            )
-            if not fresh:
-                return False
-            if txn is not None:
-                # A select-first transaction is new here; a locked one gets the event's change.
-                await tx.execute(
-                    "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, txn_id,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO NOTHING",
-                    txn.txn_ref,
-                    txn.third_party,
-                    txn.machine,
-                    txn.state.value,
-                    txn.lock_cmd,
-                    txn.txn_id,
-                    event.at,
-                )
-                # Events committed out of order never take an ended transaction back.
-                await _update_txn(tx, txn.txn_ref, txn_fields or {}, None, ended_stays=True)
-            if coil is not None:
-                await tx.execute(
-                    "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (machine, code) DO UPDATE SET"
-                    " price = COALESCE(excluded.price, coils.price),"
-                    " current_stock = COALESCE(excluded.current_stock, coils.current_stock)",
-                    event.machine,
-                    coil.code,
-                    coil.price,
-                    coil.current_stock,
-                )
-            for d in deliveries:
-                await tx.execute(
-                    "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
-                    " created_at, next_try, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (third_party, event_id, path) DO NOTHING",
-                    d.third_party,
-                    event.machine,
-                    event.event_id,
-                    d.path,
-                    json.dumps(d.body),
-                    event.at,
-                    0.0,
-                    0 if event.seq is None else event.seq,
-                )
-        return True
+            yield EventBatch(tx)
 
     async def coils(self, machine: str) -> list[CoilLevel]:
         return [_coil(row) for row in await self._all(_COILS, machine)]
@@ -417,64 +372,61 @@ class SqlStore(abc.ABC):
 
     # --- the callback queue --------------------------------------------------------------------
 
-    async def due(self, now: float, limit: int = 32) -> list[Delivery]:
-        """The first open callback of each (third party, machine) whose time has come: the
-        queue's heads, so a machine's callbacks go one at a time, in the order of their events'
-        ``seq`` (instances sharing the events may commit a machine's events out of order),
-        and of their queueing for one event's callbacks."""
-        rows = await self._all(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id IN (SELECT (SELECT e.id"
-            " FROM deliveries e WHERE e.third_party = g.third_party AND e.machine = g.machine"
-            " AND e.delivered_at IS NULL AND e.failed_at IS NULL ORDER BY e.seq, e.id LIMIT 1)"
-            " FROM (SELECT DISTINCT third_party, machine FROM deliveries"
-            " WHERE delivered_at IS NULL AND failed_at IS NULL) AS g)"
-            " AND next_try <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
-            " ORDER BY id LIMIT ?",
-            now,
-            now,
-            limit,
-        )
-        return [_delivery(r) for r in rows]
-
-    async def claim(self, delivery_id: int, instance: str, until: float, now: float) -> bool:
-        """Take a callback to deliver it until ``until`` (a lease, so one that a killed
-        instance held goes to another once it lapses); False when another instance holds it
-        or it was settled meanwhile."""
-        async with self.tx(durable=False) as tx:  # a lost claim costs nothing
-            taken = await tx.execute(
-                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id = ?"
+    async def claim_due(
+        self, instance: str, now: float, until: float, limit: int = 64
+    ) -> list[Delivery]:
+        """Take, for ``instance`` until ``until``, the first open callback of each (third
+        party, machine) whose time has come: the queue's heads, so a machine's callbacks go
+        one at a time, in the order of their events' ``seq`` (instances sharing the events may
+        commit a machine's events out of order), and of their queueing for one event's
+        callbacks. A lease: instances sharing the store never take the same
+        callback, and one a killed instance held goes to another once it lapses. One
+        statement for them all, not durable (a lost claim costs nothing)."""
+        async with self.tx(durable=False) as tx:
+            rows = await tx.fetch(
+                "UPDATE deliveries SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+                " SELECT id FROM deliveries WHERE id IN (SELECT (SELECT e.id"
+                "  FROM deliveries e WHERE e.third_party = g.third_party AND e.machine = g.machine"
+                "  AND e.delivered_at IS NULL AND e.failed_at IS NULL ORDER BY e.seq, e.id LIMIT 1)"
+                "  FROM (SELECT DISTINCT third_party, machine FROM deliveries"
+                "  WHERE delivered_at IS NULL AND failed_at IS NULL) AS g)"
+                "  AND next_try <= ? AND (claimed_until IS NULL OR claimed_until < ?)"
+                "  ORDER BY id LIMIT ?)"
+                # Again on the row itself: PostgreSQL checks these anew on a row another
+                # instance changed meanwhile, not the subquery's.
                 " AND delivered_at IS NULL AND failed_at IS NULL"
-                " AND (claimed_until IS NULL OR claimed_until < ?)",
+                " AND (claimed_until IS NULL OR claimed_until < ?)"
+                f" RETURNING {_DELIVERY_COLUMNS}",
                 instance,
                 until,
-                delivery_id,
+                now,
+                now,
+                limit,
                 now,
             )
-        return taken == 1
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.id)
 
-    async def delivered(self, delivery_id: int, at: float) -> None:
-        await self._set(delivery_id, "attempts = attempts + 1, delivered_at = ?", at)
-
-    async def retry(self, delivery_id: int, next_try: float, error: str) -> None:
-        await self._set(
-            delivery_id, "attempts = attempts + 1, next_try = ?, last_error = ?", next_try, error
-        )
-
-    async def give_up(self, delivery_id: int, at: float, error: str) -> None:
-        await self._set(
-            delivery_id, "attempts = attempts + 1, failed_at = ?, last_error = ?", at, error
-        )
-
-    async def _set(self, delivery_id: int, assignments: str, *values: Any) -> None:
-        """A callback's outcome. Not durable: one a power cut undoes is delivered again, as
-        at least once allows (with its Idempotency-Key), and so the courier's commits do not
-        each wait for the disk."""
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Callbacks' outcomes, in one commit, each freeing its claim. Not durable: one a
+        power cut undoes is delivered again, as at least once allows (with its
+        Idempotency-Key), and so the courier's commits do not each wait for the disk."""
+        if not outcomes:
+            return
         async with self.tx(durable=False) as tx:
-            await tx.execute(
-                f"UPDATE deliveries SET {assignments}, claimed_until = NULL WHERE id = ?",
-                *values,
-                delivery_id,
-            )
+            for o in outcomes:
+                values: tuple[Any, ...]
+                if o.error is None:
+                    assignments, values = "delivered_at = ?", (o.at,)
+                elif o.next_try is not None:
+                    assignments, values = "next_try = ?, last_error = ?", (o.next_try, o.error)
+                else:
+                    assignments, values = "failed_at = ?, last_error = ?", (o.at, o.error)
+                await tx.execute(
+                    f"UPDATE deliveries SET attempts = attempts + 1, {assignments},"
+                    " claimed_until = NULL WHERE id = ?",
+                    *values,
+                    o.delivery_id,
+                )
 
     async def undelivered(self) -> list[Delivery]:
         """Callbacks not delivered yet: waiting (tried, or not yet) and given up."""
@@ -487,6 +439,98 @@ class SqlStore(abc.ABC):
         """Every callback, delivered or not, in queue order."""
         rows = await self._all(f"SELECT {_DELIVERY_COLUMNS} FROM deliveries ORDER BY id")
         return [_delivery(r) for r in rows]
+
+
+_TXN_BY_REF = f"SELECT {_TXN_COLUMNS} FROM txns WHERE txn_ref = ?"
+_TXN_BY_ID = f"SELECT {_TXN_COLUMNS} FROM txns WHERE machine = ? AND txn_id = ?"
+
+
+def _first_txn(rows: list[tuple[Any, ...]]) -> Txn | None:
+    return _txn(rows[0]) if rows else None
+
+
+class EventBatch:
+    """What the events of one batch read and write, in their transaction: each event sees
+    what the ones before it in the batch wrote."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+
+    async def first_time(self, event: SeenEvent) -> bool:
+        """Mark the event seen; False when its id was seen before (then nothing else of it
+        is to be written)."""
+        return bool(
+            await self.tx.execute(
+                "INSERT INTO seen_events (event_id, machine, seq, type, at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (event_id) DO NOTHING",
+                event.event_id,
+                event.machine,
+                event.seq,
+                event.type,
+                event.at,
+            )
+        )
+
+    async def txn(self, txn_ref: str) -> Txn | None:
+        return _first_txn(await self.tx.fetch(_TXN_BY_REF, txn_ref))
+
+    async def txn_by_id(self, machine: str, txn_id: str) -> Txn | None:
+        return _first_txn(await self.tx.fetch(_TXN_BY_ID, machine, txn_id))
+
+    async def coils(self, machine: str) -> list[CoilLevel]:
+        return [_coil(row) for row in await self.tx.fetch(_COILS, machine)]
+
+    async def record(
+        self,
+        event: SeenEvent,
+        deliveries: Sequence[NewDelivery],
+        *,
+        txn: Txn | None = None,
+        txn_fields: dict[str, Any] | None = None,
+        coil: CoilLevel | None = None,
+    ) -> None:
+        """A first-time event's callbacks, its txn change and its coil."""
+        tx = self.tx
+        if txn is not None:
+            # A select-first transaction is new here; a locked one gets the event's change.
+            await tx.execute(
+                "INSERT INTO txns (txn_ref, third_party, machine, state, lock_cmd, txn_id,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (txn_ref) DO NOTHING",
+                txn.txn_ref,
+                txn.third_party,
+                txn.machine,
+                txn.state.value,
+                txn.lock_cmd,
+                txn.txn_id,
+                event.at,
+            )
+            # Events committed out of order never take an ended transaction back.
+            await _update_txn(tx, txn.txn_ref, txn_fields or {}, None, ended_stays=True)
+        if coil is not None:
+            await tx.execute(
+                "INSERT INTO coils (machine, code, price, current_stock) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (machine, code) DO UPDATE SET"
+                " price = COALESCE(excluded.price, coils.price),"
+                " current_stock = COALESCE(excluded.current_stock, coils.current_stock)",
+                event.machine,
+                coil.code,
+                coil.price,
+                coil.current_stock,
+            )
+        for d in deliveries:
+            await tx.execute(
+                "INSERT INTO deliveries (third_party, machine, event_id, path, body,"
+                " created_at, next_try, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (third_party, event_id, path) DO NOTHING",
+                d.third_party,
+                event.machine,
+                event.event_id,
+                d.path,
+                json.dumps(d.body),
+                event.at,
+                0.0,
+                0 if event.seq is None else event.seq,
+            )
 
 
 async def _update_txn(
@@ -533,8 +577,12 @@ def _plain(value: Any) -> Any:
 
 
 class _SqliteTx:
-    """Statements of one transaction; BEGIN goes with the first, so each statement is one
-    trip to the store's thread (on a busy machine every trip waits for a time slice)."""
+    """Statements of one transaction. The first goes to the store's thread with BEGIN
+    IMMEDIATE (which may wait for another process's write lock), and COMMIT (which waits for
+    the disk) goes there too; the statements between run on the event loop's thread. They
+    change pages in SQLite's cache, written out only by the commit, and take microseconds,
+    where a trip to the thread and back waited for the loop's next turn each time, the store
+    held meanwhile: with 100 machines, the store was the bottleneck that way."""
 
     def __init__(self, store: SqliteStore, durable: bool) -> None:
         self.store = store
@@ -542,14 +590,14 @@ class _SqliteTx:
         self.begun = False
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        begin = not self.begun
+        if self.begun:
+            return work(self.store.connection)
         self.begun = True
         synchronous = "FULL" if self.durable else "NORMAL"
 
         def go(db: sqlite3.Connection) -> T:
-            if begin:
-                db.execute(f"PRAGMA synchronous={synchronous}")
-                db.execute("BEGIN IMMEDIATE")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute("BEGIN IMMEDIATE")
             return work(db)
 
         return await self.store.run(go)
@@ -590,6 +638,11 @@ class SqliteStore(SqlStore):
             self._db = None
         self._pool.shutdown(wait=True)
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not open"
+        return self._db
+
     async def run(self, work: Callable[[sqlite3.Connection], T], *, opening: bool = False) -> T:
         """``work`` on the connection, in the store's thread."""
 
@@ -620,8 +673,10 @@ class SqliteStore(SqlStore):
             return await self.run(lambda db: [tuple(r) for r in db.execute(sql, args)])
 
 
+@functools.lru_cache(maxsize=256)
 def placeholders(sql: str) -> str:
-    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else)."""
+    """``?`` placeholders as PostgreSQL's ``$1``, ``$2``... (the SQL here has no ``?`` else);
+    the statements are few and run again and again."""
     count = iter(range(1, sql.count("?") + 1))
     return re.sub(r"\?", lambda _m: f"${next(count)}", sql)
 

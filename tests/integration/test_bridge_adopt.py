@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -86,8 +86,8 @@ async def test_bridge_adopts_a_silent_members_session(
     by_b: list[str] = []
     adopted: list[tuple[str, str]] = []
 
-    async def on_event(machine: str, payload: bytes) -> None:
-        adopted.append((machine, payload.decode()))
+    async def on_events(batch: Sequence[tuple[str, bytes]]) -> None:
+        adopted.extend((machine, payload.decode()) for machine, payload in batch)
 
     async with taking(b, by_b, ack=True):
         async with taking(a, by_a, ack=False):
@@ -97,7 +97,7 @@ async def test_bridge_adopts_a_silent_members_session(
         # its in-flight window (20).
         await publish(broker, [str(n) for n in range(60, 160)])
         await eventually(lambda: len(by_b) >= 80)
-        members = Members(b, store, on_event)
+        members = Members(b, store, on_events)
         running = asyncio.create_task(members.run())
         try:
             await eventually(lambda: len(by_b) + len(adopted) >= 160, 15)
@@ -128,7 +128,7 @@ async def test_bridge_owner_waits_for_its_adopter(
     a = member(broker, tmp_path, "bridge-a")
     assert await store.hold("bridge-a", "bridge-b", time.time() + 60, time.time())
 
-    async def nothing(machine: str, payload: bytes) -> None:
+    async def nothing(batch: Sequence[tuple[str, bytes]]) -> None:
         raise AssertionError("no events here")
 
     owner = asyncio.create_task(Members(a, store, nothing).own())

@@ -1,17 +1,32 @@
 """The bridge's store, on SQLite and on PostgreSQL (a database of the test's own, dropped
-after it; skipped where no server answers): events once, callbacks in order per machine,
-retries visible."""
+after it; skipped where no server answers): events once, also within a batch committed
+together, callbacks in order per machine, claims that two instances never share, retries
+visible."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
 
-from bridge.store import CoilLevel, NewDelivery, SeenEvent, SqlStore, Txn, TxnState, open_store
+from bridge.config import BridgeConfig, ThirdParty
+from bridge.service import Bridge
+from bridge.store import (
+    CoilLevel,
+    NewDelivery,
+    Outcome,
+    SeenEvent,
+    SqlStore,
+    Txn,
+    TxnState,
+    open_store,
+)
 from tests.postgres import scratch_database
 
 
@@ -37,26 +52,45 @@ def seen(event_id: str, machine: str = "m1", at: float = 100.0) -> SeenEvent:
     return SeenEvent(event_id, machine, 1, "sale", at)
 
 
+async def record_event(
+    store: SqlStore, event: SeenEvent, deliveries: list[NewDelivery], **changes: Any
+) -> bool:
+    """One event in a batch of its own, as the service records it; False when seen before."""
+    async with store.events() as batch:
+        if not await batch.first_time(event):
+            return False
+        await batch.record(event, deliveries, **changes)
+    return True
+
+
+async def coils(store: SqlStore, machine: str) -> list[CoilLevel]:
+    async with store.events() as batch:
+        return await batch.coils(machine)
+
+
 async def test_bridge_store_records_an_event_once(store: SqlStore) -> None:
     calls = [NewDelivery("acme", "/feed/transactions", {"n": 1})]
-    assert await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 150, None))
-    assert not await store.record_event(seen("e1"), calls, coil=CoilLevel(1, 999, 3))
+    assert await record_event(store, seen("e1"), calls, coil=CoilLevel(1, 150, None))
+    assert not await record_event(store, seen("e1"), calls, coil=CoilLevel(1, 999, 3))
     assert [d.body for d in await store.deliveries()] == [{"n": 1}]
-    assert await store.coils("m1") == [CoilLevel(1, 150, None)]
+    assert await coils(store, "m1") == [CoilLevel(1, 150, None)]
 
 
-async def test_bridge_store_due_is_the_head_of_each_machine(store: SqlStore) -> None:
+async def test_bridge_store_claims_the_head_of_each_machine(store: SqlStore) -> None:
     for n, machine in enumerate(["m1", "m1", "m2"]):
-        await store.record_event(seen(f"e{n}", machine), [NewDelivery("acme", "/p", {"n": n})])
-    heads = await store.due(now=1000.0)
+        await record_event(store, seen(f"e{n}", machine), [NewDelivery("acme", "/p", {"n": n})])
+    heads = await store.claim_due("bridge-a", now=1000.0, until=1030.0)
     assert [(d.machine, d.body["n"]) for d in heads] == [("m1", 0), ("m2", 2)]
-    await store.retry(heads[0].id, next_try=2000.0, error="HTTP 503")
+    assert await store.claim_due("bridge-a", now=1001.0, until=1031.0) == []  # both held
+    await store.settle(
+        [Outcome(heads[0].id, 1001.0, "HTTP 503", next_try=2000.0), Outcome(heads[1].id, 1001.0)]
+    )
     # m1's head waits for its retry: its second callback does not overtake it.
-    assert [d.body["n"] for d in await store.due(now=1000.0)] == [2]
-    await store.delivered(heads[1].id, at=1000.0)
-    assert [d.body["n"] for d in await store.due(now=2000.0)] == [0]
-    await store.give_up(heads[0].id, at=2000.0, error="HTTP 503")
-    assert [d.body["n"] for d in await store.due(now=2000.0)] == [1]
+    assert await store.claim_due("bridge-a", now=1002.0, until=1032.0) == []
+    (again,) = await store.claim_due("bridge-a", now=2000.0, until=2030.0)
+    assert again.body["n"] == 0
+    await store.settle([Outcome(again.id, 2000.0, "HTTP 503")])  # given up
+    assert [d.body["n"] for d in await store.claim_due("bridge-a", 2001.0, 2031.0)] == [1]
     waiting = {d.body["n"]: d for d in await store.undelivered()}
     assert sorted(waiting) == [0, 1]
     assert waiting[0].failed_at == 2000.0
@@ -75,12 +109,13 @@ async def test_bridge_store_txn_mapping(store: SqlStore) -> None:
     retaken = await store.begin_lock("R1", "acme", "m1", "cmd-3", now=3.0)
     assert (retaken.state, retaken.lock_cmd) == (TxnState.LOCKING, "cmd-3")
     await store.update_txn("R1", state=TxnState.LOCKED, txn_id="vmc-t1")
-    found = await store.txn_by_id("m1", "vmc-t1")
+    async with store.events() as batch:
+        found = await batch.txn_by_id("m1", "vmc-t1")
     assert found is not None
     assert found.txn_ref == "R1"
     request = SeenEvent("e9", "m1", 3, "txn.request", 5.0)
     fields = {"state": TxnState.REQUESTED, "price": 250, "selection": 4, "deadline": 8.5}
-    assert await store.record_event(request, [], txn=found, txn_fields=fields)
+    assert await record_event(store, request, [], txn=found, txn_fields=fields)
     now = await store.txn("R1")
     assert now is not None
     assert (now.state, now.price, now.selection, now.deadline) == (TxnState.REQUESTED, 250, 4, 8.5)
@@ -89,11 +124,11 @@ async def test_bridge_store_txn_mapping(store: SqlStore) -> None:
 async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
     first = open_store(database)
     await first.open()
-    await first.record_event(seen("e1"), [NewDelivery("acme", "/p", {})])
+    await record_event(first, seen("e1"), [NewDelivery("acme", "/p", {})])
     await first.close()
     second = open_store(database)
     await second.open()
-    assert not await second.record_event(seen("e1"), [])
+    assert not await record_event(second, seen("e1"), [])
     assert len(await second.undelivered()) == 1
     await second.close()
 
@@ -101,17 +136,43 @@ async def test_bridge_store_survives_a_reopen(database: str | Path) -> None:
 async def test_bridge_store_claims_are_leases(store: SqlStore) -> None:
     """Two instances sharing the store: one takes a callback, the other skips it until the
     lease lapses (the first was killed) or it is settled."""
-    await store.record_event(seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
-    (head,) = await store.due(now=10.0)
-    assert await store.claim(head.id, "bridge-a", until=40.0, now=10.0)
-    assert not await store.claim(head.id, "bridge-b", until=41.0, now=11.0)
-    assert await store.due(now=11.0) == []  # held: nobody else sees it due
-    assert [d.id for d in await store.due(now=41.0)] == [head.id]  # the lease lapsed
-    assert await store.claim(head.id, "bridge-b", until=71.0, now=41.0)
-    await store.retry(head.id, next_try=42.0, error="HTTP 503")
-    assert [d.id for d in await store.due(now=42.0)] == [head.id]  # a retry frees it
-    await store.delivered(head.id, at=43.0)
-    assert not await store.claim(head.id, "bridge-a", until=99.0, now=44.0)
+    await record_event(store, seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
+    (head,) = await store.claim_due("bridge-a", now=10.0, until=40.0)
+    assert await store.claim_due("bridge-b", now=11.0, until=41.0) == []  # held
+    (taken,) = await store.claim_due("bridge-b", now=41.0, until=71.0)  # the lease lapsed
+    assert taken.id == head.id
+    await store.settle([Outcome(head.id, 42.0, "HTTP 503", next_try=42.0)])
+    (freed,) = await store.claim_due("bridge-a", now=42.0, until=72.0)  # a retry frees it
+    assert freed.id == head.id
+    await store.settle([Outcome(head.id, 43.0)])
+    assert await store.claim_due("bridge-a", now=99.0, until=129.0) == []  # delivered
+
+
+async def test_bridge_store_two_instances_never_claim_the_same_callback(
+    database: str | Path,
+) -> None:
+    """Instances claiming at the same moment, each on its own connection, share the heads
+    out: none is taken twice, none is lost."""
+    stores = [open_store(database) for _ in range(2)]
+    for opened in stores:
+        await opened.open()
+    try:
+        for n in range(40):
+            await record_event(stores[0], seen(f"e{n}", f"m{n}"), [NewDelivery("acme", "/p", {})])
+        claims = await asyncio.gather(
+            *(
+                s.claim_due(f"bridge-{i}", 10.0, 40.0, limit=7)
+                for _ in range(6)
+                for i, s in enumerate(stores)
+            )
+        )
+        # A claim that lost a race to the other instance takes fewer: the rest on later looks.
+        claims.append(await stores[1].claim_due("bridge-1", 11.0, 40.0, limit=40))
+        ids = [d.id for claimed in claims for d in claimed]
+        assert len(ids) == len(set(ids)) == 40
+    finally:
+        for opened in stores:
+            await opened.close()
 
 
 async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlStore) -> None:
@@ -120,7 +181,7 @@ async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlS
     txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
     request = SeenEvent("e1", "m1", 2, "txn.request", 2.0)
     fields = {"state": TxnState.REQUESTED, "txn_id": "t1", "price": 90}
-    assert await store.record_event(request, [], txn=txn, txn_fields=fields)
+    assert await record_event(store, request, [], txn=txn, txn_fields=fields)
     await store.lock_taken("R1", "t1")
     after = await store.txn("R1")
     assert after is not None
@@ -129,6 +190,82 @@ async def test_bridge_store_a_late_lock_reply_never_takes_a_txn_back(store: SqlS
     again = await store.txn("R1")
     assert again is not None
     assert again.state is TxnState.REQUESTED
+
+
+async def test_bridge_store_a_batch_keeps_each_event_once_and_in_order(store: SqlStore) -> None:
+    """Events committed together: a duplicate within the batch, or of an earlier batch, gives
+    nothing; the callbacks queue in the batch's order; each event sees the ones before it."""
+    await record_event(store, seen("e0"), [NewDelivery("acme", "/p", {"n": 0})])
+    firsts = []
+    async with store.events() as batch:
+        for event_id in ["e1", "e0", "e2", "e1", "e3"]:
+            event = seen(event_id)
+            fresh = await batch.first_time(event)
+            firsts.append(fresh)
+            if fresh:
+                await batch.record(
+                    event, [NewDelivery("acme", "/p", {"n": int(event_id[1])})], coil=None
+                )
+    assert firsts == [True, False, True, False, True]
+    assert [d.body["n"] for d in await store.deliveries()] == [0, 1, 2, 3]
+    txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+    async with store.events() as batch:
+        request = SeenEvent("r", "m1", 2, "txn.request", 2.0)
+        assert await batch.first_time(request)
+        await batch.record(request, [], txn=txn, txn_fields={"txn_id": "t1", "price": 80})
+        found = await batch.txn_by_id("m1", "t1")  # the vend after it, in the same batch
+        assert found is not None
+        assert found.txn_ref == "R1"
+
+
+async def test_bridge_store_a_batch_that_fails_leaves_nothing(store: SqlStore) -> None:
+    """A batch whose commit does not happen writes none of its events: they are not
+    acknowledged, so they come again, and are then first-time events."""
+
+    async def three_then_a_failure() -> None:
+        async with store.events() as batch:
+            for n in range(3):
+                assert await batch.first_time(seen(f"e{n}"))
+                await batch.record(seen(f"e{n}"), [NewDelivery("acme", "/p", {"n": n})])
+            raise RuntimeError("the commit failed")
+
+    with pytest.raises(RuntimeError):
+        await three_then_a_failure()
+    assert await store.deliveries() == []
+    assert await record_event(store, seen("e1"), [NewDelivery("acme", "/p", {"n": 1})])
+    assert [d.body["n"] for d in await store.deliveries()] == [1]
+
+
+def event(event_id: str, kind: str, **body: Any) -> tuple[str, bytes]:
+    """An ``events`` message of m1's, as the link hands it over."""
+    return "m1", cbor2.dumps({"v": 1, "id": event_id, "seq": 1, "type": kind, "at": 100.0} | body)
+
+
+async def test_bridge_store_a_batch_of_events_through_the_service(database: str | Path) -> None:
+    """The service records a batch in order: a duplicate and an unreadable payload give
+    nothing, and the vend finds the transaction the request before it in the batch named."""
+    config = BridgeConfig("127.0.0.1", 1, database, (ThirdParty("acme", "http://127.0.0.1:9"),))
+    store = open_store(database)
+    await store.open()
+    try:
+        bridge = Bridge(config, store)
+        await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
+        request = event("e1", "txn.request", txn_id="t1", ref="R1", selection=4, price=150)
+        vend = event("e2", "txn.vend", txn_id="t1", result="success", selection=4, amount=150)
+        await bridge.on_events([request, request, ("m1", b"not cbor"), vend])
+        queued = [(d.path, d.event_id) for d in await store.deliveries()]
+        assert queued == [
+            ("/txn/request", "e1"),
+            ("/txn/vend", "e2"),
+            ("/feed/transactions", "e2"),
+        ]
+        ended = await store.txn("R1")
+        assert ended is not None
+        assert (ended.state, ended.txn_id) == (TxnState.ENDED, "t1")
+        await bridge.on_events([vend])  # resent after a lost acknowledgement
+        assert len(await store.deliveries()) == 3
+    finally:
+        await store.close()
 
 
 async def test_bridge_store_member_leases(store: SqlStore) -> None:
@@ -159,15 +296,14 @@ async def test_bridge_store_callbacks_go_in_seq_order(store: SqlStore) -> None:
     def event(event_id: str, seq: int, machine: str = "m1") -> SeenEvent:
         return SeenEvent(event_id, machine, seq, "sale", 100.0)
 
-    await store.record_event(event("e12", 12), [NewDelivery("acme", "/p", {"n": 12})])
-    await store.record_event(event("x1", 1, "m2"), [NewDelivery("acme", "/p", {"n": 1})])
+    await record_event(store, event("e12", 12), [NewDelivery("acme", "/p", {"n": 12})])
+    await record_event(store, event("x1", 1, "m2"), [NewDelivery("acme", "/p", {"n": 1})])
     late = [NewDelivery("acme", "/a", {"n": 10}), NewDelivery("acme", "/b", {"n": 10})]
-    await store.record_event(event("e10", 10), late)
+    await record_event(store, event("e10", 10), late)
     order = []
-    while heads := await store.due(now=1000.0):
+    while heads := await store.claim_due("bridge-a", now=1000.0, until=1030.0):
         order += [(d.machine, d.path, d.body["n"]) for d in heads]
-        for head in heads:
-            await store.delivered(head.id, at=1000.0)
+        await store.settle([Outcome(head.id, 1000.0) for head in heads])
     assert order == [("m2", "/p", 1), ("m1", "/a", 10), ("m1", "/b", 10), ("m1", "/p", 12)]
 
 
@@ -177,10 +313,10 @@ async def test_bridge_store_an_ended_txn_stays_ended(store: SqlStore) -> None:
     txn = await store.begin_lock("R1", "acme", "m1", "cmd-1", now=1.0)
     await store.lock_taken("R1", "t1")
     outcome = SeenEvent("e2", "m1", 5, "txn.status", 9.0)
-    assert await store.record_event(outcome, [], txn=txn, txn_fields={"state": TxnState.ENDED})
+    assert await record_event(store, outcome, [], txn=txn, txn_fields={"state": TxnState.ENDED})
     request = SeenEvent("e1", "m1", 4, "txn.request", 2.0)
     fields = {"state": TxnState.REQUESTED, "price": 90, "selection": 3}
-    assert await store.record_event(request, [], txn=txn, txn_fields=fields)
+    assert await record_event(store, request, [], txn=txn, txn_fields=fields)
     after = await store.txn("R1")
     assert after is not None
     assert (after.state, after.price, after.selection) == (TxnState.ENDED, 90, 3)
@@ -220,10 +356,10 @@ async def test_bridge_store_gives_an_older_queue_its_seq(database: str | Path) -
     store = open_store(database)
     await store.open()
     try:
-        await store.record_event(seen("e5"), [NewDelivery("acme", "/p", {"n": 5})])
-        (head,) = await store.due(now=10.0)
+        await record_event(store, seen("e5"), [NewDelivery("acme", "/p", {"n": 5})])
+        (head,) = await store.claim_due("bridge-a", now=10.0, until=40.0)
         assert head.body == {"n": 5}  # seen() gives seq 1: before the older row's 7
-        await store.delivered(head.id, at=10.0)
-        assert [d.body for d in await store.due(now=10.0)] == [{"n": 7}]
+        await store.settle([Outcome(head.id, 10.0)])
+        assert [d.body for d in await store.claim_due("bridge-a", 10.0, 40.0)] == [{"n": 7}]
     finally:
         await store.close()
