@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +12,7 @@ import httpx
 
 from sim import StartError
 from sim.broker import free_port
+from sim.daemon_proc import terminate
 
 START_S = 20.0
 STOP_S = 3.0  # then SIGKILL
@@ -104,15 +103,8 @@ class BridgeProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        code = await terminate(proc, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
-        return proc.returncode
+        return code

@@ -66,16 +66,9 @@ class VmcdProcess:
         proc = self.proc
         if proc is None:
             return None
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        code = await terminate(proc, timeout)
         self.close_log()
-        return proc.returncode
+        return code
 
     def close_log(self) -> None:
         if self._log is not None:
@@ -154,3 +147,17 @@ class ExeDaemonProcess(VmcdProcess):
         ]
         super().__init__(argv, state_dir)
         self.pair = pair
+
+
+async def terminate(proc: asyncio.subprocess.Process, timeout: float) -> int:
+    """SIGTERM, then SIGKILL if ``proc`` has not ended after ``timeout``; its exit code."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode

@@ -198,17 +198,9 @@ async def cloud_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack)
     config.write_text(
         f'[dex]\nport = "{dex_pair.device_url}"\nread_at_start = true\nschedule = []\n' + cloud_toml
     )
-    daemon = DaemonProcess(
-        pair,
-        state,
-        level=args.level,
-        local_approval="deny",
-        extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
-    )
     print(f"vmcd on {pair.device_url} as {DEVICE}, backend policy {policy.value}")
     print(f"DEX audits read over {dex_pair.device_url} (DEX/UCS)")
-    await daemon.start()
-    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    daemon = await cloud_daemon(stack, pair, state, level=args.level, url=url, config=config)
     vmc = VmcMaster(pair.master, recorder=recorder)
     stack.callback(vmc.close)
     source = DexSource(dex_pair.master.fileno(), lambda: audit_from_counters(vmc.sales))
@@ -430,6 +422,29 @@ def cloud_checks(
 def vmcd_stopped(code: int | None) -> checks.Check:
     ok = code == 0
     return checks.Check("vmcd stopped", ok, "ok" if ok else "FAILED", f"exit code {code}")
+
+
+async def cloud_daemon(
+    stack: contextlib.AsyncExitStack,
+    pair: PtyPair,
+    state: Path,
+    *,
+    level: int,
+    url: str,
+    config: Path,
+) -> DaemonProcess:
+    """vmcd as the demo's machine ``DEVICE`` on ``pair``, deciding through the broker at
+    ``url`` with ``config``; started, and stopped when ``stack`` closes."""
+    daemon = DaemonProcess(
+        pair,
+        state,
+        level=level,
+        local_approval="deny",
+        extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
+    )
+    await daemon.start()
+    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    return daemon
 
 
 async def demo_backend(

@@ -32,7 +32,6 @@ from sim import checks
 from sim.backend import Policy, SimBackend
 from sim.bridge_proc import BridgeProcess, BridgeSetup
 from sim.checks import Tally
-from sim.daemon_proc import DaemonProcess
 from sim.demo import (
     DAEMON_STOP_S,
     DEVICE,
@@ -40,6 +39,7 @@ from sim.demo import (
     MEMBERS,
     SLOTS,
     StockNews,
+    cloud_daemon,
     demo_backend,
     load_planogram,
     state_dir,
@@ -100,16 +100,8 @@ async def bridge_demo(args: argparse.Namespace, stack: contextlib.AsyncExitStack
     stack.callback(pair.close)
     config = state / "vmc.toml"
     config.write_text(cloud_toml)
-    daemon = DaemonProcess(
-        pair,
-        state,
-        level=args.level,
-        local_approval="deny",
-        extra=("--mqtt", url, "--device-id", DEVICE, "--config", str(config)),
-    )
     print(f"vmcd on {pair.device_url} as {DEVICE}")
-    await daemon.start()
-    stack.push_async_callback(daemon.stop, DAEMON_STOP_S)
+    daemon = await cloud_daemon(stack, pair, state, level=args.level, url=url, config=config)
     vmc = VmcMaster(pair.master, recorder=recorder)
     stack.callback(vmc.close)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from protocols.errors import VmcError
+from vmc.cloud.mqtt_wire import remaining_length
 
 V311 = 4
 V5 = 5
@@ -73,22 +74,13 @@ class Message:
 # --- encoding -------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _text(s: str) -> bytes:
     raw = s.encode()
     return struct.pack("!H", len(raw)) + raw
 
 
 def _packet(kind: Packet, flags: int, body: bytes) -> bytes:
-    return bytes([kind << 4 | flags]) + _varint(len(body)) + body
+    return bytes([kind << 4 | flags]) + remaining_length(len(body)) + body
 
 
 def connect(

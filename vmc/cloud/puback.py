@@ -32,6 +32,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from vmc.cloud.mqtt_wire import remaining_length
+
 NO_RECEIVE_MAXIMUM = 65535
 _PUBLISH_QOS1 = 0x32
 """A PUBLISH packet's first byte at QoS 1, neither DUP nor RETAIN."""
@@ -39,21 +41,12 @@ _FIRST_FAILURE = 0x80
 """PUBACK reason codes from here up are refusals (MQTT 5 §3.4.2.1)."""
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish_packet(topic: bytes, mid: int, payload: bytes, *, v5: bool) -> bytes:
     """One QoS 1 PUBLISH (no properties under MQTT 5), from its UTF-8 topic."""
     head = len(topic).to_bytes(2, "big") + topic + mid.to_bytes(2, "big")
     if v5:
         head += b"\x00"  # property length: none
-    return bytes([_PUBLISH_QOS1]) + _remaining_length(len(head) + len(payload)) + head + payload
+    return bytes([_PUBLISH_QOS1]) + remaining_length(len(head) + len(payload)) + head + payload
 
 
 def read_puback(body: bytes | bytearray) -> tuple[int, int]:
