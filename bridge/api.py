@@ -9,7 +9,7 @@ and never logged.
 # No "from __future__ import annotations": FastAPI reads the handlers' annotations at runtime.
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import structlog
@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException
 from bridge import models as md
 from bridge.config import ThirdParty
 from bridge.fleet import MachineView
+from bridge.mapping import keypad
 from bridge.service import Answer, Bridge
+from bridge.store import CoilLevel
 
 log = structlog.get_logger("bridge.api")
 
@@ -71,12 +73,12 @@ def _body(answer: Answer, **more: Any) -> dict[str, Any]:
     return out | more
 
 
-def _machine(view: MachineView) -> md.VendingMachine:
+def _machine(view: MachineView, coils: Sequence[CoilLevel]) -> md.VendingMachine:
     return md.VendingMachine(
         id=view.id,
         online=view.online,
         busy=view.busy,
-        keypad_configuration=md.KeypadConfiguration(virtual_keypad_enabled=False),
+        keypad_configuration=md.KeypadConfiguration(**keypad(coils)),
     )
 
 
@@ -168,7 +170,7 @@ def create_app(bridge: Bridge) -> FastAPI:
             if view is None:
                 unknown.append(machine)
             else:
-                found.append(_machine(view))
+                found.append(_machine(view, await bridge.store.coils(machine)))
         message = f"unknown vending machines: {', '.join(unknown)}" if unknown else ""
         return _body(Answer(True, message), vendingMachines=found)
 
@@ -177,7 +179,8 @@ def create_app(bridge: Bridge) -> FastAPI:
         view = bridge.machine(party, body.vm_id or "")
         if view is None:
             return _body(Answer(False, f"unknown vending machine {body.vm_id!r}"))
-        return _body(Answer(True), vendingMachine=_machine(view))
+        coils = await bridge.store.coils(view.id)
+        return _body(Answer(True), vendingMachine=_machine(view, coils))
 
     @call("/api/vmc_user_keys", md.UserKeysResponse, "Virtual keypad")
     async def user_keys(body: md.UserKeysRequest, party: Caller) -> dict[str, Any]:

@@ -256,3 +256,34 @@ def coil_change(event: Event) -> CoilLevel | None:
     if event.type == "stock.level":
         return CoilLevel(selection, None, event.int("after"))
     return None
+
+
+KEYPAD_COLUMNS = 10
+"""Keys per row of the keypad a search describes."""
+
+
+def keypad(coils: Sequence[CoilLevel]) -> dict[str, Any]:
+    """The seed's KeypadConfiguration for a machine: once its planogram is known, one key per
+    selection (labelled with its code, in code order, ``KEYPAD_COLUMNS`` to a row), and one key
+    makes a selection. The virtual keypad stays disabled (docs/bridge.md §6): the keys say what
+    the machine sells, and the customer presses them on the machine."""
+    codes = sorted(c.code for c in coils if c.name is not None)  # the planogram's selections
+    out: dict[str, Any] = {"virtual_keypad_enabled": False}
+    if not codes:
+        return out
+    columns = min(KEYPAD_COLUMNS, len(codes))
+    out["keypad_items"] = [
+        {
+            "id": code,
+            "display_value": str(code),
+            "h": 1,
+            "w": 1,
+            "x": i % columns,
+            "y": i // columns,
+        }
+        for i, code in enumerate(codes)
+    ]
+    out["total_action_needed"] = 1
+    out["total_column_number"] = columns
+    out["total_row_number"] = -(-len(codes) // columns)
+    return out

@@ -310,3 +310,11 @@ async def test_bridge_started_late_reads_the_planogram_in_force(
             assert await bridge.bridge.store.coils(DEVICE) == [
                 CoilLevel(3, 100, 6, "water", True, 8, 6)  # unnamed: the product id
             ]
+            found = await bridge.third_party.call("/api/vmc_search", {"vm_id": DEVICE})
+            assert found["vendingMachine"]["keypad_configuration"] == {
+                "keypad_items": [{"id": 3, "display_value": "3", "h": 1, "w": 1, "x": 0, "y": 0}],
+                "total_action_needed": 1,
+                "total_column_number": 1,
+                "total_row_number": 1,
+                "virtual_keypad_enabled": False,
+            }

@@ -207,3 +207,17 @@ def test_bridge_a_vend_and_an_event_keep_the_planogram_fields() -> None:
     assert body is not None
     assert body["planogram"][0]["name"] == "Choco bar"
     assert body["planogram"][0]["current_stock"] == 2
+
+
+def test_bridge_keypad_from_the_planogram() -> None:
+    """One key per planogram selection, ten to a row, in code order; coils the planogram does
+    not name (known from events only) have no key; the virtual keypad stays off."""
+    assert mapping.keypad([CoilLevel(5, 100, 2)]) == {"virtual_keypad_enabled": False}
+    coils = [CoilLevel(code, 100, 1, f"p{code}") for code in range(30, 18, -1)]  # 12 of them
+    keypad = mapping.keypad([*coils, CoilLevel(99, 50, 3)])
+    items = keypad["keypad_items"]
+    assert [item["id"] for item in items] == list(range(19, 31))
+    assert (items[0]["x"], items[0]["y"], items[10]["x"], items[10]["y"]) == (0, 0, 0, 1)
+    assert items[11] == {"id": 30, "display_value": "30", "h": 1, "w": 1, "x": 1, "y": 1}
+    assert (keypad["total_column_number"], keypad["total_row_number"]) == (10, 2)
+    assert (keypad["total_action_needed"], keypad["virtual_keypad_enabled"]) == (1, False)
