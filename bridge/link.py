@@ -92,6 +92,9 @@ class Link:
         self._up: set[str] = set()
         self.connected = asyncio.Event()
         """Set while both connections are up."""
+        self.closing = False
+        """The bridge is stopping: each connection's loop ends at its next turn, even where a
+        TaskGroup dropped the cancellation that was to end it (Python 3.11)."""
         self.gate: Session | None = None
         """Awaited before each events connection (shared mode: until this instance holds
         the lease on its own session, :mod:`bridge.adopt`)."""
@@ -116,6 +119,8 @@ class Link:
             except* Exception:
                 log.exception("mqtt_handling_failed", link=name, retry_in=backoff)
             self._down(name)
+            if self.closing:  # as vmcd's cloud link (CloudSync.run): a lost cancellation
+                return
             if time.monotonic() - started > MAX_BACKOFF:
                 backoff = FIRST_BACKOFF  # it had been up a while: not a failing broker
             await asyncio.sleep(backoff)

@@ -69,6 +69,7 @@ async def started(config: BridgeConfig) -> AsyncIterator[tuple[Bridge, FastAPI]]
             try:
                 yield bridge, create_app(bridge)
             finally:
+                bridge.link.closing = True
                 await cancelled(tasks)
     finally:
         await store.close()

@@ -507,6 +507,8 @@ async def _serve(
             await stop.wait()
             notify("STOPPING=1")
             log.info("vmcd_stopping")
+            if cloud is not None:
+                cloud.sync.closing = True
             bus.stop()
             try:
                 async with asyncio.timeout(STOP_STEPS_S):

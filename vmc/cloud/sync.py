@@ -171,6 +171,8 @@ class CloudSync:
         self.since = time.time()
         """When the link last went up or down (POSIX s); vmcd's start before the first try."""
         self.last_error: str | None = None
+        self.closing = False
+        """vmcd is stopping: :meth:`run` ends at its next turn (see there why)."""
         self._wake = asyncio.Event()
         self._state_dirty = asyncio.Event()
         self._protocol = (
@@ -198,6 +200,14 @@ class CloudSync:
         self._state_dirty.set()
 
     async def run(self) -> None:
+        """Keep the session up, reconnecting with backoff, until cancelled or ``closing``.
+
+        ``closing`` (set as vmcd stops) ends the loop at its next turn: when the connection is
+        lost as vmcd stops, the session's tasks fail at once and Python 3.11's TaskGroup
+        raises their errors and drops the cancellation that was to end this loop ("other
+        errors have priority"); taking those errors for a lost connection, the loop went on
+        reconnecting for ever after a SIGTERM.
+        """
         backoff = BACKOFF_FIRST_S
         while True:
             started = time.monotonic()
@@ -223,6 +233,8 @@ class CloudSync:
                     self.since = time.time()
                 self.connected.clear()
                 self._client = None
+            if self.closing:
+                return
             if time.monotonic() - started > BACKOFF_MAX_S:
                 backoff = BACKOFF_FIRST_S
             delay = backoff * random.uniform(0.5, 1.5)
