@@ -259,6 +259,7 @@ def _cloud_services(
         )
 
     sync = CloudSync(settings, journal, on_command, state)
+    journal.on_commit.append(sync.committed)
     collector = Collector(
         journal,
         topics,
@@ -363,7 +364,7 @@ async def _serve(
     except StorageFullError:  # the skip guards a rare case: not worth a daemon that cannot start
         log.warning("seq_skip_failed", reason="storage_full")
     feed = EventFeed()
-    journal.on_commit = feed.committed
+    journal.on_commit.append(feed.committed)
     watch = BusWatch()
     send = bus.send
 

@@ -341,9 +341,10 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.clock = clock
-        self.on_commit: Callable[[Sequence[OutboxRow], JournalRecord | None, float], None] | None
-        self.on_commit = None
-        """Told, after each commit, the outbox rows and the local-policy record it wrote."""
+        self.on_commit: list[Callable[[Sequence[OutboxRow], JournalRecord | None, float], None]]
+        self.on_commit = []
+        """Each told, after each commit, the outbox rows and the local-policy record it wrote
+        (the event feed; the outbox drain, which may publish them at its next wake-up)."""
         self.on_full: Callable[[], bool] | None = None
         """Told when a write found no room; True if it made some (the write is tried again)."""
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -611,11 +612,12 @@ class Journal:
             )
 
         self._write(write, durable=durable)
-        if self.on_commit is not None and (queued or record is not None):
-            try:
-                self.on_commit(queued, record, now)
-            except Exception:  # an observer's bug must not make a done commit look failed
-                log.exception("journal_observer_failed")
+        if queued or record is not None:
+            for observer in self.on_commit:
+                try:
+                    observer(queued, record, now)
+                except Exception:  # an observer's bug must not make a done commit look failed
+                    log.exception("journal_observer_failed")
 
     # --- stock ----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import pytest
 
 from sim.broker import MosquittoBroker
 from tests.waiting import wait_until
+from vmc.cloud.drain import OutboxDrain
 from vmc.cloud.puback import PubackTap
 from vmc.cloud.sync import IN_FLIGHT, OTHER_PUBLISHES, CloudSync, MqttSettings
 from vmc.cloud.topics import Topics
@@ -114,6 +115,7 @@ async def subscribed(
     journal = Journal(tmp_path / "journal.sqlite3")
     settings = MqttSettings(url=broker.url, device_id=DEVICE, mqtt_version=mqtt_version)
     sync = CloudSync(settings, journal, lambda _payload: None, lambda: {"test": True})
+    journal.on_commit.append(sync.committed)  # as vmcd wires it
     rig = Rig(journal, Subscriber(broker), sync)
     async with running(rig.subscriber.run()):
         await asyncio.wait_for(rig.subscriber.subscribed.wait(), 10)
@@ -147,6 +149,64 @@ async def test_rows_committed_while_draining_follow_in_order(
         assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
         assert await wait_until(lambda: rig.journal.outbox_size() == 0)
     assert rig.subscriber.seqs == seqs
+
+
+def reads_of_the_outbox(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The seqs of every row the drain read back from the outbox, as it reads them."""
+    read: list[int] = []
+    fill = OutboxDrain.fill
+
+    def recording(drain: OutboxDrain) -> None:
+        before = len(drain.queued)
+        fill(drain)
+        read.extend(row.seq for row in list(drain.queued)[before:])
+
+    monkeypatch.setattr(OutboxDrain, "fill", recording)
+    return read
+
+
+async def test_a_commit_s_rows_go_out_from_its_wake_up_without_reading_them_back(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A vend's txn.request: committed, then the wake-up publishes it from the same loop turn,
+    # while the drain waits (for new rows, or for PUBACKs of rows sent before).
+    seqs: list[int] = []
+    async with subscribed(tmp_path, broker) as rig, running(rig.sync.run()):
+        read = reads_of_the_outbox(monkeypatch)
+        await asyncio.wait_for(rig.sync.connected.wait(), 10)
+        assert await wait_until(lambda: rig.sync._parked is not None)
+        for i in range(60):
+            seqs += fill(rig.journal, 1 + i % 3, seqs[-1] if seqs else 0)
+            rig.sync.wake()
+            await asyncio.sleep(0.004 if i % 2 else 0)
+        assert await wait_until(lambda: len(rig.subscriber.seqs) >= len(seqs))
+        assert await wait_until(lambda: rig.journal.outbox_size() == 0)
+    assert rig.subscriber.seqs == seqs
+    assert not set(read) & set(seqs)
+
+
+async def test_rows_behind_one_the_drain_has_not_read_wait_their_turn(
+    tmp_path: Path, broker: MosquittoBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A row committed without telling the drain (another writer) sits between the drain's last
+    # row and the new ones: those are not sent ahead of it.
+    async with subscribed(tmp_path, broker) as rig, running(rig.sync.run()):
+        journal = rig.journal
+        read = reads_of_the_outbox(monkeypatch)
+        await asyncio.wait_for(rig.sync.connected.wait(), 10)
+        first = fill(journal, 1)
+        rig.sync.wake()
+        assert await wait_until(lambda: rig.subscriber.seqs == first)
+        observers = list(journal.on_commit)
+        journal.on_commit.clear()
+        unseen = fill(journal, 1, first[-1])
+        journal.on_commit.extend(observers)
+        told = fill(journal, 2, unseen[-1])
+        rig.sync.wake()
+        assert await wait_until(lambda: len(rig.subscriber.seqs) >= 4)
+        assert await wait_until(lambda: journal.outbox_size() == 0)
+    assert rig.subscriber.seqs == first + unseen + told
+    assert set(unseen + told) <= set(read)
 
 
 async def test_a_broker_restart_mid_drain_loses_nothing_and_resends_only_unacknowledged(

@@ -18,8 +18,7 @@ import random
 import socket
 import ssl
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ConfigError
 from vmc.cloud import codec
+from vmc.cloud.drain import OutboxDrain
 from vmc.cloud.puback import PubackTap, on_receive_maximum
 from vmc.cloud.signing import DeviceKey
 from vmc.cloud.topics import Topics
@@ -174,6 +174,10 @@ class CloudSync:
         self.closing = False
         """vmcd is stopping: :meth:`run` ends at its next turn (see there why)."""
         self._wake = asyncio.Event()
+        self._fresh: list[OutboxRow] = []
+        """Rows committed since the last :meth:`wake`, in seq order."""
+        self._parked: OutboxDrain | None = None
+        """The session's drain while it waits (for new rows or PUBACKs), else None."""
         self._state_dirty = asyncio.Event()
         self._protocol = (
             aiomqtt.ProtocolVersion.V311
@@ -192,8 +196,29 @@ class CloudSync:
             None if settings.device_key_file is None else DeviceKey.load(settings.device_key_file)
         )
 
+    def committed(self, rows: Sequence[OutboxRow], _record: object, _at: float) -> None:
+        """One of the journal's :attr:`~vmc.journal.Journal.on_commit`: rows that
+        :meth:`wake` may publish at once."""
+        if len(self._fresh) + len(rows) > IN_FLIGHT:  # more than a window: the drain reads them
+            self._fresh.clear()
+            return
+        self._fresh.extend(rows)
+
     def wake(self) -> None:
-        """New outbox rows were committed."""
+        """New outbox rows were committed: published now if the drain waits and they are
+        next in line (a ``txn.request`` goes out from its commit's loop turn), else soon by
+        the drain.
+
+        A write that finds the connection broken leaves them in the outbox: the session
+        ends, and the next one sends them.
+        """
+        fresh, self._fresh = self._fresh, []
+        drain = self._parked
+        if fresh and drain is not None:
+            try:
+                drain.offer(fresh)
+            except aiomqtt.MqttError as exc:
+                log.info("mqtt_offer_failed", error=str(exc))
         self._wake.set()
 
     def state_changed(self) -> None:
@@ -301,39 +326,37 @@ class CloudSync:
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Keep the window's outbox rows in flight, the next ones out as PUBACKs come.
 
-        Rows are read :data:`FETCH_ROWS` at a time and sent in seq order. Acknowledged rows
-        are deleted together: every :data:`DELETE_EVERY`, when all that was read is
-        acknowledged, and when the session ends. A row is never deleted before its PUBACK,
-        and a reconnect resends from the oldest one left.
+        Rows are read :data:`FETCH_ROWS` at a time and sent in seq order; while this waits,
+        :meth:`wake` may send the rows just committed itself (:meth:`OutboxDrain.offer`).
+        Acknowledged rows are deleted together: every :data:`DELETE_EVERY`, when all that
+        was read is acknowledged, and when the session ends. A row is never deleted before
+        its PUBACK, and a reconnect resends from the oldest one left.
         """
         tap = PubackTap(client)
         window = SendWindow(self.window)
-        queued: deque[OutboxRow] = deque()
         sign = self._signer.sign_payload if self._signer is not None else None
-        after = 0  # the last seq sent in this session
+        drain = OutboxDrain(self.journal, tap, window, sign, FETCH_ROWS)
         deleted = 0  # the last seq deleted
         try:
             while True:
-                if not queued and window.room:
-                    queued.extend(self.journal.pending(FETCH_ROWS, after))
-                if queued and window.room:
-                    while queued and window.room:
-                        row = queued.popleft()
-                        payload = row.payload if sign is None else sign(row.payload)
-                        window.sent(row.seq, tap.publish(row.topic, payload))
-                        after = row.seq
-                    tap.flush()
-                if not window.in_flight:  # the fetch above found nothing new
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(IDLE_WAKE_S):  # wait_for: a task, 2 turns more
-                            await self._wake.wait()
-                    continue
-                for ack in await tap.arrived(ACK_TIMEOUT_S):
+                drain.fill()
+                drain.send_queued()
+                self._parked = drain
+                try:
+                    if not window.in_flight:  # the fetch above found nothing new
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(IDLE_WAKE_S):  # wait_for: a task
+                                await self._wake.wait()  # and 2 loop turns more
+                        continue
+                    acks = await tap.arrived(ACK_TIMEOUT_S)
+                finally:
+                    self._parked = None
+                for ack in acks:
                     if window.acked(ack.mid) and ack.refused is not None:
                         log.warning("mqtt_publish_refused", reason=ack.refused)
                 window.release()
-                caught_up = not window.in_flight and not queued
+                caught_up = not window.in_flight and not drain.queued
                 if caught_up or window.acked_through - deleted >= DELETE_EVERY:
                     deleted = self._forget(deleted, window.acked_through)
         finally:

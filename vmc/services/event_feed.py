@@ -5,9 +5,11 @@ outbox rows it wrote (events for the cloud and command replies) and which local-
 record (``--local-approval`` without a cloud). The feed keeps the last :data:`KEEP` of them
 in memory, since vmcd started (the outbox itself empties on each PUBACK), and hands new ones
 to whoever follows. Each item is decoded once and shortened (long texts, long lists), so the
-memory it holds is bounded whatever the messages carry (a raw audit, say). The decoding waits
-for the event loop's next turn: a commit's caller (an approval on its way to the bus, a
-``txn.request`` to the outbox) does not wait for it.
+memory it holds is bounded whatever the messages carry (a raw audit, say). Nothing is decoded
+while nobody follows: the commits wait, the last :data:`KEEP` of them, until ``vmctl events``
+asks (a vend's commits cost the feed an append). With a follower, the decoding waits for the
+event loop's next turn: a commit's caller (an approval on its way to the bus, a ``txn.request``
+to the outbox) does not wait for it.
 
 A follower that reads too slowly loses the oldest items it has not read and is told how many.
 """
@@ -98,12 +100,17 @@ class EventFeed:
         self._recent: deque[FeedItem] = deque(maxlen=KEEP)
         self._followers: set[Follower] = set()
         self._numbers = itertools.count(1)
-        self._undecoded: list[tuple[Sequence[OutboxRow], JournalRecord | None, float]] = []
+        self._undecoded: deque[tuple[Sequence[OutboxRow], JournalRecord | None, float]] = deque(
+            maxlen=KEEP  # each commit holds an item at least: older ones would not be kept
+        )
 
     def committed(self, rows: Sequence[OutboxRow], record: JournalRecord | None, at: float) -> None:
-        """The journal's :attr:`~vmc.journal.Journal.on_commit`: noted now, decoded on the
-        loop's next turn (at once without a running loop)."""
+        """One of the journal's :attr:`~vmc.journal.Journal.on_commit`: noted now; decoded
+        when asked for, or on the loop's next turn while someone follows (at once without a
+        running loop)."""
         self._undecoded.append((rows, record, at))
+        if not self._followers:
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -113,7 +120,8 @@ class EventFeed:
             loop.call_soon(self._decode)
 
     def _decode(self) -> None:
-        undecoded, self._undecoded = self._undecoded, []
+        undecoded = list(self._undecoded)
+        self._undecoded.clear()
         for rows, record, at in undecoded:
             items = [self._from_row(row, at) for row in rows]
             if record is not None:
