@@ -116,7 +116,8 @@ from vmc.cloud import codec  # noqa: E402
 from vmc.cloud import messages as m  # noqa: E402
 from vmc.cloud.sync import NO_DELAY, CloudSync, MqttSettings  # noqa: E402
 from vmc.cloud.topics import Topics  # noqa: E402
-from vmc.config import MdbConfig  # noqa: E402
+from vmc.config import SOCKET_NAME, MdbConfig  # noqa: E402
+from vmc.control.client import ControlClient  # noqa: E402
 from vmc.journal import Journal, NewMessage  # noqa: E402
 from vmc.logs import configure_logging  # noqa: E402
 from vmc.transaction import Txn, TxnState  # noqa: E402
@@ -915,6 +916,62 @@ async def run_mdb(
     return samples, out
 
 
+class ProcessCpu:
+    """vmcd's and its bus process's CPU time from now on (the bus process: vmcd's child).
+
+    On one CPU the two share, the bus process runs first (real-time) and takes what it needs
+    for every POLL: the rest is what vmcd's steps get, so a step's wall time is its CPU
+    divided by that share, and the bench's VMC polls back to back while a vend waits.
+    """
+
+    def __init__(self, daemon: DaemonProcess) -> None:
+        proc = daemon.proc
+        self.daemon_pid = None if proc is None else proc.pid
+        kids = [] if self.daemon_pid is None else children(self.daemon_pid)
+        self.bus_pid = kids[0] if len(kids) == 1 else None
+        self.start = {pid: cpu_s(pid) for pid in (self.daemon_pid, self.bus_pid) if pid}
+
+    def per_vend(self, vends: int, wall_s: float) -> dict[str, Any]:
+        used = {pid: cpu_s(pid) - before for pid, before in self.start.items()}
+        out: dict[str, Any] = {}
+        if self.daemon_pid in used and vends:
+            out["txn_daemon_cpu_ms_per_vend"] = round(used[self.daemon_pid] / vends * 1000, 3)
+        if self.bus_pid in used and vends and wall_s > 0:
+            out["txn_bus_cpu_ms_per_vend"] = round(used[self.bus_pid] / vends * 1000, 3)
+            out["txn_bus_cpu_share"] = round(used[self.bus_pid] / wall_s, 3)
+        return out
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's ``/proc/PID/task/PID/children``)."""
+    with contextlib.suppress(OSError, ValueError):
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+        return [int(part) for part in text.split()]
+    return []
+
+
+def bus_own_timing(socket_path: Path, problems: Problems) -> dict[str, Any]:
+    """The bus process's own answer times (read to written) over the whole run, from
+    vmcd's self-test: an answer the VMC saw late but the bus process wrote in time was late
+    outside it (the pty, a CPU that was not free, the VMC's own loop)."""
+    try:
+        with ControlClient(socket_path) as client:
+            result = client.call("selftest", timeout=5.0)
+    except VmcError as exc:
+        problems.add(f"selftest: {exc}")
+        return {}
+    mdb = result.get("mdb") if isinstance(result, dict) else None
+    timing = mdb.get("timing") if isinstance(mdb, dict) else None
+    if not isinstance(timing, dict):
+        problems.add("selftest: no mdb.timing in its answer")
+        return {}
+    return {
+        "bus_answers": timing.get("answers"),
+        "bus_answer_mean_ms": timing.get("answer_mean_ms"),
+        "bus_answer_max_ms": timing.get("answer_max_ms"),
+    }
+
+
 @contextlib.contextmanager
 def pinned(cpus: tuple[int, int] | None) -> Iterator[dict[str, int] | None]:
     """This process (and what it starts from now on) on the second CPU; restored after."""
@@ -988,10 +1045,12 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
             gc.collect()
             gc.freeze()  # keep full collections of start-up objects off the measuring side
             try:
+                cpu = ProcessCpu(daemon)
                 t0 = time.perf_counter()
                 samples = await run_transactions(machine, args.txns, floors)
                 phase_s["transactions"] = round(time.perf_counter() - t0, 2)
                 out.update(samples.summary(backend.results))
+                out.update(cpu.per_vend(samples.sessions_ok, time.perf_counter() - t0))
                 out["txns"] = samples.sessions
                 out["txns_ok"] = samples.sessions_ok
                 t0 = time.perf_counter()
@@ -1004,6 +1063,7 @@ async def bench_machine(args: argparse.Namespace, problems: Problems) -> dict[st
                 )
                 phase_s["mdb"] = round(time.perf_counter() - t0, 2)
                 out.update(mdb)
+                out.update(bus_own_timing(tmp / "state" / SOCKET_NAME, problems))
                 out["mdb_vend"] = busy.summary(backend.results)
             finally:
                 gc.unfreeze()

@@ -50,6 +50,10 @@ DELETE_EVERY = 10 * IN_FLIGHT
 a random page of the outbox's unique id index: with 40,000 rows waiting, batches of 200 cost
 8 us of CPU and 3.6 KB of WAL a row on the development machine, batches of 1,000 5 us and
 1.9 KB. A crash resends what was not deleted yet; the backend drops duplicates by id."""
+DELETE_IDLE_S = 0.05
+"""Once all is acknowledged, the rows are deleted after this long without new ones: a vend's
+next step (its ``paid``, its result) comes within it, and a delete's commit, one per PUBACK
+before, no longer runs between them."""
 ACK_TIMEOUT_S = 10.0
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 STATE_MIN_INTERVAL_S = 0.2
@@ -328,8 +332,8 @@ class CloudSync:
 
         Rows are read :data:`FETCH_ROWS` at a time and sent in seq order; while this waits,
         :meth:`wake` may send the rows just committed itself (:meth:`OutboxDrain.offer`).
-        Acknowledged rows are deleted together: every :data:`DELETE_EVERY`, when all that
-        was read is acknowledged, and when the session ends. A row is never deleted before
+        Acknowledged rows are deleted together: every :data:`DELETE_EVERY`, once no new row
+        came for :data:`DELETE_IDLE_S` after all was acknowledged, and when the session ends. A row is never deleted before
         its PUBACK, and a reconnect resends from the oldest one left.
         """
         tap = PubackTap(client)
@@ -344,10 +348,8 @@ class CloudSync:
                 self._parked = drain
                 try:
                     if not window.in_flight:  # the fetch above found nothing new
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(IDLE_WAKE_S):  # wait_for: a task
-                                await self._wake.wait()  # and 2 loop turns more
+                        if not await self._idle(window.acked_through > deleted):
+                            deleted = self._forget(deleted, window.acked_through)
                         continue
                     acks = await tap.arrived(ACK_TIMEOUT_S)
                 finally:
@@ -356,12 +358,21 @@ class CloudSync:
                     if window.acked(ack.mid) and ack.refused is not None:
                         log.warning("mqtt_publish_refused", reason=ack.refused)
                 window.release()
-                caught_up = not window.in_flight and not drain.queued
-                if caught_up or window.acked_through - deleted >= DELETE_EVERY:
+                if window.acked_through - deleted >= DELETE_EVERY:
                     deleted = self._forget(deleted, window.acked_through)
         finally:
             tap.close()
             self._forget(deleted, window.acked_through)
+
+    async def _idle(self, undeleted: bool) -> bool:
+        """Wait for new rows: True when they came; False after :data:`DELETE_IDLE_S` if
+        acknowledged rows wait to be deleted, else after :data:`IDLE_WAKE_S`."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            # asyncio.timeout: wait_for makes a task and resumes two loop turns later.
+            async with asyncio.timeout(DELETE_IDLE_S if undeleted else IDLE_WAKE_S):
+                await self._wake.wait()
+        return self._wake.is_set()
 
     def _forget(self, deleted: int, through: int) -> int:
         """Delete the acknowledged rows after ``deleted`` up to ``through``; the new mark."""
