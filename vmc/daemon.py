@@ -31,6 +31,7 @@ import structlog
 
 from protocols.errors import ConfigError
 from protocols.mdb.events import State
+from vmc import gc_pauses
 from vmc.clock import SteadyClock, wall_clock
 from vmc.cloud.outbox import new_id
 from vmc.cloud.signing import CommandKeys
@@ -471,6 +472,7 @@ async def _serve(
     data.recover()
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
+    gc_pauses.freeze_start_up()
     log.info(
         "vmcd_started",
         bus="exe" if exe else "mdb",
@@ -537,7 +539,8 @@ async def _ticker(
     of transactions and of the machine's own sessions (with a cloud or not: a test vend has
     one), a settled change of the machine's profile, a changed price list for an
     Executive machine with price holding, and the service state's changes with time
-    (``vmctl status``, and the cloud's ``state``)."""
+    (``vmctl status``, and the cloud's ``state``); the garbage collector's young
+    generations while nothing is open (:mod:`vmc.gc_pauses`)."""
     while True:
         await asyncio.sleep(TICK_S)
         storage.check()
@@ -546,6 +549,7 @@ async def _ticker(
         if prices is not None:
             prices.tick()
         service.tick()
+        gc_pauses.collect_while_idle(vending.busy)
 
 
 def prune_journal(journal: Journal, now: float, retention_days: int) -> dict[str, int]:

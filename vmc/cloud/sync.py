@@ -333,8 +333,9 @@ class CloudSync:
         Rows are read :data:`FETCH_ROWS` at a time and sent in seq order; while this waits,
         :meth:`wake` may send the rows just committed itself (:meth:`OutboxDrain.offer`).
         Acknowledged rows are deleted together: every :data:`DELETE_EVERY`, once no new row
-        came for :data:`DELETE_IDLE_S` after all was acknowledged, and when the session ends. A row is never deleted before
-        its PUBACK, and a reconnect resends from the oldest one left.
+        came for :data:`DELETE_IDLE_S` after all was acknowledged, and when the session
+        ends. A row is never deleted before its PUBACK, and a reconnect resends from the
+        oldest one left.
         """
         tap = PubackTap(client)
         window = SendWindow(self.window)
