@@ -472,7 +472,7 @@ async def _serve(
     data.recover()
     if reporter is not None:
         loop.add_signal_handler(signal.SIGUSR1, reporter.request_read, "signal")
-    gc_pauses.freeze_start_up()
+    gc_pauses.take_over()
     log.info(
         "vmcd_started",
         bus="exe" if exe else "mdb",

@@ -51,6 +51,17 @@ def test_a_few_young_objects_are_left_for_later(manual_gc: None) -> None:
     assert gc.get_count() == before
 
 
+def test_taking_over_freezes_start_up_and_raises_the_automatic_limit() -> None:
+    threshold = gc.get_threshold()
+    try:
+        gc_pauses.take_over()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (gc_pauses.YOUNG_LIMIT, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
 def test_the_middle_generation_goes_once_enough_young_collections_came(manual_gc: None) -> None:
     gc.collect(1)
     for _ in range(gc_pauses.MIDDLE_AT_IDLE):
