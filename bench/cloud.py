@@ -47,9 +47,16 @@ Measured, each part with a private Mosquitto (``sim.broker``) on loopback:
   summed per sample, so its p50/p99 are those of the sums; ``*_vs_floor_p50``/``_p99`` divide
   the overhead's percentile by the floor's. Not in either floor: the VMC's poll (the approval
   waits for the next one), decoding, the engine and the journal's own work.
+- ``cpu``: vmcd's and its bus process's CPU time over the timed vends, per vend
+  (``txn_daemon_cpu_ms_per_vend``, ``txn_bus_cpu_ms_per_vend``), and the bus process's share
+  of the phase's wall time (``txn_bus_cpu_share``): on the CPU the two share, what the
+  real-time bus process takes for the back-to-back polls is not vmcd's.
 - ``mdb``: on the same machine, every exchange's answer latency over at least ``--polls``
   back-to-back polls with a full cloud-approved vend every ``--sessions-every`` polls (a vend
   waits, polling, until the previous one is in the books, as customers are seconds apart).
+  Then the bus process's own answer times over the whole run, read to written, from vmcd's
+  self-test (``bus_answers``, ``bus_answer_mean_ms``, ``bus_answer_max_ms``): an answer the
+  VMC saw late while the bus process wrote it in time was late outside the bus process.
 
 The VMC and the backend share this process and event loop, so each adds at most one poll
 exchange to the other's timing. As in ``bench/mdb_latency.py``, vmcd (and its bus process) is
