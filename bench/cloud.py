@@ -927,8 +927,8 @@ class ProcessCpu:
     """vmcd's and its bus process's CPU time from now on (the bus process: vmcd's child).
 
     On one CPU the two share, the bus process runs first (real-time) and takes what it needs
-    for every POLL: the rest is what vmcd's steps get, so a step's wall time is its CPU
-    divided by that share, and the bench's VMC polls back to back while a vend waits.
+    for every POLL, and the bench's VMC polls back to back while a vend waits: vmcd's steps
+    get the rest, so a step's wall time is its CPU time divided by what is left to it.
     """
 
     def __init__(self, daemon: DaemonProcess) -> None:

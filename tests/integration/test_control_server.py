@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import grp
 import os
+import select
 import socket
 import stat
 from collections.abc import AsyncIterator, Mapping
@@ -303,6 +304,26 @@ async def test_idle_connections_give_way_and_busy_ones_say_so(tmp_path: Path) ->
         await s.ticker.advances()
         for sock in idle + streams:
             sock.close()
+
+
+async def test_a_busy_answer_sent_before_the_request_is_still_read(tmp_path: Path) -> None:
+    # With every slot taken vmcd answers busy and closes at once: a request written after the
+    # close fails with a broken pipe, and the client must still read the answer waiting there.
+    async with served(tmp_path, max_clients=1) as s:
+        stream = s.raw()
+        stream.sendall(b'{"id": 1, "cmd": "forever"}\n')
+        await _recv(stream)  # the only slot serves a stream
+        client = ControlClient(s.path)
+        try:
+            readable, _, _ = await asyncio.to_thread(select.select, [client._sock], [], [], 10)
+            assert readable, "no busy answer"
+            await wait_for(lambda: len(s.server._connections) == 1, 10, "the busy one closed")
+            with pytest.raises(ControlError) as caught:
+                await asyncio.to_thread(client.call, "echo", None, timeout=10)
+            assert caught.value.code == "busy"
+        finally:
+            client.close()
+            stream.close()
 
 
 async def test_stopping_the_server_closes_its_clients(tmp_path: Path) -> None:

@@ -124,6 +124,10 @@ class ControlClient:
         except TimeoutError:
             raise NoReplyError("vmcd did not take the request in time") from None
         except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                # vmcd may have answered and closed before it read the request (``busy``,
+                # with every slot taken): that answer waits to be read.
+                return
             raise NoReplyError(f"vmcd closed the connection ({exc.strerror or exc})") from None
 
     def _answer(self, deadline: float | None) -> Answer:
